@@ -1,0 +1,1 @@
+//! Fixture access for engine tests (in progress).
