@@ -33,12 +33,19 @@ fn both_layouts() -> &'static [(&'static str, QwenTokenizer); 2] {
         let root = fixtures().join("tiny-qwen-image-layered");
         let json = QwenTokenizer::from_tokenizer_json(&root.join("processor/tokenizer.json")).unwrap();
         let built = QwenTokenizer::from_vocab_merges(&root.join("tokenizer")).unwrap();
-        [("processor/tokenizer.json", json), ("tokenizer/vocab.json+merges.txt", built)]
+        [
+            ("processor/tokenizer.json", json),
+            ("tokenizer/vocab.json+merges.txt", built),
+        ]
     })
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -48,14 +55,28 @@ fn every_fixture_prompt_tokenises_like_the_reference() {
     for (layout, tok) in both_layouts() {
         for (name, case) in prompts {
             let text = case["text"].as_str().unwrap();
-            assert_eq!(tok.encode(text).unwrap(), ids(&case["bare_ids"]), "{layout}: bare ids of {name}");
+            assert_eq!(
+                tok.encode(text).unwrap(),
+                ids(&case["bare_ids"]),
+                "{layout}: bare ids of {name}"
+            );
             let layered = tok.encode(&PromptTemplate::LAYERED.format(text)).unwrap();
             assert_eq!(layered, ids(&case["layered_ids"]), "{layout}: layered ids of {name}");
-            assert_eq!(layered.len() - LAYERED_DROP, case["layered_kept_len"].as_u64().unwrap() as usize, "{name}");
-            let edit = tok.encode(&PromptTemplate::EDIT.format(&(edit_image_prefix(1) + text))).unwrap();
+            assert_eq!(
+                layered.len() - LAYERED_DROP,
+                case["layered_kept_len"].as_u64().unwrap() as usize,
+                "{name}"
+            );
+            let edit = tok
+                .encode(&PromptTemplate::EDIT.format(&(edit_image_prefix(1) + text)))
+                .unwrap();
             assert_eq!(edit, ids(&case["edit_ids_unexpanded"]), "{layout}: edit ids of {name}");
             let decoded = tok.decode(&ids(&case["bare_ids"]), false).unwrap();
-            assert_eq!(decoded, case["decoded_bare"].as_str().unwrap(), "{layout}: decode of {name}");
+            assert_eq!(
+                decoded,
+                case["decoded_bare"].as_str().unwrap(),
+                "{layout}: decode of {name}"
+            );
         }
     }
 }
@@ -74,7 +95,11 @@ fn template_prefixes_are_34_and_64_tokens() {
         assert_eq!((layered.len(), edit.len()), (34, 64), "{layout}");
         assert_eq!(layered, ids(&t["layered"]["prefix_ids"]), "{layout}");
         assert_eq!(edit, ids(&t["edit"]["prefix_ids"]), "{layout}");
-        assert_eq!(tok.encode(&edit_image_prefix(1)).unwrap(), ids(&t["edit_image_prompt"]["ids"]), "{layout}");
+        assert_eq!(
+            tok.encode(&edit_image_prefix(1)).unwrap(),
+            ids(&t["edit_image_prompt"]["ids"]),
+            "{layout}"
+        );
     }
 }
 
@@ -98,13 +123,29 @@ fn special_tokens_sit_at_151643_to_151664() {
     assert_eq!(specials.len(), 22);
     for (layout, tok) in both_layouts() {
         for (content, id) in specials {
-            assert_eq!(tok.token_id(content), Some(id.as_u64().unwrap() as u32), "{layout}: {content}");
+            assert_eq!(
+                tok.token_id(content),
+                Some(id.as_u64().unwrap() as u32),
+                "{layout}: {content}"
+            );
             // Written in text, each is one token, not BPE pieces.
-            assert_eq!(tok.encode(content).unwrap(), vec![id.as_u64().unwrap() as u32], "{layout}: {content}");
+            assert_eq!(
+                tok.encode(content).unwrap(),
+                vec![id.as_u64().unwrap() as u32],
+                "{layout}: {content}"
+            );
         }
         let s = tok.special();
         assert_eq!(
-            [s.endoftext, s.im_start, s.im_end, s.vision_start, s.vision_end, s.image_pad, s.video_pad],
+            [
+                s.endoftext,
+                s.im_start,
+                s.im_end,
+                s.vision_start,
+                s.vision_end,
+                s.image_pad,
+                s.video_pad
+            ],
             [151643, 151644, 151645, 151652, 151653, 151655, 151656],
             "{layout}"
         );
@@ -118,9 +159,17 @@ fn special_tokens_sit_at_151643_to_151664() {
 fn decode_skips_only_special_tokens() {
     for (layout, tok) in both_layouts() {
         let ids = tok.encode("<|im_start|>user\n一只猫 🐱<tool_call><|im_end|>").unwrap();
-        assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>user\n一只猫 🐱<tool_call><|im_end|>", "{layout}");
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            "<|im_start|>user\n一只猫 🐱<tool_call><|im_end|>",
+            "{layout}"
+        );
         // <tool_call> is an added token but not flagged special in Qwen2's config, so it stays.
-        assert_eq!(tok.decode(&ids, true).unwrap(), "user\n一只猫 🐱<tool_call>", "{layout}");
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            "user\n一只猫 🐱<tool_call>",
+            "{layout}"
+        );
     }
 }
 
@@ -145,7 +194,9 @@ fn model_dir_prefers_tokenizer_json_and_falls_back_to_vocab_merges() {
 
     // Nothing at all: the error says what is missing.
     std::fs::remove_file(&link).unwrap();
-    let err = QwenTokenizer::from_model_dir(&ModelDir::open(&dir).unwrap()).unwrap_err().to_string();
+    let err = QwenTokenizer::from_model_dir(&ModelDir::open(&dir).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("processor/tokenizer.json"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -155,7 +206,10 @@ fn batches_pad_right_with_endoftext_like_the_reference() {
     let t = &tokens_json()["batch_padding"];
     assert_eq!(t["padding_side"], "right");
     let prompts = &tokens_json()["prompts"];
-    let texts = [prompts["ascii"]["text"].as_str().unwrap(), prompts["space"]["text"].as_str().unwrap()];
+    let texts = [
+        prompts["ascii"]["text"].as_str().unwrap(),
+        prompts["space"]["text"].as_str().unwrap(),
+    ];
     for (i, text) in texts.iter().enumerate() {
         assert_eq!(t["texts"][i].as_str().unwrap(), PromptTemplate::LAYERED.format(text));
     }
@@ -176,18 +230,37 @@ fn over_long_prompts_are_refused_with_their_length() {
     let long = tokens_json()["prompts"]["long"]["text"].as_str().unwrap();
     let short = tokens_json()["prompts"]["ascii"]["text"].as_str().unwrap();
     // 522 tokens of text + the closing 5 = 527 > 512.
-    let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[long], 512).unwrap_err().to_string();
-    assert!(err.contains("527 tokens") && err.contains("max_sequence_length is 512") && err.contains("by 15"), "{err}");
-    let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short, long], 512).unwrap_err().to_string();
+    let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[long], 512)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("527 tokens") && err.contains("max_sequence_length is 512") && err.contains("by 15"),
+        "{err}"
+    );
+    let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short, long], 512)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("prompt 1 is too long"), "{err}");
-    assert_eq!(check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short, long], 1024).unwrap(), vec![17, 527]);
+    assert_eq!(
+        check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short, long], 1024).unwrap(),
+        vec![17, 527]
+    );
     for bad in [0, 1025] {
-        let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short], bad).unwrap_err().to_string();
-        assert!(err.contains("between 1 and 1024") && err.contains(&bad.to_string()), "{err}");
-        let err = PromptBatch::new(tok, &PromptTemplate::LAYERED, &[short], bad).unwrap_err().to_string();
+        let err = check_prompt_lengths(tok, &PromptTemplate::LAYERED, &[short], bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("between 1 and 1024") && err.contains(&bad.to_string()),
+            "{err}"
+        );
+        let err = PromptBatch::new(tok, &PromptTemplate::LAYERED, &[short], bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("between 1 and 1024"), "{err}");
     }
-    let err = PromptBatch::new(tok, &PromptTemplate::LAYERED, &[], 512).unwrap_err().to_string();
+    let err = PromptBatch::new(tok, &PromptTemplate::LAYERED, &[], 512)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no prompt"), "{err}");
 }
 

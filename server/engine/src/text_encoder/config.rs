@@ -149,7 +149,10 @@ impl TextConfig {
 
 impl VisionConfig {
     pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters.as_ref().and_then(|r| r.rope_theta).unwrap_or(10_000.0)
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .unwrap_or(10_000.0)
     }
 }
 
@@ -234,8 +237,8 @@ impl<'de> Deserialize<'de> for Config {
         let text_value = top.text_config.unwrap_or(value);
         let text_config: TextConfig =
             serde_json::from_value(text_value).map_err(|e| D::Error::custom(format!("text config: {e}")))?;
-        let vision_config: VisionConfig = serde_json::from_value(top.vision_config)
-            .map_err(|e| D::Error::custom(format!("vision_config: {e}")))?;
+        let vision_config: VisionConfig =
+            serde_json::from_value(top.vision_config).map_err(|e| D::Error::custom(format!("vision_config: {e}")))?;
         // transformers 5: tied when the root says so, or when a 4.x save put it in the text part.
         let tie_word_embeddings =
             top.tie_word_embeddings.unwrap_or(false) || text_config.tie_word_embeddings.unwrap_or(false);
@@ -371,7 +374,10 @@ mod tests {
     fn nested_v5_layout_parses() {
         let cfg: Config = serde_json::from_str(NESTED_TINY).unwrap();
         let t = &cfg.text_config;
-        assert_eq!((t.hidden_size, t.num_hidden_layers, t.num_key_value_heads()), (32, 2, 1));
+        assert_eq!(
+            (t.hidden_size, t.num_hidden_layers, t.num_key_value_heads()),
+            (32, 2, 1)
+        );
         assert_eq!(t.mrope_section(), vec![2, 3, 3]);
         assert_eq!(t.rope_theta(), 1e6);
         assert!(cfg.tie_word_embeddings);

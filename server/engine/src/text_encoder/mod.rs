@@ -15,7 +15,7 @@ pub mod text;
 
 pub use config::{Config, RopeParameters, TextConfig, VisionConfig};
 pub use prompt::{
-    check_max_sequence_length, check_prompt_lengths, encode_prompt, gather_prompt_tokens, PromptBatch, DEFAULT_MAX_SEQUENCE_LENGTH,
-    MAX_SEQUENCE_LENGTH_LIMIT,
+    check_max_sequence_length, check_prompt_lengths, encode_prompt, gather_prompt_tokens, PromptBatch,
+    DEFAULT_MAX_SEQUENCE_LENGTH, MAX_SEQUENCE_LENGTH_LIMIT,
 };
 pub use text::{text_position_ids, LmHead, Qwen25VLTextModel};

@@ -72,12 +72,21 @@ impl PromptBatch {
         let width = rows.iter().map(|r| lead(r) + r.len().min(cap)).max().unwrap_or(0);
 
         let pad = tokenizer.pad_id();
-        let mut batch = Self { ids: vec![], attention_mask: vec![], kept: vec![], full_lengths: vec![] };
+        let mut batch = Self {
+            ids: vec![],
+            attention_mask: vec![],
+            kept: vec![],
+            full_lengths: vec![],
+        };
         for row in &rows {
             let (lead, used) = (lead(row), row.len().min(cap));
             let trail = width - lead - used;
-            batch.ids.push([vec![pad; lead], row[..used].to_vec(), vec![pad; trail]].concat());
-            batch.attention_mask.push([vec![0; lead], vec![1; used], vec![0; trail]].concat());
+            batch
+                .ids
+                .push([vec![pad; lead], row[..used].to_vec(), vec![pad; trail]].concat());
+            batch
+                .attention_mask
+                .push([vec![0; lead], vec![1; used], vec![0; trail]].concat());
             batch.kept.push(lead + template.drop..lead + used);
             batch.full_lengths.push(row.len() - template.drop);
         }
@@ -123,14 +132,23 @@ pub fn encode_prompt(
     let batch = PromptBatch::new(tokenizer, template, prompts, max_sequence_length)?;
     for (i, &len) in batch.full_lengths.iter().enumerate() {
         if len > max_sequence_length {
-            tracing::warn!(prompt = i, tokens = len, max_sequence_length, "prompt cut at max_sequence_length");
+            tracing::warn!(
+                prompt = i,
+                tokens = len,
+                max_sequence_length,
+                "prompt cut at max_sequence_length"
+            );
         }
     }
     let device = model.device();
     let ids = batch.ids_tensor(device)?;
     let positions = text_position_ids(batch.batch_size(), batch.seq_len(), device)?;
     // An all-ones mask changes nothing under causal attention; skip building it.
-    let mask = if batch.is_padded() { Some(batch.attention_mask_tensor(device)?) } else { None };
+    let mask = if batch.is_padded() {
+        Some(batch.attention_mask_tensor(device)?)
+    } else {
+        None
+    };
     let hidden = model.forward(&ids, &positions, mask.as_ref())?;
     gather_prompt_tokens(&hidden, &batch.kept)
 }
@@ -149,7 +167,11 @@ pub fn check_prompt_lengths(
     for (i, prompt) in prompts.iter().enumerate() {
         let kept = templated_ids(tokenizer, template, i, prompt)?.len() - template.drop;
         if kept > max_sequence_length {
-            let what = if prompts.len() == 1 { "the prompt".to_string() } else { format!("prompt {i}") };
+            let what = if prompts.len() == 1 {
+                "the prompt".to_string()
+            } else {
+                format!("prompt {i}")
+            };
             return Err(Error::InvalidInput(format!(
                 "{what} is too long: {kept} tokens (including the template's closing 5), but max_sequence_length is \
                  {max_sequence_length} (at most {MAX_SEQUENCE_LENGTH_LIMIT}); shorten it by {} tokens or raise \
@@ -167,7 +189,9 @@ pub fn check_prompt_lengths(
 pub fn gather_prompt_tokens(hidden: &Tensor, kept: &[Range<usize>]) -> Result<(Tensor, Tensor)> {
     let (b, s, d) = hidden.dims3()?;
     if kept.len() != b || kept.iter().any(|r| r.start > r.end || r.end > s) {
-        return Err(Error::InvalidInput(format!("kept token ranges {kept:?} don't fit hidden states [{b}, {s}, {d}]")));
+        return Err(Error::InvalidInput(format!(
+            "kept token ranges {kept:?} don't fit hidden states [{b}, {s}, {d}]"
+        )));
     }
     let longest = kept.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut rows = Vec::with_capacity(b);
@@ -182,7 +206,10 @@ pub fn gather_prompt_tokens(hidden: &Tensor, kept: &[Range<usize>]) -> Result<(T
         });
         masks.push([vec![1u8; range.len()], vec![0u8; pad]].concat());
     }
-    Ok((Tensor::stack(&rows, 0)?, Tensor::new(masks, hidden.device())?.to_dtype(DType::U8)?))
+    Ok((
+        Tensor::stack(&rows, 0)?,
+        Tensor::new(masks, hidden.device())?.to_dtype(DType::U8)?,
+    ))
 }
 
 /// `max_sequence_length` must be 1..=1024, as the pipelines' `check_inputs` requires.

@@ -33,7 +33,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps })
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -58,13 +61,20 @@ impl MultimodalRope {
         let head_dim = cfg.head_dim();
         let mrope_section = cfg.mrope_section();
         if mrope_section.iter().sum::<usize>() != head_dim / 2 {
-            bail!("mrope_section {mrope_section:?} must sum to head_dim/2 = {}", head_dim / 2)
+            bail!(
+                "mrope_section {mrope_section:?} must sum to head_dim/2 = {}",
+                head_dim / 2
+            )
         }
         // In f32 like torch: 1 / theta^(2i/d).
         let theta = cfg.rope_theta() as f32;
-        let inv_freq: Vec<f32> =
-            (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
-        Ok(Self { inv_freq: Tensor::new(inv_freq, device)?, mrope_section })
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Ok(Self {
+            inv_freq: Tensor::new(inv_freq, device)?,
+            mrope_section,
+        })
     }
 
     /// cos and sin for `position_ids` `[3, B, S]`, each `[B, 1, S, head_dim]` in f32 (the 1
@@ -93,7 +103,10 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let half = x.dim(D::Minus1)? / 2;
-    let rotated = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+    let rotated = Tensor::cat(
+        &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
+        D::Minus1,
+    )?;
     (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
@@ -110,8 +123,12 @@ struct Attention {
 
 impl Attention {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (hidden, num_heads, num_kv_heads, head_dim) =
-            (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads(), cfg.head_dim());
+        let (hidden, num_heads, num_kv_heads, head_dim) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads(),
+            cfg.head_dim(),
+        );
         Ok(Self {
             q_proj: candle_nn::linear(hidden, num_heads * head_dim, vb.pp("q_proj"))?,
             k_proj: candle_nn::linear(hidden, num_kv_heads * head_dim, vb.pp("k_proj"))?,
@@ -142,7 +159,10 @@ impl Attention {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.reshape((b, kv, group * s, s))?.matmul(&v)?.reshape((b, h, s, hd))?;
+        let out = probs
+            .reshape((b, kv, group * s, s))?
+            .matmul(&v)?
+            .reshape((b, h, s, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, s, h * hd))?;
         self.o_proj.forward(&out)
     }
@@ -197,7 +217,9 @@ impl DecoderLayer {
 
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
     }
 }
@@ -306,7 +328,10 @@ impl Qwen25VLTextModel {
         };
         let (b, s, d) = embeds.dims3()?;
         if d != self.hidden_size() {
-            bail!("text encoder embeddings have width {d}, the model {}", self.hidden_size())
+            bail!(
+                "text encoder embeddings have width {d}, the model {}",
+                self.hidden_size()
+            )
         }
         let position_ids = match position_ids.dims() {
             [3, pb, ps] if (*pb, *ps) == (b, s) => position_ids.clone(),
@@ -332,7 +357,9 @@ impl Qwen25VLTextModel {
 /// 1-D positions `0..S` for every sample, as M-RoPE ids `[3, B, S]` (u32): what the reference
 /// uses for text-only prompts.
 pub fn text_position_ids(batch: usize, seq_len: usize, device: &Device) -> Result<Tensor> {
-    Tensor::arange(0u32, seq_len as u32, device)?.reshape((1, 1, seq_len))?.repeat((3, batch, 1))
+    Tensor::arange(0u32, seq_len as u32, device)?
+        .reshape((1, 1, seq_len))?
+        .repeat((3, batch, 1))
 }
 
 /// Additive f32 attention bias `[B or 1, 1, S, S]`: 0 where query i may attend key j (j ≤ i and
@@ -358,7 +385,10 @@ fn attention_bias(b: usize, s: usize, attention_mask: Option<&Tensor>, device: &
 
 fn check_supported(cfg: &TextConfig) -> Result<()> {
     if cfg.hidden_act != "silu" {
-        bail!("text encoder hidden_act {:?} is not supported (only silu)", cfg.hidden_act)
+        bail!(
+            "text encoder hidden_act {:?} is not supported (only silu)",
+            cfg.hidden_act
+        )
     }
     if cfg.use_sliding_window {
         bail!("text encoder use_sliding_window = true is not supported")
@@ -368,7 +398,7 @@ fn check_supported(cfg: &TextConfig) -> Result<()> {
         bail!("text encoder rope_type {rope_type:?} is not supported (only default / mrope)")
     }
     let (h, kv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
-    if h == 0 || kv == 0 || h % kv != 0 || cfg.hidden_size % h != 0 {
+    if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !cfg.hidden_size.is_multiple_of(h) {
         bail!(
             "text encoder heads don't fit: hidden_size {}, num_attention_heads {h}, num_key_value_heads {kv}",
             cfg.hidden_size
@@ -386,6 +416,8 @@ fn language_model_vb<'a>(vb: &VarBuilder<'a>) -> Result<VarBuilder<'a>> {
     }
     bail!(
         "text encoder weights not found: expected {}",
-        LANGUAGE_MODEL_PREFIXES.map(|p| format!("{p}.embed_tokens.weight")).join(" or ")
+        LANGUAGE_MODEL_PREFIXES
+            .map(|p| format!("{p}.embed_tokens.weight"))
+            .join(" or ")
     )
 }

@@ -178,8 +178,12 @@ impl QwenTokenizer {
             .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| tokenizer_error(&merges_file, e))?;
-        let split = Split::new(SplitPattern::Regex(PRETOKENIZE_REGEX.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| tokenizer_error(dir, e))?;
+        let split = Split::new(
+            SplitPattern::Regex(PRETOKENIZE_REGEX.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tokenizer_error(dir, e))?;
         // The regex already split the text, so ByteLevel only maps bytes (use_regex = false).
         let byte_level = ByteLevel::new(false, false, false);
 
@@ -187,15 +191,17 @@ impl QwenTokenizer {
         inner.with_normalizer(Some(NFC)).map_err(|e| tokenizer_error(dir, e))?;
         inner.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), byte_level.into()])));
         inner.with_decoder(Some(byte_level));
-        inner.add_special_tokens(added.into_values()).map_err(|e| tokenizer_error(dir, e))?;
+        inner
+            .add_special_tokens(added.into_values())
+            .map_err(|e| tokenizer_error(dir, e))?;
         Self::finish(inner, config.as_ref(), dir)
     }
 
     fn finish(inner: Tokenizer, config: Option<&TokenizerConfig>, source: &Path) -> Result<Self> {
         let id = |token: &str| {
-            inner.token_to_id(token).ok_or_else(|| {
-                Error::Tokenizer(format!("{}: special token {token} is missing", source.display()))
-            })
+            inner
+                .token_to_id(token)
+                .ok_or_else(|| Error::Tokenizer(format!("{}: special token {token} is missing", source.display())))
         };
         let special = SpecialTokens {
             endoftext: id("<|endoftext|>")?,
@@ -221,19 +227,30 @@ impl QwenTokenizer {
                 )))
             }
         };
-        Ok(Self { inner, special, pad_id, padding_side, source: source.to_path_buf() })
+        Ok(Self {
+            inner,
+            special,
+            pad_id,
+            padding_side,
+            source: source.to_path_buf(),
+        })
     }
 
     /// Token ids of `text`, with nothing added; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| tokenizer_error(&self.source, e))?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tokenizer_error(&self.source, e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// The text of `ids`; `skip_special` drops the tokens flagged special (as transformers'
     /// `skip_special_tokens`, without clean-up of tokenisation spaces).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| tokenizer_error(&self.source, e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| tokenizer_error(&self.source, e))
     }
 
     /// The id of a token (special or regular, e.g. `"<|image_pad|>"`).
@@ -267,7 +284,9 @@ fn read_tokenizer_config(dir: &Path) -> Result<Option<TokenizerConfig>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|source| Error::Json { path, source })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::Json { path, source })
 }
 
 /// The special tokens by id: from `added_tokens_decoder` (with its flags) or `added_tokens.json`
@@ -277,7 +296,10 @@ fn added_tokens(dir: &Path, config: Option<&TokenizerConfig>) -> Result<BTreeMap
     if let Some(config) = config.filter(|c| !c.added_tokens_decoder.is_empty()) {
         for (id, t) in &config.added_tokens_decoder {
             let id: u32 = id.parse().map_err(|_| {
-                Error::Tokenizer(format!("{}/tokenizer_config.json: added token id {id:?} is not a number", dir.display()))
+                Error::Tokenizer(format!(
+                    "{}/tokenizer_config.json: added token id {id:?} is not a number",
+                    dir.display()
+                ))
             })?;
             let token = AddedToken::from(t.content.clone(), t.special)
                 .lstrip(t.lstrip)

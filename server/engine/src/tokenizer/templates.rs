@@ -86,8 +86,14 @@ pub const CAPTION_PROMPT_CN: &str = concat!(
 );
 
 impl PromptTemplate {
-    pub const LAYERED: Self = Self { template: LAYERED_TEMPLATE, drop: LAYERED_DROP };
-    pub const EDIT: Self = Self { template: EDIT_TEMPLATE, drop: EDIT_DROP };
+    pub const LAYERED: Self = Self {
+        template: LAYERED_TEMPLATE,
+        drop: LAYERED_DROP,
+    };
+    pub const EDIT: Self = Self {
+        template: EDIT_TEMPLATE,
+        drop: EDIT_DROP,
+    };
 
     /// The template with `prompt` in its slot, as Python's `template.format(prompt)` (the prompt
     /// is inserted verbatim, braces and all).
@@ -97,14 +103,18 @@ impl PromptTemplate {
 
     /// The text before the slot: what the drop count counts.
     pub fn prefix(&self) -> &'static str {
-        self.template.split_once("{}").map_or(self.template, |(prefix, _)| prefix)
+        self.template
+            .split_once("{}")
+            .map_or(self.template, |(prefix, _)| prefix)
     }
 }
 
 /// The Edit-2509 placeholders for `n_images` condition images: `"Picture 1: <|vision_start|>…"`
 /// repeated, numbered from 1; prepend it to the instruction before [`PromptTemplate::format`].
 pub fn edit_image_prefix(n_images: usize) -> String {
-    (1..=n_images).map(|i| fill_slot(EDIT_IMAGE_TEMPLATE, &i.to_string())).collect()
+    (1..=n_images)
+        .map(|i| fill_slot(EDIT_IMAGE_TEMPLATE, &i.to_string()))
+        .collect()
 }
 
 fn fill_slot(template: &str, value: &str) -> String {
@@ -122,7 +132,9 @@ mod tests {
     /// holds (`pipeline_qwenimage_layered.py`, `pipeline_qwenimage_edit_plus.py`), so any edit to
     /// a constant fails here.
     fn fnv1a(bytes: &[u8]) -> u64 {
-        bytes.iter().fold(0xcbf29ce484222325, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+        bytes
+            .iter()
+            .fold(0xcbf29ce484222325, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
     }
 
     #[test]
