@@ -277,3 +277,43 @@ fn long_prompts_are_cut_before_the_model() {
     assert_eq!(batch.kept, vec![34..134, 34..51]);
     assert_eq!(batch.full_lengths, vec![527, 17]);
 }
+
+/// `padding_side: "left"` in tokenizer_config.json: pads go first, and each row keeps the offset
+/// it has in the uncut batch (the reference's positions run over the padding).
+#[test]
+fn left_padding_keeps_each_rows_offset() {
+    let dir = std::env::temp_dir().join(format!("engine-left-pad-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tokenizer.json");
+    if !json.exists() {
+        std::os::unix::fs::symlink(
+            fixtures().join("tiny-qwen-image-layered/processor/tokenizer.json"),
+            &json,
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"pad_token": "<|endoftext|>", "padding_side": "left"}"#,
+    )
+    .unwrap();
+    let tok = QwenTokenizer::from_tokenizer_json(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(tok.padding_side(), PaddingSide::Left);
+
+    let prompts = &tokens_json()["prompts"];
+    let ascii = prompts["ascii"]["text"].as_str().unwrap(); // 51 tokens with the template
+    let space = prompts["space"]["text"].as_str().unwrap(); // 40
+    let batch = PromptBatch::new(&tok, &PromptTemplate::LAYERED, &[ascii, space], 512).unwrap();
+    assert_eq!(batch.seq_len(), 51);
+    assert_eq!(batch.ids[1][..11], [151643; 11]);
+    assert_eq!(batch.ids[1][11..], ids(&prompts["space"]["layered_ids"]));
+    assert_eq!(batch.attention_mask[1], [vec![0; 11], vec![1; 40]].concat());
+    assert_eq!(batch.kept, vec![34..51, 45..51]);
+
+    // Cut at 10 kept tokens: the long row loses its tail, the short one keeps its 11 pads.
+    let batch = PromptBatch::new(&tok, &PromptTemplate::LAYERED, &[ascii, space], 10).unwrap();
+    assert_eq!(batch.seq_len(), 51);
+    assert_eq!(batch.kept, vec![34..44, 45..51]);
+    assert_eq!(batch.attention_mask[0], [vec![1; 44], vec![0; 7]].concat());
+}
