@@ -23,6 +23,9 @@ pub const MAX_CFG_SCALE: f32 = 20.0;
 /// Longest accepted prompt / instruction, in characters (the encoder keeps ≤ 1024 tokens anyway).
 pub const MAX_PROMPT_CHARS: usize = 4000;
 
+/// HTTP status of a cancelled job's outcome (409 Conflict: the job ended by request).
+pub const CANCELLED_STATUS: u16 = 409;
+
 /// Where the layers come back: index 0 is the composite, then Layer 1 (bottom) … Layer N (top).
 pub const LAYER_ORDER: &str = "bottom-to-top";
 
@@ -169,6 +172,10 @@ impl ApiError {
     }
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(500, msg)
+    }
+    /// The job was cancelled by its client.
+    pub fn cancelled() -> Self {
+        Self::new(CANCELLED_STATUS, "the job was cancelled")
     }
 }
 
@@ -394,4 +401,47 @@ mod tests {
         let json = serde_json::to_value(ApiError::bad_request("nope")).unwrap();
         assert_eq!(json, serde_json::json!({"error": "nope"}));
     }
+}
+
+/// A queued or running job, as `GET /api/qwen-image/jobs/{id}` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub state: JobState,
+    /// What the engine is doing: "queued", "loading", "encoding", "denoising", "decoding", "done".
+    pub phase: String,
+    /// Denoising step finished so far, out of `total_steps`.
+    pub step: u32,
+    pub total_steps: u32,
+    /// Seconds since the job started running (0 while queued).
+    pub elapsed: f64,
+    /// Estimated seconds left, once a step has been timed.
+    pub eta_seconds: Option<f64>,
+    /// Position in the queue while waiting (0 = next).
+    pub queue_position: Option<u32>,
+    pub error: Option<String>,
+    /// The result, once `state` is `done`.
+    pub result: Option<DecomposeResponse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Answer to starting a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub id: String,
 }

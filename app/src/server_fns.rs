@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 use leptos::server_fn::codec::{GetUrl, Json};
 
-use crate::api::{ConfigResponse, DecomposeRequest, DecomposeResponse, StatusResponse};
+use crate::api::{ConfigResponse, DecomposeRequest, DecomposeResponse, JobStarted, JobStatus, StatusResponse};
 
 #[cfg(feature = "ssr")]
 fn backend() -> Result<crate::backend::SharedBackend, ServerFnError> {
@@ -41,4 +41,20 @@ pub async fn get_status() -> Result<StatusResponse, ServerFnError> {
 #[server(prefix = "/api/app", endpoint = "decompose", input = Json)]
 pub async fn decompose(request: DecomposeRequest) -> Result<DecomposeResponse, ServerFnError> {
     backend()?.decompose(request).await.map_err(fail)
+}
+
+/// Queues a decomposition and returns its job id at once; follow it with [`get_job_status`].
+#[server(prefix = "/api/app", endpoint = "start_decompose", input = Json)]
+pub async fn start_decompose(request: DecomposeRequest) -> Result<JobStarted, ServerFnError> {
+    backend()?.start_decompose(request).map_err(fail)
+}
+
+#[server(prefix = "/api/app", endpoint = "job_status", input = Json)]
+pub async fn get_job_status(id: String) -> Result<JobStatus, ServerFnError> {
+    backend()?.job_status(&id).map_err(fail)
+}
+
+#[server(prefix = "/api/app", endpoint = "cancel_job", input = Json)]
+pub async fn cancel_job(id: String) -> Result<JobStatus, ServerFnError> {
+    backend()?.cancel_job(&id).map_err(fail)
 }

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use app::api::{
-    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, Limits,
-    StatusResponse,
+    ApiError, ConfigResponse, DecomposeJob, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, Limits, StatusResponse,
 };
 use app::backend::{Backend, BoxFuture};
 
 use crate::config::QwenImageSettings;
 use crate::engine_state::EngineState;
+use crate::job_registry::{JobHandle, JobRegistry};
 use crate::jobs::JobQueue;
 
 /// Limits and identity of a running server, fixed at startup.
@@ -30,6 +31,7 @@ pub struct ServerBackend {
     queue: Arc<JobQueue<EngineState>>,
     /// Set by the worker once the decompose models are in memory.
     loaded: Arc<std::sync::atomic::AtomicBool>,
+    jobs: JobRegistry,
     /// Why decomposition cannot run (model missing…), found at startup.
     unavailable: Option<String>,
     edit_unavailable: Option<String>,
@@ -48,11 +50,42 @@ impl ServerBackend {
         let edit_unavailable = engine.edit_unavailable();
         let loaded = engine.loaded_flag();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
-        Arc::new(Self { options, limits, queue, loaded, unavailable, edit_unavailable })
+        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit_unavailable })
     }
 
     pub fn options(&self) -> &ServerOptions {
         &self.options
+    }
+
+    /// Validates a request and queues it as a followable job; the receiver yields its outcome.
+    fn enqueue_decompose(
+        &self,
+        request: DecomposeRequest,
+    ) -> Result<(Arc<JobHandle>, tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>), ApiError> {
+        let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
+        if let Some(reason) = &self.unavailable {
+            return Err(ApiError::unavailable(reason.clone()));
+        }
+        let handle = self.jobs.create(job.steps);
+        let worker_handle = handle.clone();
+        let submitted = self.queue.submit(move |engine: &mut EngineState| {
+            if worker_handle.is_cancelled_now() {
+                let out = Err(ApiError::cancelled());
+                worker_handle.finish(&out);
+                return out;
+            }
+            worker_handle.start();
+            let out = engine.decompose(job, worker_handle.as_ref());
+            worker_handle.finish(&out);
+            out
+        });
+        match submitted {
+            Ok(done) => Ok((handle, done)),
+            Err(e) => {
+                self.jobs.remove(&handle.id);
+                Err(e)
+            }
+        }
     }
 
     fn queue_handle(&self) -> Arc<JobQueue<EngineState>> {
@@ -121,16 +154,26 @@ impl Backend for ServerBackend {
     }
 
     fn decompose(&self, request: DecomposeRequest) -> BoxFuture<Result<DecomposeResponse, ApiError>> {
-        let job = request.validate(&self.limits, random_seed());
-        let unavailable = self.unavailable.clone();
-        let queue = self.queue_handle();
+        let queued = self.enqueue_decompose(request);
         Box::pin(async move {
-            let job = job?;
-            if let Some(reason) = unavailable {
-                return Err(ApiError::unavailable(reason));
-            }
-            queue.run(move |engine| engine.decompose(job)).await
+            let (_, done) = queued?;
+            done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
         })
+    }
+
+    fn start_decompose(&self, request: DecomposeRequest) -> Result<JobStarted, ApiError> {
+        let (handle, _) = self.enqueue_decompose(request)?;
+        Ok(JobStarted { id: handle.id.clone() })
+    }
+
+    fn job_status(&self, id: &str) -> Result<JobStatus, ApiError> {
+        self.jobs.status(id)
+    }
+
+    fn cancel_job(&self, id: &str) -> Result<JobStatus, ApiError> {
+        let job = self.jobs.get(id)?;
+        job.request_cancel();
+        self.jobs.status(id)
     }
 
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {

@@ -40,7 +40,7 @@ impl EngineState {
         }
     }
 
-    pub fn decompose(&mut self, _job: DecomposeJob) -> Result<DecomposeResponse, ApiError> {
+    pub fn decompose(&mut self, _job: DecomposeJob, _progress: &dyn engine::pipeline::Progress) -> Result<DecomposeResponse, ApiError> {
         Err(ApiError::unavailable(self.decompose_unavailable().unwrap_or_default()))
     }
 

@@ -40,6 +40,17 @@ impl<S: Send + 'static> JobQueue<S> {
         T: Send + 'static,
         F: FnOnce(&mut S) -> Result<T, ApiError> + Send + 'static,
     {
+        let done = self.submit(work)?;
+        done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+    }
+
+    /// Queues `work` without waiting; the receiver yields its result. Fails fast with 429 when
+    /// the queue is full, so the caller knows at once whether the job was accepted.
+    pub fn submit<T, F>(&self, work: F) -> Result<oneshot::Receiver<Result<T, ApiError>>, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut S) -> Result<T, ApiError> + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel();
         let in_flight = self.in_flight.clone();
         let task: Task<S> = Box::new(move |state| {
@@ -60,7 +71,7 @@ impl<S: Send + 'static> JobQueue<S> {
                 mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("the engine worker has stopped"),
             });
         }
-        done_rx.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+        Ok(done_rx)
     }
 
     /// Jobs waiting or running.

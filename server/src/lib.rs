@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod engine_state;
+pub mod job_registry;
 pub mod jobs;
 pub mod routes;
 

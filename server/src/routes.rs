@@ -7,7 +7,7 @@ use app::api::{ApiError, DecomposeRequest, EditLayerRequest};
 use app::backend::Backend;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -70,6 +70,23 @@ async fn edit_layer(
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
+async fn start_job(
+    State(backend): State<Arc<ServerBackend>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: DecomposeRequest = parse_json(body)?;
+    let started = backend.start_decompose(request)?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+async fn job_status(State(backend): State<Arc<ServerBackend>>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(backend.job_status(&id)?).into_response())
+}
+
+async fn cancel_job(State(backend): State<Arc<ServerBackend>>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(backend.cancel_job(&id)?).into_response())
+}
+
 async fn config(State(backend): State<Arc<ServerBackend>>) -> Response {
     Json(backend.config()).into_response()
 }
@@ -117,6 +134,9 @@ pub fn api_router(backend: Arc<ServerBackend>, api_token: Option<String>, max_bo
         .route("/api/qwen-image/config", get(config).fallback(method_not_allowed))
         .route("/api/qwen-image/status", get(status).fallback(method_not_allowed))
         .route("/api/qwen-image/edit-status", get(edit_status).fallback(method_not_allowed))
+        .route("/api/qwen-image/jobs", post(start_job).fallback(method_not_allowed))
+        .route("/api/qwen-image/jobs/{id}", get(job_status).fallback(method_not_allowed))
+        .route("/api/qwen-image/jobs/{id}/cancel", post(cancel_job).fallback(method_not_allowed))
         .route("/api/qwen-image/{*rest}", axum::routing::any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(backend);
