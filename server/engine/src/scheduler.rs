@@ -197,6 +197,13 @@ impl FlowMatchEulerScheduler {
         };
         if let Some(terminal) = c.shift_terminal {
             let last = *sigmas.last().expect("non-empty");
+            if last >= 1.0 {
+                // The stretch divides by 1 − σ_last: diffusers returns NaN sigmas here.
+                candle_core::bail!(
+                    "scheduler: shift_terminal={terminal} needs a last sigma below 1 (got {last}); \
+                     use at least 2 steps"
+                );
+            }
             let scale = (1.0 - last) / (1.0 - terminal) as f32;
             for s in &mut sigmas {
                 *s = 1.0 - (1.0 - *s) / scale;

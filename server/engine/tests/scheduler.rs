@@ -147,3 +147,92 @@ fn euler_step_and_model_sigma() {
     let last = s.step(&x, &v, 2).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(last[0], 1.0 - sig[2] * 0.25);
 }
+
+// ---- against tests/fixtures/reference/scheduler.safetensors (generate.py, record_scheduler) ----
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("reference/scheduler.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn checkpoint_scheduler(checkpoint: &str) -> FlowMatchEulerScheduler {
+    let dir = engine::weights::ModelDir::open(fixtures().join(checkpoint)).unwrap();
+    FlowMatchEulerScheduler::new(dir.read_json("scheduler", "scheduler_config.json").unwrap()).unwrap()
+}
+
+#[test]
+fn sigmas_and_timesteps_match_the_fixtures_bit_for_bit() {
+    let r = reference();
+    let mut checked = 0;
+    for (tag, checkpoint) in [("layered", "tiny-qwen-image-layered"), ("edit", "tiny-qwen-image-edit-2509")] {
+        let mut s = checkpoint_scheduler(checkpoint);
+        for n in [1usize, 2, 3, 20, 50] {
+            let seqs: &[usize] = if tag == "layered" { &[1536, 1600, 4096] } else { &[256, 384, 4096] };
+            for &seq in seqs {
+                let mu = if tag == "layered" { layered_mu(seq) } else { s.edit_mu(seq) };
+                let key = format!("{tag}/n{n}/s{seq}");
+                let want_sigmas = r[&format!("{key}/sigmas")].to_vec1::<f32>().unwrap();
+                let want_timesteps = r[&format!("{key}/timesteps")].to_vec1::<f32>().unwrap();
+                if want_sigmas.iter().any(|x| x.is_nan()) {
+                    // diffusers divides by zero (one step with a terminal stretch); we refuse instead.
+                    let err = s.set_timesteps(n, Some(mu)).unwrap_err().to_string();
+                    assert!(err.contains("shift_terminal"), "{key}: {err}");
+                    println!("{key}: reference has NaN sigmas; refused with: {}", err.lines().next().unwrap_or(""));
+                    continue;
+                }
+                s.set_timesteps(n, Some(mu)).unwrap();
+                assert_eq!(s.sigmas(), want_sigmas.as_slice(), "{key} sigmas");
+                assert_eq!(s.timesteps(), want_timesteps.as_slice(), "{key} timesteps");
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} schedules bit-identical to diffusers (max abs err 0)");
+    assert_eq!(checked, 27);
+}
+
+#[test]
+fn euler_step_matches_the_fixture() {
+    let r = reference();
+    let mut s = checkpoint_scheduler("tiny-qwen-image-layered");
+    s.set_timesteps(3, Some(2.5)).unwrap();
+    let out = s.step(&r["step/sample"], &r["step/model_output"], 0).unwrap();
+    let err = (out - &r["step/prev_sample"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    println!("step: max abs err {err:e}");
+    assert_eq!(err, 0.0);
+}
+
+#[test]
+fn the_runs_schedules_match_the_fixture_manifest() {
+    // The sigmas and transformer inputs (timestep/1000) the recorded pipeline runs used.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap()).unwrap();
+    for (run, checkpoint) in [
+        ("layered_l2_cfgnorm", "tiny-qwen-image-layered"),
+        ("layered_wide_nocfg", "tiny-qwen-image-layered"),
+        ("edit_plus", "tiny-qwen-image-edit-2509"),
+    ] {
+        let case = &manifest["cases"][format!("run/{run}")];
+        let mut s = checkpoint_scheduler(checkpoint);
+        let n = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let mu = if checkpoint.contains("layered") {
+            layered_mu(case["s_cond"].as_u64().unwrap() as usize)
+        } else {
+            s.edit_mu(case["s_noisy"].as_u64().unwrap() as usize)
+        };
+        assert_eq!(mu, case["mu"].as_f64().unwrap(), "{run} mu");
+        s.set_timesteps(n, Some(mu)).unwrap();
+        let want: Vec<f32> = case["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(s.sigmas(), want.as_slice(), "{run} sigmas");
+        // transformer_timesteps lists each transformer call (twice per step with CFG).
+        let calls: Vec<f32> =
+            case["transformer_timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let per_step = calls.len() / n;
+        for i in 0..n {
+            assert_eq!(s.model_sigma(i).unwrap(), calls[i * per_step], "{run} step {i} model sigma");
+        }
+    }
+}

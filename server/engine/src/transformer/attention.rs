@@ -96,21 +96,24 @@ impl JointAttention {
     }
 }
 
-/// softmax(q kᵀ / √Dh + bias) v for `[B, H, S, Dh]` inputs, softmax in f32.
+/// softmax(q kᵀ / √Dh + bias) v for `[B, H, S, Dh]` inputs.
 ///
-/// Queries are processed in chunks so the f32 score matrix stays under [`MAX_SCORE_ELEMENTS`].
+/// Scores and softmax are f32 whatever the input dtype: bf16-rounded scores of magnitude ~20 would
+/// be off by up to 0.06 before the exponential, which is noise on long sequences (fused kernels
+/// such as flash attention keep them in f32 too, and are the faster choice on CUDA). Queries are
+/// processed in chunks so the score matrix stays under [`MAX_SCORE_ELEMENTS`].
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, s_q, dh) = q.dims4()?;
     let s_k = k.dim(2)?;
     let scale = 1.0 / (dh as f64).sqrt();
-    let kt = k.transpose(2, 3)?.contiguous()?;
+    let kt = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?;
     let chunk = (MAX_SCORE_ELEMENTS / (b * h * s_k).max(1)).clamp(1, s_q.max(1));
     let mut outs = Vec::with_capacity(s_q.div_ceil(chunk));
     let mut start = 0;
     while start < s_q {
         let len = chunk.min(s_q - start);
-        let q_chunk = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (q_chunk.matmul(&kt)?.to_dtype(DType::F32)? * scale)?;
+        let q_chunk = q.narrow(2, start, len)?.to_dtype(DType::F32)?.contiguous()?;
+        let scores = (q_chunk.matmul(&kt)? * scale)?;
         let scores = match key_bias {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,

@@ -23,6 +23,8 @@ pub struct Trace {
     pub temb: Tensor,
     /// `[B, S_img, D]`: `img_in` output.
     pub img_in: Tensor,
+    /// `[B, S_txt, joint_attention_dim]`: `txt_norm` output.
+    pub txt_norm: Tensor,
     /// `[B, S_txt, D]`: `txt_in(txt_norm(·))` output.
     pub txt_in: Tensor,
     /// Per block, its `(img, txt)` outputs.
@@ -136,10 +138,10 @@ impl QwenImageTransformer {
         let out = self.run(img, txt, txt_mask, sigma, img_shapes, additional_t_cond, Some(&mut trace))?;
         let mut it = trace.into_iter();
         let mut next = || it.next().expect("run records every stage");
-        let (temb, img_in, txt_in) = (next(), next(), next());
+        let (temb, img_in, txt_norm, txt_in) = (next(), next(), next(), next());
         let blocks = (0..self.transformer_blocks.len()).map(|_| (next(), next())).collect();
         let norm_out = next();
-        Ok((out, Trace { temb, img_in, txt_in, blocks, norm_out }))
+        Ok((out, Trace { temb, img_in, txt_norm, txt_in, blocks, norm_out }))
     }
 
     /// Checks the shapes a caller can get wrong; returns (batch, S_img, S_txt).
@@ -212,9 +214,11 @@ impl QwenImageTransformer {
 
         let temb = self.timestep_embedding(sigma, additional_t_cond)?;
         let mut img = self.img_in.forward(&img.to_dtype(self.dtype)?)?;
-        let mut txt = self.txt_in.forward(&self.txt_norm.forward(&txt.to_dtype(self.dtype)?)?)?;
+        let txt_normed = self.txt_norm.forward(&txt.to_dtype(self.dtype)?)?;
+        let mut txt = self.txt_in.forward(&txt_normed)?;
         record(&temb);
         record(&img);
+        record(&txt_normed);
         record(&txt);
 
         let rope = self.rope.tables(img_shapes, s_txt)?;
