@@ -10,7 +10,7 @@
 use candle_core::{Result, Tensor};
 
 fn check_even(h: usize, w: usize, what: &str) -> Result<()> {
-    if h % 2 != 0 || w % 2 != 0 {
+    if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
         candle_core::bail!(
             "{what}: latent height and width must be even to form 2×2 patches, got {h}×{w} \
              (image sizes must be multiples of 16 pixels)"
@@ -84,7 +84,7 @@ fn check_tokens(s: usize, c4: usize, frames: usize, h: usize, w: usize, what: &s
     if s != expected {
         candle_core::bail!("{what}: {s} tokens, but {frames} frame(s) of {h}×{w} latents make {expected}");
     }
-    if c4 % 4 != 0 {
+    if !c4.is_multiple_of(4) {
         candle_core::bail!("{what}: {c4} channels per token is not a multiple of 4 (2×2 patches)");
     }
     Ok(())

@@ -86,17 +86,24 @@ fn falsy_or_number<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Optio
         Number(f64),
     }
     Ok(match Option::<Raw>::deserialize(d)? {
-        None | Some(Raw::Bool(false)) => None,
-        Some(Raw::Number(x)) if x == 0.0 => None,
+        None | Some(Raw::Bool(false)) | Some(Raw::Number(0.0)) => None,
         Some(Raw::Number(x)) => Some(x),
-        Some(Raw::Bool(true)) => return Err(serde::de::Error::custom("shift_terminal: expected false, null or a number")),
+        Some(Raw::Bool(true)) => {
+            return Err(serde::de::Error::custom(
+                "shift_terminal: expected false, null or a number",
+            ))
+        }
     })
 }
 
 impl SchedulerConfig {
     /// Qwen/Qwen-Image-Layered `scheduler/scheduler_config.json` (mirrors of the release).
     pub fn layered() -> Self {
-        Self { shift_terminal: None, time_shift_type: TimeShiftType::Linear, ..Self::edit_2509() }
+        Self {
+            shift_terminal: None,
+            time_shift_type: TimeShiftType::Linear,
+            ..Self::edit_2509()
+        }
     }
 
     /// Qwen-Image / Edit / Edit-2509 (as cloned by derivatives; the exact 2509 file is unverified).
@@ -149,7 +156,11 @@ impl FlowMatchEulerScheduler {
         if let Some((key, _)) = unsupported.iter().find(|(_, on)| *on) {
             candle_core::bail!("scheduler config: {key}=true is not supported (Qwen-Image pipelines leave it off)");
         }
-        Ok(Self { config, sigmas: Vec::new(), timesteps: Vec::new() })
+        Ok(Self {
+            config,
+            sigmas: Vec::new(),
+            timesteps: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -246,7 +257,11 @@ impl FlowMatchEulerScheduler {
             candle_core::bail!("scheduler: step {i} out of range (0..{})", self.num_steps());
         }
         if latents.dims() != velocity.dims() {
-            candle_core::bail!("scheduler: latents {:?} and velocity {:?} differ in shape", latents.dims(), velocity.dims());
+            candle_core::bail!(
+                "scheduler: latents {:?} and velocity {:?} differ in shape",
+                latents.dims(),
+                velocity.dims()
+            );
         }
         let dt = self.sigmas[i + 1] - self.sigmas[i];
         let velocity = (velocity.to_dtype(DType::F32)? * dt as f64)?;

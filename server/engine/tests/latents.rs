@@ -5,7 +5,10 @@ use engine::latents::{pack, pack_layered, unpack, unpack_layered};
 
 fn arange(shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().reshape(shape).unwrap()
+    Tensor::arange(0f32, n as f32, &Device::Cpu)
+        .unwrap()
+        .reshape(shape)
+        .unwrap()
 }
 
 #[test]
@@ -17,7 +20,7 @@ fn layered_packing_follows_the_reference_layout() {
     let flat_x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let p = packed.to_vec3::<f32>().unwrap();
     let at = |bi: usize, li: usize, ci: usize, y: usize, xx: usize| flat_x[(((bi * l + li) * c + ci) * h + y) * w + xx];
-    for bi in 0..b {
+    for (bi, rows) in p.iter().enumerate() {
         for li in 0..l {
             for i in 0..h / 2 {
                 for j in 0..w / 2 {
@@ -26,7 +29,7 @@ fn layered_packing_follows_the_reference_layout() {
                         for dy in 0..2 {
                             for dx in 0..2 {
                                 assert_eq!(
-                                    p[bi][token][ci * 4 + dy * 2 + dx],
+                                    rows[token][ci * 4 + dy * 2 + dx],
                                     at(bi, li, ci, 2 * i + dy, 2 * j + dx),
                                     "b{bi} l{li} c{ci} i{i} j{j} dy{dy} dx{dx}"
                                 );
@@ -55,13 +58,27 @@ fn unpack_inverts_pack() {
     let x = arange(&[2, 3, 16, 4, 6]);
     let back = unpack_layered(&pack_layered(&x).unwrap(), 3, 4, 6).unwrap();
     assert_eq!(back.dims(), x.dims());
-    let diff = (back - &x).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (back - &x)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 
     let y = arange(&[1, 16, 1, 8, 2]);
     let back = unpack(&pack(&y).unwrap(), 8, 2).unwrap();
     assert_eq!(back.dims(), y.dims());
-    let diff = (back - &y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (back - &y)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 }
 
@@ -84,19 +101,30 @@ fn odd_sizes_and_wrong_token_counts_are_clear_errors() {
 
     let wrong_rank = Tensor::zeros((1, 16, 4), DType::F32, &Device::Cpu).unwrap();
     assert!(pack(&wrong_rank).unwrap_err().to_string().contains("expected latents"));
-    assert!(pack_layered(&wrong_rank).unwrap_err().to_string().contains("expected latents"));
+    assert!(pack_layered(&wrong_rank)
+        .unwrap_err()
+        .to_string()
+        .contains("expected latents"));
 }
 
 // ---- against tests/fixtures/reference/latents.safetensors (generate.py, record_packing) ----
 
 fn reference() -> std::collections::HashMap<String, Tensor> {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/latents.safetensors");
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/latents.safetensors");
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -105,7 +133,10 @@ fn packing_matches_the_fixtures_exactly() {
     let packed = pack_layered(&r["layered/unpacked"]).unwrap();
     let d1 = max_abs_diff(&packed, &r["layered/packed"]);
     // The reference unpack returns (B, C, frames, h, w); ours (B, frames, C, h, w).
-    let unpacked = unpack_layered(&r["layered/packed"], 3, 4, 6).unwrap().permute((0, 2, 1, 3, 4)).unwrap();
+    let unpacked = unpack_layered(&r["layered/packed"], 3, 4, 6)
+        .unwrap()
+        .permute((0, 2, 1, 3, 4))
+        .unwrap();
     let d2 = max_abs_diff(&unpacked, &r["layered/unpacked_bcfhw"]);
     let d3 = max_abs_diff(&pack(&r["edit/unpacked"]).unwrap(), &r["edit/packed"]);
     let d4 = max_abs_diff(&unpack(&r["edit/packed"], 4, 6).unwrap(), &r["edit/unpacked_back"]);

@@ -45,7 +45,10 @@ fn configs_parse_with_hf_keys_and_falsy_terminal() {
 
 #[test]
 fn unsupported_options_are_refused_by_name() {
-    let cfg = SchedulerConfig { use_karras_sigmas: true, ..SchedulerConfig::layered() };
+    let cfg = SchedulerConfig {
+        use_karras_sigmas: true,
+        ..SchedulerConfig::layered()
+    };
     let err = FlowMatchEulerScheduler::new(cfg).unwrap_err().to_string();
     assert!(err.contains("use_karras_sigmas"), "{err}");
 }
@@ -66,17 +69,53 @@ fn linear_shift_matches_diffusers() {
     let mut s = scheduler(LAYERED_JSON);
     s.set_timesteps(3, Some(2.5)).unwrap();
     // By hand: 2.5 / (2.5 + 1/σ − 1) for σ = 1, 2/3, 1/3 → 1, 5/6, 5/9; then the appended 0.
-    assert_bits(s.sigmas(), &[1.0, 0.8333333134651184, 0.5555555820465088, 0.0], "sigmas N=3 mu=2.5");
-    assert_bits(s.timesteps(), &[1000.0, 833.3333129882812, 555.5556030273438], "timesteps N=3");
+    assert_bits(
+        s.sigmas(),
+        &[1.0, 0.8333333134651184, 0.5555555820465088, 0.0],
+        "sigmas N=3 mu=2.5",
+    );
+    assert_bits(
+        s.timesteps(),
+        &[1000.0, 833.3333129882812, 555.5556030273438],
+        "timesteps N=3",
+    );
 
     s.set_timesteps(50, Some(2.5)).unwrap();
     assert_eq!(s.sigmas().len(), 51);
-    assert_bits(&s.sigmas()[..5], &[1.0, 0.9919028282165527, 0.9836065173149109, 0.9751036763191223, 0.9663865566253662], "N=50 head");
-    assert_bits(&s.sigmas()[48..], &[0.09433962404727936, 0.04854368790984154, 0.0], "N=50 tail");
+    assert_bits(
+        &s.sigmas()[..5],
+        &[
+            1.0,
+            0.9919028282165527,
+            0.9836065173149109,
+            0.9751036763191223,
+            0.9663865566253662,
+        ],
+        "N=50 head",
+    );
+    assert_bits(
+        &s.sigmas()[48..],
+        &[0.09433962404727936, 0.04854368790984154, 0.0],
+        "N=50 tail",
+    );
 
     s.set_timesteps(50, Some(4.0)).unwrap();
-    assert_bits(&s.sigmas()[..5], &[1.0, 0.9949238896369934, 0.9896906614303589, 0.9842931628227234, 0.978723406791687], "mu=4 head");
-    assert_bits(&s.sigmas()[48..], &[0.1428571492433548, 0.07547169923782349, 0.0], "mu=4 tail");
+    assert_bits(
+        &s.sigmas()[..5],
+        &[
+            1.0,
+            0.9949238896369934,
+            0.9896906614303589,
+            0.9842931628227234,
+            0.978723406791687,
+        ],
+        "mu=4 head",
+    );
+    assert_bits(
+        &s.sigmas()[48..],
+        &[0.1428571492433548, 0.07547169923782349, 0.0],
+        "mu=4 tail",
+    );
 }
 
 #[test]
@@ -88,14 +127,46 @@ fn exponential_shift_with_terminal_stretch_matches_diffusers() {
     assert_bits(s.sigmas(), &[1.0, 0.019999980926513672, 0.0], "N=2");
 
     s.set_timesteps(50, Some(mu)).unwrap();
-    assert_bits(&s.sigmas()[..5], &[1.0, 0.9897009134292603, 0.9791914820671082, 0.9684653282165527, 0.9575156569480896], "N=50 head");
-    assert_bits(&s.sigmas()[48..], &[0.0584757924079895, 0.019999980926513672, 0.0], "N=50 tail");
-    assert_bits(&s.timesteps()[..3], &[1000.0, 989.700927734375, 979.1914672851562], "N=50 timesteps");
+    assert_bits(
+        &s.sigmas()[..5],
+        &[
+            1.0,
+            0.9897009134292603,
+            0.9791914820671082,
+            0.9684653282165527,
+            0.9575156569480896,
+        ],
+        "N=50 head",
+    );
+    assert_bits(
+        &s.sigmas()[48..],
+        &[0.0584757924079895, 0.019999980926513672, 0.0],
+        "N=50 tail",
+    );
+    assert_bits(
+        &s.timesteps()[..3],
+        &[1000.0, 989.700927734375, 979.1914672851562],
+        "N=50 timesteps",
+    );
 
     let mu = s.edit_mu(1000);
     s.set_timesteps(7, Some(mu)).unwrap();
-    assert_bits(&s.sigmas()[..5], &[1.0, 0.8882392644882202, 0.7614115476608276, 0.6162499785423279, 0.44846922159194946], "N=7 head");
-    assert_bits(&s.sigmas()[5..], &[0.25233596563339233, 0.019999980926513672, 0.0], "N=7 tail");
+    assert_bits(
+        &s.sigmas()[..5],
+        &[
+            1.0,
+            0.8882392644882202,
+            0.7614115476608276,
+            0.6162499785423279,
+            0.44846922159194946,
+        ],
+        "N=7 head",
+    );
+    assert_bits(
+        &s.sigmas()[5..],
+        &[0.25233596563339233, 0.019999980926513672, 0.0],
+        "N=7 tail",
+    );
 }
 
 #[test]
@@ -113,7 +184,11 @@ fn layered_and_edit_input_spacings_agree() {
 #[test]
 fn missing_mu_and_bad_steps_are_errors() {
     let mut s = scheduler(LAYERED_JSON);
-    assert!(s.set_timesteps(10, None).unwrap_err().to_string().contains("mu is required"));
+    assert!(s
+        .set_timesteps(10, None)
+        .unwrap_err()
+        .to_string()
+        .contains("mu is required"));
     assert!(s.set_timesteps(0, Some(1.0)).is_err());
     s.set_timesteps(2, Some(1.0)).unwrap();
     let x = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -131,17 +206,17 @@ fn euler_step_and_model_sigma() {
     for i in 0..3 {
         let dt = sig[i + 1] - sig[i];
         let got = s.step(&x, &v, i).unwrap().to_vec1::<f32>().unwrap();
-        let want = [1.0 + dt * 0.25, -2.0 + dt * 4.0, 0.5 + dt * -1.0];
+        let want = [1.0 + dt * 0.25, -2.0 + dt * 4.0, 0.5 - dt];
         assert_eq!(got, want, "step {i}");
     }
     // A bf16 velocity still steps in f32 and returns f32.
     let vb = v.to_dtype(candle_core::DType::BF16).unwrap();
     assert_eq!(s.step(&x, &vb, 0).unwrap().dtype(), candle_core::DType::F32);
     // The transformer sees timestep/1000 (f32), which is σ up to the last bit.
-    for i in 0..3 {
+    for (i, &sigma) in sig.iter().take(3).enumerate() {
         let m = s.model_sigma(i).unwrap();
         assert_eq!(m, s.timesteps()[i] / 1000.0);
-        assert!((m - sig[i]).abs() <= 1e-7);
+        assert!((m - sigma).abs() <= 1e-7);
     }
     // The final step lands on σ = 0: x + (0 − σ_last)·v.
     let last = s.step(&x, &v, 2).unwrap().to_vec1::<f32>().unwrap();
@@ -167,12 +242,23 @@ fn checkpoint_scheduler(checkpoint: &str) -> FlowMatchEulerScheduler {
 fn sigmas_and_timesteps_match_the_fixtures_bit_for_bit() {
     let r = reference();
     let mut checked = 0;
-    for (tag, checkpoint) in [("layered", "tiny-qwen-image-layered"), ("edit", "tiny-qwen-image-edit-2509")] {
+    for (tag, checkpoint) in [
+        ("layered", "tiny-qwen-image-layered"),
+        ("edit", "tiny-qwen-image-edit-2509"),
+    ] {
         let mut s = checkpoint_scheduler(checkpoint);
         for n in [1usize, 2, 3, 20, 50] {
-            let seqs: &[usize] = if tag == "layered" { &[1536, 1600, 4096] } else { &[256, 384, 4096] };
+            let seqs: &[usize] = if tag == "layered" {
+                &[1536, 1600, 4096]
+            } else {
+                &[256, 384, 4096]
+            };
             for &seq in seqs {
-                let mu = if tag == "layered" { layered_mu(seq) } else { s.edit_mu(seq) };
+                let mu = if tag == "layered" {
+                    layered_mu(seq)
+                } else {
+                    s.edit_mu(seq)
+                };
                 let key = format!("{tag}/n{n}/s{seq}");
                 let want_sigmas = r[&format!("{key}/sigmas")].to_vec1::<f32>().unwrap();
                 let want_timesteps = r[&format!("{key}/timesteps")].to_vec1::<f32>().unwrap();
@@ -180,7 +266,10 @@ fn sigmas_and_timesteps_match_the_fixtures_bit_for_bit() {
                     // diffusers divides by zero (one step with a terminal stretch); we refuse instead.
                     let err = s.set_timesteps(n, Some(mu)).unwrap_err().to_string();
                     assert!(err.contains("shift_terminal"), "{key}: {err}");
-                    println!("{key}: reference has NaN sigmas; refused with: {}", err.lines().next().unwrap_or(""));
+                    println!(
+                        "{key}: reference has NaN sigmas; refused with: {}",
+                        err.lines().next().unwrap_or("")
+                    );
                     continue;
                 }
                 s.set_timesteps(n, Some(mu)).unwrap();
@@ -200,7 +289,14 @@ fn euler_step_matches_the_fixture() {
     let mut s = checkpoint_scheduler("tiny-qwen-image-layered");
     s.set_timesteps(3, Some(2.5)).unwrap();
     let out = s.step(&r["step/sample"], &r["step/model_output"], 0).unwrap();
-    let err = (out - &r["step/prev_sample"]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let err = (out - &r["step/prev_sample"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("step: max abs err {err:e}");
     assert_eq!(err, 0.0);
 }
@@ -225,14 +321,27 @@ fn the_runs_schedules_match_the_fixture_manifest() {
         };
         assert_eq!(mu, case["mu"].as_f64().unwrap(), "{run} mu");
         s.set_timesteps(n, Some(mu)).unwrap();
-        let want: Vec<f32> = case["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> = case["sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(s.sigmas(), want.as_slice(), "{run} sigmas");
         // transformer_timesteps lists each transformer call (twice per step with CFG).
-        let calls: Vec<f32> =
-            case["transformer_timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let calls: Vec<f32> = case["transformer_timesteps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         let per_step = calls.len() / n;
         for i in 0..n {
-            assert_eq!(s.model_sigma(i).unwrap(), calls[i * per_step], "{run} step {i} model sigma");
+            assert_eq!(
+                s.model_sigma(i).unwrap(),
+                calls[i * per_step],
+                "{run} step {i} model sigma"
+            );
         }
     }
 }

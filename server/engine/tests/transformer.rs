@@ -35,8 +35,22 @@ fn model(checkpoint: &str) -> QwenImageTransformer {
 fn check(name: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     assert_eq!(ours.dims(), reference.dims(), "{name}: shape");
     let ours = ours.to_dtype(DType::F32).unwrap();
-    let abs = (&ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+    let abs = (&ours - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-12);
     let rel = abs / scale;
     println!("{name:<32} max abs err {abs:.3e}  rel {rel:.3e}  (ref max {scale:.3e})");
     assert!(rel <= RTOL, "{name}: relative error {rel:e} > {RTOL:e} (abs {abs:e})");
@@ -92,14 +106,41 @@ impl Case {
         let mut worst = 0f32;
 
         let rope = m.rope_tables(&self.img_shapes, txt.dim(1).unwrap()).unwrap();
-        worst = worst.max(check(&format!("{tag}/rope_img_cos"), &rope.img_cos().unwrap(), self.get("rope_img_cos")));
-        worst = worst.max(check(&format!("{tag}/rope_img_sin"), &rope.img_sin().unwrap(), self.get("rope_img_sin")));
-        worst = worst.max(check(&format!("{tag}/rope_txt_cos"), &rope.txt_cos().unwrap(), self.get("rope_txt_cos")));
-        worst = worst.max(check(&format!("{tag}/rope_txt_sin"), &rope.txt_sin().unwrap(), self.get("rope_txt_sin")));
-        worst = worst.max(check(&format!("{tag}/time_proj"), &timestep_sinusoid(sigma).unwrap(), self.get("time_proj")));
+        worst = worst.max(check(
+            &format!("{tag}/rope_img_cos"),
+            &rope.img_cos().unwrap(),
+            self.get("rope_img_cos"),
+        ));
+        worst = worst.max(check(
+            &format!("{tag}/rope_img_sin"),
+            &rope.img_sin().unwrap(),
+            self.get("rope_img_sin"),
+        ));
+        worst = worst.max(check(
+            &format!("{tag}/rope_txt_cos"),
+            &rope.txt_cos().unwrap(),
+            self.get("rope_txt_cos"),
+        ));
+        worst = worst.max(check(
+            &format!("{tag}/rope_txt_sin"),
+            &rope.txt_sin().unwrap(),
+            self.get("rope_txt_sin"),
+        ));
+        worst = worst.max(check(
+            &format!("{tag}/time_proj"),
+            &timestep_sinusoid(sigma).unwrap(),
+            self.get("time_proj"),
+        ));
 
         let (out, trace) = m
-            .forward_with_trace(img, txt, self.mask(), sigma, &self.img_shapes, self.additional_t_cond.as_ref())
+            .forward_with_trace(
+                img,
+                txt,
+                self.mask(),
+                sigma,
+                &self.img_shapes,
+                self.additional_t_cond.as_ref(),
+            )
             .unwrap();
         worst = worst.max(check(&format!("{tag}/temb"), &trace.temb, self.get("temb")));
         worst = worst.max(check(&format!("{tag}/img_in"), &trace.img_in, self.get("img_in")));
@@ -107,10 +148,18 @@ impl Case {
         worst = worst.max(check(&format!("{tag}/txt_in"), &trace.txt_in, self.get("txt_in")));
         assert_eq!(trace.blocks.len(), 2);
         for (i, (bimg, btxt)) in trace.blocks.iter().enumerate() {
-            worst = worst.max(check(&format!("{tag}/block{i}/img"), bimg, self.get(&format!("block{i}/img"))));
+            worst = worst.max(check(
+                &format!("{tag}/block{i}/img"),
+                bimg,
+                self.get(&format!("block{i}/img")),
+            ));
             // Padded text rows (masked keys) still get computed as queries; the reference does
             // the same, so they are compared too.
-            worst = worst.max(check(&format!("{tag}/block{i}/txt"), btxt, self.get(&format!("block{i}/txt"))));
+            worst = worst.max(check(
+                &format!("{tag}/block{i}/txt"),
+                btxt,
+                self.get(&format!("block{i}/txt")),
+            ));
         }
         worst = worst.max(check(&format!("{tag}/norm_out"), &trace.norm_out, self.get("norm_out")));
         worst = worst.max(check(&format!("{tag}/output"), &out, self.get("output")));
@@ -122,7 +171,17 @@ impl Case {
 #[test]
 fn layered_forward_matches_reference_at_every_stage() {
     let case = Case::layered();
-    assert_eq!(case.model.config(), &Config { num_layers: 2, attention_head_dim: 32, num_attention_heads: 2, joint_attention_dim: 32, axes_dims_rope: [8, 12, 12], ..Config::layered() });
+    assert_eq!(
+        case.model.config(),
+        &Config {
+            num_layers: 2,
+            attention_head_dim: 32,
+            num_attention_heads: 2,
+            joint_attention_dim: 32,
+            axes_dims_rope: [8, 12, 12],
+            ..Config::layered()
+        }
+    );
     case.check_all_stages();
 }
 
@@ -175,7 +234,10 @@ fn rope_positions_follow_both_variants() {
     assert!(std::sync::Arc::ptr_eq(&a, &b));
 
     // A Layer3D condition segment must be a single frame.
-    let err = layered.image_positions(&[(1, 2, 2), (2, 2, 2)]).unwrap_err().to_string();
+    let err = layered
+        .image_positions(&[(1, 2, 2), (2, 2, 2)])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("condition segment"), "{err}");
 }
 
@@ -195,7 +257,11 @@ fn batched_masked_forward_equals_the_reference_alone_forward() {
             case.additional_t_cond.as_ref(),
         )
         .unwrap();
-    check("batched item 1 vs reference alone", &out.narrow(0, 1, 1).unwrap(), case.get("sample1_alone_output"));
+    check(
+        "batched item 1 vs reference alone",
+        &out.narrow(0, 1, 1).unwrap(),
+        case.get("sample1_alone_output"),
+    );
 }
 
 #[test]
@@ -208,29 +274,51 @@ fn batched_cfg_equals_two_separate_forwards() {
         // cond: all text tokens; uncond: a shorter, different prompt.
         let cond = txt.clone();
         let uncond = (txt.narrow(1, 0, 2).unwrap() * -0.5).unwrap();
-        let t_cond = case.additional_t_cond.as_ref().map(|_| Tensor::new(&[0u32], &Device::Cpu).unwrap());
+        let t_cond = case
+            .additional_t_cond
+            .as_ref()
+            .map(|_| Tensor::new(&[0u32], &Device::Cpu).unwrap());
 
-        let alone_c = m.forward(&img, &cond, None, &sigma, &case.img_shapes, t_cond.as_ref()).unwrap();
-        let alone_u = m.forward(&img, &uncond, None, &sigma, &case.img_shapes, t_cond.as_ref()).unwrap();
+        let alone_c = m
+            .forward(&img, &cond, None, &sigma, &case.img_shapes, t_cond.as_ref())
+            .unwrap();
+        let alone_u = m
+            .forward(&img, &uncond, None, &sigma, &case.img_shapes, t_cond.as_ref())
+            .unwrap();
 
         let (txt2, mask2) = pad_and_stack(&cond, None, &uncond, None).unwrap();
         assert_eq!(txt2.dims(), &[2, cond.dim(1).unwrap(), cond.dim(2).unwrap()]);
         let img2 = Tensor::cat(&[&img, &img], 0).unwrap();
         let sigma2 = Tensor::cat(&[&sigma, &sigma], 0).unwrap();
         let t2 = t_cond.as_ref().map(|t| Tensor::cat(&[t, t], 0).unwrap());
-        let both = m.forward(&img2, &txt2, Some(&mask2), &sigma2, &case.img_shapes, t2.as_ref()).unwrap();
+        let both = m
+            .forward(&img2, &txt2, Some(&mask2), &sigma2, &case.img_shapes, t2.as_ref())
+            .unwrap();
         let (vc, vu) = split_cond_uncond(&both).unwrap();
 
         let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         let (dc, du) = (max_diff(&vc, &alone_c), max_diff(&vu, &alone_u));
         println!("{}: batched CFG vs separate: cond {dc:.3e}, uncond {du:.3e}", case.tag);
         assert!(dc <= 1e-5 && du <= 1e-5, "{}: cond {dc:e}, uncond {du:e}", case.tag);
         // And the padding mattered: without the mask the uncond row changes.
-        let unmasked = m.forward(&img2, &txt2, None, &sigma2, &case.img_shapes, t2.as_ref()).unwrap();
+        let unmasked = m
+            .forward(&img2, &txt2, None, &sigma2, &case.img_shapes, t2.as_ref())
+            .unwrap();
         let (_, vu_unmasked) = split_cond_uncond(&unmasked).unwrap();
-        assert!(max_diff(&vu_unmasked, &alone_u) > 1e-3, "{}: the key mask had no effect", case.tag);
+        assert!(
+            max_diff(&vu_unmasked, &alone_u) > 1e-3,
+            "{}: the key mask had no effect",
+            case.tag
+        );
     }
 }
 
@@ -242,7 +330,10 @@ fn pad_and_stack_pads_the_shorter_prompt_and_masks_it() {
     let b_mask = Tensor::new(&[[1u32, 1, 1, 1, 0]], &dev).unwrap();
     let (txt, mask) = pad_and_stack(&a, None, &b, Some(&b_mask)).unwrap();
     assert_eq!(txt.dims(), &[2, 5, 4]);
-    assert_eq!(mask.to_vec2::<u8>().unwrap(), vec![vec![1, 1, 1, 0, 0], vec![1, 1, 1, 1, 0]]);
+    assert_eq!(
+        mask.to_vec2::<u8>().unwrap(),
+        vec![vec![1, 1, 1, 0, 0], vec![1, 1, 1, 1, 0]]
+    );
     let rows = txt.sum(2).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(rows, vec![vec![4.0, 4.0, 4.0, 0.0, 0.0], vec![8.0; 5]]);
 
@@ -279,7 +370,10 @@ fn cfg_combine_matches_the_recorded_guided_velocities() {
     ] {
         let r = reference(&format!("runs/{run}.safetensors"));
         for i in 0..steps {
-            let g = |n: &str| r.get(&format!("step{i}/{n}")).unwrap_or_else(|| panic!("{run} step{i}/{n}"));
+            let g = |n: &str| {
+                r.get(&format!("step{i}/{n}"))
+                    .unwrap_or_else(|| panic!("{run} step{i}/{n}"))
+            };
             let v = combine(g("v_cond"), g("v_uncond"), scale, normalize).unwrap();
             check(&format!("{run}/step{i}/v_guided"), &v, g("v_guided"));
         }
@@ -305,7 +399,10 @@ fn shape_errors_a_caller_can_make_are_clear() {
     let err = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
 
     // The right inputs work.
-    assert_eq!(m.forward(&img, &txt, None, &sigma, &shapes, Some(&t)).unwrap().dims(), &[2, 48, 64]);
+    assert_eq!(
+        m.forward(&img, &txt, None, &sigma, &shapes, Some(&t)).unwrap().dims(),
+        &[2, 48, 64]
+    );
 
     // Unpacked latents (16 channels) instead of packed tokens.
     let img16 = Tensor::zeros((2, 48, 16), DType::F32, &dev).unwrap();
@@ -342,7 +439,9 @@ fn shape_errors_a_caller_can_make_are_clear() {
     let txt = Tensor::zeros((1, 5, 32), DType::F32, &dev).unwrap();
     let sigma = Tensor::new(&[0.5f32], &dev).unwrap();
     let t1 = Tensor::new(&[0u32], &dev).unwrap();
-    let e = err(edit.model.forward(&img, &txt, None, &sigma, &edit.img_shapes, Some(&t1)));
+    let e = err(edit
+        .model
+        .forward(&img, &txt, None, &sigma, &edit.img_shapes, Some(&t1)));
     assert!(e.contains("use_additional_t_cond=false"), "{e}");
 }
 
@@ -352,12 +451,19 @@ fn bf16_matches_diffusers_bf16() {
     // own bf16 forward (tests/reference/extra_transformer.py) it must agree to bf16 precision. Both
     // round the timestep to bf16 first, which alone moves the tiny model's output ~8% from f32, so
     // this fails if that cast is dropped.
-    let extra = candle_core::safetensors::load(fixtures().join("reference/extra/transformer_bf16.safetensors"), &Device::Cpu)
-        .unwrap();
-    for (case, checkpoint) in [(Case::layered(), "tiny-qwen-image-layered"), (Case::edit(), "tiny-qwen-image-edit-2509")] {
+    let extra = candle_core::safetensors::load(
+        fixtures().join("reference/extra/transformer_bf16.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (case, checkpoint) in [
+        (Case::layered(), "tiny-qwen-image-layered"),
+        (Case::edit(), "tiny-qwen-image-edit-2509"),
+    ] {
         let dir = ModelDir::open(fixtures().join(checkpoint)).unwrap();
         let cfg: Config = dir.read_json("transformer", "config.json").unwrap();
-        let m = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", DType::BF16, &Device::Cpu).unwrap()).unwrap();
+        let m = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", DType::BF16, &Device::Cpu).unwrap())
+            .unwrap();
         let out = m
             .forward(
                 case.get("in/hidden_states"),
@@ -371,21 +477,41 @@ fn bf16_matches_diffusers_bf16() {
         assert_eq!(out.dtype(), DType::BF16);
         let out = out.to_dtype(DType::F32).unwrap();
         let rel = |reference: &Tensor| {
-            let abs = (&out - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let abs = (&out - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             abs / reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
         };
         let vs_bf16 = rel(&extra[&format!("{}/output_bf16", case.tag)]);
         let vs_f32 = rel(case.get("output"));
-        println!("{}: bf16 output rel err vs diffusers bf16 {vs_bf16:.3e}, vs diffusers f32 {vs_f32:.3e}", case.tag);
-        assert!(vs_bf16 < 3e-2, "{}: bf16 output differs from diffusers bf16 by {vs_bf16}", case.tag);
+        println!(
+            "{}: bf16 output rel err vs diffusers bf16 {vs_bf16:.3e}, vs diffusers f32 {vs_f32:.3e}",
+            case.tag
+        );
+        assert!(
+            vs_bf16 < 3e-2,
+            "{}: bf16 output differs from diffusers bf16 by {vs_bf16}",
+            case.tag
+        );
     }
 }
 
 #[test]
 fn unsupported_configs_are_refused_by_key() {
-    let cfg = Config { zero_cond_t: true, ..Config::edit_2509() };
+    let cfg = Config {
+        zero_cond_t: true,
+        ..Config::edit_2509()
+    };
     assert!(cfg.validate().unwrap_err().to_string().contains("zero_cond_t"));
-    let cfg = Config { axes_dims_rope: [16, 56, 54], ..Config::edit_2509() };
+    let cfg = Config {
+        axes_dims_rope: [16, 56, 54],
+        ..Config::edit_2509()
+    };
     assert!(cfg.validate().unwrap_err().to_string().contains("axes_dims_rope"));
     assert!(Config::layered().validate().is_ok());
     assert_eq!(Config::layered().inner_dim(), 3072);

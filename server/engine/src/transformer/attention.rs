@@ -77,8 +77,12 @@ impl JointAttention {
         let img_q = self.norm_q.forward(&self.heads_view(&self.to_q.forward(img)?)?)?;
         let img_k = self.norm_k.forward(&self.heads_view(&self.to_k.forward(img)?)?)?;
         let img_v = self.heads_view(&self.to_v.forward(img)?)?;
-        let txt_q = self.norm_added_q.forward(&self.heads_view(&self.add_q_proj.forward(txt)?)?)?;
-        let txt_k = self.norm_added_k.forward(&self.heads_view(&self.add_k_proj.forward(txt)?)?)?;
+        let txt_q = self
+            .norm_added_q
+            .forward(&self.heads_view(&self.add_q_proj.forward(txt)?)?)?;
+        let txt_k = self
+            .norm_added_k
+            .forward(&self.heads_view(&self.add_k_proj.forward(txt)?)?)?;
         let txt_v = self.heads_view(&self.add_v_proj.forward(txt)?)?;
 
         // [B, S, H, Dh] → [B, H, S_txt + S_img, Dh]
@@ -91,7 +95,9 @@ impl JointAttention {
         let (b, h, s, dh) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((b, s, h * dh))?;
         let txt_out = self.to_add_out.forward(&out.narrow(1, 0, txt_len)?.contiguous()?)?;
-        let img_out = self.to_out.forward(&out.narrow(1, txt_len, s - txt_len)?.contiguous()?)?;
+        let img_out = self
+            .to_out
+            .forward(&out.narrow(1, txt_len, s - txt_len)?.contiguous()?)?;
         Ok((img_out, txt_out))
     }
 }

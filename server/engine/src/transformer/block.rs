@@ -51,13 +51,19 @@ impl Modulation {
     /// reference's (shift, scale, gate) order.
     fn pair(params: &Tensor) -> Result<(Self, Self)> {
         let chunks = params.unsqueeze(1)?.chunk(6, 2)?;
-        let m = |i: usize| Self { shift: chunks[i].clone(), scale: chunks[i + 1].clone(), gate: chunks[i + 2].clone() };
+        let m = |i: usize| Self {
+            shift: chunks[i].clone(),
+            scale: chunks[i + 1].clone(),
+            gate: chunks[i + 2].clone(),
+        };
         Ok((m(0), m(3)))
     }
 
     /// `LN(x)·(1+scale) + shift`.
     fn modulate(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, EPS)?.broadcast_mul(&(&self.scale + 1.0)?)?.broadcast_add(&self.shift)
+        layer_norm(x, EPS)?
+            .broadcast_mul(&(&self.scale + 1.0)?)?
+            .broadcast_add(&self.shift)
     }
 
     /// `x + gate·y`.
@@ -104,8 +110,12 @@ impl TransformerBlock {
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
         let (txt_attn_mod, txt_mlp_mod) = Modulation::pair(&self.txt_mod.forward(&temb)?)?;
 
-        let (img_attn, txt_attn) =
-            self.attn.forward(&img_attn_mod.modulate(img)?, &txt_attn_mod.modulate(txt)?, rope, key_bias)?;
+        let (img_attn, txt_attn) = self.attn.forward(
+            &img_attn_mod.modulate(img)?,
+            &txt_attn_mod.modulate(txt)?,
+            rope,
+            key_bias,
+        )?;
         let img = img_attn_mod.gated_residual(img, &img_attn)?;
         let txt = txt_attn_mod.gated_residual(txt, &txt_attn)?;
 

@@ -29,7 +29,10 @@ pub fn pad_and_stack(
     let len = sc.max(su);
     let (cond, cond_mask) = pad_one(cond, cond_mask, len, "cond")?;
     let (uncond, uncond_mask) = pad_one(uncond, uncond_mask, len, "uncond")?;
-    Ok((Tensor::cat(&[cond, uncond], 0)?, Tensor::cat(&[cond_mask, uncond_mask], 0)?))
+    Ok((
+        Tensor::cat(&[cond, uncond], 0)?,
+        Tensor::cat(&[cond_mask, uncond_mask], 0)?,
+    ))
 }
 
 /// Pads `x` `[B, S, D]` with zeros to `len` tokens and returns it with its u8 mask `[B, len]`.
@@ -37,7 +40,10 @@ fn pad_one(x: &Tensor, mask: Option<&Tensor>, len: usize, which: &str) -> Result
     let (b, s, d) = x.dims3()?;
     let mask = match mask {
         Some(m) if m.dims() == [b, s] => m.to_dtype(DType::F32)?.ne(0.0)?,
-        Some(m) => candle_core::bail!("pad_and_stack: {which} mask has shape {:?}, expected [{b}, {s}]", m.dims()),
+        Some(m) => candle_core::bail!(
+            "pad_and_stack: {which} mask has shape {:?}, expected [{b}, {s}]",
+            m.dims()
+        ),
         None => Tensor::ones((b, s), DType::U8, x.device())?,
     };
     if s == len {
@@ -61,7 +67,11 @@ pub fn split_cond_uncond(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// the channel axis equals the conditional velocity's (`cfg_normalize`). Computed in f32.
 pub fn combine(cond: &Tensor, uncond: &Tensor, scale: f64, normalize: bool) -> Result<Tensor> {
     if cond.dims() != uncond.dims() {
-        candle_core::bail!("cfg combine: cond {:?} and uncond {:?} differ in shape", cond.dims(), uncond.dims());
+        candle_core::bail!(
+            "cfg combine: cond {:?} and uncond {:?} differ in shape",
+            cond.dims(),
+            uncond.dims()
+        );
     }
     let cond = cond.to_dtype(DType::F32)?;
     let uncond = uncond.to_dtype(DType::F32)?;

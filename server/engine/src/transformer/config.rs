@@ -71,7 +71,11 @@ impl Config {
     /// Qwen/Qwen-Image-Layered `transformer/config.json` (mirrors Runware/Qwen-Image-Layered and
     /// diffusers/Qwen-Image-Layered-modular).
     pub fn layered() -> Self {
-        Self { use_additional_t_cond: true, use_layer3d_rope: true, ..Self::edit_2509() }
+        Self {
+            use_additional_t_cond: true,
+            use_layer3d_rope: true,
+            ..Self::edit_2509()
+        }
     }
 
     /// Qwen/Qwen-Image-Edit-2509 `transformer/config.json` (lightx2v upload): the base Qwen-Image

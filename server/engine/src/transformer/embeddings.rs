@@ -15,7 +15,9 @@ pub fn timestep_sinusoid(sigma: &Tensor) -> Result<Tensor> {
     let half = TIMESTEP_CHANNELS / 2;
     // Same f32 steps as the reference: (−ln 10000 · k) / half, then exp.
     let neg_log_period = -(10000f64.ln()) as f32;
-    let freqs: Vec<f32> = (0..half).map(|k| (neg_log_period * k as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (neg_log_period * k as f32 / half as f32).exp())
+        .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), sigma.device())?;
     let sigma = sigma.to_dtype(DType::F32)?.unsqueeze(1)?;
     // The reference multiplies by the frequencies first, then by the scale.
@@ -58,7 +60,10 @@ impl TimeTextEmbed {
         } else {
             None
         };
-        Ok(Self { timestep_embedder: TimestepEmbedding::new(dim, vb.pp("timestep_embedder"))?, addition_t_embedding })
+        Ok(Self {
+            timestep_embedder: TimestepEmbedding::new(dim, vb.pp("timestep_embedder"))?,
+            addition_t_embedding,
+        })
     }
 
     pub fn uses_additional_t_cond(&self) -> bool {

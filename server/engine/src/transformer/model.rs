@@ -65,7 +65,11 @@ impl QwenImageTransformer {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let variant = if cfg.use_layer3d_rope { RopeVariant::Layer3d } else { RopeVariant::Base };
+        let variant = if cfg.use_layer3d_rope {
+            RopeVariant::Layer3d
+        } else {
+            RopeVariant::Base
+        };
         Ok(Self {
             img_in: candle_nn::linear(cfg.in_channels, dim, vb.pp("img_in"))?,
             txt_norm: RmsNorm::new(cfg.joint_attention_dim, 1e-6, vb.pp("txt_norm"))?,
@@ -135,13 +139,31 @@ impl QwenImageTransformer {
         additional_t_cond: Option<&Tensor>,
     ) -> Result<(Tensor, Trace)> {
         let mut trace = Vec::new();
-        let out = self.run(img, txt, txt_mask, sigma, img_shapes, additional_t_cond, Some(&mut trace))?;
+        let out = self.run(
+            img,
+            txt,
+            txt_mask,
+            sigma,
+            img_shapes,
+            additional_t_cond,
+            Some(&mut trace),
+        )?;
         let mut it = trace.into_iter();
         let mut next = || it.next().expect("run records every stage");
         let (temb, img_in, txt_norm, txt_in) = (next(), next(), next(), next());
         let blocks = (0..self.transformer_blocks.len()).map(|_| (next(), next())).collect();
         let norm_out = next();
-        Ok((out, Trace { temb, img_in, txt_norm, txt_in, blocks, norm_out }))
+        Ok((
+            out,
+            Trace {
+                temb,
+                img_in,
+                txt_norm,
+                txt_in,
+                blocks,
+                norm_out,
+            },
+        ))
     }
 
     /// Checks the shapes a caller can get wrong; returns (batch, S_img, S_txt).
@@ -156,7 +178,10 @@ impl QwenImageTransformer {
         let cfg = &self.cfg;
         let (b, s_img, c) = match img.dims() {
             &[b, s, c] => (b, s, c),
-            d => candle_core::bail!("transformer: img must be [batch, image tokens, {}], got {d:?}", cfg.in_channels),
+            d => candle_core::bail!(
+                "transformer: img must be [batch, image tokens, {}], got {d:?}",
+                cfg.in_channels
+            ),
         };
         if c != cfg.in_channels {
             candle_core::bail!(
@@ -176,7 +201,10 @@ impl QwenImageTransformer {
         }
         if let Some(mask) = txt_mask {
             if mask.dims() != [b, s_txt] {
-                candle_core::bail!("transformer: txt_mask has shape {:?}, expected [batch={b}, text tokens={s_txt}]", mask.dims());
+                candle_core::bail!(
+                    "transformer: txt_mask has shape {:?}, expected [batch={b}, text tokens={s_txt}]",
+                    mask.dims()
+                );
             }
         }
         if sigma.dims() != [b] {
@@ -230,8 +258,13 @@ impl QwenImageTransformer {
         }
 
         let emb = self.norm_out.forward(&temb.silu()?)?.unsqueeze(1)?;
-        let (scale, shift) = (emb.narrow(2, 0, self.cfg.inner_dim())?, emb.narrow(2, self.cfg.inner_dim(), self.cfg.inner_dim())?);
-        let img = layer_norm(&img, 1e-6)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let (scale, shift) = (
+            emb.narrow(2, 0, self.cfg.inner_dim())?,
+            emb.narrow(2, self.cfg.inner_dim(), self.cfg.inner_dim())?,
+        );
+        let img = layer_norm(&img, 1e-6)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?;
         record(&img);
         self.proj_out.forward(&img)
     }

@@ -26,7 +26,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
-        Ok(Self { weight, eps: eps as f32 })
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -75,9 +75,17 @@ const THETA: f32 = 10000.0;
 impl Rope {
     pub fn new(axes_dims: [usize; 3], variant: RopeVariant, device: &Device) -> Self {
         // 1 / theta^(2i/d), each step in f32 like `1.0 / torch.pow(theta, arange(0, d, 2).float() / d)`.
-        let axis_freqs = axes_dims
-            .map(|d| (0..d / 2).map(|i| 1.0f32 / THETA.powf((2 * i) as f32 / d as f32)).collect::<Vec<f32>>());
-        Self { variant, axis_freqs, device: device.clone(), cache: Mutex::new(HashMap::new()) }
+        let axis_freqs = axes_dims.map(|d| {
+            (0..d / 2)
+                .map(|i| 1.0f32 / THETA.powf((2 * i) as f32 / d as f32))
+                .collect::<Vec<f32>>()
+        });
+        Self {
+            variant,
+            axis_freqs,
+            device: device.clone(),
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn variant(&self) -> RopeVariant {
@@ -101,7 +109,9 @@ impl Rope {
         for (idx, &(frames, height, width)) in img_shapes.iter().enumerate() {
             let is_condition = self.variant == RopeVariant::Layer3d && idx == last;
             if is_condition && frames != 1 {
-                candle_core::bail!("rope: the Layer3D condition segment (last of img_shapes) must have 1 frame, got {frames}");
+                candle_core::bail!(
+                    "rope: the Layer3D condition segment (last of img_shapes) must have 1 frame, got {frames}"
+                );
             }
             // Centred rows/columns: h − h/2 negative positions, then h/2 non-negative ones.
             let h0 = (height - height / 2) as i64;
