@@ -345,3 +345,28 @@ fn the_runs_schedules_match_the_fixture_manifest() {
         }
     }
 }
+
+#[test]
+fn the_edit_runs_euler_steps_match_the_fixture() {
+    // runs/edit_plus stores every step tensor in full: pack the recorded noise, then apply the
+    // recorded guided velocities with our schedule; both steps must land on the reference latents.
+    let r =
+        candle_core::safetensors::load(fixtures().join("reference/runs/edit_plus.safetensors"), &Device::Cpu).unwrap();
+    let mut s = checkpoint_scheduler("tiny-qwen-image-edit-2509");
+    s.set_timesteps(2, Some(s.edit_mu(384))).unwrap();
+    let mut latents = engine::latents::pack(&r["noise"].squeeze(1).unwrap()).unwrap();
+    for i in 0..2 {
+        latents = s.step(&latents, &r[&format!("step{i}/v_guided")], i).unwrap();
+        let want = &r[&format!("step{i}/latents_after")];
+        let err = (&latents - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        println!("edit_plus step {i}: latents max abs err {err:e}");
+        assert_eq!(err, 0.0, "step {i}");
+    }
+}
