@@ -9,7 +9,8 @@ use engine::image_proc::{self, Filter};
 use image::{RgbImage, RgbaImage};
 
 fn resize_fixture() -> HashMap<String, Tensor> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/extra/image_proc_resize.safetensors");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/extra/image_proc_resize.safetensors");
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -152,9 +152,9 @@ pub fn tensor_to_rgb8(t: &Tensor) -> Result<RgbImage> {
 
 /// `round(clamp(x·0.5 + 0.5, 0, 1) · 255)` per element, interleaved, in f32 as the reference.
 fn tensor_to_u8(t: &Tensor, channels: usize) -> Result<(u32, u32, Vec<u8>)> {
-    let (c, h, w) = t.dims3().map_err(|_| {
-        Error::InvalidInput(format!("expected one image [{channels}, H, W], got shape {:?}", t.dims()))
-    })?;
+    let (c, h, w) = t
+        .dims3()
+        .map_err(|_| Error::InvalidInput(format!("expected one image [{channels}, H, W], got shape {:?}", t.dims())))?;
     if c != channels {
         return Err(Error::InvalidInput(format!("expected {channels} channels, got {c} (shape {:?})", t.dims())));
     }

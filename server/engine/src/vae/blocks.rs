@@ -152,19 +152,22 @@ impl Module for AttentionBlock {
         let q = (qkv.narrow(D::Minus1, 0, c)?.contiguous()? / (self.dim as f64).sqrt())?;
         let k_t = qkv.narrow(D::Minus1, c, c)?.transpose(1, 2)?.contiguous()?;
         let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
-        // Softmax rows are independent, so queries go in chunks to bound the score matrix.
-        let rows = (MAX_SCORE_ELEMENTS / n.max(1)).clamp(1, n);
-        let mut outs = Vec::with_capacity(n.div_ceil(rows));
-        for start in (0..n).step_by(rows) {
-            let len = rows.min(n - start);
-            let scores = q.narrow(1, start, len)?.matmul(&k_t)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(&v)?);
-        }
-        let out = Tensor::cat(&outs, 1)?; // [B, HW, C]
+        let out = attention(&q, &k_t, &v, (MAX_SCORE_ELEMENTS / n.max(1)).max(1))?; // [B, HW, C]
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?.to_dtype(dtype)?;
         self.proj.forward(&out)? + x
     }
+}
+
+/// `softmax(q · kᵀ) · v` for pre-scaled `q` `[B, N, C]`, `k_t` `[B, C, N]`, `v` `[B, N, C]`.
+/// Softmax rows are independent, so queries go `rows` at a time to bound the score matrix.
+fn attention(q: &Tensor, k_t: &Tensor, v: &Tensor, rows: usize) -> Result<Tensor> {
+    let n = q.dim(1)?;
+    let mut outs = Vec::with_capacity(n.div_ceil(rows));
+    for start in (0..n).step_by(rows) {
+        let scores = q.narrow(1, start, rows.min(n - start))?.matmul(k_t)?;
+        outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)?);
+    }
+    Tensor::cat(&outs, 1)
 }
 
 /// `QwenImageMidBlock` with one attention layer: Res, Attn, Res.
@@ -232,5 +235,125 @@ impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn vb(tensors: Vec<(&str, Tensor)>) -> VarBuilder<'static> {
+        let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        VarBuilder::from_tensors(map, DType::F32, &Device::Cpu)
+    }
+
+    fn arange(n: usize, shape: &[usize]) -> Tensor {
+        Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().reshape(shape).unwrap()
+    }
+
+    #[test]
+    fn causal_conv_keeps_the_last_temporal_tap() {
+        let w = arange(2 * 3 * 27, &[2, 3, 3, 3, 3]);
+        let conv = Conv2d::causal(
+            vb(vec![("weight", w.clone()), ("bias", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())]),
+            3,
+            2,
+            3,
+        )
+        .unwrap();
+        let want = w.i((.., .., 2)).unwrap();
+        assert_eq!(conv.weight().dims(), &[2, 3, 3, 3]);
+        let diff = (conv.weight() - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+        // Not the first or middle tap: element [0,0,·,0,0] is 0, 9, 18 for taps 0, 1, 2.
+        assert_eq!(conv.weight().i((0, 0, 0, 0)).unwrap().to_scalar::<f32>().unwrap(), 18.0);
+
+        // 1×1×1 kernels squeeze to 1×1 and preserve the values.
+        let w1 = arange(6, &[2, 3, 1, 1, 1]);
+        let conv1 = Conv2d::causal(
+            vb(vec![("weight", w1), ("bias", Tensor::new(&[1f32, -1.], &Device::Cpu).unwrap())]),
+            3,
+            2,
+            1,
+        )
+        .unwrap();
+        let x = Tensor::ones((1, 3, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        let y = conv1.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y, vec![0. + 1. + 2. + 1., 3. + 4. + 5. - 1.]);
+    }
+
+    #[test]
+    fn causal_conv_rejects_a_2d_kernel() {
+        let err = Conv2d::causal(vb(vec![("weight", arange(54, &[2, 3, 3, 3])), ("bias", arange(2, &[2]))]), 3, 2, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shape"), "{err}");
+    }
+
+    #[test]
+    fn rms_norm_is_l2_normalisation_times_sqrt_c_and_gamma() {
+        let gamma = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap().reshape((2, 1, 1, 1)).unwrap();
+        let norm = RmsNorm::new(vb(vec![("gamma", gamma)]), 2, &[2, 1, 1, 1]).unwrap();
+        // Channels (3, 4) at one pixel and (0, 0) at another: ‖·‖ = 5 and the eps clamp.
+        let x = Tensor::new(&[3f32, 0., 4., 0.], &Device::Cpu).unwrap().reshape((1, 2, 1, 2)).unwrap();
+        let y = norm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let s = 2f32.sqrt();
+        let want = [0.6 * s, 0.0, 0.8 * s * 2.0, 0.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn downsample_pads_right_and_bottom_only() {
+        // A 3×3 all-ones kernel summing a 4×4 ramp: windows start at 0 and 2 (stride 2) and the
+        // second reaches the zero padding.
+        let conv = vec![
+            ("resample.1.weight", Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap()),
+            ("resample.1.bias", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()),
+        ];
+        let down = Downsample::new(vb(conv), 1).unwrap();
+        let x = arange(16, &[1, 1, 4, 4]);
+        let y = down.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // rows 0-2 × cols 0-2: 0+1+2+4+5+6+8+9+10 = 45; cols 2-3(+pad): 2+3+6+7+10+11 = 39;
+        // rows 2-3(+pad) × cols 0-2: 8+9+10+12+13+14 = 66; both: 10+11+14+15 = 50.
+        assert_eq!(y, vec![45., 39., 66., 50.]);
+    }
+
+    #[test]
+    fn upsample_repeats_each_pixel_twice_each_way() {
+        // An identity 3×3 kernel (centre tap) on one channel, out = C/2 = 1 of 2 channels.
+        let mut k = vec![0f32; 2 * 9];
+        k[4] = 1.0;
+        let w = Tensor::from_vec(k, (1, 2, 3, 3), &Device::Cpu).unwrap();
+        let up = Upsample::new(
+            vb(vec![
+                ("resample.1.weight", w),
+                ("resample.1.bias", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()),
+            ]),
+            2,
+        )
+        .unwrap();
+        let x =
+            Tensor::cat(&[arange(4, &[1, 1, 2, 2]), Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()], 1)
+                .unwrap();
+        let y = up.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 4]);
+        let rows = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows, vec![vec![0., 0., 1., 1.], vec![0., 0., 1., 1.], vec![2., 2., 3., 3.], vec![2., 2., 3., 3.]]);
+    }
+
+    #[test]
+    fn chunked_attention_equals_one_pass() {
+        let q = (arange(2 * 7 * 3, &[2, 7, 3]) * 0.05).unwrap();
+        let k_t = (arange(2 * 3 * 7, &[2, 3, 7]).cos().unwrap()).contiguous().unwrap();
+        let v = arange(2 * 7 * 3, &[2, 7, 3]).sin().unwrap();
+        let whole = attention(&q, &k_t, &v, 7).unwrap();
+        let chunked = attention(&q, &k_t, &v, 3).unwrap();
+        assert_eq!(whole.dims(), &[2, 7, 3]);
+        let diff = (whole - chunked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
     }
 }
