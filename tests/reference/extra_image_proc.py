@@ -33,7 +33,9 @@ rgba = np.concatenate([rgb, alpha[..., None]], -1)
 tensors["rgb"] = rgb
 tensors["rgba"] = rgba
 
-sizes = [(16, 16), (64, 48), (37, 60), (20, 29), (11, 7), (53, 41)]
+# The last four straddle Pillow 13's pass-order switch (vertical first when the height shrinks
+# by more than twice as many pixels as the width): 36x10, 60x20, 33x20 vertical first; 32x19 not.
+sizes = [(16, 16), (64, 48), (37, 60), (20, 29), (11, 7), (53, 41), (36, 10), (60, 20), (33, 20), (32, 19)]
 filters = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC}
 for name, arr in [("rgb", rgb), ("rgba", rgba)]:
     img = Image.fromarray(arr)

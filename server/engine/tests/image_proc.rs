@@ -176,7 +176,7 @@ fn resize_matches_pillow() {
         worst = worst.max(max);
         checked += 1;
     }
-    assert_eq!(checked, 24, "fixture should hold 2 modes × 2 filters × 6 sizes");
+    assert_eq!(checked, 40, "fixture should hold 2 modes × 2 filters × 10 sizes");
     assert_eq!(worst, 0, "resize should be bit-exact with Pillow");
 }
 
@@ -196,4 +196,109 @@ fn png_round_trip_and_mode_conversions() {
 
     let err = image_proc::decode_rgba(b"not an image").unwrap_err().to_string();
     assert!(err.contains("cannot decode"), "{err}");
+}
+
+// ---------------------------------------------------------------- parity with the reference fixtures
+
+/// `tests/fixtures/reference` (written by tests/reference/generate.py, Pillow 13.0.0).
+fn reference(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference").join(rel)
+}
+
+fn reference_bytes(rel: &str) -> Vec<u8> {
+    std::fs::read(reference(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn manifest_case(name: &str) -> serde_json::Value {
+    let m: serde_json::Value = serde_json::from_slice(&reference_bytes("manifest.json")).unwrap();
+    m["cases"][name].clone()
+}
+
+#[test]
+fn calculate_dimensions_matches_every_recorded_case() {
+    let cases = manifest_case("calculate_dimensions");
+    let cases = cases.as_array().expect("calculate_dimensions cases");
+    assert!(cases.len() >= 20);
+    for c in cases {
+        let (w, h) = (c["width"].as_u64().unwrap() as u32, c["height"].as_u64().unwrap() as u32);
+        let area = c["target_area"].as_f64().unwrap();
+        let ratio = c["ratio"].as_f64().unwrap();
+        let want = |k: &str| (c[k][0].as_u64().unwrap() as u32, c[k][1].as_u64().unwrap() as u32);
+        // The recorded ratio is the pipeline's `w / h`, except one case given a rounded 0.333.
+        let got = image_proc::calculate_dimensions(area, ratio);
+        assert_eq!(got, want("result_wh"), "{c}");
+        if ratio == f64::from(w) / f64::from(h) {
+            match area as u32 {
+                409_600 => assert_eq!(image_proc::layered_dimensions(640, w, h).unwrap(), want("floored16_wh"), "{c}"),
+                147_456 => assert_eq!(image_proc::edit_condition_dimensions(w, h).unwrap(), want("result_wh"), "{c}"),
+                1_048_576 => assert_eq!(image_proc::edit_vae_dimensions(w, h).unwrap(), want("result_wh"), "{c}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Our resize of a reference input vs Pillow's output PNG: (max |Δ|, differing values, total).
+fn compare_resize(ours: Vec<u8>, reference_png: &str) -> (u8, usize, usize) {
+    let want = image::load_from_memory(&reference_bytes(reference_png)).unwrap();
+    let want = if want.color().has_alpha() { want.to_rgba8().into_raw() } else { want.to_rgb8().into_raw() };
+    let (max, count) = max_abs_diff(&ours, &want);
+    (max, count, want.len())
+}
+
+#[test]
+fn lanczos_resize_matches_the_pipelines_pillow_outputs() {
+    let square = image_proc::decode_rgba(&reference_bytes("images/input_rgba_square.png")).unwrap();
+    let (w, h) = image_proc::layered_dimensions(640, square.width(), square.height()).unwrap();
+    let got = image_proc::resize_lanczos(&square, w, h).unwrap().into_raw();
+    let square_diff = compare_resize(got, "images/resized_lanczos_rgba_square_640x640.png");
+
+    let wide = image_proc::decode_rgba(&reference_bytes("images/input_rgba_wide.png")).unwrap();
+    let (w, h) = image_proc::layered_dimensions(640, wide.width(), wide.height()).unwrap();
+    assert_eq!((w, h), (768, 512));
+    let got = image_proc::resize_lanczos(&wide, w, h).unwrap().into_raw();
+    let wide_diff = compare_resize(got, "images/resized_lanczos_rgba_wide_768x512.png");
+
+    let rgb = image_proc::decode_rgb(&reference_bytes("images/input_rgb_wide.png")).unwrap();
+    let (w, h) = image_proc::edit_vae_dimensions(rgb.width(), rgb.height()).unwrap();
+    let got = image_proc::resize_lanczos_rgb(&rgb, w, h).unwrap().into_raw();
+    let vae_diff = compare_resize(got, "images/resized_lanczos_rgb_wide_1248x832.png");
+    let (w, h) = image_proc::edit_condition_dimensions(rgb.width(), rgb.height()).unwrap();
+    let got = image_proc::resize_lanczos_rgb(&rgb, w, h).unwrap().into_raw();
+    let cond_diff = compare_resize(got, "images/edit_condition_lanczos.png");
+
+    for (what, (max, count, n)) in [
+        ("RGBA 512² → 640²", square_diff),
+        ("RGBA 300×200 → 768×512", wide_diff),
+        ("RGB 360×240 → 1248×832", vae_diff),
+        ("RGB 360×240 → 480×320", cond_diff),
+    ] {
+        println!("LANCZOS {what}: max |Δ| {max}/255 on {count} of {n} values");
+        assert_eq!(max, 0, "LANCZOS {what} is not bit-exact");
+    }
+}
+
+#[test]
+fn bicubic_resize_matches_pillow_and_is_close_to_torchvision() {
+    // Pillow BICUBIC (transformers' PIL backend) is reproduced exactly.
+    let tiny = image_proc::decode_rgb(&reference_bytes("images/input_rgb_tiny_vl.png")).unwrap();
+    let got = image_proc::resize_bicubic(&tiny, 84, 56).unwrap().into_raw();
+    let (max, count, n) = compare_resize(got.clone(), "images/vl_tiny_pil_bicubic.png");
+    println!("BICUBIC 90×50 → 84×56 vs Pillow: max |Δ| {max}/255 on {count} of {n} values");
+    assert_eq!(max, 0);
+
+    let cond = image_proc::decode_rgb(&reference_bytes("images/edit_condition_lanczos.png")).unwrap();
+    let got_cond = image_proc::resize_bicubic(&cond, 476, 308).unwrap().into_raw();
+    let (max, count, n) = compare_resize(got_cond.clone(), "images/edit_condition_pil_bicubic.png");
+    println!("BICUBIC 480×320 → 476×308 vs Pillow: max |Δ| {max}/255 on {count} of {n} values");
+    assert_eq!(max, 0);
+
+    // The pipelines' processor resizes with torchvision (bicubic, antialias) instead: Pillow's
+    // result differs from it by the amounts the reference recorded (1 and 9 levels).
+    let (max, count, n) = compare_resize(got, "images/vl_tiny_torchvision_resized.png");
+    println!("BICUBIC 90×50 → 84×56 vs torchvision: max |Δ| {max}/255 on {count} of {n} values");
+    assert!(max <= 1);
+    let (max, count, n) = compare_resize(got_cond, "images/edit_condition_processor_resized.png");
+    println!("BICUBIC 480×320 → 476×308 vs torchvision: max |Δ| {max}/255 on {count} of {n} values");
+    assert!(max <= 9);
 }

@@ -203,3 +203,209 @@ fn latent_normalisation() {
     let err = vae.normalize_latents(&test_image(1, 4, 2, 2)).unwrap_err().to_string();
     assert!(err.contains("[B, 16, …]"), "{err}");
 }
+
+// ---------------------------------------------------------------- parity with the reference
+
+mod parity {
+    use super::*;
+    use engine::image_proc;
+    use engine::weights::ModelDir;
+    use fixtures::*;
+
+    /// Fixture access. `test_support` (tests/support) is not committed on main yet; these mirror
+    /// its functions of the same names, to be replaced by it once it lands.
+    mod fixtures {
+        use candle_core::{DType, Device, Tensor};
+        use std::path::PathBuf;
+
+        pub fn fixtures_dir() -> PathBuf {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+        }
+        pub fn layered_checkpoint() -> PathBuf {
+            fixtures_dir().join("tiny-qwen-image-layered")
+        }
+        pub fn edit_checkpoint() -> PathBuf {
+            fixtures_dir().join("tiny-qwen-image-edit-2509")
+        }
+        fn reference(rel: &str) -> PathBuf {
+            fixtures_dir().join("reference").join(rel)
+        }
+        pub fn read_reference_bytes(rel: &str) -> Vec<u8> {
+            std::fs::read(reference(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+        }
+        pub fn load_png_rgba8(rel: &str) -> (u32, u32, Vec<u8>) {
+            let img = image::load_from_memory(&read_reference_bytes(rel)).unwrap().to_rgba8();
+            (img.width(), img.height(), img.into_raw())
+        }
+        pub fn load_tensor(file: &str, name: &str) -> Tensor {
+            let all = candle_core::safetensors::load(reference(file), &Device::Cpu).unwrap();
+            let t = all.get(name).unwrap_or_else(|| panic!("{file}: no tensor {name}")).clone();
+            t.to_dtype(DType::F32).unwrap()
+        }
+        /// Indices 0, 37, 74, … of dim 1: how the runs' long token tensors are stored (manifest
+        /// `strided`).
+        pub fn as_stored(actual: &Tensor, _file: &str, _name: &str) -> Tensor {
+            let idx: Vec<u32> = (0..actual.dim(1).unwrap() as u32).step_by(37).collect();
+            actual.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 1).unwrap()
+        }
+        /// Max-abs error / max |expected| ≤ `rel_tol`; returns a printable summary.
+        pub fn assert_close(actual: &Tensor, expected: &Tensor, rel_tol: f64, what: &str) -> String {
+            assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
+            let diff = (actual.to_dtype(DType::F64).unwrap() - expected.to_dtype(DType::F64).unwrap()).unwrap();
+            let max_abs = diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            let scale =
+                expected.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let rel = if scale > 0.0 { max_abs / scale } else { max_abs };
+            let summary = format!("rel {rel:.3e} (max-abs {max_abs:.3e} / max|expected| {scale:.3e})");
+            assert!(rel <= rel_tol, "{what}: not within rel tol {rel_tol:.1e}: {summary}");
+            summary
+        }
+    }
+
+    const VAE: &str = "vae.safetensors";
+    const TOL: f64 = 1e-4;
+
+    /// The VAE of a tiny checkpoint, loaded as the pipelines will: config.json + safetensors.
+    fn load(checkpoint: std::path::PathBuf) -> AutoencoderKLQwenImage {
+        let dir = ModelDir::open(checkpoint).unwrap();
+        let cfg: Config = dir.read_json("vae", "config.json").unwrap();
+        AutoencoderKLQwenImage::new(&cfg, dir.var_builder("vae", DType::F32, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// A stored `[B, C, 1, H, W]` tensor without its frame axis.
+    fn frames_folded(name: &str) -> Tensor {
+        load_tensor(VAE, name).squeeze(2).unwrap()
+    }
+
+    /// Encode → normalise → decode → postprocess for one checkpoint, each stage against the
+    /// reference; `kind` is the tensor prefix, `png` the input image.
+    fn check_stages(kind: &str, vae: &AutoencoderKLQwenImage, png: &str) {
+        let bytes = read_reference_bytes(png);
+        let x = match vae.config().input_channels {
+            4 => image_proc::to_tensor(&image_proc::decode_rgba(&bytes).unwrap(), &Device::Cpu).unwrap(),
+            _ => image_proc::to_tensor(&image_proc::decode_rgb(&bytes).unwrap(), &Device::Cpu).unwrap(),
+        };
+        let err = assert_close(&x, &frames_folded(&format!("{kind}/input")), 1e-7, "input pixels");
+        println!("{kind} input: {err}");
+
+        let mean = vae.encode_mean(&x).unwrap();
+        let err = assert_close(&mean, &frames_folded(&format!("{kind}/posterior_mean")), TOL, "posterior mean");
+        println!("{kind} posterior mean: {err}");
+
+        let normalized = vae.normalize_latents(&mean).unwrap();
+        let err = assert_close(&normalized, &frames_folded(&format!("{kind}/latents_normalized")), TOL, "normalized");
+        println!("{kind} normalised latents: {err}");
+
+        // Decode the reference mean, so the decoder is judged on its own.
+        let decoded = vae.decode(&frames_folded(&format!("{kind}/posterior_mean"))).unwrap();
+        let err = assert_close(&decoded, &frames_folded(&format!("{kind}/decoded")), TOL, "decoded");
+        println!("{kind} decoded: {err}");
+
+        let z2 = frames_folded(&format!("{kind}/batch2_z"));
+        let want2 = frames_folded(&format!("{kind}/batch2_decoded"));
+        let err = assert_close(&vae.decode(&z2).unwrap(), &want2, TOL, "batch-2 decode");
+        println!("{kind} batch-2 decoded: {err}");
+        let err = assert_close(&vae.decode_chunked(&z2, 1).unwrap(), &want2, TOL, "batch-2 decode, chunks of 1");
+        println!("{kind} batch-2 decoded in chunks of 1: {err}");
+    }
+
+    /// Our postprocessed pixels (after a PNG round trip) vs a reference PNG: max |Δ| in 1/255.
+    fn png_diff(ours: Vec<u8>, reference_png: &str) -> (u8, usize, usize) {
+        let (_, _, want) = load_png_rgba8(reference_png);
+        let got = image_proc::decode_rgba(&ours).unwrap().into_raw();
+        assert_eq!(got.len(), want.len(), "{reference_png}: size");
+        let worst = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        let count = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        (worst, count, want.len())
+    }
+
+    #[test]
+    fn layered_rgba_vae_matches_diffusers() {
+        let vae = load(layered_checkpoint());
+        assert_eq!(vae.config().input_channels, 4);
+        check_stages("layered", &vae, "images/input_rgba_small.png");
+
+        let decoded = vae.decode(&frames_folded("layered/posterior_mean")).unwrap();
+        let png = image_proc::encode_png(&image_proc::tensor_to_rgba8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let (worst, count, n) = png_diff(png, "images/vae_layered_decoded.png");
+        println!("layered decoded PNG: max |Δ| {worst}/255 on {count} of {n} values");
+        assert!(worst <= 1, "layered PNG differs by {worst}/255");
+    }
+
+    #[test]
+    fn edit_rgb_vae_matches_diffusers() {
+        let vae = load(edit_checkpoint());
+        assert_eq!(vae.config().input_channels, 3);
+        check_stages("edit", &vae, "images/input_rgb_small.png");
+
+        let decoded = vae.decode(&frames_folded("edit/posterior_mean")).unwrap();
+        let png = image_proc::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let (worst, count, n) = png_diff(png, "images/vae_edit_decoded.png");
+        println!("edit decoded PNG: max |Δ| {worst}/255 on {count} of {n} values");
+        assert!(worst <= 1, "edit PNG differs by {worst}/255");
+    }
+
+    /// `[B, 16, h, w]` → `[B, h/2·w/2, 64]` (channel `c·4 + dy·2 + dx`), the pipelines' packing.
+    fn pack(z: &Tensor) -> Tensor {
+        let (b, c, h, w) = z.dims4().unwrap();
+        z.reshape((b, c, h / 2, 2, w / 2, 2))
+            .unwrap()
+            .permute((0, 2, 4, 1, 3, 5))
+            .unwrap()
+            .reshape((b, h / 2 * (w / 2), c * 4))
+            .unwrap()
+    }
+
+    /// The inverse of [`pack`].
+    fn unpack(x: &Tensor, h: usize, w: usize) -> Tensor {
+        let (b, _, d) = x.dims3().unwrap();
+        let c = d / 4;
+        x.reshape((b, h / 2, w / 2, c, 2, 2))
+            .unwrap()
+            .permute((0, 3, 1, 4, 2, 5))
+            .unwrap()
+            .reshape((b, c, h, w))
+            .unwrap()
+    }
+
+    /// The condition latents of the Layered run: input PNG → bucket size → Pillow LANCZOS (RGBA)
+    /// → [-1, 1] → encode → normalise → pack, against the run's (strided) record.
+    #[test]
+    fn layered_run_condition_latents() {
+        let vae = load(layered_checkpoint());
+        let run = "runs/layered_l2_cfgnorm.safetensors";
+        let img = image_proc::decode_rgba(&read_reference_bytes("images/input_rgba_square.png")).unwrap();
+        let (w, h) = image_proc::layered_dimensions(640, img.width(), img.height()).unwrap();
+        let resized = image_proc::resize_lanczos(&img, w, h).unwrap();
+        let mean = vae.encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap()).unwrap();
+        let packed = pack(&vae.normalize_latents(&mean).unwrap());
+        let expected = load_tensor(run, "cond_latents");
+        let err = assert_close(&as_stored(&packed, run, "cond_latents"), &expected, TOL, "layered cond latents");
+        println!("layered run condition latents (640² encode, strided): {err}");
+    }
+
+    /// The Edit-2509 run's output: final packed latents → unpack → de-normalise → decode →
+    /// postprocess → PNG, against the pipeline's PNG; and its condition latents (1248×832 RGB).
+    #[test]
+    fn edit_run_decode_to_png_and_condition_latents() {
+        let vae = load(edit_checkpoint());
+        let run = "runs/edit_plus.safetensors";
+        let (out_h, out_w) = (256, 384);
+        let latents = unpack(&load_tensor(run, "final_latents"), out_h / 8, out_w / 8);
+        let decoded = vae.decode(&vae.denormalize_latents(&latents).unwrap()).unwrap();
+        let png = image_proc::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let (worst, count, n) = png_diff(png, "runs/edit_plus/edited.png");
+        println!("edit run output PNG: max |Δ| {worst}/255 on {count} of {n} values");
+        assert!(worst <= 1, "edit output PNG differs by {worst}/255");
+
+        let img = image_proc::decode_rgb(&read_reference_bytes("images/input_rgb_wide.png")).unwrap();
+        let (w, h) = image_proc::edit_vae_dimensions(img.width(), img.height()).unwrap();
+        assert_eq!((w, h), (1248, 832));
+        let resized = image_proc::resize_lanczos_rgb(&img, w, h).unwrap();
+        let mean = vae.encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap()).unwrap();
+        let packed = pack(&vae.normalize_latents(&mean).unwrap());
+        let expected = load_tensor(run, "cond_latents");
+        let err = assert_close(&as_stored(&packed, run, "cond_latents"), &expected, TOL, "edit cond latents");
+        println!("edit run condition latents (1248×832 encode, strided): {err}");
+    }
+}
