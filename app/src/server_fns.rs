@@ -4,7 +4,10 @@
 use leptos::prelude::*;
 use leptos::server_fn::codec::{GetUrl, Json};
 
-use crate::api::{ConfigResponse, DecomposeRequest, DecomposeResponse, JobStarted, JobStatus, StatusResponse};
+use crate::api::{
+    ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted, JobStatus,
+    StatusResponse,
+};
 
 #[cfg(feature = "ssr")]
 fn backend() -> Result<crate::backend::SharedBackend, ServerFnError> {
@@ -57,4 +60,16 @@ pub async fn get_job_status(id: String) -> Result<JobStatus, ServerFnError> {
 #[server(prefix = "/api/app", endpoint = "cancel_job", input = Json)]
 pub async fn cancel_job(id: String) -> Result<JobStatus, ServerFnError> {
     backend()?.cancel_job(&id).map_err(fail)
+}
+
+#[server(prefix = "/api/app", endpoint = "edit_status", input = GetUrl)]
+pub async fn get_edit_status() -> Result<EditStatusResponse, ServerFnError> {
+    Ok(backend()?.edit_status())
+}
+
+/// Edits one layer by instruction; answers the edited layer as a PNG data URL.
+#[server(prefix = "/api/app", endpoint = "edit_layer", input = Json)]
+pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ServerFnError> {
+    let png = backend()?.edit_layer(request).await.map_err(fail)?;
+    Ok(crate::image_data::png_data_url(&png))
 }
