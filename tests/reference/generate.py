@@ -685,8 +685,20 @@ def load_pipelines():
             m.eval()
             for prm in m.parameters():
                 assert prm.dtype == torch.float32
-    # The edit text encoder is the same folder (symlink): identical weights.
-    assert pl.text_encoder.model.language_model.embed_tokens.weight.data_ptr() != 0
+    # transformers 5 must read the legacy-layout text_encoder/config.json with the intended values.
+    for p in (pl, pe):
+        c = p.text_encoder.config
+        t, v = c.text_config, c.vision_config
+        assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size) == (
+            TE_TEXT["hidden_size"], 2, 2, 1, 152064), t
+        assert t.rope_parameters["mrope_section"] == TE_TEXT["mrope_section"] and t.rope_parameters["rope_theta"] == 1e6
+        assert t.rms_norm_eps == 1e-6 and c.tie_word_embeddings
+        assert (v.depth, v.hidden_size, v.num_heads, list(v.fullatt_block_indexes), v.window_size, v.out_hidden_size) == (
+            2, 32, 2, [1], 112, TEXT_HIDDEN), v
+        assert p.processor.image_processor.size["shortest_edge"] == 3136
+        assert p.processor.image_processor.size["longest_edge"] == 12845056
+    assert pl.transformer.config.use_layer3d_rope and not pe.transformer.config.use_layer3d_rope
+    assert pl.vae.config.input_channels == 4 and pe.vae.config.input_channels == 3
     return pl, pe
 
 
