@@ -268,7 +268,7 @@ pub fn compare(actual: &Tensor, expected: &Tensor) -> Errors {
 /// a test can print them (`println!("{what}: {err}")`).
 pub fn assert_close(actual: &Tensor, expected: &Tensor, rel_tol: f64, what: &str) -> Errors {
     let err = compare(actual, expected);
-    if !(err.rel <= rel_tol) || err.non_finite_mismatches > 0 {
+    if err.rel.is_nan() || err.rel > rel_tol || err.non_finite_mismatches > 0 {
         panic!(
             "{what}: not within rel tol {rel_tol:.1e}: {err} (shape {:?})",
             expected.dims()
