@@ -408,4 +408,28 @@ mod parity {
         let err = assert_close(&as_stored(&packed, run, "cond_latents"), &expected, TOL, "edit cond latents");
         println!("edit run condition latents (1248×832 encode, strided): {err}");
     }
+
+    /// The same code in half precision: inputs are cast to the weights' dtype; norms, softmax
+    /// and attention run in f32 inside; the result stays near the f32 reference. (f16 stands in
+    /// for the GPU's bf16: candle's CPU matmul has no bf16 kernel; the code path is the same.)
+    #[test]
+    fn half_precision_weights_run_and_stay_close() {
+        let dir = ModelDir::open(layered_checkpoint()).unwrap();
+        let cfg: Config = dir.read_json("vae", "config.json").unwrap();
+        let vae = AutoencoderKLQwenImage::new(&cfg, dir.var_builder("vae", DType::F16, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(vae.dtype(), DType::F16);
+        let mean = vae.encode_mean(&frames_folded("layered/input")).unwrap();
+        assert_eq!(mean.dtype(), DType::F16);
+        let err = assert_close(
+            &mean.to_dtype(DType::F32).unwrap(),
+            &frames_folded("layered/posterior_mean"),
+            2e-2,
+            "f16 posterior mean",
+        );
+        println!("layered posterior mean in f16: {err}");
+        let decoded = vae.decode(&frames_folded("layered/posterior_mean")).unwrap();
+        let err =
+            assert_close(&decoded.to_dtype(DType::F32).unwrap(), &frames_folded("layered/decoded"), 2e-2, "f16 decode");
+        println!("layered decoded in f16: {err}");
+    }
 }
