@@ -1,0 +1,15 @@
+//! The shared crate: API contract types, compositing and export (used natively and in WASM),
+//! the Leptos UI, and the server functions (which reach the engine through a [`backend::Backend`]
+//! the server provides as context — this crate never depends on the server or the engine).
+
+pub mod api;
+pub mod compose;
+pub mod components;
+pub mod export;
+pub mod image_data;
+pub mod server_fns;
+
+#[cfg(feature = "ssr")]
+pub mod backend;
+
+pub use components::{shell, App};

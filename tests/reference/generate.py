@@ -523,6 +523,9 @@ def make_text_encoder() -> Qwen2_5_VLForConditionalGeneration:
 # Perturbation: seeded re-initialisation so that every weight, bias and norm is non-trivial.
 # ---------------------------------------------------------------------------------------------
 
+EMBED_STD = 0.25  # small token embeddings: the blocks, not the embedding, dominate the LM output
+
+
 def norm_param_names(model: torch.nn.Module) -> set[str]:
     """Direct parameters of normalisation modules (RMSNorm / LayerNorm / the VAE's RMS_norm)."""
     names = set()
@@ -549,7 +552,7 @@ def perturb(model: torch.nn.Module, seed: int, gains: dict[str, float] | None = 
             elif last == "bias":
                 new = 0.1 * torch.randn(p.shape, generator=g)
             elif "embed_tokens" in name or "addition_t_embedding" in name:
-                new = torch.randn(p.shape, generator=g)
+                new = torch.randn(p.shape, generator=g) * (EMBED_STD if "embed_tokens" in name else 1.0)
             else:
                 fan_in = p[0].numel() if p.ndim >= 2 else p.numel()
                 new = torch.randn(p.shape, generator=g) * (gain / math.sqrt(fan_in))
@@ -682,8 +685,20 @@ def load_pipelines():
             m.eval()
             for prm in m.parameters():
                 assert prm.dtype == torch.float32
-    # The edit text encoder is the same folder (symlink): identical weights.
-    assert pl.text_encoder.model.language_model.embed_tokens.weight.data_ptr() != 0
+    # transformers 5 must read the legacy-layout text_encoder/config.json with the intended values.
+    for p in (pl, pe):
+        c = p.text_encoder.config
+        t, v = c.text_config, c.vision_config
+        assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size) == (
+            TE_TEXT["hidden_size"], 2, 2, 1, 152064), t
+        assert t.rope_parameters["mrope_section"] == TE_TEXT["mrope_section"] and t.rope_parameters["rope_theta"] == 1e6
+        assert t.rms_norm_eps == 1e-6 and c.tie_word_embeddings
+        assert (v.depth, v.hidden_size, v.num_heads, list(v.fullatt_block_indexes), v.window_size, v.out_hidden_size) == (
+            2, 32, 2, [1], 112, TEXT_HIDDEN), v
+        assert p.processor.image_processor.size["shortest_edge"] == 3136
+        assert p.processor.image_processor.size["longest_edge"] == 12845056
+    assert pl.transformer.config.use_layer3d_rope and not pe.transformer.config.use_layer3d_rope
+    assert pl.vae.config.input_channels == 4 and pe.vae.config.input_channels == 3
     return pl, pe
 
 
@@ -1403,19 +1418,25 @@ def record_run(pipe, run: dict, imgs) -> dict:
     per_step = 2 if cfg else 1
     assert len(rec["tr"]) == per_step * run["num_inference_steps"]
     sigmas = pipe.scheduler.sigmas.tolist()
+    stride = 1 if run["kind"] == "edit" else RUN_STRIDE  # the edit run's 384 noisy tokens are stored in full
+
+    def put(key, t, meaning):
+        if stride == 1:
+            REC.add(F, key, t, meaning + " [1, S_noisy, 64]")
+        else:
+            REC.add_strided(F, key, t, stride, meaning)
+
     for i, st in enumerate(rec["step"]):
         vc = rec["tr"][per_step * i]["out"][:, :s_noisy]
-        REC.add_strided(F, f"step{i}/v_cond", vc, RUN_STRIDE, f"step {i}: transformer output with prompt_embeds, first S_noisy tokens")
+        put(f"step{i}/v_cond", vc, f"step {i}: transformer output with prompt_embeds, first S_noisy tokens")
         if cfg:
             vu = rec["tr"][per_step * i + 1]["out"][:, :s_noisy]
-            REC.add_strided(F, f"step{i}/v_uncond", vu, RUN_STRIDE, f"step {i}: transformer output with negative_prompt_embeds")
-        REC.add_strided(F, f"step{i}/v_guided", st["v"], RUN_STRIDE,
-                        f"step {i}: velocity given to scheduler.step (after CFG"
-                        + (" and per-token norm rescale" if (run["kind"] == "edit" or run.get("cfg_normalize")) else "") + ")"
-                        if cfg else f"step {i}: velocity given to scheduler.step (= v_cond, no CFG)")
-        REC.add_strided(F, f"step{i}/latents_after", st["prev"], RUN_STRIDE, f"step {i}: packed latents after the Euler step")
-    REC.add(F, "final_latents", rec["step"][-1]["prev"], "packed latents after the last step [1, S_noisy, 64]") if run["kind"] == "edit" \
-        else REC.add_strided(F, "final_latents", rec["step"][-1]["prev"], RUN_STRIDE, "packed latents after the last step")
+            put(f"step{i}/v_uncond", vu, f"step {i}: transformer output with negative_prompt_embeds")
+        normed = run["kind"] == "edit" or run.get("cfg_normalize")
+        put(f"step{i}/v_guided", st["v"],
+            (f"step {i}: velocity given to scheduler.step (after CFG" + (" and per-token norm rescale)" if normed else ")"))
+            if cfg else f"step {i}: velocity given to scheduler.step (= v_cond, no CFG)")
+        put(f"step{i}/latents_after", st["prev"], f"step {i}: packed latents after the Euler step")
     assert len(rec["dec"]) == 1
     pngs = []
     if run["kind"] == "layered":
@@ -1448,9 +1469,8 @@ def record_run(pipe, run: dict, imgs) -> dict:
         timesteps=[float(x) for x in pipe.scheduler.timesteps.tolist()],
         transformer_timesteps=[float(r["t"][0]) for r in rec["tr"]],
         mu=None,
-        stride=RUN_STRIDE,
+        stride=stride,
         output_pngs=pngs,
-
     )
     if run["kind"] == "layered":
         case["additional_t_cond"] = ids_list(first["add_t"])
@@ -1527,5 +1547,21 @@ def main() -> None:
     log("done")
 
 
+def print_tensor_table() -> None:
+    """Markdown table of every stored tensor (pasted into tests/reference/README.md)."""
+    m = json.loads((REF / "manifest.json").read_text(encoding="utf-8"))
+    for file in sorted(m["files"]):
+        print(f"\n#### `{file}`\n")
+        print("| name | shape | meaning |")
+        print("|---|---|---|")
+        for name, e in m["files"][file].items():
+            dt = "" if e["dtype"] == "float32" else f" {e['dtype']}"
+            meaning = e["meaning"].replace("|", "\\|")
+            print(f"| `{name}` | {e['shape']}{dt} | {meaning} |")
+
+
 if __name__ == "__main__":
-    main()
+    if "--print-tensor-table" in sys.argv:
+        print_tensor_table()
+    else:
+        main()

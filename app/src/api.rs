@@ -1,0 +1,447 @@
+//! The REST + server-function contract: request/response types shared by the browser, the
+//! server and scripts, and the validation every entry point applies before work is queued.
+//!
+//! Paths (all JSON unless noted):
+//! - `POST /api/qwen-image/decompose`   [`DecomposeRequest`] → [`DecomposeResponse`]
+//! - `POST /api/qwen-image/edit-layer`  [`EditLayerRequest`] → `image/png` bytes
+//! - `GET  /api/qwen-image/config`      → [`ConfigResponse`]
+//! - `GET  /api/qwen-image/status`      → [`StatusResponse`]
+//! - `GET  /api/qwen-image/edit-status` → [`EditStatusResponse`]
+//!
+//! Errors are `{"error": "…"}` with a 4xx/5xx status ([`ApiError`]).
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest and largest number of layers the model can produce.
+pub const LAYER_RANGE: std::ops::RangeInclusive<u32> = 2..=10;
+/// The two resolution buckets of Qwen-Image-Layered.
+pub const RESOLUTIONS: [u32; 2] = [640, 1024];
+/// Upper bound on denoising steps: far beyond any useful value, it stops runaway requests.
+pub const MAX_STEPS: u32 = 200;
+/// Upper bound on true-CFG scale.
+pub const MAX_CFG_SCALE: f32 = 20.0;
+/// Longest accepted prompt / instruction, in characters (the encoder keeps ≤ 1024 tokens anyway).
+pub const MAX_PROMPT_CHARS: usize = 4000;
+
+/// HTTP status of a cancelled job's outcome (409 Conflict: the job ended by request).
+pub const CANCELLED_STATUS: u16 = 409;
+
+/// Where the layers come back: index 0 is the composite, then Layer 1 (bottom) … Layer N (top).
+pub const LAYER_ORDER: &str = "bottom-to-top";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecomposeRequest {
+    /// The input image: a `data:image/…;base64,` URL or bare base64 (PNG, JPEG or WebP).
+    pub image: String,
+    /// Describes the whole scene (not the layers). Empty = caption the image automatically.
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    #[serde(default)]
+    pub layer_num: Option<u32>,
+    #[serde(default)]
+    pub resolution: Option<u32>,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub cfg_scale: Option<f32>,
+    /// Random seed; absent = a fresh random seed (reported back).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// CFG normalisation (the official app's default: on).
+    #[serde(default)]
+    pub cfg_normalize: Option<bool>,
+}
+
+/// One returned image: index 0 "Composite", then "Layer 1" … "Layer N".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerImage {
+    pub name: String,
+    /// `data:image/png;base64,…`
+    pub image: String,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecomposeResponse {
+    pub layers: Vec<LayerImage>,
+    /// Base64 ZIP of the layer PNGs, the composite and manifest.json.
+    pub zip_data: String,
+    /// Seconds spent in the pipeline.
+    pub generation_time: f64,
+    /// Number of layers, not counting the composite.
+    pub layer_count: u32,
+    pub resolution: u32,
+    /// Extra fields (additions to the seed's contract).
+    pub layer_order: String,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditLayerRequest {
+    /// The RGBA layer to edit (data URL or bare base64).
+    pub image: String,
+    /// The edit instruction.
+    pub prompt: String,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub cfg_scale: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Keep the layer's original alpha (default) or re-derive it by keying the background.
+    #[serde(default)]
+    pub keep_alpha: Option<bool>,
+}
+
+/// Defaults the server runs with (from config.toml + flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigResponse {
+    pub model_type: String,
+    pub layer_num: u32,
+    pub resolution: u32,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub cpu_offload: bool,
+    pub layer_range: [u32; 2],
+    pub resolutions: Vec<u32>,
+    pub max_steps: u32,
+    pub max_image_pixels: u64,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// "ready" (weights in memory), "idle" (will load on first job), "unavailable" (cannot run).
+    pub status: String,
+    pub model_loaded: bool,
+    pub model: String,
+    pub device: String,
+    /// Why decomposition cannot run, when it cannot.
+    pub reason: Option<String>,
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub busy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditStatusResponse {
+    pub status: String,
+    pub model_loaded: bool,
+    pub model: String,
+    pub reason: Option<String>,
+}
+
+/// An error as the API reports it: an HTTP status and a message for `{"error": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct ApiError {
+    #[serde(skip, default = "internal")]
+    pub status: u16,
+    pub error: String,
+    /// Seconds to wait before retrying (queue full / not ready).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retry_after: Option<u32>,
+}
+
+fn internal() -> u16 {
+    500
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), retry_after: None }
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(400, msg)
+    }
+    pub fn unprocessable(msg: impl Into<String>) -> Self {
+        Self::new(422, msg)
+    }
+    pub fn too_large(msg: impl Into<String>) -> Self {
+        Self::new(413, msg)
+    }
+    pub fn unavailable(msg: impl Into<String>) -> Self {
+        Self::new(503, msg)
+    }
+    pub fn busy(msg: impl Into<String>, retry_after: u32) -> Self {
+        Self { status: 429, error: msg.into(), retry_after: Some(retry_after) }
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(500, msg)
+    }
+    /// The job was cancelled by its client.
+    pub fn cancelled() -> Self {
+        Self::new(CANCELLED_STATUS, "the job was cancelled")
+    }
+}
+
+/// Defaults and limits validation needs (the server's effective configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub default_layer_num: u32,
+    pub default_resolution: u32,
+    pub default_steps: u32,
+    pub default_cfg_scale: f32,
+    pub max_image_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_layer_num: 4,
+            default_resolution: 640,
+            default_steps: 50,
+            default_cfg_scale: 4.0,
+            max_image_pixels: 36_000_000,
+        }
+    }
+}
+
+/// A decompose request after validation: every field resolved, the image decoded.
+#[derive(Debug, Clone)]
+pub struct DecomposeJob {
+    pub image: image::RgbaImage,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub layer_num: u32,
+    pub resolution: u32,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub cfg_normalize: bool,
+    pub seed: u64,
+}
+
+/// An edit request after validation.
+#[derive(Debug, Clone)]
+pub struct EditJob {
+    pub image: image::RgbaImage,
+    pub prompt: String,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub seed: u64,
+    pub keep_alpha: bool,
+}
+
+pub fn validate_steps(steps: u32) -> Result<u32, ApiError> {
+    if steps == 0 || steps > MAX_STEPS {
+        return Err(ApiError::unprocessable(format!("steps must be between 1 and {MAX_STEPS}, got {steps}")));
+    }
+    Ok(steps)
+}
+
+pub fn validate_cfg_scale(cfg: f32) -> Result<f32, ApiError> {
+    if !cfg.is_finite() || !(0.0..=MAX_CFG_SCALE).contains(&cfg) {
+        return Err(ApiError::unprocessable(format!(
+            "cfg_scale must be a finite number between 0 and {MAX_CFG_SCALE}, got {cfg}"
+        )));
+    }
+    Ok(cfg)
+}
+
+pub fn validate_layer_num(n: u32) -> Result<u32, ApiError> {
+    if !LAYER_RANGE.contains(&n) {
+        return Err(ApiError::unprocessable(format!(
+            "layer_num must be between {} and {}, got {n}",
+            LAYER_RANGE.start(),
+            LAYER_RANGE.end()
+        )));
+    }
+    Ok(n)
+}
+
+pub fn validate_resolution(r: u32) -> Result<u32, ApiError> {
+    if !RESOLUTIONS.contains(&r) {
+        return Err(ApiError::unprocessable(format!("resolution must be 640 or 1024, got {r}")));
+    }
+    Ok(r)
+}
+
+fn validate_prompt(what: &str, p: &str) -> Result<(), ApiError> {
+    if p.chars().count() > MAX_PROMPT_CHARS {
+        return Err(ApiError::unprocessable(format!("{what} is longer than {MAX_PROMPT_CHARS} characters")));
+    }
+    Ok(())
+}
+
+impl DecomposeRequest {
+    /// Resolves defaults, checks every field and decodes the image. `random_seed` is used when
+    /// the request has none.
+    pub fn validate(&self, limits: &Limits, random_seed: u64) -> Result<DecomposeJob, ApiError> {
+        let layer_num = validate_layer_num(self.layer_num.unwrap_or(limits.default_layer_num))?;
+        let resolution = validate_resolution(self.resolution.unwrap_or(limits.default_resolution))?;
+        let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
+        let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
+        validate_prompt("prompt", &self.prompt)?;
+        let negative_prompt = self.negative_prompt.clone().unwrap_or_else(|| " ".into());
+        validate_prompt("negative_prompt", &negative_prompt)?;
+        let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
+        Ok(DecomposeJob {
+            image,
+            prompt: self.prompt.clone(),
+            negative_prompt,
+            layer_num,
+            resolution,
+            steps,
+            cfg_scale,
+            cfg_normalize: self.cfg_normalize.unwrap_or(true),
+            seed: self.seed.unwrap_or(random_seed),
+        })
+    }
+}
+
+impl EditLayerRequest {
+    pub fn validate(&self, limits: &Limits, random_seed: u64) -> Result<EditJob, ApiError> {
+        if self.prompt.trim().is_empty() {
+            return Err(ApiError::unprocessable("prompt (the edit instruction) must not be empty"));
+        }
+        validate_prompt("prompt", &self.prompt)?;
+        let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
+        let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
+        let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
+        Ok(EditJob {
+            image,
+            prompt: self.prompt.clone(),
+            steps,
+            cfg_scale,
+            seed: self.seed.unwrap_or(random_seed),
+            keep_alpha: self.keep_alpha.unwrap_or(true),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image_data::{encode_png, png_data_url};
+
+    fn request(image: String) -> DecomposeRequest {
+        DecomposeRequest {
+            image,
+            prompt: "a cat on a sofa".into(),
+            negative_prompt: None,
+            layer_num: None,
+            resolution: None,
+            steps: None,
+            cfg_scale: None,
+            seed: None,
+            cfg_normalize: None,
+        }
+    }
+
+    fn tiny_png() -> String {
+        png_data_url(&encode_png(&image::RgbaImage::from_pixel(3, 2, image::Rgba([1, 2, 3, 4]))).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let job = request(tiny_png()).validate(&Limits::default(), 7).unwrap();
+        assert_eq!((job.layer_num, job.resolution, job.steps, job.seed), (4, 640, 50, 7));
+        assert_eq!(job.cfg_scale, 4.0);
+        assert!(job.cfg_normalize);
+        assert_eq!(job.negative_prompt, " ");
+        assert_eq!(job.image.dimensions(), (3, 2));
+        assert_eq!(job.image.get_pixel(0, 0).0, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn out_of_range_fields_are_422_naming_the_field() {
+        let cases: Vec<(Box<dyn Fn(&mut DecomposeRequest)>, &str)> = vec![
+            (Box::new(|r| r.layer_num = Some(1)), "layer_num"),
+            (Box::new(|r| r.layer_num = Some(11)), "layer_num"),
+            (Box::new(|r| r.resolution = Some(800)), "resolution"),
+            (Box::new(|r| r.steps = Some(0)), "steps"),
+            (Box::new(|r| r.steps = Some(MAX_STEPS + 1)), "steps"),
+            (Box::new(|r| r.cfg_scale = Some(f32::NAN)), "cfg_scale"),
+            (Box::new(|r| r.cfg_scale = Some(-1.0)), "cfg_scale"),
+            (Box::new(|r| r.prompt = "x".repeat(MAX_PROMPT_CHARS + 1)), "prompt"),
+        ];
+        for (mutate, field) in cases {
+            let mut r = request(tiny_png());
+            mutate(&mut r);
+            let err = r.validate(&Limits::default(), 0).unwrap_err();
+            assert_eq!(err.status, 422, "{field}: {err}");
+            assert!(err.error.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn accepted_edges_pass() {
+        let mut r = request(tiny_png());
+        r.layer_num = Some(10);
+        r.resolution = Some(1024);
+        r.steps = Some(1);
+        r.cfg_scale = Some(1.0);
+        r.seed = Some(u64::MAX);
+        let job = r.validate(&Limits::default(), 0).unwrap();
+        assert_eq!((job.layer_num, job.resolution, job.steps, job.seed), (10, 1024, 1, u64::MAX));
+    }
+
+    #[test]
+    fn edit_needs_an_instruction() {
+        let r = EditLayerRequest {
+            image: tiny_png(),
+            prompt: "  ".into(),
+            steps: None,
+            cfg_scale: None,
+            seed: None,
+            keep_alpha: None,
+        };
+        let err = r.validate(&Limits::default(), 0).unwrap_err();
+        assert_eq!(err.status, 422);
+        let ok = EditLayerRequest { prompt: "make it red".into(), ..r }.validate(&Limits::default(), 0).unwrap();
+        assert!(ok.keep_alpha);
+    }
+
+    #[test]
+    fn error_serialises_as_error_field_only() {
+        let json = serde_json::to_value(ApiError::bad_request("nope")).unwrap();
+        assert_eq!(json, serde_json::json!({"error": "nope"}));
+    }
+}
+
+/// A queued or running job, as `GET /api/qwen-image/jobs/{id}` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub state: JobState,
+    /// What the engine is doing: "queued", "loading", "encoding", "denoising", "decoding", "done".
+    pub phase: String,
+    /// Denoising step finished so far, out of `total_steps`.
+    pub step: u32,
+    pub total_steps: u32,
+    /// Seconds since the job started running (0 while queued).
+    pub elapsed: f64,
+    /// Estimated seconds left, once a step has been timed.
+    pub eta_seconds: Option<f64>,
+    /// Position in the queue while waiting (0 = next).
+    pub queue_position: Option<u32>,
+    pub error: Option<String>,
+    /// The result, once `state` is `done`.
+    pub result: Option<DecomposeResponse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Answer to starting a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub id: String,
+}

@@ -1,0 +1,423 @@
+//! The Qwen2.5-VL language model (`Qwen2_5_VLTextModel`): what turns a prompt into the hidden
+//! states the DiT is conditioned on.
+//!
+//! - token embeddings (vision embeddings are scattered over the `<|image_pad|>` rows by the
+//!   caller, see [`Qwen25VLTextModel::embed_tokens`]);
+//! - N pre-norm decoder layers: `h += o(attn(rope(q), rope(k), v))` on `input_layernorm(h)`, then
+//!   `h += down(silu(gate(x)) * up(x))` on `post_attention_layernorm(h)`; q/k/v have biases, GQA;
+//! - causal attention, optionally with a key-padding mask;
+//! - rotate-half RoPE with multimodal sections (M-RoPE): each token has a (t, h, w) position, and
+//!   the head_dim/2 frequency slots are split into three runs (16/24/24 for the 7B) that rotate by
+//!   t, h and w respectively. Text tokens have t = h = w, i.e. ordinary 1-D RoPE;
+//! - a final RMSNorm; its output is `hidden_states[-1]` of the reference.
+//!
+//! Tensor names follow the checkpoint: `model.layers.{i}.self_attn.q_proj.weight` (the saved
+//! layout) or `model.language_model.layers.{i}…` (transformers ≥ 4.52's in-memory layout); both
+//! are accepted. Norm statistics, softmax and RoPE run in f32 whatever the model dtype.
+
+use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::config::{Config, TextConfig};
+use crate::weights::ModelDir;
+
+/// Prefixes under which checkpoints keep the language model, newest first.
+const LANGUAGE_MODEL_PREFIXES: [&str; 2] = ["model.language_model", "model"];
+
+/// RMSNorm as Qwen2 computes it: statistics in f32, scaled by the weight in the model dtype.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// M-RoPE tables: inverse frequencies and which position axis drives each frequency slot.
+#[derive(Debug, Clone)]
+struct MultimodalRope {
+    /// `[head_dim / 2]`, f32.
+    inv_freq: Tensor,
+    /// Slot counts for the t, h, w axes (sum = head_dim / 2).
+    mrope_section: Vec<usize>,
+}
+
+impl MultimodalRope {
+    fn new(cfg: &TextConfig, device: &Device) -> Result<Self> {
+        let head_dim = cfg.head_dim();
+        let mrope_section = cfg.mrope_section();
+        if mrope_section.iter().sum::<usize>() != head_dim / 2 {
+            bail!(
+                "mrope_section {mrope_section:?} must sum to head_dim/2 = {}",
+                head_dim / 2
+            )
+        }
+        // In f32 like torch: 1 / theta^(2i/d).
+        let theta = cfg.rope_theta() as f32;
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Ok(Self {
+            inv_freq: Tensor::new(inv_freq, device)?,
+            mrope_section,
+        })
+    }
+
+    /// cos and sin for `position_ids` `[3, B, S]`, each `[B, 1, S, head_dim]` in f32 (the 1
+    /// broadcasts over heads).
+    fn cos_sin(&self, position_ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.dim(0)?;
+        // [3, B, S, half]: every axis' angles for every slot; then each slot keeps its own axis.
+        let angles = position_ids
+            .to_dtype(DType::F32)?
+            .unsqueeze(D::Minus1)?
+            .broadcast_mul(&self.inv_freq.reshape((1, 1, 1, half))?)?;
+        let mut runs = Vec::with_capacity(self.mrope_section.len());
+        let mut start = 0;
+        for (i, &len) in self.mrope_section.iter().enumerate() {
+            runs.push(angles.get(i % 3)?.narrow(D::Minus1, start, len)?);
+            start += len;
+        }
+        let angles = Tensor::cat(&runs, D::Minus1)?;
+        let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
+        Ok((angles.cos()?, angles.sin()?))
+    }
+}
+
+/// `q*cos + rotate_half(q)*sin` with `rotate_half([a, b]) = [-b, a]`, computed in f32.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let half = x.dim(D::Minus1)? / 2;
+    let rotated = Tensor::cat(
+        &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
+        D::Minus1,
+    )?;
+    (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (hidden, num_heads, num_kv_heads, head_dim) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads(),
+            cfg.head_dim(),
+        );
+        Ok(Self {
+            q_proj: candle_nn::linear(hidden, num_heads * head_dim, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear(hidden, num_kv_heads * head_dim, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear(hidden, num_kv_heads * head_dim, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_no_bias(num_heads * head_dim, hidden, vb.pp("o_proj"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        })
+    }
+
+    /// `x` `[B, S, D]`; `mask` additive f32 `[B or 1, 1, S, S]`.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
+        let q = apply_rope(&heads(self.q_proj.forward(x)?, h)?, cos, sin)?;
+        let k = apply_rope(&heads(self.k_proj.forward(x)?, kv)?, cos, sin)?;
+        let v = heads(self.v_proj.forward(x)?, kv)?;
+
+        // GQA without copying k/v: query head i uses kv head i / (h/kv), so the query heads of
+        // one kv head are consecutive and fold into its sequence axis.
+        let group = h / kv;
+        let q = q.reshape((b, kv, group * s, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.reshape((b, h, s, s))?;
+        let mut scores = scores.to_dtype(DType::F32)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs
+            .reshape((b, kv, group * s, s))?
+            .matmul(&v)?
+            .reshape((b, h, s, hd))?;
+        let out = out.transpose(1, 2)?.reshape((b, s, h * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: candle_nn::linear_no_bias(d, ff, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_no_bias(d, ff, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_no_bias(ff, d, vb.pp("down_proj"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+    span: tracing::Span,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, index: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            span: tracing::trace_span!("text-encoder-layer", index),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let x = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?)?;
+        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
+    }
+}
+
+/// The language model of Qwen2.5-VL, up to and including the final norm.
+///
+/// The 7B weighs ≈ 15 GB in bf16: build it for the encoding phase ([`Self::load`]) and drop it
+/// afterwards, so its memory is free for the DiT.
+#[derive(Debug, Clone)]
+pub struct Qwen25VLTextModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    rope: MultimodalRope,
+    tie_word_embeddings: bool,
+    span: tracing::Span,
+}
+
+/// Output projection to vocabulary logits (for generation); see [`Qwen25VLTextModel::lm_head`].
+#[derive(Debug, Clone)]
+pub struct LmHead(Linear);
+
+impl LmHead {
+    /// Logits `[…, vocab_size]` of hidden states `[…, hidden_size]`.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.0.forward(hidden)
+    }
+}
+
+impl Qwen25VLTextModel {
+    /// Builds the model from the `text_encoder` component's weights (`vb` at the component root);
+    /// only the language-model tensors are read, not the vision tower's or `lm_head`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let text = &cfg.text_config;
+        check_supported(text)?;
+        let vb_lm = language_model_vb(&vb)?;
+        let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, vb_lm.pp("embed_tokens"))?;
+        let layers = (0..text.num_hidden_layers)
+            .map(|i| DecoderLayer::new(text, i, vb_lm.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(text.hidden_size, text.rms_norm_eps, vb_lm.pp("norm"))?,
+            rope: MultimodalRope::new(text, vb.device())?,
+            tie_word_embeddings: cfg.tie_word_embeddings,
+            span: tracing::debug_span!("text-encoder"),
+        })
+    }
+
+    /// Reads `text_encoder/config.json` and builds the model in `dtype` on `device`.
+    pub fn load(model: &ModelDir, dtype: DType, device: &Device) -> crate::Result<(Config, Self)> {
+        let cfg: Config = model.read_json("text_encoder", "config.json")?;
+        let vb = model.var_builder("text_encoder", dtype, device)?;
+        let text_model = Self::new(&cfg, vb)?;
+        Ok((cfg, text_model))
+    }
+
+    /// The output projection: `lm_head.weight`, or the embedding table when the config ties them
+    /// or the checkpoint has no `lm_head` (`vb` at the component root, as for [`Self::new`]).
+    pub fn lm_head(&self, vb: VarBuilder) -> Result<LmHead> {
+        let weight = if self.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
+            self.embed_tokens.embeddings().clone()
+        } else {
+            let (vocab, hidden) = self.embed_tokens.embeddings().dims2()?;
+            vb.get((vocab, hidden), "lm_head.weight")?
+        };
+        Ok(LmHead(Linear::new(weight, None)))
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embed_tokens.hidden_size()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.embeddings().device()
+    }
+
+    /// Embeddings `[B, S, D]` of token ids `[B, S]` (the vision tower later overwrites the
+    /// `<|image_pad|>` rows before [`Self::forward`]).
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// The last hidden state `[B, S, D]` after the final norm.
+    ///
+    /// - `input`: token ids `[B, S]` (integer dtype) or input embeddings `[B, S, D]` (float);
+    /// - `position_ids`: `[3, B, S]` (t, h, w) M-RoPE positions, or `[B, S]` for text-only 1-D
+    ///   positions (see [`text_position_ids`]);
+    /// - `attention_mask`: `[B, S]`, nonzero = real token; keys at zeros are ignored. Attention
+    ///   is causal either way.
+    pub fn forward(&self, input: &Tensor, position_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let embeds = match (input.dtype(), input.rank()) {
+            (DType::U8 | DType::U32 | DType::I64, 2) => self.embed_tokens(input)?,
+            (dtype, 3) if dtype.is_float() => input.to_dtype(self.dtype())?,
+            (dtype, _) => bail!(
+                "text encoder input must be ids [B, S] or embeddings [B, S, {}], got {dtype:?} {:?}",
+                self.hidden_size(),
+                input.shape()
+            ),
+        };
+        let (b, s, d) = embeds.dims3()?;
+        if d != self.hidden_size() {
+            bail!(
+                "text encoder embeddings have width {d}, the model {}",
+                self.hidden_size()
+            )
+        }
+        let position_ids = match position_ids.dims() {
+            [3, pb, ps] if (*pb, *ps) == (b, s) => position_ids.clone(),
+            [pb, ps] if (*pb, *ps) == (b, s) => position_ids.unsqueeze(0)?.repeat((3, 1, 1))?,
+            dims => bail!("position_ids must be [3, {b}, {s}] (or [{b}, {s}]), got {dims:?}"),
+        };
+        if let Some(mask) = attention_mask {
+            if mask.dims() != [b, s] {
+                bail!("attention_mask must be [{b}, {s}], got {:?}", mask.dims())
+            }
+        }
+        let (cos, sin) = self.rope.cos_sin(&position_ids)?;
+        let mask = attention_bias(b, s, attention_mask, embeds.device())?;
+
+        let mut hidden = embeds;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref())?;
+        }
+        self.norm.forward(&hidden)
+    }
+}
+
+/// 1-D positions `0..S` for every sample, as M-RoPE ids `[3, B, S]` (u32): what the reference
+/// uses for text-only prompts.
+pub fn text_position_ids(batch: usize, seq_len: usize, device: &Device) -> Result<Tensor> {
+    Tensor::arange(0u32, seq_len as u32, device)?
+        .reshape((1, 1, seq_len))?
+        .repeat((3, batch, 1))
+}
+
+/// Additive f32 attention bias `[B or 1, 1, S, S]`: 0 where query i may attend key j (j ≤ i and
+/// key j is a real token), a large negative number elsewhere. Finite rather than −∞, so rows
+/// with nothing to attend to (left padding) stay finite instead of turning into NaN.
+fn attention_bias(b: usize, s: usize, attention_mask: Option<&Tensor>, device: &Device) -> Result<Option<Tensor>> {
+    if s == 1 && attention_mask.is_none() {
+        return Ok(None);
+    }
+    let idx = Tensor::arange(0u32, s as u32, device)?;
+    let causal = idx.reshape((1, s))?.broadcast_le(&idx.reshape((s, 1))?)?; // [S, S] u8, key ≤ query
+    let allowed = match attention_mask {
+        None => causal.reshape((1, 1, s, s))?,
+        Some(mask) => {
+            let keys = mask.ne(0u32)?.reshape((b, 1, 1, s))?;
+            keys.broadcast_mul(&causal.reshape((1, 1, s, s))?)?
+        }
+    };
+    let zeros = Tensor::zeros(allowed.shape(), DType::F32, device)?;
+    let blocked = Tensor::full(f32::MIN, allowed.shape(), device)?;
+    Ok(Some(allowed.where_cond(&zeros, &blocked)?))
+}
+
+fn check_supported(cfg: &TextConfig) -> Result<()> {
+    if cfg.hidden_act != "silu" {
+        bail!(
+            "text encoder hidden_act {:?} is not supported (only silu)",
+            cfg.hidden_act
+        )
+    }
+    if cfg.use_sliding_window {
+        bail!("text encoder use_sliding_window = true is not supported")
+    }
+    let rope_type = cfg.rope_type();
+    if rope_type != "default" {
+        bail!("text encoder rope_type {rope_type:?} is not supported (only default / mrope)")
+    }
+    let (h, kv) = (cfg.num_attention_heads, cfg.num_key_value_heads());
+    if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !cfg.hidden_size.is_multiple_of(h) {
+        bail!(
+            "text encoder heads don't fit: hidden_size {}, num_attention_heads {h}, num_key_value_heads {kv}",
+            cfg.hidden_size
+        )
+    }
+    Ok(())
+}
+
+/// The language model's root in this checkpoint, whichever spelling it uses.
+fn language_model_vb<'a>(vb: &VarBuilder<'a>) -> Result<VarBuilder<'a>> {
+    for prefix in LANGUAGE_MODEL_PREFIXES {
+        if vb.contains_tensor(&format!("{prefix}.embed_tokens.weight")) {
+            return Ok(vb.pp(prefix));
+        }
+    }
+    bail!(
+        "text encoder weights not found: expected {}",
+        LANGUAGE_MODEL_PREFIXES
+            .map(|p| format!("{p}.embed_tokens.weight"))
+            .join(" or ")
+    )
+}

@@ -1,0 +1,132 @@
+//! One dual-stream (MMDiT) block of the Qwen-Image transformer (diffusers
+//! `QwenImageTransformerBlock`).
+//!
+//! Text and image tokens keep separate weights (modulation, norms, projections, MLPs) and meet
+//! only in the joint attention. Per stream:
+//! 1. `(shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(temb))`;
+//! 2. `x += gate1 · Attn(LN(x)·(1+scale1) + shift1)`;
+//! 3. `x += gate2 · MLP(LN(x)·(1+scale2) + shift2)`, MLP = Linear(D→4D), GELU(tanh), Linear(4D→D).
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use super::attention::JointAttention;
+use super::norm::layer_norm;
+use super::rope::RopeTables;
+
+const EPS: f64 = 1e-6;
+
+/// diffusers `FeedForward(dim, dim, activation_fn="gelu-approximate")`: `net.0.proj`, GELU(tanh),
+/// (`net.1` is dropout), `net.2`.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    proj_in: Linear,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let hidden = 4 * dim;
+        Ok(Self {
+            proj_in: candle_nn::linear(dim, hidden, vb.pp("net").pp("0").pp("proj"))?,
+            proj_out: candle_nn::linear(hidden, dim, vb.pp("net").pp("2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's `gelu` is the tanh approximation, as `GELU(approximate="tanh")`.
+        self.proj_out.forward(&self.proj_in.forward(x)?.gelu()?)
+    }
+}
+
+/// Shift, scale and gate of one modulated sub-layer, each `[B, 1, D]`.
+struct Modulation {
+    shift: Tensor,
+    scale: Tensor,
+    gate: Tensor,
+}
+
+impl Modulation {
+    /// Splits `Linear(SiLU(temb))` `[B, 6D]` into the attention and MLP modulations, in the
+    /// reference's (shift, scale, gate) order.
+    fn pair(params: &Tensor) -> Result<(Self, Self)> {
+        let chunks = params.unsqueeze(1)?.chunk(6, 2)?;
+        let m = |i: usize| Self {
+            shift: chunks[i].clone(),
+            scale: chunks[i + 1].clone(),
+            gate: chunks[i + 2].clone(),
+        };
+        Ok((m(0), m(3)))
+    }
+
+    /// `LN(x)·(1+scale) + shift`.
+    fn modulate(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, EPS)?
+            .broadcast_mul(&(&self.scale + 1.0)?)?
+            .broadcast_add(&self.shift)
+    }
+
+    /// `x + gate·y`.
+    fn gated_residual(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        x + y.broadcast_mul(&self.gate)?
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TransformerBlock {
+    /// `img_mod` is Sequential(SiLU, Linear): the Linear is `img_mod.1`.
+    img_mod: Linear,
+    txt_mod: Linear,
+    attn: JointAttention,
+    img_mlp: FeedForward,
+    txt_mlp: FeedForward,
+    span: tracing::Span,
+}
+
+impl TransformerBlock {
+    pub fn new(dim: usize, heads: usize, head_dim: usize, index: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            img_mod: candle_nn::linear(dim, 6 * dim, vb.pp("img_mod").pp("1"))?,
+            txt_mod: candle_nn::linear(dim, 6 * dim, vb.pp("txt_mod").pp("1"))?,
+            attn: JointAttention::new(dim, heads, head_dim, EPS, vb.pp("attn"))?,
+            img_mlp: FeedForward::new(dim, vb.pp("img_mlp"))?,
+            txt_mlp: FeedForward::new(dim, vb.pp("txt_mlp"))?,
+            span: tracing::debug_span!("transformer_block", index),
+        })
+    }
+
+    /// `img` `[B, S_img, D]`, `txt` `[B, S_txt, D]`, `temb` `[B, D]`. Returns the updated
+    /// `(img, txt)`.
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        temb: &Tensor,
+        rope: &RopeTables,
+        key_bias: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let _enter = self.span.enter();
+        let temb = temb.silu()?;
+        let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
+        let (txt_attn_mod, txt_mlp_mod) = Modulation::pair(&self.txt_mod.forward(&temb)?)?;
+
+        let (img_attn, txt_attn) = self.attn.forward(
+            &img_attn_mod.modulate(img)?,
+            &txt_attn_mod.modulate(txt)?,
+            rope,
+            key_bias,
+        )?;
+        let img = img_attn_mod.gated_residual(img, &img_attn)?;
+        let txt = txt_attn_mod.gated_residual(txt, &txt_attn)?;
+
+        let img_mlp = self.img_mlp.forward(&img_mlp_mod.modulate(&img)?)?;
+        let img = img_mlp_mod.gated_residual(&img, &img_mlp)?;
+        let txt_mlp = self.txt_mlp.forward(&txt_mlp_mod.modulate(&txt)?)?;
+        let txt = txt_mlp_mod.gated_residual(&txt, &txt_mlp)?;
+        if img.dtype() == DType::F16 {
+            // As the reference: keep fp16 activations finite.
+            return Ok((img.clamp(-65504f32, 65504f32)?, txt.clamp(-65504f32, 65504f32)?));
+        }
+        Ok((img, txt))
+    }
+}

@@ -1,0 +1,191 @@
+//! The server's implementation of the app's [`Backend`]: validation, model availability, and
+//! the job queue in front of the engine. REST routes and server functions both call it.
+
+use std::sync::Arc;
+
+use app::api::{
+    ApiError, ConfigResponse, DecomposeJob, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, Limits, StatusResponse,
+};
+use app::backend::{Backend, BoxFuture};
+
+use crate::config::QwenImageSettings;
+use crate::engine_state::EngineState;
+use crate::job_registry::{JobHandle, JobRegistry};
+use crate::jobs::JobQueue;
+
+/// Limits and identity of a running server, fixed at startup.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub settings: QwenImageSettings,
+    pub model_type: String,
+    pub device: String,
+    pub queue_depth: u32,
+    pub max_body_bytes: u64,
+    pub max_image_pixels: u64,
+}
+
+pub struct ServerBackend {
+    options: ServerOptions,
+    limits: Limits,
+    queue: Arc<JobQueue<EngineState>>,
+    /// Set by the worker once the decompose models are in memory.
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+    jobs: JobRegistry,
+    /// Why decomposition cannot run (model missing…), found at startup.
+    unavailable: Option<String>,
+    edit_unavailable: Option<String>,
+}
+
+impl ServerBackend {
+    pub fn new(options: ServerOptions, engine: EngineState) -> Arc<Self> {
+        let limits = Limits {
+            default_layer_num: options.settings.layer_num,
+            default_resolution: options.settings.resolution,
+            default_steps: options.settings.num_inference_steps,
+            default_cfg_scale: options.settings.cfg_scale,
+            max_image_pixels: options.max_image_pixels,
+        };
+        let unavailable = engine.decompose_unavailable();
+        let edit_unavailable = engine.edit_unavailable();
+        let loaded = engine.loaded_flag();
+        let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
+        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit_unavailable })
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// Validates a request and queues it as a followable job; the receiver yields its outcome.
+    fn enqueue_decompose(
+        &self,
+        request: DecomposeRequest,
+    ) -> Result<(Arc<JobHandle>, tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>), ApiError> {
+        let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
+        if let Some(reason) = &self.unavailable {
+            return Err(ApiError::unavailable(reason.clone()));
+        }
+        let handle = self.jobs.create(job.steps);
+        let worker_handle = handle.clone();
+        let submitted = self.queue.submit(move |engine: &mut EngineState| {
+            if worker_handle.is_cancelled_now() {
+                let out = Err(ApiError::cancelled());
+                worker_handle.finish(&out);
+                return out;
+            }
+            worker_handle.start();
+            let out = engine.decompose(job, worker_handle.as_ref());
+            worker_handle.finish(&out);
+            out
+        });
+        match submitted {
+            Ok(done) => Ok((handle, done)),
+            Err(e) => {
+                self.jobs.remove(&handle.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn queue_handle(&self) -> Arc<JobQueue<EngineState>> {
+        self.queue.clone()
+    }
+
+    fn queue_state_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A seed for requests that did not choose one.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    // Keep seeds within 2^53 so JavaScript clients can hold them exactly.
+    h.finish() & ((1 << 53) - 1)
+}
+
+impl Backend for ServerBackend {
+    fn config(&self) -> ConfigResponse {
+        let s = &self.options.settings;
+        ConfigResponse {
+            model_type: self.options.model_type.clone(),
+            layer_num: s.layer_num,
+            resolution: s.resolution,
+            steps: s.num_inference_steps,
+            cfg_scale: s.cfg_scale,
+            cpu_offload: s.cpu_offload,
+            layer_range: [*app::api::LAYER_RANGE.start(), *app::api::LAYER_RANGE.end()],
+            resolutions: app::api::RESOLUTIONS.to_vec(),
+            max_steps: app::api::MAX_STEPS,
+            max_image_pixels: self.options.max_image_pixels,
+            max_body_bytes: self.options.max_body_bytes,
+        }
+    }
+
+    fn status(&self) -> StatusResponse {
+        let in_flight = self.queue.in_flight();
+        let loaded = self.queue_state_loaded();
+        StatusResponse {
+            status: match (&self.unavailable, loaded) {
+                (Some(_), _) => "unavailable",
+                (None, true) => "ready",
+                (None, false) => "idle",
+            }
+            .into(),
+            model_loaded: loaded,
+            model: self.options.settings.model_path.clone(),
+            device: self.options.device.clone(),
+            reason: self.unavailable.clone(),
+            queue_depth: in_flight.saturating_sub(1),
+            queue_capacity: self.queue.capacity(),
+            busy: in_flight > 0,
+        }
+    }
+
+    fn edit_status(&self) -> EditStatusResponse {
+        EditStatusResponse {
+            status: if self.edit_unavailable.is_some() { "unavailable" } else { "idle" }.into(),
+            model_loaded: false,
+            model: self.options.settings.edit_model_source().to_string(),
+            reason: self.edit_unavailable.clone(),
+        }
+    }
+
+    fn decompose(&self, request: DecomposeRequest) -> BoxFuture<Result<DecomposeResponse, ApiError>> {
+        let queued = self.enqueue_decompose(request);
+        Box::pin(async move {
+            let (_, done) = queued?;
+            done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+        })
+    }
+
+    fn start_decompose(&self, request: DecomposeRequest) -> Result<JobStarted, ApiError> {
+        let (handle, _) = self.enqueue_decompose(request)?;
+        Ok(JobStarted { id: handle.id.clone() })
+    }
+
+    fn job_status(&self, id: &str) -> Result<JobStatus, ApiError> {
+        self.jobs.status(id)
+    }
+
+    fn cancel_job(&self, id: &str) -> Result<JobStatus, ApiError> {
+        let job = self.jobs.get(id)?;
+        job.request_cancel();
+        self.jobs.status(id)
+    }
+
+    fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {
+        let job = request.validate(&self.limits, random_seed());
+        let unavailable = self.edit_unavailable.clone();
+        let queue = self.queue_handle();
+        Box::pin(async move {
+            let job = job?;
+            if let Some(reason) = unavailable {
+                return Err(ApiError::unavailable(reason));
+            }
+            queue.run(move |engine| engine.edit_layer(job)).await
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The server's command-line flags (the seed's table, plus host/port, limits and device).
+//! Flags override the selected `config.toml` profile.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{self, QwenImageSettings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelType {
+    /// Qwen-Image-Layered (decompose) + Qwen-Image-Edit-2509 (layer edits).
+    Qwenimage,
+    /// Z-Image (not available yet).
+    Zimage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when built with it and a GPU is present, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "server", version, about = "Qwen Layers: the web app and REST API for layered image decomposition")]
+pub struct ServerArgs {
+    /// Settings file (default: ./config.toml when it exists, else built-in defaults).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Profile of the settings file: [<PROFILE>.qwen_image].
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    #[arg(long, value_enum, default_value = "qwenimage")]
+    pub model_type: ModelType,
+    /// Qwen-Image-Layered: local diffusers folder or Hugging Face repo id.
+    #[arg(long, value_name = "PATH_OR_REPO")]
+    pub qwen_image_model_path: Option<String>,
+    /// Qwen-Image-Edit-2509: local folder or repo id (empty = Qwen/Qwen-Image-Edit-2509).
+    #[arg(long, value_name = "PATH_OR_REPO")]
+    pub qwen_image_edit_model_path: Option<String>,
+    /// Stream transformer weights from host memory (low VRAM). `--qwen-image-cpu-offload=false` turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub qwen_image_cpu_offload: Option<bool>,
+    /// Default number of layers (2–10).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=10))]
+    pub qwen_image_layers: Option<u32>,
+    /// Default number of denoising steps.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=app::api::MAX_STEPS as i64))]
+    pub qwen_image_steps: Option<u32>,
+    /// Default true-CFG scale.
+    #[arg(long, value_parser = parse_cfg_scale)]
+    pub qwen_image_cfg_scale: Option<f32>,
+    /// Default resolution bucket: 640 or 1024.
+    #[arg(long, value_parser = parse_resolution)]
+    pub qwen_image_resolution: Option<u32>,
+    /// Address to bind. Anything but loopback exposes the API to the network: set --api-token.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to bind (0 = any free port; the chosen address is printed).
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Jobs that may wait behind the running one before requests get 429.
+    #[arg(long, default_value_t = 4)]
+    pub queue_depth: u32,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mb: u64,
+    /// Largest input image, in pixels.
+    #[arg(long, default_value_t = 36_000_000)]
+    pub max_image_pixels: u64,
+    /// Require `Authorization: Bearer <token>` on /api/ routes.
+    #[arg(long, env = "QWEN_LAYERS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+fn parse_cfg_scale(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    app::api::validate_cfg_scale(v).map_err(|e| e.error)
+}
+
+fn parse_resolution(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    app::api::validate_resolution(v).map_err(|e| e.error)
+}
+
+impl ServerArgs {
+    /// The profile's settings with the flags applied on top.
+    pub fn settings(&self) -> Result<QwenImageSettings, config::ConfigError> {
+        let mut s = match &self.config {
+            Some(path) => config::load_profile(path, &self.profile)?,
+            None if std::path::Path::new("config.toml").is_file() => {
+                config::load_profile(std::path::Path::new("config.toml"), &self.profile)?
+            }
+            None if self.profile != "default" => {
+                return Err(config::ConfigError::UnknownProfile {
+                    path: "config.toml (not found)".into(),
+                    profile: self.profile.clone(),
+                    available: "default".into(),
+                })
+            }
+            None => QwenImageSettings::default(),
+        };
+        if let Some(v) = &self.qwen_image_model_path {
+            s.model_path = v.clone();
+        }
+        if let Some(v) = &self.qwen_image_edit_model_path {
+            s.edit_model_path = v.clone();
+        }
+        if let Some(v) = self.qwen_image_cpu_offload {
+            s.cpu_offload = v;
+        }
+        if let Some(v) = self.qwen_image_layers {
+            s.layer_num = v;
+        }
+        if let Some(v) = self.qwen_image_steps {
+            s.num_inference_steps = v;
+        }
+        if let Some(v) = self.qwen_image_cfg_scale {
+            s.cfg_scale = v;
+        }
+        if let Some(v) = self.qwen_image_resolution {
+            s.resolution = v;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+        ServerArgs::try_parse_from(std::iter::once("server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_bind_loopback_7860() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.host.to_string(), "127.0.0.1");
+        assert_eq!(a.port, 7860);
+        assert_eq!(a.model_type, ModelType::Qwenimage);
+    }
+
+    #[test]
+    fn flags_override_the_profile() {
+        let dir = std::env::temp_dir().join(format!("server-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        std::fs::write(&cfg, "[default.qwen_image]\nlayer_num = 3\nresolution = 1024\n[big.qwen_image]\nlayer_num = 8\n").unwrap();
+        let a = parse(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--profile",
+            "big",
+            "--qwen-image-steps",
+            "20",
+            "--qwen-image-cpu-offload",
+            "--qwen-image-model-path",
+            "/models/layered",
+        ])
+        .unwrap();
+        let s = a.settings().unwrap();
+        assert_eq!((s.layer_num, s.resolution, s.num_inference_steps), (8, 1024, 20));
+        assert!(s.cpu_offload);
+        assert_eq!(s.model_path, "/models/layered");
+        let a = parse(&["--config", cfg.to_str().unwrap(), "--qwen-image-cpu-offload=false", "--qwen-image-layers", "5"]).unwrap();
+        let s = a.settings().unwrap();
+        assert!(!s.cpu_offload);
+        assert_eq!(s.layer_num, 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_flag_values_are_rejected_by_name() {
+        for (args, needle) in [
+            (vec!["--qwen-image-layers", "11"], "--qwen-image-layers"),
+            (vec!["--qwen-image-resolution", "800"], "640 or 1024"),
+            (vec!["--qwen-image-cfg-scale", "inf"], "cfg_scale"),
+            (vec!["--qwen-image-steps", "0"], "--qwen-image-steps"),
+            (vec!["--model-type", "sdxl"], "--model-type"),
+            (vec!["--port", "70000"], "--port"),
+        ] {
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let a = parse(&["--config", "/no/such/config.toml"]).unwrap();
+        assert!(a.settings().unwrap_err().to_string().contains("/no/such/config.toml"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Jobs that clients can follow: each decomposition gets an id, a state, the engine's phase and
+//! step, an ETA, and a cancel flag the engine checks between steps. Finished jobs are kept for a
+//! while so a client polling late still gets its result.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use app::api::{ApiError, DecomposeResponse, JobState, JobStatus};
+use engine::pipeline::{Phase, Progress};
+
+/// How long a finished job's result stays available.
+const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
+/// At most this many finished jobs are kept (results can be large).
+const MAX_FINISHED: usize = 16;
+
+#[derive(Debug)]
+struct Record {
+    state: JobState,
+    phase: &'static str,
+    step: u32,
+    total_steps: u32,
+    started: Option<Instant>,
+    /// When denoising began and how many steps had finished then (for the ETA).
+    denoise_started: Option<Instant>,
+    finished: Option<Instant>,
+    error: Option<String>,
+    result: Option<DecomposeResponse>,
+}
+
+/// One job's shared state: written by the engine worker, read by status requests.
+#[derive(Debug)]
+pub struct JobHandle {
+    pub id: String,
+    seq: u64,
+    record: Mutex<Record>,
+    cancel: AtomicBool,
+}
+
+impl JobHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the job running (called on the worker when it picks the job up).
+    pub fn start(&self) {
+        let mut r = self.lock();
+        r.state = JobState::Running;
+        r.phase = "starting";
+        r.started = Some(Instant::now());
+    }
+
+    /// Records the final outcome.
+    pub fn finish(&self, outcome: &Result<DecomposeResponse, ApiError>) {
+        let mut r = self.lock();
+        r.finished = Some(Instant::now());
+        match outcome {
+            Ok(resp) => {
+                r.state = JobState::Done;
+                r.phase = "done";
+                r.step = r.total_steps;
+                r.result = Some(resp.clone());
+            }
+            Err(e) if self.cancel.load(Ordering::SeqCst) && e.status == app::api::CANCELLED_STATUS => {
+                r.state = JobState::Cancelled;
+                r.phase = "cancelled";
+                r.error = Some(e.error.clone());
+            }
+            Err(e) => {
+                r.state = JobState::Failed;
+                r.phase = "failed";
+                r.error = Some(e.error.clone());
+            }
+        }
+    }
+
+    /// Whether a cancel was requested (also readable before the job starts).
+    pub fn is_cancelled_now(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn status(&self, queue_position: Option<u32>) -> JobStatus {
+        let r = self.lock();
+        let now = Instant::now();
+        let elapsed = r.started.map_or(0.0, |s| (r.finished.unwrap_or(now) - s).as_secs_f64());
+        let eta_seconds = match (r.state, r.denoise_started) {
+            (JobState::Running, Some(t0)) if r.step > 0 && r.total_steps >= r.step => {
+                let per_step = (now - t0).as_secs_f64() / f64::from(r.step);
+                Some(per_step * f64::from(r.total_steps - r.step))
+            }
+            _ => None,
+        };
+        JobStatus {
+            id: self.id.clone(),
+            state: r.state,
+            phase: r.phase.to_string(),
+            step: r.step,
+            total_steps: r.total_steps,
+            elapsed,
+            eta_seconds,
+            queue_position: (r.state == JobState::Queued).then_some(queue_position.unwrap_or(0)),
+            error: r.error.clone(),
+            result: r.result.clone(),
+        }
+    }
+}
+
+impl Progress for JobHandle {
+    fn phase(&self, phase: Phase) {
+        let mut r = self.lock();
+        r.phase = phase.name();
+        if phase == Phase::Denoising {
+            r.denoise_started = Some(Instant::now());
+        }
+    }
+
+    fn step(&self, done: usize, total: usize) {
+        let mut r = self.lock();
+        r.step = done as u32;
+        r.total_steps = total as u32;
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// All jobs the server knows about.
+#[derive(Debug, Default)]
+pub struct JobRegistry {
+    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    next: AtomicU64,
+}
+
+impl JobRegistry {
+    /// Registers a new queued job with `total_steps` denoising steps.
+    pub fn create(&self, total_steps: u32) -> Arc<JobHandle> {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let id = format!("job-{seq}-{:08x}", crate::backend::random_seed() as u32);
+        let handle = Arc::new(JobHandle {
+            id: id.clone(),
+            seq,
+            record: Mutex::new(Record {
+                state: JobState::Queued,
+                phase: "queued",
+                step: 0,
+                total_steps,
+                started: None,
+                denoise_started: None,
+                finished: None,
+                error: None,
+                result: None,
+            }),
+            cancel: AtomicBool::new(false),
+        });
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        Self::prune(&mut jobs);
+        jobs.insert(id, handle.clone());
+        handle
+    }
+
+    fn prune(jobs: &mut HashMap<String, Arc<JobHandle>>) {
+        let now = Instant::now();
+        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < KEEP_FINISHED));
+        let mut finished: Vec<(Instant, String)> =
+            jobs.iter().filter_map(|(id, j)| j.lock().finished.map(|f| (f, id.clone()))).collect();
+        if finished.len() > MAX_FINISHED {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - MAX_FINISHED] {
+                jobs.remove(id);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<JobHandle>, ApiError> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.get(id).cloned().ok_or_else(|| ApiError::new(404, format!("no job {id} (finished jobs are kept 15 minutes)")))
+    }
+
+    /// The job's status, with its place in the queue while waiting.
+    /// Forgets a job that never made it into the queue.
+    pub fn remove(&self, id: &str) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn status(&self, id: &str) -> Result<JobStatus, ApiError> {
+        let job = self.get(id)?;
+        let ahead = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.values().filter(|j| j.seq < job.seq && j.lock().state == JobState::Queued).count() as u32
+        };
+        Ok(job.status(Some(ahead)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response() -> DecomposeResponse {
+        DecomposeResponse {
+            layers: vec![],
+            zip_data: String::new(),
+            generation_time: 1.0,
+            layer_count: 2,
+            resolution: 640,
+            layer_order: "bottom-to-top".into(),
+            seed: 1,
+            width: 640,
+            height: 640,
+        }
+    }
+
+    #[test]
+    fn a_job_goes_from_queued_to_done_with_progress() {
+        let reg = JobRegistry::default();
+        let a = reg.create(10);
+        let b = reg.create(10);
+        assert_eq!(reg.status(&b.id).unwrap().queue_position, Some(1));
+        let s = reg.status(&a.id).unwrap();
+        assert_eq!((s.state, s.queue_position, s.eta_seconds), (JobState::Queued, Some(0), None));
+        a.start();
+        a.phase(Phase::Denoising);
+        std::thread::sleep(Duration::from_millis(20));
+        a.step(2, 10);
+        let s = reg.status(&a.id).unwrap();
+        assert_eq!((s.state, s.phase.as_str(), s.step, s.total_steps), (JobState::Running, "denoising", 2, 10));
+        let eta = s.eta_seconds.unwrap();
+        assert!(eta > 0.05 && eta < 5.0, "eta {eta}: 8 steps left at ≥ 10 ms a step");
+        assert_eq!(reg.status(&b.id).unwrap().queue_position, Some(0));
+        a.finish(&Ok(response()));
+        let s = reg.status(&a.id).unwrap();
+        assert_eq!((s.state, s.step), (JobState::Done, 10));
+        assert_eq!(s.result.unwrap().layer_count, 2);
+    }
+
+    #[test]
+    fn cancel_and_failure_are_distinct_outcomes() {
+        let reg = JobRegistry::default();
+        let a = reg.create(5);
+        assert!(!a.is_cancelled());
+        a.request_cancel();
+        assert!(a.is_cancelled());
+        a.finish(&Err(ApiError::cancelled()));
+        assert_eq!(reg.status(&a.id).unwrap().state, JobState::Cancelled);
+        let b = reg.create(5);
+        b.finish(&Err(ApiError::internal("engine failed")));
+        let s = reg.status(&b.id).unwrap();
+        assert_eq!((s.state, s.error.as_deref()), (JobState::Failed, Some("engine failed")));
+        assert_eq!(reg.status("job-x").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn finished_jobs_beyond_the_cap_are_pruned() {
+        let reg = JobRegistry::default();
+        let first = reg.create(1);
+        first.finish(&Ok(response()));
+        for _ in 0..MAX_FINISHED {
+            std::thread::sleep(Duration::from_millis(1));
+            reg.create(1).finish(&Ok(response()));
+        }
+        reg.create(1); // creating prunes
+        assert!(reg.get(&first.id).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Starts the real `server` binary on a free port and exercises every REST endpoint with good
+//! and bad requests, checking status codes, JSON error bodies and that the server keeps serving.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the server with `args` on port 0 and waits for its "listening on" line.
+fn start(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--port", "0"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HF_HUB_CACHE", std::env::temp_dir().join("qwen-layers-empty-hub"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server binary");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+fn png_data_url(w: u32, h: u32) -> String {
+    let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 100, 255]));
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
+
+async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let json = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, json, headers)
+}
+
+async fn get(base: &str, path: &str) -> (u16, Value) {
+    let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn read_endpoints_report_config_and_status() {
+    let s = start(&["--qwen-image-layers", "6", "--qwen-image-steps", "30", "--queue-depth", "3"]);
+    let (code, config) = get(&s.base, "/api/qwen-image/config").await;
+    assert_eq!(code, 200);
+    assert_eq!(config["layer_num"], 6);
+    assert_eq!(config["steps"], 30);
+    assert_eq!(config["resolution"], 640);
+    assert_eq!(config["model_type"], "qwenimage");
+    assert_eq!(config["layer_range"], json!([2, 10]));
+
+    let (code, status) = get(&s.base, "/api/qwen-image/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["model_loaded"], false);
+    assert_eq!(status["queue_capacity"], 3);
+    // No model in the (empty) hub cache: unavailable, with a reason that says how to get it.
+    assert_eq!(status["status"], "unavailable");
+    assert!(status["reason"].as_str().unwrap().contains("huggingface-cli download Qwen/Qwen-Image-Layered"));
+
+    let (code, edit) = get(&s.base, "/api/qwen-image/edit-status").await;
+    assert_eq!(code, 200);
+    assert_eq!(edit["model"], "Qwen/Qwen-Image-Edit-2509");
+    assert_eq!(edit["status"], "unavailable");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
+    let s = start(&["--max-body-mb", "1"]);
+    let good_image = png_data_url(8, 6);
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"image": good_image, "layer_num": 1}), 422, "layer_num"),
+        (json!({"image": good_image, "layer_num": 11}), 422, "layer_num"),
+        (json!({"image": good_image, "resolution": 512}), 422, "resolution"),
+        (json!({"image": good_image, "steps": 0}), 422, "steps"),
+        (json!({"image": good_image, "steps": 100000}), 422, "steps"),
+        (json!({"image": good_image, "cfg_scale": -3.0}), 422, "cfg_scale"),
+        (json!({"image": "data:image/png;base64,!!!"}), 400, "base64"),
+        (json!({"image": "aGVsbG8gd29ybGQ="}), 422, "PNG, JPEG or WebP"),
+        (json!({"prompt": "no image"}), 400, "image"),
+        (json!({"image": good_image, "layer_num": "four"}), 400, "invalid JSON"),
+    ];
+    for (body, code, needle) in cases {
+        let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
+        assert_eq!(status, code, "{body}: {json}");
+        let msg = json["error"].as_str().unwrap_or_else(|| panic!("no error field: {json}"));
+        assert!(msg.contains(needle), "{needle} not in {msg}");
+    }
+    let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", "{not json").await;
+    assert_eq!((status, json["error"].as_str().is_some()), (400, true));
+
+    // Over the body limit (1 MiB): 413 as JSON.
+    let huge = json!({"image": "A".repeat(2 * 1024 * 1024)}).to_string();
+    let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", huge).await;
+    assert_eq!(status, 413, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("larger than"));
+
+    // Edit: empty instruction.
+    let (status, json, _) =
+        post(&s.base, "/api/qwen-image/edit-layer", json!({"image": good_image, "prompt": ""}).to_string()).await;
+    assert_eq!(status, 422, "{json}");
+
+    // A valid request cannot run without a model: 503 with the reason.
+    let (status, json, _) =
+        post(&s.base, "/api/qwen-image/decompose", json!({"image": good_image, "prompt": "a cat"}).to_string()).await;
+    assert_eq!(status, 503, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("not available"));
+
+    // Unknown paths and wrong methods are JSON errors too.
+    assert_eq!(get(&s.base, "/api/qwen-image/nothing").await.0, 404);
+    let (code, json) = get(&s.base, "/api/qwen-image/decompose").await;
+    assert_eq!((code, json["error"].is_string()), (405, true));
+
+    // Still serving.
+    assert_eq!(get(&s.base, "/api/qwen-image/status").await.0, 200);
+}
+
+#[tokio::test]
+async fn api_token_is_enforced_when_set() {
+    let s = start(&["--api-token", "s3cret"]);
+    assert_eq!(get(&s.base, "/api/qwen-image/config").await.0, 401);
+    let client = reqwest::Client::new();
+    let ok = client
+        .get(format!("{}/api/qwen-image/config", s.base))
+        .header("authorization", "Bearer s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let wrong = client
+        .get(format!("{}/api/qwen-image/config", s.base))
+        .header("authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    // The web page itself stays public.
+    assert_eq!(reqwest::get(format!("{}/", s.base)).await.unwrap().status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn the_page_is_server_rendered_with_the_app_layout() {
+    let s = start(&[]);
+    let html = reqwest::get(format!("{}/", s.base)).await.unwrap().text().await.unwrap();
+    for needle in ["Qwen-Image", "Z-Image", "Decompose Image", "/pkg/qwen_layers.js", "image-input"] {
+        assert!(html.contains(needle), "{needle} missing from the page");
+    }
+}
+
+#[test]
+fn startup_errors_are_clear_and_nonzero() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--port", "0"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--model-type", "zimage"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("Z-Image is not available yet"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("server-api-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[default.qwen_image]\nlayer_num = 4\nsteps = 20\n").unwrap();
+    let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("bad.toml") && err.contains("steps") && err.contains("line 3"), "{err}");
+    let (code, err) = run(&["--profile", "nope", "--config", "../config.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no profile `nope`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
