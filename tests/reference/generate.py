@@ -583,8 +583,13 @@ def save_model_bf16(model, path: Path, **kw) -> None:
     model.to(torch.float32)
 
 
+KEEP_IN_REF = {"extra"}
+
+
 def build_checkpoints() -> None:
-    for d in (LAYERED, EDIT, REF):
+    # reference/extra/ holds fixtures written by other scripts (tests/reference/extra_*.py): keep it.
+    targets = [LAYERED, EDIT] + ([p for p in REF.iterdir() if p.name not in KEEP_IN_REF] if REF.exists() else [])
+    for d in targets:
         if d.is_symlink() or d.is_file():
             d.unlink()
         elif d.exists():
@@ -1437,6 +1442,7 @@ def record_run(pipe, run: dict, imgs) -> dict:
             (f"step {i}: velocity given to scheduler.step (after CFG" + (" and per-token norm rescale)" if normed else ")"))
             if cfg else f"step {i}: velocity given to scheduler.step (= v_cond, no CFG)")
         put(f"step{i}/latents_after", st["prev"], f"step {i}: packed latents after the Euler step")
+    put("final_latents", rec["step"][-1]["prev"], "packed latents after the last step (= last step's latents_after)")
     assert len(rec["dec"]) == 1
     pngs = []
     if run["kind"] == "layered":
