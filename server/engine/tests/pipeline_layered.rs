@@ -71,6 +71,30 @@ fn check_run(name: &str) {
         println!("{name} layer {} PNG: max diff {max_diff}/255", i + 1);
         assert!(max_diff <= 1, "{name} layer {}: pixels differ by {max_diff}/255", i + 1);
     }
+    let final_err = ts::assert_close(
+        &ts::as_stored(&out.final_latents, &file, "final_latents"),
+        &ts::load_tensor(&file, "final_latents"),
+        1e-4,
+        &format!("{name} final_latents"),
+    );
+    println!("{name} final_latents: {final_err}");
+    if case["output_pngs"].as_array().unwrap().is_empty() {
+        // Every 4th row and column of each layer, as uint8 [layers, H/4, W/4, 4].
+        let expected = ts::load_tensor_raw(&file, "output_pixels_strided4");
+        let expected = expected.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let mut actual = Vec::new();
+        for layer in &out.layers {
+            for y in (0..layer.height()).step_by(4) {
+                for x in (0..layer.width()).step_by(4) {
+                    actual.extend_from_slice(&layer.get_pixel(x, y).0);
+                }
+            }
+        }
+        assert_eq!(actual.len(), expected.len(), "{name}: strided output size");
+        let max_diff = actual.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        println!("{name} layers (every 4th pixel): max diff {max_diff}/255");
+        assert!(max_diff <= 1, "{name}: layer pixels differ by {max_diff}/255");
+    }
     println!("{name}: worst relative error over every step {:.2e}", worst.into_inner());
 }
 
