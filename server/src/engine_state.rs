@@ -1,25 +1,83 @@
 //! What the engine worker owns: where the models are, and the pipelines once loaded. Models load
 //! on the first job that needs them (the real ones take tens of GB), not at startup.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob};
+use candle_core::{DType, Device};
+use engine::pipeline::{DecomposeOptions, LoadOptions, Phase, Progress};
 use engine::weights::ModelDir;
 
+use crate::layers::Decomposer;
+
+/// Where and how the models run.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Runtime {
+    /// `cuda` when asked for (error if this build or machine has none), `auto` = CUDA if present.
+    pub fn select(device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
+        let device = match device {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!("--device cuda: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)")
+            })?,
+            "auto" => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
+            other => anyhow::bail!("unknown device `{other}` (cpu, cuda or auto)"),
+        };
+        let dtype = match dtype {
+            None if device.is_cuda() => DType::BF16,
+            None | Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => anyhow::bail!("unknown dtype `{other}` (f32, bf16 or f16)"),
+        };
+        Ok(Self { device, dtype })
+    }
+
+    pub fn describe(&self) -> String {
+        let device = if self.device.is_cuda() { "cuda" } else { "cpu" };
+        format!("{device} {:?}", self.dtype).to_lowercase()
+    }
+}
+
 pub struct EngineState {
+    runtime: Runtime,
     /// The decompose model's folder, or why it cannot be used.
     layered: Result<ModelDir, String>,
     /// The edit model's folder, or why it cannot be used.
     edit: Result<ModelDir, String>,
+    decomposer: Option<Decomposer>,
     loaded: Arc<AtomicBool>,
 }
 
+/// An engine error as the API reports it.
+pub fn api_error(e: engine::Error) -> ApiError {
+    match e {
+        engine::Error::InvalidInput(msg) => ApiError::unprocessable(msg),
+        engine::Error::Image(msg) => ApiError::unprocessable(msg),
+        engine::Error::Cancelled => ApiError::cancelled(),
+        e @ (engine::Error::ModelNotFound(_) | engine::Error::IncompleteModel { .. }) => {
+            ApiError::unavailable(e.to_string())
+        }
+        e => ApiError::internal(format!("the engine failed: {e}")),
+    }
+}
+
 impl EngineState {
-    /// Resolves both model locations without downloading (startup must be quick and offline-safe).
-    pub fn new(model_path: &str, edit_model_path: &str) -> Self {
+    /// Resolves both model locations without downloading (startup must be quick and
+    /// offline-safe) and checks the decompose model's folder is complete.
+    pub fn new(model_path: &str, edit_model_path: &str, runtime: Runtime) -> Self {
         let resolve = |p: &str| ModelDir::resolve(p, false).map_err(|e| e.to_string());
-        Self { layered: resolve(model_path), edit: resolve(edit_model_path), loaded: Arc::default() }
+        let layered = resolve(model_path).and_then(|m| {
+            m.check(engine::pipeline::decompose::LAYERED_COMPONENTS).map_err(|e| e.to_string())?;
+            Ok(m)
+        });
+        Self { runtime, layered, edit: resolve(edit_model_path), decomposer: None, loaded: Arc::default() }
     }
 
     pub fn loaded_flag(&self) -> Arc<AtomicBool> {
@@ -27,10 +85,7 @@ impl EngineState {
     }
 
     pub fn decompose_unavailable(&self) -> Option<String> {
-        match &self.layered {
-            Err(e) => Some(format!("the decompose model is not available: {e}")),
-            Ok(_) => Some("decomposition is not built into this server yet (the engine pipeline is in progress)".into()),
-        }
+        self.layered.as_ref().err().map(|e| format!("the decompose model is not available: {e}"))
     }
 
     pub fn edit_unavailable(&self) -> Option<String> {
@@ -40,8 +95,42 @@ impl EngineState {
         }
     }
 
-    pub fn decompose(&mut self, _job: DecomposeJob, _progress: &dyn engine::pipeline::Progress) -> Result<DecomposeResponse, ApiError> {
-        Err(ApiError::unavailable(self.decompose_unavailable().unwrap_or_default()))
+    fn decomposer(&mut self, progress: &dyn Progress) -> Result<&mut Decomposer, ApiError> {
+        if self.decomposer.is_none() {
+            let model = self.layered.clone().map_err(ApiError::unavailable)?;
+            progress.phase(Phase::Loading);
+            let options = LoadOptions {
+                device: self.runtime.device.clone(),
+                dtype: self.runtime.dtype,
+                // Keep the text encoder on the CPU machine and for small models; on a GPU the
+                // real 16 GB encoder is loaded per job and dropped before denoising.
+                keep_text_encoder: !self.runtime.device.is_cuda(),
+                ..LoadOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let d = Decomposer::from_model_dir(model, options).map_err(api_error)?;
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "decompose model loaded");
+            self.decomposer = Some(d);
+            self.loaded.store(true, Ordering::SeqCst);
+        }
+        Ok(self.decomposer.as_mut().unwrap_or_else(|| unreachable!()))
+    }
+
+    pub fn decompose(&mut self, job: DecomposeJob, progress: &dyn Progress) -> Result<DecomposeResponse, ApiError> {
+        let options = DecomposeOptions {
+            prompt: job.prompt,
+            negative_prompt: Some(job.negative_prompt),
+            layers: job.layer_num as usize,
+            resolution: job.resolution,
+            num_inference_steps: job.steps as usize,
+            true_cfg_scale: f64::from(job.cfg_scale),
+            cfg_normalize: job.cfg_normalize,
+            seed: job.seed,
+            ..DecomposeOptions::default()
+        };
+        let decomposer = self.decomposer(progress)?;
+        let layers = decomposer.decompose_with_progress(&job.image, &options, progress).map_err(api_error)?;
+        layers.to_response()
     }
 
     pub fn edit_layer(&mut self, _job: EditJob) -> Result<Vec<u8>, ApiError> {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine_state;
 pub mod job_registry;
 pub mod jobs;
+pub mod layers;
 pub mod routes;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 
 use crate::backend::{ServerBackend, ServerOptions};
 use crate::cli::{DeviceChoice, ModelType, ServerArgs};
-use crate::engine_state::EngineState;
+use crate::engine_state::{EngineState, Runtime};
 
 /// Router state: the Leptos options (for SSR and static files) and the backend.
 #[derive(Clone)]
@@ -52,15 +53,16 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         DeviceChoice::Cpu => "cpu",
         DeviceChoice::Auto => "auto",
     };
+    let runtime = Runtime::select(device, None)?;
     let options = ServerOptions {
         model_type: "qwenimage".into(),
-        device: device.into(),
+        device: runtime.describe(),
         queue_depth: args.queue_depth,
         max_body_bytes: args.max_body_mb * 1024 * 1024,
         max_image_pixels: args.max_image_pixels,
         settings: settings.clone(),
     };
-    let engine = EngineState::new(&settings.model_path, settings.edit_model_source());
+    let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime);
     let backend = ServerBackend::new(options, engine);
 
     let site_root = std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into());

@@ -205,3 +205,111 @@ fn startup_errors_are_clear_and_nonzero() {
     assert!(err.contains("no profile `nope`"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn decode_data_url(url: &str) -> image::RgbaImage {
+    let b64 = url.strip_prefix("data:image/png;base64,").expect("PNG data URL");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    image::load_from_memory(&bytes).unwrap().to_rgba8()
+}
+
+const TINY: &str = "../tests/fixtures/tiny-qwen-image-layered";
+const INPUT: &str = "../tests/fixtures/reference/images/input_rgba_square.png";
+
+fn input_data_url() -> String {
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(std::fs::read(INPUT).unwrap()))
+}
+
+#[tokio::test]
+async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
+    let s = start(&["--qwen-image-model-path", TINY, "--device", "cpu"]);
+    let (_, status) = get(&s.base, "/api/qwen-image/status").await;
+    assert_eq!((status["status"].as_str(), status["model_loaded"].as_bool()), (Some("idle"), Some(false)));
+
+    let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 1, "seed": 5});
+    let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
+    assert_eq!(code, 200, "{resp}");
+    let names: Vec<_> = resp["layers"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["Composite", "Layer 1", "Layer 2"]);
+    assert_eq!((resp["layer_count"].as_u64(), resp["resolution"].as_u64(), resp["seed"].as_u64()), (Some(2), Some(640), Some(5)));
+    assert_eq!(resp["layer_order"], "bottom-to-top");
+    assert!(resp["generation_time"].as_f64().unwrap() > 0.0);
+    let images: Vec<_> = resp["layers"].as_array().unwrap().iter().map(|l| decode_data_url(l["image"].as_str().unwrap())).collect();
+    // Index 0 is the layers flattened bottom-first.
+    assert_eq!(images[0], app::compose::composite_layers(&images[1..]).unwrap());
+    let zip_bytes = base64::engine::general_purpose::STANDARD.decode(resp["zip_data"].as_str().unwrap()).unwrap();
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    assert_eq!(zip.len(), 4);
+    assert_eq!(get(&s.base, "/api/qwen-image/status").await.1["status"], "ready");
+
+    // The CLI with the same seed writes the same layers (both run the same Rust pipeline).
+    let out = std::env::temp_dir().join(format!("qwen-layers-rest-vs-cli-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["decompose", "--model-path", TINY, "--device", "cpu", "--input-image", INPUT, "--prompt", "a red apple"])
+        .args(["--num-layers", "2", "--steps", "1", "--seed", "5", "--output-dir", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    for i in 1..=2 {
+        let cli_layer = image::open(out.join(format!("0{i}_layer-{i}.png"))).unwrap().to_rgba8();
+        assert!(cli_layer == images[i], "layer {i}: REST and CLI differ");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // An empty prompt needs captioning: a clear 422, and the server goes on.
+    let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1});
+    let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
+    assert_eq!(code, 422, "{resp}");
+    assert!(resp["error"].as_str().unwrap().contains("caption"));
+}
+
+#[tokio::test]
+async fn jobs_report_progress_and_can_be_cancelled() {
+    let s = start(&["--qwen-image-model-path", TINY, "--device", "cpu"]);
+    let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 2, "seed": 1});
+    let (code, started, _) = post(&s.base, "/api/qwen-image/jobs", body.to_string()).await;
+    assert_eq!(code, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let mut phases = Vec::new();
+    let done = loop {
+        let (code, st) = get(&s.base, &format!("/api/qwen-image/jobs/{id}")).await;
+        assert_eq!(code, 200);
+        let phase = st["phase"].as_str().unwrap().to_string();
+        if phases.last() != Some(&phase) {
+            phases.push(phase);
+        }
+        if st["state"] != "queued" && st["state"] != "running" {
+            break st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!((done["step"].as_u64(), done["total_steps"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(done["result"]["layers"].as_array().unwrap().len(), 3);
+    assert!(phases.contains(&"denoising".to_string()) && phases.last().unwrap() == "done", "{phases:?}");
+
+    // A long job, cancelled once it is denoising, ends "cancelled" between steps.
+    let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 200});
+    let (_, started, _) = post(&s.base, "/api/qwen-image/jobs", body.to_string()).await;
+    let id = started["id"].as_str().unwrap().to_string();
+    loop {
+        let st = get(&s.base, &format!("/api/qwen-image/jobs/{id}")).await.1;
+        if st["phase"] == "denoising" {
+            assert!(st["total_steps"] == 200);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (code, _, _) = post(&s.base, &format!("/api/qwen-image/jobs/{id}/cancel"), "").await;
+    assert_eq!(code, 200);
+    let end = loop {
+        let st = get(&s.base, &format!("/api/qwen-image/jobs/{id}")).await.1;
+        if st["state"] != "running" && st["state"] != "queued" {
+            break st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(end["state"], "cancelled", "{end}");
+    assert!(end["step"].as_u64().unwrap() < 200);
+    assert_eq!(get(&s.base, "/api/qwen-image/jobs/job-none").await.0, 404);
+}

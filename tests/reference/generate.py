@@ -583,8 +583,13 @@ def save_model_bf16(model, path: Path, **kw) -> None:
     model.to(torch.float32)
 
 
+KEEP_IN_REF = {"extra"}
+
+
 def build_checkpoints() -> None:
-    for d in (LAYERED, EDIT, REF):
+    # reference/extra/ holds fixtures written by other scripts (tests/reference/extra_*.py): keep it.
+    targets = [LAYERED, EDIT] + ([p for p in REF.iterdir() if p.name not in KEEP_IN_REF] if REF.exists() else [])
+    for d in targets:
         if d.is_symlink() or d.is_file():
             d.unlink()
         elif d.exists():
@@ -685,8 +690,20 @@ def load_pipelines():
             m.eval()
             for prm in m.parameters():
                 assert prm.dtype == torch.float32
-    # The edit text encoder is the same folder (symlink): identical weights.
-    assert pl.text_encoder.model.language_model.embed_tokens.weight.data_ptr() != 0
+    # transformers 5 must read the legacy-layout text_encoder/config.json with the intended values.
+    for p in (pl, pe):
+        c = p.text_encoder.config
+        t, v = c.text_config, c.vision_config
+        assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size) == (
+            TE_TEXT["hidden_size"], 2, 2, 1, 152064), t
+        assert t.rope_parameters["mrope_section"] == TE_TEXT["mrope_section"] and t.rope_parameters["rope_theta"] == 1e6
+        assert t.rms_norm_eps == 1e-6 and c.tie_word_embeddings
+        assert (v.depth, v.hidden_size, v.num_heads, list(v.fullatt_block_indexes), v.window_size, v.out_hidden_size) == (
+            2, 32, 2, [1], 112, TEXT_HIDDEN), v
+        assert p.processor.image_processor.size["shortest_edge"] == 3136
+        assert p.processor.image_processor.size["longest_edge"] == 12845056
+    assert pl.transformer.config.use_layer3d_rope and not pe.transformer.config.use_layer3d_rope
+    assert pl.vae.config.input_channels == 4 and pe.vae.config.input_channels == 3
     return pl, pe
 
 
@@ -1425,6 +1442,7 @@ def record_run(pipe, run: dict, imgs) -> dict:
             (f"step {i}: velocity given to scheduler.step (after CFG" + (" and per-token norm rescale)" if normed else ")"))
             if cfg else f"step {i}: velocity given to scheduler.step (= v_cond, no CFG)")
         put(f"step{i}/latents_after", st["prev"], f"step {i}: packed latents after the Euler step")
+    put("final_latents", rec["step"][-1]["prev"], "packed latents after the last step (= last step's latents_after)")
     assert len(rec["dec"]) == 1
     pngs = []
     if run["kind"] == "layered":

@@ -38,7 +38,10 @@ fn calculate_dimensions_square_buckets() {
 #[test]
 fn calculate_dimensions_non_square() {
     // 4:3 at 1 MP: width √(2^20·4/3) = 1182.4 → 36.95·32 → 1184; height 886.8 → 27.7 → 896.
-    assert_eq!(image_proc::calculate_dimensions(1024.0 * 1024.0, 4.0 / 3.0), (1184, 896));
+    assert_eq!(
+        image_proc::calculate_dimensions(1024.0 * 1024.0, 4.0 / 3.0),
+        (1184, 896)
+    );
     // 16:9 at 640²: width 853.3 → 26.67 → 864; height 480 → 15 → 480.
     assert_eq!(image_proc::calculate_dimensions(640.0 * 640.0, 16.0 / 9.0), (864, 480));
 }
@@ -101,7 +104,10 @@ fn tensor_round_trip_is_lossless() {
 #[test]
 fn postprocess_rounds_half_to_even_and_clamps() {
     // (−0.4·0.5 + 0.5)·255 = 76.5 exactly in f32 → 76 (numpy), not 77.
-    let t = Tensor::new(&[-0.4f32, -3.0, 3.0, 0.0], &Device::Cpu).unwrap().reshape((4, 1, 1)).unwrap();
+    let t = Tensor::new(&[-0.4f32, -3.0, 3.0, 0.0], &Device::Cpu)
+        .unwrap()
+        .reshape((4, 1, 1))
+        .unwrap();
     let px = image_proc::tensor_to_rgba8(&t).unwrap();
     assert_eq!(px.get_pixel(0, 0).0, [76, 0, 255, 128]);
 }
@@ -112,7 +118,10 @@ fn postprocess_matches_diffusers() {
     let vals = fx["post_in"].to_vec1::<f32>().unwrap();
     let want = fx["post_out"].to_vec2::<u8>().unwrap(); // [n, 4]
     let n = vals.len();
-    let t = Tensor::new(vals.as_slice(), &Device::Cpu).unwrap().reshape((1, 1, n)).unwrap();
+    let t = Tensor::new(vals.as_slice(), &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, n))
+        .unwrap();
     let t = t.broadcast_as((4, 1, n)).unwrap().contiguous().unwrap();
     let got = image_proc::tensor_to_rgba8(&t).unwrap();
     for (i, row) in want.iter().enumerate() {
@@ -164,7 +173,10 @@ fn resize_matches_pillow() {
             "bicubic" => Filter::Bicubic,
             _ => continue,
         };
-        let (ow, oh) = size.split_once('x').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap();
+        let (ow, oh) = size
+            .split_once('x')
+            .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+            .unwrap();
         let (_, _, want) = hwc(t);
         let got = match mode {
             "rgb" => image_proc::resize_rgb(&rgb, ow, oh, filter).unwrap().into_raw(),
@@ -200,18 +212,12 @@ fn png_round_trip_and_mode_conversions() {
 
 // ---------------------------------------------------------------- parity with the reference fixtures
 
-/// `tests/fixtures/reference` (written by tests/reference/generate.py, Pillow 13.0.0).
-fn reference(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference").join(rel)
-}
-
 fn reference_bytes(rel: &str) -> Vec<u8> {
-    std::fs::read(reference(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    test_support::read_reference_bytes(rel)
 }
 
 fn manifest_case(name: &str) -> serde_json::Value {
-    let m: serde_json::Value = serde_json::from_slice(&reference_bytes("manifest.json")).unwrap();
-    m["cases"][name].clone()
+    test_support::case(name).clone()
 }
 
 #[test]
@@ -220,7 +226,10 @@ fn calculate_dimensions_matches_every_recorded_case() {
     let cases = cases.as_array().expect("calculate_dimensions cases");
     assert!(cases.len() >= 20);
     for c in cases {
-        let (w, h) = (c["width"].as_u64().unwrap() as u32, c["height"].as_u64().unwrap() as u32);
+        let (w, h) = (
+            c["width"].as_u64().unwrap() as u32,
+            c["height"].as_u64().unwrap() as u32,
+        );
         let area = c["target_area"].as_f64().unwrap();
         let ratio = c["ratio"].as_f64().unwrap();
         let want = |k: &str| (c[k][0].as_u64().unwrap() as u32, c[k][1].as_u64().unwrap() as u32);
@@ -229,8 +238,16 @@ fn calculate_dimensions_matches_every_recorded_case() {
         assert_eq!(got, want("result_wh"), "{c}");
         if ratio == f64::from(w) / f64::from(h) {
             match area as u32 {
-                409_600 => assert_eq!(image_proc::layered_dimensions(640, w, h).unwrap(), want("floored16_wh"), "{c}"),
-                147_456 => assert_eq!(image_proc::edit_condition_dimensions(w, h).unwrap(), want("result_wh"), "{c}"),
+                409_600 => assert_eq!(
+                    image_proc::layered_dimensions(640, w, h).unwrap(),
+                    want("floored16_wh"),
+                    "{c}"
+                ),
+                147_456 => assert_eq!(
+                    image_proc::edit_condition_dimensions(w, h).unwrap(),
+                    want("result_wh"),
+                    "{c}"
+                ),
                 1_048_576 => assert_eq!(image_proc::edit_vae_dimensions(w, h).unwrap(), want("result_wh"), "{c}"),
                 _ => {}
             }
@@ -241,7 +258,11 @@ fn calculate_dimensions_matches_every_recorded_case() {
 /// Our resize of a reference input vs Pillow's output PNG: (max |Δ|, differing values, total).
 fn compare_resize(ours: Vec<u8>, reference_png: &str) -> (u8, usize, usize) {
     let want = image::load_from_memory(&reference_bytes(reference_png)).unwrap();
-    let want = if want.color().has_alpha() { want.to_rgba8().into_raw() } else { want.to_rgb8().into_raw() };
+    let want = if want.color().has_alpha() {
+        want.to_rgba8().into_raw()
+    } else {
+        want.to_rgb8().into_raw()
+    };
     let (max, count) = max_abs_diff(&ours, &want);
     (max, count, want.len())
 }

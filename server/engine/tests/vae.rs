@@ -8,7 +8,11 @@ use engine::vae::{AutoencoderKLQwenImage, Config};
 /// The spec's tiny VAE shape (§14) at base_dim 4: the real structure (dim_mult [1,2,4,4], z 16,
 /// temporal flags) at 1/24 of the width.
 fn tiny_config(input_channels: usize) -> Config {
-    Config { base_dim: 4, input_channels, ..Config::qwen_image() }
+    Config {
+        base_dim: 4,
+        input_channels,
+        ..Config::qwen_image()
+    }
 }
 
 /// A model whose every parameter is a fixed pseudo-random value: conv weights ~ ±1/√fan_in,
@@ -25,8 +29,9 @@ fn random_vae(cfg: &Config) -> (AutoencoderKLQwenImage, VarMap) {
             let dims = var.dims().to_vec();
             let n: usize = dims.iter().product();
             let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-            let noise: Vec<f32> =
-                (0..n).map(|i| ((i as f32 * 12.9898 + k as f32 * 78.233).sin() * 43758.547).fract()).collect();
+            let noise: Vec<f32> = (0..n)
+                .map(|i| ((i as f32 * 12.9898 + k as f32 * 78.233).sin() * 43758.547).fract())
+                .collect();
             let values: Vec<f32> = if name.ends_with("gamma") {
                 noise.iter().map(|u| 1.0 + 0.3 * u).collect()
             } else if name.ends_with("bias") {
@@ -50,7 +55,14 @@ fn test_image(b: usize, c: usize, h: usize, w: usize) -> Tensor {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------- config
@@ -72,11 +84,24 @@ fn config_reads_hf_keys_with_defaults() {
 
 #[test]
 fn bad_config_is_a_clear_error() {
-    let cfg = Config { latents_mean: vec![0.0; 4], ..tiny_config(3) };
-    let err = AutoencoderKLQwenImage::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap_err().to_string();
-    assert!(err.contains("latents_mean has 4") && err.contains("z_dim = 16"), "{err}");
-    let cfg = Config { temperal_downsample: vec![true], ..tiny_config(3) };
-    let err = AutoencoderKLQwenImage::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu)).unwrap_err().to_string();
+    let cfg = Config {
+        latents_mean: vec![0.0; 4],
+        ..tiny_config(3)
+    };
+    let err = AutoencoderKLQwenImage::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("latents_mean has 4") && err.contains("z_dim = 16"),
+        "{err}"
+    );
+    let cfg = Config {
+        temperal_downsample: vec![true],
+        ..tiny_config(3)
+    };
+    let err = AutoencoderKLQwenImage::new(&cfg, VarBuilder::zeros(DType::F32, &Device::Cpu))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("temperal_downsample has 1"), "{err}");
 }
 
@@ -86,7 +111,12 @@ fn bad_config_is_a_clear_error() {
 fn tensor_names_and_shapes_follow_the_checkpoint() {
     let (_, varmap) = random_vae(&tiny_config(4));
     let data = varmap.data().lock().unwrap();
-    let shape = |name: &str| data.get(name).unwrap_or_else(|| panic!("missing {name}")).dims().to_vec();
+    let shape = |name: &str| {
+        data.get(name)
+            .unwrap_or_else(|| panic!("missing {name}"))
+            .dims()
+            .to_vec()
+    };
     // Spec §1.2 with 96 → 4 (so 192 → 8, 384 → 16).
     assert_eq!(shape("encoder.conv_in.weight"), [4, 4, 3, 3, 3]);
     assert_eq!(shape("encoder.down_blocks.0.norm1.gamma"), [4, 1, 1, 1]);
@@ -105,11 +135,20 @@ fn tensor_names_and_shapes_follow_the_checkpoint() {
     assert_eq!(shape("quant_conv.weight"), [32, 32, 1, 1, 1]);
     assert_eq!(shape("post_quant_conv.weight"), [16, 16, 1, 1, 1]);
     assert_eq!(shape("decoder.conv_in.weight"), [16, 16, 3, 3, 3]);
-    assert_eq!(shape("decoder.up_blocks.0.upsamplers.0.resample.1.weight"), [8, 16, 3, 3]);
-    assert_eq!(shape("decoder.up_blocks.1.resnets.0.conv_shortcut.weight"), [16, 8, 1, 1, 1]);
+    assert_eq!(
+        shape("decoder.up_blocks.0.upsamplers.0.resample.1.weight"),
+        [8, 16, 3, 3]
+    );
+    assert_eq!(
+        shape("decoder.up_blocks.1.resnets.0.conv_shortcut.weight"),
+        [16, 8, 1, 1, 1]
+    );
     assert_eq!(shape("decoder.up_blocks.1.resnets.2.conv2.weight"), [16, 16, 3, 3, 3]);
     assert_eq!(shape("decoder.up_blocks.2.resnets.0.conv1.weight"), [8, 8, 3, 3, 3]);
-    assert_eq!(shape("decoder.up_blocks.2.upsamplers.0.resample.1.weight"), [4, 8, 3, 3]);
+    assert_eq!(
+        shape("decoder.up_blocks.2.upsamplers.0.resample.1.weight"),
+        [4, 8, 3, 3]
+    );
     assert_eq!(shape("decoder.up_blocks.3.resnets.2.norm2.gamma"), [4, 1, 1, 1]);
     assert_eq!(shape("decoder.conv_out.weight"), [4, 4, 3, 3, 3]);
     // Never used on single frames, so never loaded; and nothing beyond the last block.
@@ -136,7 +175,15 @@ fn encode_and_decode_shapes_rgba_and_rgb() {
         assert_eq!(y.dims(), &[2, c, 32, 48]);
         assert!(max_abs(&y) <= 1.0);
         // The random decoder output is not just the clamp limits.
-        let inside = y.abs().unwrap().lt(0.999).unwrap().to_dtype(DType::F32).unwrap().mean_all().unwrap();
+        let inside = y
+            .abs()
+            .unwrap()
+            .lt(0.999)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap();
         assert!(inside.to_scalar::<f32>().unwrap() > 0.1);
     }
 }
@@ -147,13 +194,26 @@ fn encode_checks_channels_and_sizes() {
     let err = vae.encode_mean(&test_image(1, 3, 16, 16)).unwrap_err().to_string();
     assert!(err.contains("3 channels") && err.contains("takes 4 (RGBA)"), "{err}");
     let err = vae.encode_mean(&test_image(1, 4, 20, 16)).unwrap_err().to_string();
-    assert!(err.contains("height 20 and width 16") && err.contains("multiples of 8"), "{err}");
-    let err = vae.encode_mean(&Tensor::zeros((4, 16, 16), DType::F32, &Device::Cpu).unwrap()).unwrap_err().to_string();
+    assert!(
+        err.contains("height 20 and width 16") && err.contains("multiples of 8"),
+        "{err}"
+    );
+    let err = vae
+        .encode_mean(&Tensor::zeros((4, 16, 16), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("[B, C, H, W]") && err.contains("[4, 16, 16]"), "{err}");
-    let err = vae.decode(&Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap()).unwrap_err().to_string();
+    let err = vae
+        .decode(&Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("4 channels, expected z_dim = 16"), "{err}");
     let z = Tensor::zeros((1, 16, 2, 2), DType::F32, &Device::Cpu).unwrap();
-    assert!(vae.decode_chunked(&z, 0).unwrap_err().to_string().contains("at least 1"));
+    assert!(vae
+        .decode_chunked(&z, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("at least 1"));
 }
 
 #[test]
@@ -183,10 +243,13 @@ fn batch_items_are_independent() {
 fn latent_normalisation() {
     let (vae, _) = random_vae(&tiny_config(4));
     let cfg = vae.config().clone();
-    let mean = Tensor::new(cfg.latents_mean.iter().map(|v| *v as f32).collect::<Vec<_>>(), &Device::Cpu)
-        .unwrap()
-        .reshape((1, 16, 1, 1))
-        .unwrap();
+    let mean = Tensor::new(
+        cfg.latents_mean.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .reshape((1, 16, 1, 1))
+    .unwrap();
     // The statistics' own mean normalises to 0, and 0 de-normalises to it.
     assert_eq!(max_abs(&vae.normalize_latents(&mean).unwrap()), 0.0);
     let zeros = Tensor::zeros((1, 16, 1, 1), DType::F32, &Device::Cpu).unwrap();
@@ -210,57 +273,9 @@ mod parity {
     use super::*;
     use engine::image_proc;
     use engine::weights::ModelDir;
-    use fixtures::*;
-
-    /// Fixture access. `test_support` (tests/support) is not committed on main yet; these mirror
-    /// its functions of the same names, to be replaced by it once it lands.
-    mod fixtures {
-        use candle_core::{DType, Device, Tensor};
-        use std::path::PathBuf;
-
-        pub fn fixtures_dir() -> PathBuf {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-        }
-        pub fn layered_checkpoint() -> PathBuf {
-            fixtures_dir().join("tiny-qwen-image-layered")
-        }
-        pub fn edit_checkpoint() -> PathBuf {
-            fixtures_dir().join("tiny-qwen-image-edit-2509")
-        }
-        fn reference(rel: &str) -> PathBuf {
-            fixtures_dir().join("reference").join(rel)
-        }
-        pub fn read_reference_bytes(rel: &str) -> Vec<u8> {
-            std::fs::read(reference(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-        }
-        pub fn load_png_rgba8(rel: &str) -> (u32, u32, Vec<u8>) {
-            let img = image::load_from_memory(&read_reference_bytes(rel)).unwrap().to_rgba8();
-            (img.width(), img.height(), img.into_raw())
-        }
-        pub fn load_tensor(file: &str, name: &str) -> Tensor {
-            let all = candle_core::safetensors::load(reference(file), &Device::Cpu).unwrap();
-            let t = all.get(name).unwrap_or_else(|| panic!("{file}: no tensor {name}")).clone();
-            t.to_dtype(DType::F32).unwrap()
-        }
-        /// Indices 0, 37, 74, … of dim 1: how the runs' long token tensors are stored (manifest
-        /// `strided`).
-        pub fn as_stored(actual: &Tensor, _file: &str, _name: &str) -> Tensor {
-            let idx: Vec<u32> = (0..actual.dim(1).unwrap() as u32).step_by(37).collect();
-            actual.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 1).unwrap()
-        }
-        /// Max-abs error / max |expected| ≤ `rel_tol`; returns a printable summary.
-        pub fn assert_close(actual: &Tensor, expected: &Tensor, rel_tol: f64, what: &str) -> String {
-            assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-            let diff = (actual.to_dtype(DType::F64).unwrap() - expected.to_dtype(DType::F64).unwrap()).unwrap();
-            let max_abs = diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
-            let scale =
-                expected.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
-            let rel = if scale > 0.0 { max_abs / scale } else { max_abs };
-            let summary = format!("rel {rel:.3e} (max-abs {max_abs:.3e} / max|expected| {scale:.3e})");
-            assert!(rel <= rel_tol, "{what}: not within rel tol {rel_tol:.1e}: {summary}");
-            summary
-        }
-    }
+    use test_support::{
+        as_stored, assert_close, edit_checkpoint, layered_checkpoint, load_png_rgba8, load_tensor, read_reference_bytes,
+    };
 
     const VAE: &str = "vae.safetensors";
     const TOL: f64 = 1e-4;
@@ -289,11 +304,21 @@ mod parity {
         println!("{kind} input: {err}");
 
         let mean = vae.encode_mean(&x).unwrap();
-        let err = assert_close(&mean, &frames_folded(&format!("{kind}/posterior_mean")), TOL, "posterior mean");
+        let err = assert_close(
+            &mean,
+            &frames_folded(&format!("{kind}/posterior_mean")),
+            TOL,
+            "posterior mean",
+        );
         println!("{kind} posterior mean: {err}");
 
         let normalized = vae.normalize_latents(&mean).unwrap();
-        let err = assert_close(&normalized, &frames_folded(&format!("{kind}/latents_normalized")), TOL, "normalized");
+        let err = assert_close(
+            &normalized,
+            &frames_folded(&format!("{kind}/latents_normalized")),
+            TOL,
+            "normalized",
+        );
         println!("{kind} normalised latents: {err}");
 
         // Decode the reference mean, so the decoder is judged on its own.
@@ -305,7 +330,12 @@ mod parity {
         let want2 = frames_folded(&format!("{kind}/batch2_decoded"));
         let err = assert_close(&vae.decode(&z2).unwrap(), &want2, TOL, "batch-2 decode");
         println!("{kind} batch-2 decoded: {err}");
-        let err = assert_close(&vae.decode_chunked(&z2, 1).unwrap(), &want2, TOL, "batch-2 decode, chunks of 1");
+        let err = assert_close(
+            &vae.decode_chunked(&z2, 1).unwrap(),
+            &want2,
+            TOL,
+            "batch-2 decode, chunks of 1",
+        );
         println!("{kind} batch-2 decoded in chunks of 1: {err}");
     }
 
@@ -377,10 +407,17 @@ mod parity {
         let img = image_proc::decode_rgba(&read_reference_bytes("images/input_rgba_square.png")).unwrap();
         let (w, h) = image_proc::layered_dimensions(640, img.width(), img.height()).unwrap();
         let resized = image_proc::resize_lanczos(&img, w, h).unwrap();
-        let mean = vae.encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap()).unwrap();
+        let mean = vae
+            .encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap())
+            .unwrap();
         let packed = pack(&vae.normalize_latents(&mean).unwrap());
         let expected = load_tensor(run, "cond_latents");
-        let err = assert_close(&as_stored(&packed, run, "cond_latents"), &expected, TOL, "layered cond latents");
+        let err = assert_close(
+            &as_stored(&packed, run, "cond_latents"),
+            &expected,
+            TOL,
+            "layered cond latents",
+        );
         println!("layered run condition latents (640² encode, strided): {err}");
     }
 
@@ -391,7 +428,16 @@ mod parity {
         let vae = load(edit_checkpoint());
         let run = "runs/edit_plus.safetensors";
         let (out_h, out_w) = (256, 384);
-        let latents = unpack(&load_tensor(run, "final_latents"), out_h / 8, out_w / 8);
+        // The last step's latents are the final ones (README: `step{i}/latents_after`).
+        let last = test_support::case("run/edit_plus")["num_inference_steps"]
+            .as_u64()
+            .unwrap()
+            - 1;
+        let latents = unpack(
+            &load_tensor(run, &format!("step{last}/latents_after")),
+            out_h / 8,
+            out_w / 8,
+        );
         let decoded = vae.decode(&vae.denormalize_latents(&latents).unwrap()).unwrap();
         let png = image_proc::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap()).unwrap();
         let (worst, count, n) = png_diff(png, "runs/edit_plus/edited.png");
@@ -402,10 +448,45 @@ mod parity {
         let (w, h) = image_proc::edit_vae_dimensions(img.width(), img.height()).unwrap();
         assert_eq!((w, h), (1248, 832));
         let resized = image_proc::resize_lanczos_rgb(&img, w, h).unwrap();
-        let mean = vae.encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap()).unwrap();
+        let mean = vae
+            .encode_mean(&image_proc::to_tensor(&resized, &Device::Cpu).unwrap())
+            .unwrap();
         let packed = pack(&vae.normalize_latents(&mean).unwrap());
         let expected = load_tensor(run, "cond_latents");
-        let err = assert_close(&as_stored(&packed, run, "cond_latents"), &expected, TOL, "edit cond latents");
+        let err = assert_close(
+            &as_stored(&packed, run, "cond_latents"),
+            &expected,
+            TOL,
+            "edit cond latents",
+        );
         println!("edit run condition latents (1248×832 encode, strided): {err}");
+    }
+
+    /// The same code in half precision: inputs are cast to the weights' dtype; norms, softmax
+    /// and attention run in f32 inside; the result stays near the f32 reference. (f16 stands in
+    /// for the GPU's bf16: candle's CPU matmul has no bf16 kernel; the code path is the same.)
+    #[test]
+    fn half_precision_weights_run_and_stay_close() {
+        let dir = ModelDir::open(layered_checkpoint()).unwrap();
+        let cfg: Config = dir.read_json("vae", "config.json").unwrap();
+        let vae = AutoencoderKLQwenImage::new(&cfg, dir.var_builder("vae", DType::F16, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(vae.dtype(), DType::F16);
+        let mean = vae.encode_mean(&frames_folded("layered/input")).unwrap();
+        assert_eq!(mean.dtype(), DType::F16);
+        let err = assert_close(
+            &mean.to_dtype(DType::F32).unwrap(),
+            &frames_folded("layered/posterior_mean"),
+            2e-2,
+            "f16 posterior mean",
+        );
+        println!("layered posterior mean in f16: {err}");
+        let decoded = vae.decode(&frames_folded("layered/posterior_mean")).unwrap();
+        let err = assert_close(
+            &decoded.to_dtype(DType::F32).unwrap(),
+            &frames_folded("layered/decoded"),
+            2e-2,
+            "f16 decode",
+        );
+        println!("layered decoded in f16: {err}");
     }
 }

@@ -23,7 +23,11 @@ use serde_json::Value;
 
 /// Absolute path of `tests/fixtures`.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").canonicalize().expect("tests/fixtures exists")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fixtures")
+        .canonicalize()
+        .expect("tests/fixtures exists")
 }
 
 /// Absolute path of `tests/fixtures/reference` (safetensors, JSON and PNG reference outputs).
@@ -83,7 +87,8 @@ pub fn load_tokens() -> &'static Value {
 /// `chinese`, `emoji`, `empty`, `space`, `mixed`, `long`), `field` one of `bare_ids`,
 /// `layered_ids`, `edit_ids_unexpanded`.
 pub fn token_ids(prompt: &str, field: &str) -> Vec<u32> {
-    json_u32s(&load_tokens()["prompts"][prompt][field]).unwrap_or_else(|| panic!("tokens.json: no prompts.{prompt}.{field}"))
+    json_u32s(&load_tokens()["prompts"][prompt][field])
+        .unwrap_or_else(|| panic!("tokens.json: no prompts.{prompt}.{field}"))
 }
 
 /// A JSON array of non-negative integers as `Vec<u32>`.
@@ -93,7 +98,10 @@ pub fn json_u32s(v: &Value) -> Option<Vec<u32>> {
 
 /// A JSON array of numbers as `Vec<f64>` (`null` -> NaN).
 pub fn json_f64s(v: &Value) -> Option<Vec<f64>> {
-    v.as_array()?.iter().map(|x| if x.is_null() { Some(f64::NAN) } else { x.as_f64() }).collect()
+    v.as_array()?
+        .iter()
+        .map(|x| if x.is_null() { Some(f64::NAN) } else { x.as_f64() })
+        .collect()
 }
 
 /// Loads a tensor in its stored dtype (f32 for everything except the `uint8` pixel tensors).
@@ -102,7 +110,10 @@ pub fn load_tensor_raw(file: &str, name: &str) -> Tensor {
     // SAFETY: fixture files are read-only for the duration of the tests.
     let st = unsafe { MmapedSafetensors::new(&path) }.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     st.load(name, &Device::Cpu).unwrap_or_else(|e| {
-        panic!("{}: tensor {name:?}: {e} (see tests/reference/README.md for the names)", path.display())
+        panic!(
+            "{}: tensor {name:?}: {e} (see tests/reference/README.md for the names)",
+            path.display()
+        )
     })
 }
 
@@ -133,7 +144,11 @@ pub fn as_stored(actual: &Tensor, file: &str, name: &str) -> Tensor {
         return actual.clone();
     }
     let dim = s["dim"].as_i64().expect("strided.dim");
-    let dim = if dim < 0 { (actual.rank() as i64 + dim) as usize } else { dim as usize };
+    let dim = if dim < 0 {
+        (actual.rank() as i64 + dim) as usize
+    } else {
+        dim as usize
+    };
     strided(actual, dim, s["stride"].as_u64().expect("strided.stride") as usize)
 }
 
@@ -186,7 +201,10 @@ impl fmt::Display for Errors {
 }
 
 fn to_f64_vec(t: &Tensor) -> Vec<f64> {
-    let t = t.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.flatten_all());
+    let t = t
+        .to_device(&Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.flatten_all());
     t.and_then(|t| t.to_vec1::<f64>()).expect("tensor to f64 vec")
 }
 
@@ -203,7 +221,13 @@ fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
 
 /// Compares two tensors of the same shape (panics on a shape mismatch) without judging.
 pub fn compare(actual: &Tensor, expected: &Tensor) -> Errors {
-    assert_eq!(actual.dims(), expected.dims(), "shape mismatch: actual {:?} vs expected {:?}", actual.dims(), expected.dims());
+    assert_eq!(
+        actual.dims(),
+        expected.dims(),
+        "shape mismatch: actual {:?} vs expected {:?}",
+        actual.dims(),
+        expected.dims()
+    );
     let a = to_f64_vec(actual);
     let e = to_f64_vec(expected);
     let (mut max_abs, mut scale, mut sum, mut worst, mut bad) = (0f64, 0f64, 0f64, 0usize, 0usize);
@@ -244,8 +268,11 @@ pub fn compare(actual: &Tensor, expected: &Tensor) -> Errors {
 /// a test can print them (`println!("{what}: {err}")`).
 pub fn assert_close(actual: &Tensor, expected: &Tensor, rel_tol: f64, what: &str) -> Errors {
     let err = compare(actual, expected);
-    if !(err.rel <= rel_tol) || err.non_finite_mismatches > 0 {
-        panic!("{what}: not within rel tol {rel_tol:.1e}: {err} (shape {:?})", expected.dims());
+    if err.rel.is_nan() || err.rel > rel_tol || err.non_finite_mismatches > 0 {
+        panic!(
+            "{what}: not within rel tol {rel_tol:.1e}: {err} (shape {:?})",
+            expected.dims()
+        );
     }
     err
 }
@@ -269,7 +296,12 @@ mod tests {
         for (file, tensors) in files {
             for (name, meta) in tensors.as_object().unwrap() {
                 let t = load_tensor(file, name);
-                let shape: Vec<usize> = meta["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                let shape: Vec<usize> = meta["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
                 assert_eq!(t.dims(), shape.as_slice(), "{file}:{name}");
                 assert_eq!(t.dtype(), DType::F32);
                 n += 1;
@@ -306,7 +338,10 @@ mod tests {
 
     #[test]
     fn strided_matches_the_stored_cut() {
-        let t = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap().reshape((1, 10)).unwrap();
+        let t = Tensor::arange(0f32, 10.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 10))
+            .unwrap();
         let s = strided(&t, 1, 4);
         assert_eq!(s.to_vec2::<f32>().unwrap(), vec![vec![0.0, 4.0, 8.0]]);
     }

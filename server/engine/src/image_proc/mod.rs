@@ -41,7 +41,9 @@ pub fn calculate_dimensions(target_area: f64, ratio: f64) -> (u32, u32) {
 /// no-op after the multiples of 32; the pipeline resizes to the unfloored size).
 pub fn layered_dimensions(resolution: u32, src_w: u32, src_h: u32) -> Result<(u32, u32)> {
     if !LAYERED_RESOLUTIONS.contains(&resolution) {
-        return Err(Error::InvalidInput(format!("resolution must be 640 or 1024, got {resolution}")));
+        return Err(Error::InvalidInput(format!(
+            "resolution must be 640 or 1024, got {resolution}"
+        )));
     }
     let (w, h) = dimensions_for(f64::from(resolution * resolution), src_w, src_h)?;
     Ok((w / 16 * 16, h / 16 * 16))
@@ -112,7 +114,9 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> Result<RgbImag
 
 fn check_resize((w, h): (u32, u32), width: u32, height: u32) -> Result<()> {
     if w == 0 || h == 0 || width == 0 || height == 0 {
-        return Err(Error::Image(format!("cannot resize {w}×{h} to {width}×{height}: sizes must be positive")));
+        return Err(Error::Image(format!(
+            "cannot resize {w}×{h} to {width}×{height}: sizes must be positive"
+        )));
     }
     Ok(())
 }
@@ -152,13 +156,23 @@ pub fn tensor_to_rgb8(t: &Tensor) -> Result<RgbImage> {
 
 /// `round(clamp(x·0.5 + 0.5, 0, 1) · 255)` per element, interleaved, in f32 as the reference.
 fn tensor_to_u8(t: &Tensor, channels: usize) -> Result<(u32, u32, Vec<u8>)> {
-    let (c, h, w) = t
-        .dims3()
-        .map_err(|_| Error::InvalidInput(format!("expected one image [{channels}, H, W], got shape {:?}", t.dims())))?;
+    let (c, h, w) = t.dims3().map_err(|_| {
+        Error::InvalidInput(format!(
+            "expected one image [{channels}, H, W], got shape {:?}",
+            t.dims()
+        ))
+    })?;
     if c != channels {
-        return Err(Error::InvalidInput(format!("expected {channels} channels, got {c} (shape {:?})", t.dims())));
+        return Err(Error::InvalidInput(format!(
+            "expected {channels} channels, got {c} (shape {:?})",
+            t.dims()
+        )));
     }
-    let planar = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let planar = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let mut out = vec![0u8; c * h * w];
     for (i, px) in out.chunks_exact_mut(c).enumerate() {
         for (ch, u) in px.iter_mut().enumerate() {
@@ -175,7 +189,8 @@ where
     P: PixelWithColorType<Subpixel = u8>,
 {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| Error::Image(format!("PNG encoding: {e}")))?;
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| Error::Image(format!("PNG encoding: {e}")))?;
     Ok(bytes.into_inner())
 }
 

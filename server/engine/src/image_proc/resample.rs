@@ -102,12 +102,21 @@ impl Coefficients {
                 let w = if sum != 0.0 { w / sum } else { *w };
                 let fixed = w * (1u32 << PRECISION_BITS) as f64;
                 // C's `(int)(±0.5 + v)`: round half away from zero by truncation.
-                taps[i * ksize + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+                taps[i * ksize + x] = if w < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
             }
             start.push(lo);
             len.push(n);
         }
-        Self { ksize, start, len, taps }
+        Self {
+            ksize,
+            start,
+            len,
+            taps,
+        }
     }
 
     fn taps(&self, i: usize) -> &[i32] {
@@ -250,7 +259,10 @@ mod tests {
                 for x in 0..o {
                     let s: i64 = c.taps(x).iter().map(|k| i64::from(*k)).sum();
                     // Each tap rounds by at most half a unit.
-                    assert!((s - (1 << PRECISION_BITS)).abs() <= c.len[x] as i64, "{i}->{o} {filter:?} x={x}: {s}");
+                    assert!(
+                        (s - (1 << PRECISION_BITS)).abs() <= c.len[x] as i64,
+                        "{i}->{o} {filter:?} x={x}: {s}"
+                    );
                 }
             }
         }

@@ -26,14 +26,24 @@ impl Conv2d {
         let weight = vb.get((out_ch, in_ch, k, k, k), "weight")?;
         let weight = weight.i((.., .., k - 1))?.contiguous()?;
         let bias = vb.get(out_ch, "bias")?.reshape((1, out_ch, 1, 1))?;
-        Ok(Self { weight, bias, padding: k / 2, stride: 1 })
+        Ok(Self {
+            weight,
+            bias,
+            padding: k / 2,
+            stride: 1,
+        })
     }
 
     /// A plain `nn.Conv2d(in, out, k, stride, padding)`.
     pub fn plain(vb: VarBuilder, in_ch: usize, out_ch: usize, k: usize, stride: usize, padding: usize) -> Result<Self> {
         let weight = vb.get((out_ch, in_ch, k, k), "weight")?;
         let bias = vb.get(out_ch, "bias")?.reshape((1, out_ch, 1, 1))?;
-        Ok(Self { weight, bias, padding, stride })
+        Ok(Self {
+            weight,
+            bias,
+            padding,
+            stride,
+        })
     }
 
     /// The 2-D kernel in use (`[out, in, k, k]`).
@@ -44,7 +54,8 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?.broadcast_add(&self.bias)
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -62,7 +73,10 @@ impl RmsNorm {
     /// (`images=False`), `[C,1,1]` in the attention block (`images=True`).
     pub fn new(vb: VarBuilder, dim: usize, gamma_shape: &[usize]) -> Result<Self> {
         let gamma = vb.get(gamma_shape, "gamma")?.reshape((1, dim, 1, 1))?;
-        Ok(Self { gamma, scale: (dim as f64).sqrt() })
+        Ok(Self {
+            gamma,
+            scale: (dim as f64).sqrt(),
+        })
     }
 }
 
@@ -90,8 +104,11 @@ pub struct ResidualBlock {
 
 impl ResidualBlock {
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let conv_shortcut =
-            if in_dim != out_dim { Some(Conv2d::causal(vb.pp("conv_shortcut"), in_dim, out_dim, 1)?) } else { None };
+        let conv_shortcut = if in_dim != out_dim {
+            Some(Conv2d::causal(vb.pp("conv_shortcut"), in_dim, out_dim, 1)?)
+        } else {
+            None
+        };
         Ok(Self {
             norm1: RmsNorm::new(vb.pp("norm1"), in_dim, &[in_dim, 1, 1, 1])?,
             conv1: Conv2d::causal(vb.pp("conv1"), in_dim, out_dim, 3)?,
@@ -179,7 +196,9 @@ pub struct MidBlock {
 
 impl MidBlock {
     pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
-        let resnets = (0..2).map(|i| ResidualBlock::new(vb.pp("resnets").pp(i), dim, dim)).collect::<Result<_>>()?;
+        let resnets = (0..2)
+            .map(|i| ResidualBlock::new(vb.pp("resnets").pp(i), dim, dim))
+            .collect::<Result<_>>()?;
         let attentions = vec![AttentionBlock::new(vb.pp("attentions").pp(0), dim)?];
         Ok(Self { resnets, attentions })
     }
@@ -205,7 +224,9 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::plain(vb.pp("resample").pp(1), dim, dim, 3, 2, 0)? })
+        Ok(Self {
+            conv: Conv2d::plain(vb.pp("resample").pp(1), dim, dim, 3, 2, 0)?,
+        })
     }
 }
 
@@ -227,7 +248,9 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::plain(vb.pp("resample").pp(1), dim, dim / 2, 3, 1, 1)? })
+        Ok(Self {
+            conv: Conv2d::plain(vb.pp("resample").pp(1), dim, dim / 2, 3, 1, 1)?,
+        })
     }
 }
 
@@ -250,14 +273,20 @@ mod tests {
     }
 
     fn arange(n: usize, shape: &[usize]) -> Tensor {
-        Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().reshape(shape).unwrap()
+        Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
     }
 
     #[test]
     fn causal_conv_keeps_the_last_temporal_tap() {
         let w = arange(2 * 3 * 27, &[2, 3, 3, 3, 3]);
         let conv = Conv2d::causal(
-            vb(vec![("weight", w.clone()), ("bias", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap())]),
+            vb(vec![
+                ("weight", w.clone()),
+                ("bias", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()),
+            ]),
             3,
             2,
             3,
@@ -265,7 +294,14 @@ mod tests {
         .unwrap();
         let want = w.i((.., .., 2)).unwrap();
         assert_eq!(conv.weight().dims(), &[2, 3, 3, 3]);
-        let diff = (conv.weight() - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (conv.weight() - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0);
         // Not the first or middle tap: element [0,0,·,0,0] is 0, 9, 18 for taps 0, 1, 2.
         assert_eq!(conv.weight().i((0, 0, 0, 0)).unwrap().to_scalar::<f32>().unwrap(), 18.0);
@@ -273,32 +309,58 @@ mod tests {
         // 1×1×1 kernels squeeze to 1×1 and preserve the values.
         let w1 = arange(6, &[2, 3, 1, 1, 1]);
         let conv1 = Conv2d::causal(
-            vb(vec![("weight", w1), ("bias", Tensor::new(&[1f32, -1.], &Device::Cpu).unwrap())]),
+            vb(vec![
+                ("weight", w1),
+                ("bias", Tensor::new(&[1f32, -1.], &Device::Cpu).unwrap()),
+            ]),
             3,
             2,
             1,
         )
         .unwrap();
         let x = Tensor::ones((1, 3, 1, 1), DType::F32, &Device::Cpu).unwrap();
-        let y = conv1.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = conv1
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(y, vec![0. + 1. + 2. + 1., 3. + 4. + 5. - 1.]);
     }
 
     #[test]
     fn causal_conv_rejects_a_2d_kernel() {
-        let err = Conv2d::causal(vb(vec![("weight", arange(54, &[2, 3, 3, 3])), ("bias", arange(2, &[2]))]), 3, 2, 3)
-            .unwrap_err()
-            .to_string();
+        let err = Conv2d::causal(
+            vb(vec![("weight", arange(54, &[2, 3, 3, 3])), ("bias", arange(2, &[2]))]),
+            3,
+            2,
+            3,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("shape"), "{err}");
     }
 
     #[test]
     fn rms_norm_is_l2_normalisation_times_sqrt_c_and_gamma() {
-        let gamma = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap().reshape((2, 1, 1, 1)).unwrap();
+        let gamma = Tensor::new(&[1f32, 2.], &Device::Cpu)
+            .unwrap()
+            .reshape((2, 1, 1, 1))
+            .unwrap();
         let norm = RmsNorm::new(vb(vec![("gamma", gamma)]), 2, &[2, 1, 1, 1]).unwrap();
         // Channels (3, 4) at one pixel and (0, 0) at another: ‖·‖ = 5 and the eps clamp.
-        let x = Tensor::new(&[3f32, 0., 4., 0.], &Device::Cpu).unwrap().reshape((1, 2, 1, 2)).unwrap();
-        let y = norm.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = Tensor::new(&[3f32, 0., 4., 0.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 1, 2))
+            .unwrap();
+        let y = norm
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let s = 2f32.sqrt();
         let want = [0.6 * s, 0.0, 0.8 * s * 2.0, 0.0];
         for (a, b) in y.iter().zip(want) {
@@ -311,12 +373,21 @@ mod tests {
         // A 3×3 all-ones kernel summing a 4×4 ramp: windows start at 0 and 2 (stride 2) and the
         // second reaches the zero padding.
         let conv = vec![
-            ("resample.1.weight", Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap()),
+            (
+                "resample.1.weight",
+                Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+            ),
             ("resample.1.bias", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()),
         ];
         let down = Downsample::new(vb(conv), 1).unwrap();
         let x = arange(16, &[1, 1, 4, 4]);
-        let y = down.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = down
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // rows 0-2 × cols 0-2: 0+1+2+4+5+6+8+9+10 = 45; cols 2-3(+pad): 2+3+6+7+10+11 = 39;
         // rows 2-3(+pad) × cols 0-2: 8+9+10+12+13+14 = 66; both: 10+11+14+15 = 50.
         assert_eq!(y, vec![45., 39., 66., 50.]);
@@ -336,13 +407,26 @@ mod tests {
             2,
         )
         .unwrap();
-        let x =
-            Tensor::cat(&[arange(4, &[1, 1, 2, 2]), Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap()], 1)
-                .unwrap();
+        let x = Tensor::cat(
+            &[
+                arange(4, &[1, 1, 2, 2]),
+                Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
         let y = up.forward(&x).unwrap();
         assert_eq!(y.dims(), &[1, 1, 4, 4]);
         let rows = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(rows, vec![vec![0., 0., 1., 1.], vec![0., 0., 1., 1.], vec![2., 2., 3., 3.], vec![2., 2., 3., 3.]]);
+        assert_eq!(
+            rows,
+            vec![
+                vec![0., 0., 1., 1.],
+                vec![0., 0., 1., 1.],
+                vec![2., 2., 3., 3.],
+                vec![2., 2., 3., 3.]
+            ]
+        );
     }
 
     #[test]
@@ -353,7 +437,14 @@ mod tests {
         let whole = attention(&q, &k_t, &v, 7).unwrap();
         let chunked = attention(&q, &k_t, &v, 3).unwrap();
         assert_eq!(whole.dims(), &[2, 7, 3]);
-        let diff = (whole - chunked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (whole - chunked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-6, "{diff}");
     }
 }

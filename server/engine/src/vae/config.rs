@@ -89,7 +89,10 @@ impl Config {
     /// Its latents_mean/std are assumed equal to the base model's (spec §2, §13.1); the config
     /// file read at load time is what counts.
     pub fn qwen_image_layered() -> Self {
-        Self { input_channels: 4, ..Self::qwen_image() }
+        Self {
+            input_channels: 4,
+            ..Self::qwen_image()
+        }
     }
 
     /// Pixels per latent along each side: 8 for the released models.

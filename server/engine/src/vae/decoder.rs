@@ -19,7 +19,11 @@ impl UpBlock {
         let resnets = (0..=num_res_blocks)
             .map(|j| ResidualBlock::new(vb.pp("resnets").pp(j), if j == 0 { in_dim } else { out_dim }, out_dim))
             .collect::<Result<_>>()?;
-        let upsampler = if upsample { Some(Upsample::new(vb.pp("upsamplers").pp(0), out_dim)?) } else { None };
+        let upsampler = if upsample {
+            Some(Upsample::new(vb.pp("upsamplers").pp(0), out_dim)?)
+        } else {
+            None
+        };
         Ok(Self { resnets, upsampler })
     }
 }
@@ -51,8 +55,10 @@ impl Decoder {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         // base_dim × [dim_mult[-1], dim_mult reversed…]: 384, 384, 384, 192, 96 released.
         let top = *cfg.dim_mult.last().unwrap_or(&1);
-        let dims: Vec<usize> =
-            std::iter::once(top).chain(cfg.dim_mult.iter().rev().copied()).map(|m| m * cfg.base_dim).collect();
+        let dims: Vec<usize> = std::iter::once(top)
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|m| m * cfg.base_dim)
+            .collect();
         let conv_in = Conv2d::causal(vb.pp("conv_in"), cfg.z_dim, dims[0], 3)?;
         let mid_block = MidBlock::new(vb.pp("mid_block"), dims[0])?;
 
@@ -61,7 +67,13 @@ impl Decoder {
             // Every block after the first receives the previous upsampler's halved channels.
             let in_dim = if i > 0 { pair[0] / 2 } else { pair[0] };
             let upsample = i != cfg.dim_mult.len() - 1;
-            up_blocks.push(UpBlock::new(vb.pp("up_blocks").pp(i), in_dim, pair[1], cfg.num_res_blocks, upsample)?);
+            up_blocks.push(UpBlock::new(
+                vb.pp("up_blocks").pp(i),
+                in_dim,
+                pair[1],
+                cfg.num_res_blocks,
+                upsample,
+            )?);
         }
 
         let out_dim = *dims.last().expect("dims has len(dim_mult) + 1 >= 2 entries");

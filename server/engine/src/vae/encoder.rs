@@ -40,8 +40,10 @@ impl Encoder {
     /// `vb` is the `encoder` prefix.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         // Channel widths per stage: base_dim × [1, dim_mult…] (96, 96, 192, 384, 384 released).
-        let dims: Vec<usize> =
-            std::iter::once(1).chain(cfg.dim_mult.iter().copied()).map(|m| m * cfg.base_dim).collect();
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(cfg.dim_mult.iter().copied())
+            .map(|m| m * cfg.base_dim)
+            .collect();
         let conv_in = Conv2d::causal(vb.pp("conv_in"), cfg.input_channels, dims[0], 3)?;
 
         let vb_down = vb.pp("down_blocks");
@@ -59,7 +61,10 @@ impl Encoder {
                 in_dim = out_dim;
             }
             if stage != cfg.dim_mult.len() - 1 {
-                down_blocks.push(DownLayer::Downsample(Downsample::new(vb_down.pp(down_blocks.len()), out_dim)?));
+                down_blocks.push(DownLayer::Downsample(Downsample::new(
+                    vb_down.pp(down_blocks.len()),
+                    out_dim,
+                )?));
                 scale /= 2.0;
             }
         }

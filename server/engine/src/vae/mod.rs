@@ -85,7 +85,10 @@ impl AutoencoderKLQwenImage {
     /// multiples of 8): `[B, z_dim, H/8, W/8]`, not normalised, in the model's dtype.
     pub fn encode_mean(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4().map_err(|_| {
-            candle_core::Error::Msg(format!("vae encode: expected pixels [B, C, H, W], got shape {:?}", x.dims()))
+            candle_core::Error::Msg(format!(
+                "vae encode: expected pixels [B, C, H, W], got shape {:?}",
+                x.dims()
+            ))
         })?;
         let f = self.spatial_scale_factor();
         if c != self.config.input_channels {
@@ -98,7 +101,9 @@ impl AutoencoderKLQwenImage {
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
             candle_core::bail!("vae encode: height {h} and width {w} must be positive multiples of {f}");
         }
-        let moments = self.quant_conv.forward(&self.encoder.forward(&x.to_dtype(self.dtype)?)?)?;
+        let moments = self
+            .quant_conv
+            .forward(&self.encoder.forward(&x.to_dtype(self.dtype)?)?)?;
         moments.narrow(1, 0, self.config.z_dim)
     }
 
@@ -107,10 +112,16 @@ impl AutoencoderKLQwenImage {
     /// [`Self::decode_chunked`] to bound memory.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = z.dims4().map_err(|_| {
-            candle_core::Error::Msg(format!("vae decode: expected latents [B, C, h, w], got shape {:?}", z.dims()))
+            candle_core::Error::Msg(format!(
+                "vae decode: expected latents [B, C, h, w], got shape {:?}",
+                z.dims()
+            ))
         })?;
         if c != self.config.z_dim {
-            candle_core::bail!("vae decode: latents have {c} channels, expected z_dim = {}", self.config.z_dim);
+            candle_core::bail!(
+                "vae decode: latents have {c} channels, expected z_dim = {}",
+                self.config.z_dim
+            );
         }
         if h == 0 || w == 0 {
             candle_core::bail!("vae decode: empty latents ({h}×{w})");

@@ -1,0 +1,276 @@
+//! `qwen-layers`: the command-line way in.
+//!
+//! - `decompose`: one image → composite + layer PNGs, a ZIP and manifest.json in a folder.
+//! - `batch`: every image of a folder, one output folder each.
+//! - `compose`: flatten layer PNGs (bottom first) into one image.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use server::engine_state::Runtime;
+use server::layers::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
+
+#[derive(Parser)]
+#[command(name = "qwen-layers", version, about = "Decompose images into RGBA layers with Qwen-Image-Layered")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decompose one image into layers.
+    Decompose(DecomposeArgs),
+    /// Decompose every PNG/JPEG/WebP in a folder.
+    Batch(BatchArgs),
+    /// Flatten layer PNGs into one image; the first file is the bottom layer.
+    Compose(ComposeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Local diffusers folder or Hugging Face repo id.
+    #[arg(long, default_value = "Qwen/Qwen-Image-Layered")]
+    model_path: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Default: bf16 on CUDA, f32 on CPU.
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Describes the whole scene (not the layers).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = " ")]
+    negative_prompt: String,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=10))]
+    num_layers: u32,
+    #[arg(long, default_value_t = 640, value_parser = parse_resolution)]
+    resolution: u32,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=app::api::MAX_STEPS as i64))]
+    steps: u32,
+    #[arg(long, default_value_t = 4.0, value_parser = parse_cfg)]
+    cfg_scale: f32,
+    /// Turn off the per-token CFG normalisation (on in the official app).
+    #[arg(long)]
+    no_cfg_normalize: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Initial latents (`noise`, [1, layers+1, 16, H/8, W/8]) from a safetensors file.
+    #[arg(long, value_name = "FILE")]
+    init_noise: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DecomposeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_name = "FILE")]
+    input_image: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    #[arg(long, value_name = "DIR")]
+    output_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_name = "DIR")]
+    input_dir: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    /// One sub-folder per input image is written here.
+    #[arg(long, value_name = "DIR")]
+    output_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ComposeArgs {
+    /// Layer PNGs, bottom first.
+    #[arg(required = true, num_args = 1..)]
+    layers: Vec<PathBuf>,
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn parse_resolution(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    app::api::validate_resolution(v).map_err(|e| e.error)
+}
+
+fn parse_cfg(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    app::api::validate_cfg_scale(v).map_err(|e| e.error)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Decompose(a) => decompose(a),
+        Command::Batch(a) => batch(a),
+        Command::Compose(a) => compose(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(model: &ModelArgs) -> Result<Decomposer> {
+    let device = match model.device {
+        DeviceArg::Auto => "auto",
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Cuda => "cuda",
+    };
+    let dtype = model.dtype.map(|d| match d {
+        DtypeArg::F32 => "f32",
+        DtypeArg::Bf16 => "bf16",
+        DtypeArg::F16 => "f16",
+    });
+    let runtime = Runtime::select(device, dtype)?;
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {} on {}", model.model_path, runtime.describe()));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let options = LoadOptions { device: runtime.device.clone(), dtype: runtime.dtype, keep_text_encoder: true, ..Default::default() };
+    let d = Decomposer::from_pretrained(&model.model_path, options);
+    spinner.finish_and_clear();
+    Ok(d?)
+}
+
+fn options(run: &RunArgs) -> DecomposeOptions {
+    DecomposeOptions {
+        prompt: run.prompt.clone(),
+        negative_prompt: Some(run.negative_prompt.clone()),
+        layers: run.num_layers as usize,
+        resolution: run.resolution,
+        num_inference_steps: run.steps as usize,
+        true_cfg_scale: f64::from(run.cfg_scale),
+        cfg_normalize: !run.no_cfg_normalize,
+        seed: run.seed,
+        init_noise: run.init_noise.clone(),
+        ..DecomposeOptions::default()
+    }
+}
+
+fn read_image(path: &Path) -> Result<image::RgbaImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let img = app::image_data::decode_image_bytes(&bytes, u64::MAX)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.error))?;
+    Ok(img)
+}
+
+/// The denoising steps as a progress bar with ETA.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn phase(&self, phase: engine::pipeline::Phase) {
+        self.0.set_message(phase.name());
+    }
+    fn step(&self, done: usize, total: usize) {
+        self.0.set_length(total as u64);
+        self.0.set_position(done as u64);
+    }
+}
+
+fn bar() -> Bar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Bar(bar)
+}
+
+fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path) -> Result<()> {
+    let image = read_image(input)?;
+    let bar = bar();
+    let layers = d.decompose_with_progress(&image, opts, &bar);
+    bar.0.finish_and_clear();
+    let layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
+    layers.write_to_dir(out)?;
+    let t = &layers.record.timings;
+    println!(
+        "{} → {}: {} layers at {}×{} in {:.1} s (denoise {:.1} s, decode {:.1} s)",
+        input.display(),
+        out.display(),
+        layers.layers.len(),
+        layers.record.width,
+        layers.record.height,
+        t.total,
+        t.denoise,
+        t.decode
+    );
+    Ok(())
+}
+
+fn decompose(a: DecomposeArgs) -> Result<()> {
+    // Read the input before the (slow) model load, so a typo fails at once.
+    read_image(&a.input_image)?;
+    let mut d = load(&a.model)?;
+    run_one(&mut d, &a.input_image, &options(&a.run), &a.output_dir)
+}
+
+fn batch(a: BatchArgs) -> Result<()> {
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&a.input_dir)
+        .with_context(|| format!("reading {}", a.input_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "webp"))
+        })
+        .collect();
+    inputs.sort();
+    if inputs.is_empty() {
+        bail!("{} holds no PNG, JPEG or WebP images", a.input_dir.display());
+    }
+    let mut d = load(&a.model)?;
+    let opts = options(&a.run);
+    let mut failed = 0;
+    for input in &inputs {
+        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        // One bad image must not lose the others' results.
+        if let Err(e) = run_one(&mut d, input, &opts, &a.output_dir.join(stem)) {
+            eprintln!("error: {e:#}");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} images failed", inputs.len());
+    }
+    Ok(())
+}
+
+fn compose(a: ComposeArgs) -> Result<()> {
+    let layers = a.layers.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
+    let flat = composite_layers(&layers).map_err(|e| anyhow::anyhow!("{e} (layers must all have the same size)"))?;
+    flat.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    println!("{} layers → {}", layers.len(), a.output.display());
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The Rust API of the product, in the spirit of the seed's Python one:
+//!
+//! ```no_run
+//! use server::layers::{Decomposer, DecomposeOptions, LoadOptions};
+//! let mut d = Decomposer::from_pretrained("Qwen/Qwen-Image-Layered", LoadOptions::default())?;
+//! let image = image::open("photo.png")?.to_rgba8();
+//! let opts = DecomposeOptions { prompt: "a cat on a sofa".into(), layers: 4, ..Default::default() };
+//! let layers = d.decompose(&image, &opts)?;
+//! layers.write_to_dir("out".as_ref())?; // composite.png, 01_layer-1.png…, layers.zip, manifest.json
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! [`Layers`] holds the composite (index 0 of every listing: the layers flattened with the
+//! app's compositing code, i.e. the reconstructed input) and Layer 1 … Layer N, bottom → top.
+
+use std::path::Path;
+
+use app::api::{ApiError, DecomposeResponse, LayerImage, LAYER_ORDER};
+use app::export::{build_zip, ExportLayer, Manifest};
+use app::image_data::{encode_png, png_data_url, to_base64};
+use image::RgbaImage;
+
+pub use app::compose::composite_layers;
+pub use engine::pipeline::{DecomposeOptions, LoadOptions, NoProgress, Progress, RunRecord};
+use engine::pipeline::LayeredPipeline;
+use engine::weights::ModelDir;
+
+/// A loaded Qwen-Image-Layered model.
+pub struct Decomposer {
+    pipeline: LayeredPipeline,
+}
+
+impl Decomposer {
+    /// Loads from a local diffusers folder or a Hugging Face repo id (downloaded into the hub
+    /// cache when missing, unless `HF_HUB_OFFLINE` is set).
+    pub fn from_pretrained(path_or_repo: &str, options: LoadOptions) -> engine::Result<Self> {
+        Self::from_model_dir(ModelDir::resolve(path_or_repo, true)?, options)
+    }
+
+    pub fn from_model_dir(model: ModelDir, options: LoadOptions) -> engine::Result<Self> {
+        Ok(Self { pipeline: LayeredPipeline::load(model, options)? })
+    }
+
+    pub fn pipeline(&self) -> &LayeredPipeline {
+        &self.pipeline
+    }
+
+    /// Decomposes `image` into layers.
+    pub fn decompose(&mut self, image: &RgbaImage, options: &DecomposeOptions) -> engine::Result<Layers> {
+        self.decompose_with_progress(image, options, &NoProgress)
+    }
+
+    pub fn decompose_with_progress(
+        &mut self,
+        image: &RgbaImage,
+        options: &DecomposeOptions,
+        progress: &dyn Progress,
+    ) -> engine::Result<Layers> {
+        let out = self.pipeline.decompose(image, options, progress)?;
+        Layers::new(out.layers, out.record)
+    }
+}
+
+/// A decomposition: the composite and the layers, bottom → top, with the run's record.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    pub composite: RgbaImage,
+    pub layers: Vec<RgbaImage>,
+    pub record: RunRecord,
+}
+
+/// A layer's display name: "Layer 1" is the bottom one.
+pub fn layer_name(position: usize) -> String {
+    format!("Layer {position}")
+}
+
+impl Layers {
+    pub fn new(layers: Vec<RgbaImage>, record: RunRecord) -> engine::Result<Self> {
+        let composite = composite_layers(&layers).map_err(|e| engine::Error::InvalidInput(e.to_string()))?;
+        Ok(Self { composite, layers, record })
+    }
+
+    /// PNG bytes of the composite and of each layer.
+    pub fn pngs(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>), ApiError> {
+        let composite = encode_png(&self.composite)?;
+        let layers = self.layers.iter().map(encode_png).collect::<Result<Vec<_>, _>>()?;
+        Ok((composite, layers))
+    }
+
+    /// The export ZIP (composite, layers in stack order, manifest.json with the run record) and
+    /// its manifest.
+    pub fn zip(&self, pngs: &(Vec<u8>, Vec<Vec<u8>>)) -> Result<(Vec<u8>, Manifest), ApiError> {
+        let names: Vec<String> = (1..=self.layers.len()).map(layer_name).collect();
+        let export: Vec<ExportLayer<'_>> = names
+            .iter()
+            .zip(&pngs.1)
+            .map(|(name, png)| ExportLayer { name, png, visible: true, opacity: 1.0 })
+            .collect();
+        let run = serde_json::to_value(&self.record).ok();
+        let (w, h) = self.composite.dimensions();
+        build_zip(w, h, &pngs.0, &export, run).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// The REST response: index 0 "Composite", then "Layer 1" … "Layer N".
+    pub fn to_response(&self) -> Result<DecomposeResponse, ApiError> {
+        let pngs = self.pngs()?;
+        let (zip, _) = self.zip(&pngs)?;
+        let mut layers = vec![LayerImage { name: "Composite".into(), image: png_data_url(&pngs.0), index: 0 }];
+        for (i, png) in pngs.1.iter().enumerate() {
+            layers.push(LayerImage { name: layer_name(i + 1), image: png_data_url(png), index: i as u32 + 1 });
+        }
+        let (width, height) = self.composite.dimensions();
+        Ok(DecomposeResponse {
+            layers,
+            zip_data: to_base64(&zip),
+            generation_time: self.record.timings.total,
+            layer_count: self.layers.len() as u32,
+            resolution: self.record.resolution,
+            layer_order: LAYER_ORDER.into(),
+            seed: self.record.seed,
+            width,
+            height,
+        })
+    }
+
+    /// Writes `composite.png`, `NN_layer-N.png`, `layers.zip` and `manifest.json` into `dir`.
+    pub fn write_to_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pngs = self.pngs()?;
+        let (zip, manifest) = self.zip(&pngs)?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        };
+        // The same files and manifest as inside the ZIP.
+        write(&manifest.composite, &pngs.0)?;
+        for (layer, png) in manifest.layers.iter().zip(&pngs.1) {
+            write(&layer.file, png)?;
+        }
+        write("layers.zip", &zip)?;
+        write("manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        Ok(())
+    }
+}
