@@ -100,6 +100,24 @@ pub fn focus(id: &str) {
     }
 }
 
+/// Keeps keyboard focus across a re-render that moves DOM nodes. On the next frame, the control
+/// that had focus gets it back, unless it is one of `arrows` (the move buttons, whose right
+/// successor the caller knows) or is now disabled: then `fallback_id` gets it.
+pub fn keep_focus(fallback_id: String, arrows: [String; 2]) {
+    let active = web_sys::window().and_then(|w| w.document()).and_then(|d| d.active_element());
+    leptos::prelude::request_animation_frame(move || {
+        let keep = active
+            .and_then(|el| el.dyn_into::<web_sys::HtmlElement>().ok())
+            .filter(|el| el.is_connected() && !el.has_attribute("disabled") && !arrows.contains(&el.id()));
+        match keep {
+            Some(el) => {
+                let _ = el.focus();
+            }
+            None => focus(&fallback_id),
+        }
+    });
+}
+
 /// A random seed within 2^53 (exact in JavaScript numbers and JSON).
 pub fn random_seed() -> u64 {
     let hi = (js_sys::Math::random() * f64::from(1u32 << 21)) as u64;

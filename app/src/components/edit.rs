@@ -15,6 +15,11 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let field_id = format!("layer-{id}-instruction");
 
+    // Opening the box puts the cursor in the instruction (`autofocus` only works at page load).
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        request_animation_frame(move || crate::browser::focus(&format!("layer-{id}-instruction")));
+    });
     let close = move || {
         editing.set(None);
         #[cfg(feature = "hydrate")]
@@ -62,7 +67,6 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
             <textarea
                 id=field_id
                 rows="2"
-                autofocus
                 placeholder="e.g. make it blue; add a red scarf; turn it into a watercolour"
                 prop:value=move || instruction.get()
                 on:input=move |ev| instruction.set(event_target_value(&ev))

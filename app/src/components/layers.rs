@@ -206,8 +206,18 @@ fn LayerRow(
         });
         #[cfg(feature = "hydrate")]
         if moved == Some(true) {
-            let target = format!("layer-{id}-{}", if up { "up" } else { "down" });
-            request_animation_frame(move || crate::browser::focus(&target));
+            // The focused control stays focused; if it is now disabled (the row reached the
+            // end), the opposite arrow takes the focus.
+            let end = result.with_untracked(|r| {
+                r.as_ref().is_some_and(|d| {
+                    let p = d.stack.position(id).unwrap_or(0);
+                    if up { p == d.stack.len() } else { p == 1 }
+                })
+            });
+            let same = format!("layer-{id}-{}", if up { "up" } else { "down" });
+            let other = format!("layer-{id}-{}", if up { "down" } else { "up" });
+            let fallback = if end { other.clone() } else { same.clone() };
+            crate::browser::keep_focus(fallback, [same, other]);
         }
         let _ = moved;
     };

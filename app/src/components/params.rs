@@ -5,6 +5,8 @@ use leptos::prelude::*;
 
 use crate::api::{ConfigResponse, DecomposeRequest, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS};
 
+const ICON_SHUFFLE: &str = "M16 3h5v5M4 20 21 3M21 16v5h-5M15 15l6 6M4 4l5 5";
+
 /// Largest seed the form accepts: exact as a JavaScript number.
 pub const MAX_SEED: u64 = (1 << 53) - 1;
 
@@ -137,7 +139,7 @@ pub fn ParamsPanel(
                         on:input=move |ev| params.update(|p| p.prompt = event_target_value(&ev))
                     ></textarea>
                     <p id="prompt-hint" class="hint">
-                        "Describe the whole scene, not the layers. Leave empty to caption the image automatically."
+                        "Describe the whole scene, not the layers. If left empty, the server tries to caption the image itself."
                     </p>
                 </div>
 
@@ -276,7 +278,7 @@ pub fn ParamsPanel(
                                 }
                             }
                         >
-                            <span aria-hidden="true">"🎲 "</span>
+                            <super::layers::Icon path=ICON_SHUFFLE/>
                             "Randomise"
                         </button>
                     </div>
