@@ -7,8 +7,8 @@ MODE=${1:-debug}
 NAME=qwen_layers
 SITE=${LEPTOS_SITE_ROOT:-target/site}
 case "$MODE" in
-  debug)   WPROF=dev;          WDIR=debug;        SPROF=dev ;;
-  release) WPROF=wasm-release; WDIR=wasm-release; SPROF=release ;;
+  debug)   WPROF=wasm-dev;     WDIR=wasm-dev;     SPROF=dev;     SDIR=debug ;;
+  release) WPROF=wasm-release; WDIR=wasm-release; SPROF=release; SDIR=release ;;
   *) echo "usage: $0 [debug|release]" >&2; exit 2 ;;
 esac
 export PATH="$PWD/end2end/node_modules/.bin:$HOME/.cargo/bin:$PATH"
@@ -25,4 +25,4 @@ fi
 cp style/main.css "$SITE/pkg/$NAME.css"
 cp -r public/. "$SITE/"
 cargo build -p server --bins --profile "$SPROF"
-echo "built $MODE: $SITE and target/$WDIR/server" | sed "s#target/wasm-release#target/release#"
+echo "built $MODE: $SITE and target/$SDIR/server"

@@ -2,12 +2,14 @@
 //! browser (WASM, on every visibility toggle or reorder) and on the server/CLI (the composite
 //! returned at index 0), so both always agree.
 //!
-//! Each pixel is accumulated premultiplied in f32 (one multiply-add per channel per layer) and
-//! un-premultiplied once at the end: this is exact "over" (C = αs·Cs + (1−αs)·Cd). The loop runs
-//! pixel by pixel over all layers (no intermediate buffer), starts at the topmost layer that is
-//! opaque at that pixel (everything below it is hidden: "over" multiplies it by exactly 0) and
-//! skips fully transparent pixels (they multiply by exactly 1). Both shortcuts give bit-identical
-//! results to drawing every layer, and make 10 layers of 1024² fit in a frame in the browser.
+//! Layers are accumulated premultiplied in f32 (one multiply-add per channel per layer) and
+//! un-premultiplied once at the end: this is exact "over" (C = αs·Cs + (1−αs)·Cd). The image is
+//! processed in tiles of [`TILE`] pixels whose accumulator stays in the CPU cache; in each tile,
+//! compositing starts at the topmost layer that is opaque over the whole tile (everything below
+//! is multiplied by exactly 0) and skips layers that are transparent over the whole tile (they
+//! multiply by exactly 1). Both shortcuts give bit-identical results to drawing every layer
+//! everywhere (tested), and spare most of the work on typical decompositions (an opaque
+//! background and objects on transparency).
 
 use image::RgbaImage;
 
@@ -26,20 +28,32 @@ pub enum ComposeError {
     Empty,
 }
 
-/// The compositor. It keeps no buffers (the pixel loop needs none); it is a type so callers
-/// that recomposite interactively hold one, and it can gain scratch space without API changes.
+/// Pixels per tile: 256 RGBA pixels = a 4 KiB f32 accumulator (L1-resident), and small enough
+/// that a tile is often entirely transparent or opaque in a layer.
+pub const TILE: usize = 256;
+
+/// Reusable tile accumulator, so interactive recompositing allocates almost nothing.
 #[derive(Debug, Default)]
 pub struct Compositor {
-    _private: (),
+    acc: Vec<f32>,
 }
 
-/// A layer prepared for the pixel loop.
+/// A layer prepared for compositing.
 struct Prepared<'a> {
     rgba: &'a [u8],
     /// opacity / 255: turns an alpha byte into the effective alpha in [0, 1].
     scale: f32,
-    /// Full opacity: an alpha byte of 255 hides everything below.
+    /// Full opacity: an alpha byte of 255 hides everything below. (255 · (1/255) is exactly
+    /// 1.0 in f32, so such a pixel leaves exactly nothing of what is below it.)
     full: bool,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(layer: &LayerPixels<'a>) -> Option<Self> {
+        let opacity = layer.opacity.clamp(0.0, 1.0);
+        let scale = opacity / 255.0;
+        (scale != 0.0).then_some(Self { rgba: layer.rgba, scale, full: opacity == 1.0 })
+    }
 }
 
 impl Compositor {
@@ -60,45 +74,58 @@ impl Compositor {
         if out.len() != expected {
             return Err(ComposeError::SizeMismatch { index: layers.len(), got: out.len(), expected, width, height });
         }
-        let prepared: Vec<Prepared<'_>> = layers
-            .iter()
-            .map(|l| {
-                let opacity = l.opacity.clamp(0.0, 1.0);
-                // 255 · (1/255) is exactly 1.0 in f32, so a full-opacity opaque pixel leaves
-                // exactly nothing of what is below it.
-                Prepared { rgba: l.rgba, scale: opacity / 255.0, full: opacity == 1.0 }
-            })
-            .filter(|p| p.scale != 0.0)
-            .collect();
-        for (i, px) in out.chunks_exact_mut(4).enumerate() {
-            let o = i * 4;
-            let start = prepared.iter().rposition(|p| p.full && p.rgba[o + 3] == 255).unwrap_or(0);
-            let (mut r, mut g, mut b, mut a) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        let prepared: Vec<Prepared<'_>> = layers.iter().filter_map(Prepared::new).collect();
+        self.acc.resize(TILE * 4, 0.0);
+        for (t, out_tile) in out.chunks_mut(TILE * 4).enumerate() {
+            let range = t * TILE * 4..t * TILE * 4 + out_tile.len();
+            let acc = &mut self.acc[..out_tile.len()];
+            acc.fill(0.0);
+            let start = prepared
+                .iter()
+                .rposition(|p| p.full && p.rgba[range.clone()].chunks_exact(4).all(|px| px[3] == 255))
+                .unwrap_or(0);
             for p in &prepared[start..] {
-                let src = &p.rgba[o..o + 4];
-                if src[3] == 0 {
+                let src = &p.rgba[range.clone()];
+                if src.chunks_exact(4).all(|px| px[3] == 0) {
                     continue;
                 }
-                let sa = f32::from(src[3]) * p.scale;
-                let keep = 1.0 - sa;
-                let a255 = sa / 255.0;
-                r = f32::from(src[0]) * a255 + r * keep;
-                g = f32::from(src[1]) * a255 + g * keep;
-                b = f32::from(src[2]) * a255 + b * keep;
-                a = sa + a * keep;
+                blend(acc, src, p.scale);
             }
-            if a <= 0.0 {
-                px.copy_from_slice(&[0, 0, 0, 0]);
-                continue;
+            for (px, a) in out_tile.chunks_exact_mut(4).zip(acc.chunks_exact(4)) {
+                finish(px, a);
             }
-            let inv = 1.0 / a;
-            px[0] = to_u8(r * inv * 255.0);
-            px[1] = to_u8(g * inv * 255.0);
-            px[2] = to_u8(b * inv * 255.0);
-            px[3] = to_u8(a * 255.0);
         }
         Ok(())
     }
+}
+
+/// `acc = src over acc` for one tile (premultiplied accumulator, straight-alpha source).
+#[inline(always)]
+fn blend(acc: &mut [f32], src: &[u8], scale: f32) {
+    for (dst, src) in acc.chunks_exact_mut(4).zip(src.chunks_exact(4)) {
+        let a = f32::from(src[3]) * scale;
+        let keep = 1.0 - a;
+        let a255 = a / 255.0;
+        dst[0] = f32::from(src[0]) * a255 + dst[0] * keep;
+        dst[1] = f32::from(src[1]) * a255 + dst[1] * keep;
+        dst[2] = f32::from(src[2]) * a255 + dst[2] * keep;
+        dst[3] = a + dst[3] * keep;
+    }
+}
+
+/// Un-premultiplies an accumulated pixel into straight-alpha RGBA8.
+#[inline(always)]
+fn finish(px: &mut [u8], acc: &[f32]) {
+    let a = acc[3];
+    if a <= 0.0 {
+        px.copy_from_slice(&[0, 0, 0, 0]);
+        return;
+    }
+    let inv = 1.0 / a;
+    px[0] = to_u8(acc[0] * inv * 255.0);
+    px[1] = to_u8(acc[1] * inv * 255.0);
+    px[2] = to_u8(acc[2] * inv * 255.0);
+    px[3] = to_u8(a * 255.0);
 }
 
 fn to_u8(v: f32) -> u8 {
@@ -234,6 +261,36 @@ mod tests {
             let mut out = vec![0u8; (w * h * 4) as usize];
             Compositor::default().composite_into(w, h, &refs, &mut out).unwrap();
             assert_eq!(out, reference(w, h, &refs), "opacities {opacities:?}");
+        }
+    }
+
+    #[test]
+    fn tile_shortcuts_are_bit_identical_too() {
+        // Five tiles; layer k is opaque over tile k, transparent over tile k + 1 and varied
+        // elsewhere, so every tile takes a different shortcut.
+        let (w, h) = (64u32, 20u32);
+        let layers: Vec<Vec<u8>> = (0..5usize)
+            .map(|k| {
+                (0..(w * h) as usize)
+                    .flat_map(|i| {
+                        let tile = i / TILE;
+                        let a = if tile == k {
+                            255
+                        } else if tile == (k + 1) % 5 {
+                            0
+                        } else {
+                            ((i * 37 + k * 11) % 256) as u8
+                        };
+                        [(i % 251) as u8, (k * 50) as u8, (i % 7 * 30) as u8, a]
+                    })
+                    .collect()
+            })
+            .collect();
+        for opacity in [1.0, 0.6] {
+            let refs: Vec<LayerPixels<'_>> = layers.iter().map(|l| LayerPixels { rgba: l, opacity }).collect();
+            let mut out = vec![0u8; (w * h * 4) as usize];
+            Compositor::default().composite_into(w, h, &refs, &mut out).unwrap();
+            assert_eq!(out, reference(w, h, &refs), "opacity {opacity}");
         }
     }
 }

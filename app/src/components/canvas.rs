@@ -302,11 +302,11 @@ const BENCH_RUNS: usize = 15;
 /// A speed test of browser compositing at the size the target is stated for.
 #[component]
 pub fn Benchmark() -> impl IntoView {
-    let outcome = RwSignal::new(None::<String>);
+    let outcome = RwSignal::new(None::<Result<BenchReport, String>>);
     let running = RwSignal::new(false);
     let run = move |_| {
         running.set(true);
-        outcome.set(Some("Measuring…".into()));
+        outcome.set(None);
         #[cfg(feature = "hydrate")]
         leptos::task::spawn_local(async move {
             // Let "Measuring…" paint first.
@@ -326,45 +326,82 @@ pub fn Benchmark() -> impl IntoView {
             <button type="button" class="secondary" id="bench-button" disabled=move || running.get() on:click=run>
                 "Measure"
             </button>
-            <output id="bench-result" aria-live="polite">{move || outcome.get()}</output>
+            <output
+                id="bench-result"
+                aria-live="polite"
+                data-typical-ms=move || outcome.with(|o| o.as_ref().and_then(|r| r.as_ref().ok()).map(|r| format!("{:.2}", r.typical.median)))
+                data-worst-ms=move || outcome.with(|o| o.as_ref().and_then(|r| r.as_ref().ok()).map(|r| format!("{:.2}", r.worst.median)))
+            >
+                {move || match outcome.get() {
+                    None if running.get() => "Measuring…".to_string(),
+                    None => String::new(),
+                    Some(Ok(r)) => r.text(),
+                    Some(Err(e)) => format!("The measurement failed: {e}"),
+                }}
+            </output>
         </details>
     }
     .into_any()
 }
 
+/// What the speed test found, per scene.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BenchReport {
+    pub typical: BenchLine,
+    pub worst: BenchLine,
+}
+
+/// Times of one scene, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BenchLine {
+    pub median: f64,
+    pub best: f64,
+    pub worst: f64,
+    /// Compositing plus drawing on a canvas (median).
+    pub frame: f64,
+}
+
+impl BenchReport {
+    pub fn text(&self) -> String {
+        let line = |name: &str, l: &BenchLine| {
+            format!("{name}: median {:.1} ms (best {:.1}, worst {:.1}), drawn {:.1} ms", l.median, l.best, l.worst, l.frame)
+        };
+        format!("{BENCH_LAYERS} × {BENCH_SIZE}² — {}; {}", line("typical", &self.typical), line("worst case", &self.worst))
+    }
+}
+
 #[cfg(feature = "hydrate")]
-fn measure() -> String {
+fn measure() -> Result<BenchReport, String> {
     use crate::compose::{Compositor, LayerPixels};
     let canvas = crate::browser::scratch_canvas();
-    let mut lines = Vec::new();
-    for (scene, label) in [(BenchScene::Typical, "typical"), (BenchScene::Worst, "worst case")] {
+    let mut report = BenchReport::default();
+    for scene in [BenchScene::Typical, BenchScene::Worst] {
         let layers = bench_layers(BENCH_LAYERS, BENCH_SIZE, scene);
         let refs: Vec<LayerPixels<'_>> = layers.iter().map(|l| LayerPixels { rgba: l, opacity: 1.0 }).collect();
         let mut out = vec![0u8; (BENCH_SIZE * BENCH_SIZE * 4) as usize];
         let mut comp = Compositor::default();
-        let _ = comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out); // warm-up
-        let mut compose = Vec::with_capacity(BENCH_RUNS);
-        let mut frame = Vec::with_capacity(BENCH_RUNS);
+        let err = |e: crate::compose::ComposeError| e.to_string();
+        comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out).map_err(err)?; // warm-up
+        let (mut compose, mut frame) = (Vec::new(), Vec::new());
         for _ in 0..BENCH_RUNS {
             let t0 = crate::browser::now_ms();
-            if let Err(e) = comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out) {
-                return format!("failed: {e}");
-            }
+            comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out).map_err(err)?;
             let t1 = crate::browser::now_ms();
             if let Some(c) = &canvas {
-                let _ = crate::browser::put_rgba(c, BENCH_SIZE, BENCH_SIZE, &out);
+                crate::browser::put_rgba(c, BENCH_SIZE, BENCH_SIZE, &out)?;
             }
             let t2 = crate::browser::now_ms();
             compose.push(t1 - t0);
             frame.push(t2 - t0);
         }
         let (median, best, worst) = summarize(&mut compose);
-        let (frame_median, _, _) = summarize(&mut frame);
-        lines.push(format!(
-            "{label}: median {median:.1} ms (best {best:.1}, worst {worst:.1}), with drawing {frame_median:.1} ms"
-        ));
+        let line = BenchLine { median, best, worst, frame: summarize(&mut frame).0 };
+        match scene {
+            BenchScene::Typical => report.typical = line,
+            BenchScene::Worst => report.worst = line,
+        }
     }
-    format!("{BENCH_LAYERS} × {BENCH_SIZE}² — {}", lines.join("; "))
+    Ok(report)
 }
 
 #[cfg(test)]

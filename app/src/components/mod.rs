@@ -20,7 +20,7 @@ use leptos_router::StaticSegment;
 use crate::api::{ConfigResponse, EditStatusResponse, StatusResponse};
 use crate::layer_stack::{Decomposition, RunInfo};
 
-pub use canvas::{bench_layers, summarize, BenchScene, Benchmark, Stage, StageView, Timing, Zoom};
+pub use canvas::{bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, Stage, StageView, Timing, Zoom};
 pub use export_bar::{zip_name, ExportBar};
 pub use header::{Header, ModelMode};
 pub use layers::{layer_file_name, LayerPanel};

@@ -18,6 +18,9 @@ pub struct UploadedImage {
     pub format: &'static str,
 }
 
+/// Files up to this many pixels are decoded in the browser before upload.
+pub const FULL_CHECK_PIXELS: u64 = 16_000_000;
+
 /// Checks a file the way the server will (format, pixel count, request size) and prepares it.
 /// The error is a sentence for the user that names the file.
 pub fn inspect_upload(name: &str, bytes: &[u8], max_pixels: u64, max_body_bytes: u64) -> Result<UploadedImage, String> {
@@ -48,6 +51,12 @@ pub fn inspect_upload(name: &str, bytes: &[u8], max_pixels: u64, max_body_bytes:
             megapixels(pixels),
             megapixels(max_pixels)
         ));
+    }
+    // Decode it fully with the server's decoder (browsers show broken files partially), unless
+    // it is so large that holding its pixels here costs more than the check is worth.
+    if pixels <= FULL_CHECK_PIXELS {
+        crate::image_data::decode_image_bytes(bytes, max_pixels)
+            .map_err(|e| format!("“{name}” could not be decoded as a {label} image ({}).", e.error))?;
     }
     // The request carries the file base64-encoded (4 bytes per 3), plus a little JSON.
     let request_bytes = (bytes.len() as u64).div_ceil(3) * 4 + 1024;
@@ -100,6 +109,7 @@ pub fn UploadArea(image: RwSignal<Option<UploadedImage>>, config: RwSignal<Optio
                 Ok(bytes) => inspect_upload(&name, &bytes, max_pixels, max_body),
                 Err(e) => Err(format!("“{name}” could not be read: {e}")),
             };
+
             reading.set(false);
             match outcome {
                 Ok(img) => {
@@ -281,6 +291,12 @@ mod tests {
         assert_eq!(err("empty.png", b""), "“empty.png” is empty.");
         assert!(err("anim.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").contains("is a GIF image"));
         assert!(err("cut.png", &png(4, 4)[..20]).starts_with("“cut.png” could not be read as a PNG image"));
+        // A valid header with broken pixel data: only a full decode finds it.
+        let good = png(4, 4);
+        let mut broken = good[..33].to_vec();
+        broken.extend_from_slice(&[0, 0, 0, 4, b'I', b'D', b'A', b'T', 1, 2, 3, 4, 0, 0, 0, 0]);
+        broken.extend_from_slice(&good[good.len() - 12..]);
+        assert!(err("broken.png", &broken).starts_with("“broken.png” could not be decoded as a PNG image ("));
         let big = inspect_upload("big.png", &png(40, 30), 1000, 1 << 20).unwrap_err();
         assert_eq!(big, "“big.png” is 40×30 (0.0 MP); the server accepts at most 0.0 MP.");
         let heavy = inspect_upload("heavy.png", &png(10, 10), 1000, 100).unwrap_err();
