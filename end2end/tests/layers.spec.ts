@@ -6,7 +6,11 @@ import { test, expect, Page, Locator } from "@playwright/test";
 import * as fs from "node:fs";
 import { canvasHash, canvasPixels, openApp, pngSize, readZip, scenePng, watchErrors } from "./helpers";
 
-const shot = (page: Page, name: string) => page.screenshot({ path: test.info().outputPath(`${name}.png`), fullPage: true });
+async function shot(page: Page, name: string) {
+  // From the top, so the sticky header sits where it belongs in a full-page picture.
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: test.info().outputPath(`${name}.png`), fullPage: true });
+}
 
 /** Layer names as the panel lists them (top of the stack first). */
 async function rowNames(page: Page): Promise<string[]> {
@@ -53,7 +57,8 @@ test("decompose, then toggle, reorder, fade, undo and export the layers", async 
   // Visibility: hiding the top layer changes the canvas; showing it again restores it exactly.
   const eye2 = page.getByRole("button", { name: "Visible: Layer 2" });
   await expect(eye2).toHaveAttribute("aria-pressed", "true");
-  await eye2.click();
+  await eye2.focus();
+  await page.keyboard.press("Space");
   await expect(eye2).toHaveAttribute("aria-pressed", "false");
   const onlyBottom = await canvasHash(page);
   expect(onlyBottom).not.toEqual(both);
@@ -68,7 +73,8 @@ test("decompose, then toggle, reorder, fade, undo and export the layers", async 
   await shot(page, "02-visibility");
 
   // Keyboard reorder: "Move Layer 2 down" puts it at the bottom; focus stays usable.
-  await row(page, "Layer 2").getByRole("button", { name: "Move Layer 2 down" }).click();
+  await row(page, "Layer 2").getByRole("button", { name: "Move Layer 2 down" }).focus();
+  await page.keyboard.press("Enter");
   expect(await rowNames(page)).toEqual(["Layer 1", "Layer 2"]);
   await expect(page.locator("#announcer")).toHaveText("Layer 2 moved to position 1 of 2.");
   const swapped = await canvasHash(page);

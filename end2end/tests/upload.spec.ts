@@ -97,3 +97,26 @@ test("bad files are rejected in the browser with a message", async ({ page }) =>
   // The broken image logs the browser's own decode error; nothing else may fail.
   expect(errors.filter((e) => !e.includes("broken.png") && !e.includes("data:image/png"))).toEqual([]);
 });
+
+test("the inputs can be used with the keyboard alone, in reading order", async ({ page }) => {
+  const errors = watchErrors(page);
+  await openApp(page);
+  await page.getByRole("button", { name: "Z-Image" }).focus();
+  const order = ["image-input", "prompt", "layers", "steps", "cfg", "res-640", "seed"];
+  for (const id of order) {
+    await page.keyboard.press("Tab");
+    await expect(page.locator(":focus")).toHaveAttribute("id", id);
+  }
+  // The focused file input shows a focus ring on the drop zone (its label).
+  await page.locator("#image-input").focus();
+  await expect(page.locator(".upload-drop")).toHaveCSS("border-top-color", "rgb(124, 156, 255)");
+  // Resolution is a radio group: arrow keys switch it.
+  await page.locator("#res-640").focus();
+  await page.keyboard.press("ArrowRight");
+  await expect(page.getByLabel("1024 px")).toBeChecked();
+  // Enter on "Randomise" fills the seed.
+  await page.getByRole("button", { name: "Randomise" }).focus();
+  await page.keyboard.press("Enter");
+  await expect(page.getByLabel("Seed")).toHaveValue(/^\d+$/);
+  expect(errors).toEqual([]);
+});
