@@ -47,8 +47,11 @@ pub fn download(name: &str, mime: &str, bytes: &[u8]) -> Result<(), String> {
     let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options).map_err(js_err)?;
     let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(js_err)?;
     let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
-    let a: web_sys::HtmlAnchorElement =
-        document.create_element("a").map_err(js_err)?.dyn_into().map_err(|_| "not an anchor".to_string())?;
+    let a: web_sys::HtmlAnchorElement = document
+        .create_element("a")
+        .map_err(js_err)?
+        .dyn_into()
+        .map_err(|_| "not an anchor".to_string())?;
     a.set_href(&url);
     a.set_download(name);
     a.set_attribute("hidden", "").map_err(js_err)?;
@@ -86,7 +89,12 @@ pub fn put_rgba(canvas: &web_sys::HtmlCanvasElement, width: u32, height: u32, rg
 
 /// A detached canvas (for measuring the drawing cost without touching the page).
 pub fn scratch_canvas() -> Option<web_sys::HtmlCanvasElement> {
-    web_sys::window()?.document()?.create_element("canvas").ok()?.dyn_into().ok()
+    web_sys::window()?
+        .document()?
+        .create_element("canvas")
+        .ok()?
+        .dyn_into()
+        .ok()
 }
 
 /// Moves keyboard focus to the element with this id (after a re-render moved it).
@@ -104,7 +112,9 @@ pub fn focus(id: &str) {
 /// that had focus gets it back, unless it is one of `arrows` (the move buttons, whose right
 /// successor the caller knows) or is now disabled: then `fallback_id` gets it.
 pub fn keep_focus(fallback_id: String, arrows: [String; 2]) {
-    let active = web_sys::window().and_then(|w| w.document()).and_then(|d| d.active_element());
+    let active = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.active_element());
     leptos::prelude::request_animation_frame(move || {
         let keep = active
             .and_then(|el| el.dyn_into::<web_sys::HtmlElement>().ok())

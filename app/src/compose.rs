@@ -23,7 +23,13 @@ pub struct LayerPixels<'a> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ComposeError {
     #[error("layer {index} has {got} bytes, expected {expected} ({width}×{height} RGBA)")]
-    SizeMismatch { index: usize, got: usize, expected: usize, width: u32, height: u32 },
+    SizeMismatch {
+        index: usize,
+        got: usize,
+        expected: usize,
+        width: u32,
+        height: u32,
+    },
     #[error("no layers to composite")]
     Empty,
 }
@@ -52,7 +58,11 @@ impl<'a> Prepared<'a> {
     fn new(layer: &LayerPixels<'a>) -> Option<Self> {
         let opacity = layer.opacity.clamp(0.0, 1.0);
         let scale = opacity / 255.0;
-        (scale != 0.0).then_some(Self { rgba: layer.rgba, scale, full: opacity == 1.0 })
+        (scale != 0.0).then_some(Self {
+            rgba: layer.rgba,
+            scale,
+            full: opacity == 1.0,
+        })
     }
 }
 
@@ -68,11 +78,23 @@ impl Compositor {
         let expected = width as usize * height as usize * 4;
         for (index, layer) in layers.iter().enumerate() {
             if layer.rgba.len() != expected {
-                return Err(ComposeError::SizeMismatch { index, got: layer.rgba.len(), expected, width, height });
+                return Err(ComposeError::SizeMismatch {
+                    index,
+                    got: layer.rgba.len(),
+                    expected,
+                    width,
+                    height,
+                });
             }
         }
         if out.len() != expected {
-            return Err(ComposeError::SizeMismatch { index: layers.len(), got: out.len(), expected, width, height });
+            return Err(ComposeError::SizeMismatch {
+                index: layers.len(),
+                got: out.len(),
+                expected,
+                width,
+                height,
+            });
         }
         let prepared: Vec<Prepared<'_>> = layers.iter().filter_map(Prepared::new).collect();
         self.acc.resize(TILE * 4, 0.0);
@@ -136,7 +158,13 @@ fn to_u8(v: f32) -> u8 {
 pub fn composite_layers(layers: &[RgbaImage]) -> Result<RgbaImage, ComposeError> {
     let first = layers.first().ok_or(ComposeError::Empty)?;
     let (w, h) = first.dimensions();
-    let refs: Vec<LayerPixels<'_>> = layers.iter().map(|l| LayerPixels { rgba: l.as_raw(), opacity: 1.0 }).collect();
+    let refs: Vec<LayerPixels<'_>> = layers
+        .iter()
+        .map(|l| LayerPixels {
+            rgba: l.as_raw(),
+            opacity: 1.0,
+        })
+        .collect();
     let mut out = RgbaImage::new(w, h);
     Compositor::default().composite_into(w, h, &refs, &mut out)?;
     Ok(out)
@@ -175,7 +203,10 @@ mod tests {
         let (as_, ad) = (153.0 / 255.0, 102.0 / 255.0);
         let ao: f64 = as_ + ad * (1.0 - as_);
         let c = |s: f64, d: f64| ((s * as_ + d * ad * (1.0 - as_)) / ao).round() as u8;
-        assert_eq!(out.get_pixel(1, 0).0, [c(0.0, 200.0), c(50.0, 100.0), c(250.0, 0.0), (ao * 255.0).round() as u8]);
+        assert_eq!(
+            out.get_pixel(1, 0).0,
+            [c(0.0, 200.0), c(50.0, 100.0), c(250.0, 0.0), (ao * 255.0).round() as u8]
+        );
     }
 
     #[test]
@@ -185,7 +216,15 @@ mod tests {
         let red = solid([255, 0, 0, 255]);
         let mut out = vec![0u8; 8];
         Compositor::default()
-            .composite_into(2, 1, &[LayerPixels { rgba: red.as_raw(), opacity: 0.5 }], &mut out)
+            .composite_into(
+                2,
+                1,
+                &[LayerPixels {
+                    rgba: red.as_raw(),
+                    opacity: 0.5,
+                }],
+                &mut out,
+            )
             .unwrap();
         assert_eq!(&out[..4], &[255, 0, 0, 128]);
     }
@@ -222,7 +261,12 @@ mod tests {
                     [0, 0, 0, 0]
                 } else {
                     let inv = 1.0 / p[3];
-                    [to_u8(p[0] * inv * 255.0), to_u8(p[1] * inv * 255.0), to_u8(p[2] * inv * 255.0), to_u8(p[3] * 255.0)]
+                    [
+                        to_u8(p[0] * inv * 255.0),
+                        to_u8(p[1] * inv * 255.0),
+                        to_u8(p[2] * inv * 255.0),
+                        to_u8(p[3] * 255.0),
+                    ]
                 }
             })
             .collect()
@@ -256,8 +300,11 @@ mod tests {
             })
             .collect();
         for opacities in [[1.0; 7], [1.0, 0.5, 1.0, 0.0, 0.99, 1.0, 0.25], [0.3; 7]] {
-            let refs: Vec<LayerPixels<'_>> =
-                layers.iter().zip(opacities).map(|(l, opacity)| LayerPixels { rgba: l, opacity }).collect();
+            let refs: Vec<LayerPixels<'_>> = layers
+                .iter()
+                .zip(opacities)
+                .map(|(l, opacity)| LayerPixels { rgba: l, opacity })
+                .collect();
             let mut out = vec![0u8; (w * h * 4) as usize];
             Compositor::default().composite_into(w, h, &refs, &mut out).unwrap();
             assert_eq!(out, reference(w, h, &refs), "opacities {opacities:?}");

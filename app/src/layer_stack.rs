@@ -44,12 +44,22 @@ impl Bitmap {
         } else {
             format!("data:image/png;base64,{data_url}").into()
         };
-        Ok(Self { width, height, rgba: img.into_raw().into(), data_url })
+        Ok(Self {
+            width,
+            height,
+            rgba: img.into_raw().into(),
+            data_url,
+        })
     }
 
     /// Wraps pixels that are already decoded (tests, generated images).
     pub fn from_rgba(width: u32, height: u32, rgba: Vec<u8>, data_url: impl Into<Arc<str>>) -> Self {
-        Self { width, height, rgba: rgba.into(), data_url: data_url.into() }
+        Self {
+            width,
+            height,
+            rgba: rgba.into(),
+            data_url: data_url.into(),
+        }
     }
 
     /// The PNG file behind the data URL.
@@ -114,7 +124,12 @@ pub enum StackError {
     #[error("the stack has no layers")]
     Empty,
     #[error("{name} is {got}, but the stack is {width}×{height}")]
-    SizeMismatch { name: String, got: String, width: u32, height: u32 },
+    SizeMismatch {
+        name: String,
+        got: String,
+        width: u32,
+        height: u32,
+    },
     #[error("the response has no composite (index 0)")]
     NoComposite,
     #[error("{name} could not be decoded: {reason}")]
@@ -158,11 +173,21 @@ impl LayerStack {
                 name,
                 visible: true,
                 opacity: 1.0,
-                versions: vec![Version { bitmap, instruction: None }],
+                versions: vec![Version {
+                    bitmap,
+                    instruction: None,
+                }],
                 show_before: false,
             });
         }
-        Ok(Self { width, height, layers: out, undo: Vec::new(), redo: Vec::new(), last_op: None })
+        Ok(Self {
+            width,
+            height,
+            layers: out,
+            undo: Vec::new(),
+            redo: Vec::new(),
+            last_op: None,
+        })
     }
 
     pub fn width(&self) -> u32 {
@@ -196,7 +221,10 @@ impl LayerStack {
     }
 
     fn index(&self, id: u32) -> Result<usize, StackError> {
-        self.layers.iter().position(|l| l.id == id).ok_or(StackError::NoSuchLayer(id))
+        self.layers
+            .iter()
+            .position(|l| l.id == id)
+            .ok_or(StackError::NoSuchLayer(id))
     }
 
     /// Position in the stack, 1 = bottom.
@@ -270,7 +298,11 @@ impl LayerStack {
     /// Sets the opacity (clamped to [0, 1]); a run of changes to one layer is one undo step.
     pub fn set_opacity(&mut self, id: u32, opacity: f32) -> Result<(), StackError> {
         let i = self.index(id)?;
-        let opacity = if opacity.is_finite() { opacity.clamp(0.0, 1.0) } else { 1.0 };
+        let opacity = if opacity.is_finite() {
+            opacity.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         if self.layers[i].opacity != opacity {
             self.record(LastOp::Opacity(id));
             self.layers[i].opacity = opacity;
@@ -290,7 +322,10 @@ impl LayerStack {
         check_size(&self.layers[i].name, &bitmap, self.width, self.height)?;
         self.record(LastOp::Other);
         let layer = &mut self.layers[i];
-        layer.versions.push(Version { bitmap, instruction: Some(instruction.into()) });
+        layer.versions.push(Version {
+            bitmap,
+            instruction: Some(instruction.into()),
+        });
         layer.show_before = false;
         Ok(())
     }
@@ -355,7 +390,10 @@ impl LayerStack {
         self.layers
             .iter()
             .filter(|l| l.visible && l.opacity > 0.0)
-            .map(|l| LayerPixels { rgba: &l.shown().rgba, opacity: l.opacity })
+            .map(|l| LayerPixels {
+                rgba: &l.shown().rgba,
+                opacity: l.opacity,
+            })
             .collect()
     }
 
@@ -365,7 +403,10 @@ impl LayerStack {
         self.layers
             .iter()
             .filter(|l| l.visible && l.opacity > 0.0)
-            .map(|l| LayerPixels { rgba: &l.current().bitmap.rgba, opacity: l.opacity })
+            .map(|l| LayerPixels {
+                rgba: &l.current().bitmap.rgba,
+                opacity: l.opacity,
+            })
             .collect()
     }
 }
@@ -399,12 +440,21 @@ impl LayerStack {
     /// and each layer's edit instructions).
     pub fn export_zip(&self, run: Option<&RunInfo>) -> Result<(Vec<u8>, crate::export::Manifest), String> {
         let composite = crate::image_data::encode_png(&self.flatten()).map_err(|e| e.error)?;
-        let pngs = self.layers.iter().map(|l| l.current().bitmap.png_bytes()).collect::<Result<Vec<_>, _>>()?;
+        let pngs = self
+            .layers
+            .iter()
+            .map(|l| l.current().bitmap.png_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
         let layers: Vec<crate::export::ExportLayer<'_>> = self
             .layers
             .iter()
             .zip(&pngs)
-            .map(|(l, png)| crate::export::ExportLayer { name: &l.name, png, visible: l.visible, opacity: l.opacity })
+            .map(|(l, png)| crate::export::ExportLayer {
+                name: &l.name,
+                png,
+                visible: l.visible,
+                opacity: l.opacity,
+            })
             .collect();
         let mut run_json = match run {
             Some(r) => serde_json::to_value(r).map_err(|e| e.to_string())?,
@@ -457,7 +507,10 @@ impl Decomposition {
             return Err(StackError::NoComposite);
         }
         let decode = |name: &str, url: &str| {
-            Bitmap::from_data_url(url).map_err(|reason| StackError::Decode { name: name.to_string(), reason })
+            Bitmap::from_data_url(url).map_err(|reason| StackError::Decode {
+                name: name.to_string(),
+                reason,
+            })
         };
         let composite = decode("the composite", &first.image)?;
         let layers = iter
@@ -495,7 +548,9 @@ mod tests {
 
     fn composite(s: &LayerStack) -> [u8; 4] {
         let mut out = vec![0u8; (s.width() * s.height() * 4) as usize];
-        Compositor::default().composite_into(s.width(), s.height(), &s.to_composite(), &mut out).unwrap();
+        Compositor::default()
+            .composite_into(s.width(), s.height(), &s.to_composite(), &mut out)
+            .unwrap();
         out[..4].try_into().unwrap()
     }
 
@@ -654,7 +709,10 @@ mod tests {
         let mut s = stack3();
         let big = Bitmap::from_rgba(1, 1, vec![0; 4], "x");
         let err = s.apply_edit(2, big, "x").unwrap_err();
-        assert!(err.to_string().contains("Layer 2 is 1×1, but the stack is 2×1"), "{err}");
+        assert!(
+            err.to_string().contains("Layer 2 is 1×1, but the stack is 2×1"),
+            "{err}"
+        );
         assert!(!s.can_undo());
     }
 
@@ -666,7 +724,10 @@ mod tests {
             ("b".into(), Bitmap::from_rgba(1, 2, vec![0; 8], "y")),
         ])
         .unwrap_err();
-        assert!(matches!(err, StackError::SizeMismatch { ref name, .. } if name == "b"), "{err}");
+        assert!(
+            matches!(err, StackError::SizeMismatch { ref name, .. } if name == "b"),
+            "{err}"
+        );
     }
 
     fn png_url(c: [u8; 4]) -> String {
@@ -689,7 +750,11 @@ mod tests {
 
     #[test]
     fn a_response_becomes_composite_plus_bottom_first_stack() {
-        let img = |name: &str, index, c| LayerImage { name: name.into(), image: png_url(c), index };
+        let img = |name: &str, index, c| LayerImage {
+            name: name.into(),
+            image: png_url(c),
+            index,
+        };
         // Out of order on purpose: the index decides.
         let r = response(vec![
             img("Layer 2", 2, [0, 0, 255, 255]),
@@ -707,21 +772,40 @@ mod tests {
 
     #[test]
     fn a_broken_response_names_the_problem() {
-        assert_eq!(Decomposition::from_response(&response(vec![])), Err(StackError::NoComposite));
+        assert_eq!(
+            Decomposition::from_response(&response(vec![])),
+            Err(StackError::NoComposite)
+        );
         let bad = response(vec![
-            LayerImage { name: "Composite".into(), image: png_url([0; 4]), index: 0 },
-            LayerImage { name: "Layer 1".into(), image: "data:image/png;base64,AAAA".into(), index: 1 },
+            LayerImage {
+                name: "Composite".into(),
+                image: png_url([0; 4]),
+                index: 0,
+            },
+            LayerImage {
+                name: "Layer 1".into(),
+                image: "data:image/png;base64,AAAA".into(),
+                index: 1,
+            },
         ]);
         let err = Decomposition::from_response(&bad).unwrap_err();
         assert!(err.to_string().starts_with("Layer 1 could not be decoded"), "{err}");
-        let only_composite = response(vec![LayerImage { name: "Composite".into(), image: png_url([0; 4]), index: 0 }]);
+        let only_composite = response(vec![LayerImage {
+            name: "Composite".into(),
+            image: png_url([0; 4]),
+            index: 0,
+        }]);
         assert_eq!(Decomposition::from_response(&only_composite), Err(StackError::Empty));
     }
 
     #[test]
     fn export_zip_follows_the_stack_and_records_the_run() {
         use std::io::Read;
-        let img = |name: &str, index, c| LayerImage { name: name.into(), image: png_url(c), index };
+        let img = |name: &str, index, c| LayerImage {
+            name: name.into(),
+            image: png_url(c),
+            index,
+        };
         let r = response(vec![
             img("Composite", 0, [1, 2, 3, 255]),
             img("Layer 1", 1, [255, 0, 0, 255]),
@@ -731,7 +815,12 @@ mod tests {
         s.move_up(1).unwrap();
         s.set_opacity(2, 0.25).unwrap();
         s.set_visible(1, false).unwrap();
-        s.apply_edit(2, Bitmap::from_data_url(&png_url([0, 255, 0, 255])).unwrap(), "make it green").unwrap();
+        s.apply_edit(
+            2,
+            Bitmap::from_data_url(&png_url([0, 255, 0, 255])).unwrap(),
+            "make it green",
+        )
+        .unwrap();
         let run = RunInfo {
             model: "tiny".into(),
             prompt: "a scene".into(),
@@ -744,9 +833,13 @@ mod tests {
         };
         let (zip, manifest) = s.export_zip(Some(&run)).unwrap();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
-        let names: Vec<String> =
-            (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().unwrap().to_string()).collect();
-        assert_eq!(names, ["composite.png", "01_layer-2.png", "02_layer-1.png", "manifest.json"]);
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["composite.png", "01_layer-2.png", "02_layer-1.png", "manifest.json"]
+        );
         let read = |archive: &mut zip::ZipArchive<_>, name: &str| {
             let mut v = Vec::new();
             archive.by_name(name).unwrap().read_to_end(&mut v).unwrap();
@@ -756,7 +849,11 @@ mod tests {
         let bottom = crate::image_data::decode_image_bytes(&read(&mut archive, "01_layer-2.png"), 100).unwrap();
         assert_eq!(bottom.get_pixel(0, 0).0, [0, 255, 0, 255]);
         let flat = crate::image_data::decode_image_bytes(&read(&mut archive, "composite.png"), 100).unwrap();
-        assert_eq!(flat.get_pixel(2, 1).0, [0, 255, 0, 64], "only the visible green layer at 25 %");
+        assert_eq!(
+            flat.get_pixel(2, 1).0,
+            [0, 255, 0, 64],
+            "only the visible green layer at 25 %"
+        );
         let json: serde_json::Value = serde_json::from_slice(&read(&mut archive, "manifest.json")).unwrap();
         assert_eq!(json["layers"][0]["name"], "Layer 2");
         assert_eq!(json["layers"][0]["opacity"], 0.25);

@@ -39,9 +39,18 @@ impl Zoom {
     pub fn step(self, fit_scale: f64, zoom_in: bool) -> Zoom {
         let now = self.current_scale(fit_scale);
         let next = if zoom_in {
-            Self::STEPS.iter().copied().find(|s| *s > now + 1e-6).unwrap_or(*Self::STEPS.last().unwrap())
+            Self::STEPS
+                .iter()
+                .copied()
+                .find(|s| *s > now + 1e-6)
+                .unwrap_or(*Self::STEPS.last().unwrap())
         } else {
-            Self::STEPS.iter().rev().copied().find(|s| *s < now - 1e-6).unwrap_or(Self::STEPS[0])
+            Self::STEPS
+                .iter()
+                .rev()
+                .copied()
+                .find(|s| *s < now - 1e-6)
+                .unwrap_or(Self::STEPS[0])
         };
         Zoom::Scale(next)
     }
@@ -136,7 +145,11 @@ pub fn Stage() -> impl IntoView {
     let canvas_style = move || match size() {
         Some((w, h)) => {
             let s = zoom.get().current_scale(fit_scale.get());
-            format!("width:{}px;height:{}px", (f64::from(w) * s).round(), (f64::from(h) * s).round())
+            format!(
+                "width:{}px;height:{}px",
+                (f64::from(w) * s).round(),
+                (f64::from(h) * s).round()
+            )
         }
         None => String::new(),
     };
@@ -291,7 +304,11 @@ pub fn summarize(times: &mut [f64]) -> (f64, f64, f64) {
     } else {
         (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
     };
-    (median, times.first().copied().unwrap_or(0.0), times.last().copied().unwrap_or(0.0))
+    (
+        median,
+        times.first().copied().unwrap_or(0.0),
+        times.last().copied().unwrap_or(0.0),
+    )
 }
 
 /// Number of layers and their side in the speed test (the target: ≤ 16 ms for 10 × 1024²).
@@ -364,9 +381,16 @@ pub struct BenchLine {
 impl BenchReport {
     pub fn text(&self) -> String {
         let line = |name: &str, l: &BenchLine| {
-            format!("{name}: median {:.1} ms (best {:.1}, worst {:.1}), drawn {:.1} ms", l.median, l.best, l.worst, l.frame)
+            format!(
+                "{name}: median {:.1} ms (best {:.1}, worst {:.1}), drawn {:.1} ms",
+                l.median, l.best, l.worst, l.frame
+            )
         };
-        format!("{BENCH_LAYERS} × {BENCH_SIZE}² — {}; {}", line("typical", &self.typical), line("worst case", &self.worst))
+        format!(
+            "{BENCH_LAYERS} × {BENCH_SIZE}² — {}; {}",
+            line("typical", &self.typical),
+            line("worst case", &self.worst)
+        )
     }
 }
 
@@ -381,11 +405,13 @@ fn measure() -> Result<BenchReport, String> {
         let mut out = vec![0u8; (BENCH_SIZE * BENCH_SIZE * 4) as usize];
         let mut comp = Compositor::default();
         let err = |e: crate::compose::ComposeError| e.to_string();
-        comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out).map_err(err)?; // warm-up
+        comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out)
+            .map_err(err)?; // warm-up
         let (mut compose, mut frame) = (Vec::new(), Vec::new());
         for _ in 0..BENCH_RUNS {
             let t0 = crate::browser::now_ms();
-            comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out).map_err(err)?;
+            comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out)
+                .map_err(err)?;
             let t1 = crate::browser::now_ms();
             if let Some(c) = &canvas {
                 crate::browser::put_rgba(c, BENCH_SIZE, BENCH_SIZE, &out)?;
@@ -395,7 +421,12 @@ fn measure() -> Result<BenchReport, String> {
             frame.push(t2 - t0);
         }
         let (median, best, worst) = summarize(&mut compose);
-        let line = BenchLine { median, best, worst, frame: summarize(&mut frame).0 };
+        let line = BenchLine {
+            median,
+            best,
+            worst,
+            frame: summarize(&mut frame).0,
+        };
         match scene {
             BenchScene::Typical => report.typical = line,
             BenchScene::Worst => report.worst = line,

@@ -32,11 +32,10 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
             error.set(Some("Describe the change first, e.g. “make the sofa blue”.".into()));
             return;
         }
-        if busy.get_untracked() {
-            return;
+        if !busy.get_untracked() {
+            #[cfg(feature = "hydrate")]
+            run_edit(state, id, prompt, keep_alpha.get_untracked(), busy, error, editing);
         }
-        #[cfg(feature = "hydrate")]
-        run_edit(state, id, prompt, keep_alpha.get_untracked(), busy, error, editing);
     };
     let unavailable = move || {
         edit_status.with(|s| {
@@ -122,9 +121,16 @@ fn run_edit(
 ) {
     use crate::api::EditLayerRequest;
     use crate::layer_stack::Bitmap;
-    let AppState { result, announce, params, .. } = state;
+    let AppState {
+        result,
+        announce,
+        params,
+        ..
+    } = state;
     let Some(image) = result.with_untracked(|r| {
-        r.as_ref().and_then(|d| d.stack.get(id)).map(|l| l.current().bitmap.data_url.to_string())
+        r.as_ref()
+            .and_then(|d| d.stack.get(id))
+            .map(|l| l.current().bitmap.data_url.to_string())
     }) else {
         return;
     };
@@ -132,22 +138,34 @@ fn run_edit(
     busy.set(true);
     error.set(None);
     leptos::task::spawn_local(async move {
-        let request = EditLayerRequest { image, prompt: prompt.clone(), steps: None, cfg_scale: None, seed, keep_alpha: Some(keep_alpha) };
+        let request = EditLayerRequest {
+            image,
+            prompt: prompt.clone(),
+            steps: None,
+            cfg_scale: None,
+            seed,
+            keep_alpha: Some(keep_alpha),
+        };
         let outcome = match crate::server_fns::edit_layer(request).await {
-            Ok(url) => Bitmap::from_data_url(&url).map_err(|e| format!("the edited image could not be read: {e}")).and_then(|bitmap| {
-                let mut applied = Err("the layer is gone".to_string());
-                result.update(|r| {
-                    if let Some(d) = r {
-                        applied = d.stack.apply_edit(id, bitmap, prompt.clone()).map_err(|e| e.to_string());
-                        if applied.is_ok() {
-                            if let Some(l) = d.stack.get(id) {
-                                announce.set(format!("{} edited.", l.name));
+            Ok(url) => Bitmap::from_data_url(&url)
+                .map_err(|e| format!("the edited image could not be read: {e}"))
+                .and_then(|bitmap| {
+                    let mut applied = Err("the layer is gone".to_string());
+                    result.update(|r| {
+                        if let Some(d) = r {
+                            applied = d
+                                .stack
+                                .apply_edit(id, bitmap, prompt.clone())
+                                .map_err(|e| e.to_string());
+                            if applied.is_ok() {
+                                if let Some(l) = d.stack.get(id) {
+                                    announce.set(format!("{} edited.", l.name));
+                                }
                             }
                         }
-                    }
-                });
-                applied
-            }),
+                    });
+                    applied
+                }),
             Err(e) => Err(super::run::error_text(&e)),
         };
         busy.try_set(false);

@@ -11,7 +11,13 @@ use crate::layer_stack::{Decomposition, LayerStack};
 pub fn layer_file_name(name: &str) -> String {
     let slug: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|s| !s.is_empty())
@@ -172,7 +178,11 @@ fn LayerRow(
     let state = expect_context::<AppState>();
     let AppState { result, announce, .. } = state;
     let with_layer = move |f: &dyn Fn(&crate::layer_stack::Layer, &LayerStack) -> String| {
-        result.with(|r| r.as_ref().and_then(|d| d.stack.get(id).map(|l| f(l, &d.stack))).unwrap_or_default())
+        result.with(|r| {
+            r.as_ref()
+                .and_then(|d| d.stack.get(id).map(|l| f(l, &d.stack)))
+                .unwrap_or_default()
+        })
     };
     let name = move || with_layer(&|l, _| l.name.clone());
     let visible = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).is_some_and(|l| l.visible));
@@ -182,8 +192,7 @@ fn LayerRow(
     let show_before = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).is_some_and(|l| l.show_before));
     let position = move || result.with(|r| r.as_ref().and_then(|d| d.stack.position(id)).unwrap_or(0));
     let count = move || result.with(|r| r.as_ref().map_or(0, |d| d.stack.len()));
-    let last_instruction =
-        move || with_layer(&|l, _| l.current().instruction.clone().unwrap_or_default());
+    let last_instruction = move || with_layer(&|l, _| l.current().instruction.clone().unwrap_or_default());
 
     let toggle = move |_| {
         change(result, announce, |s| {
@@ -211,7 +220,11 @@ fn LayerRow(
             let end = result.with_untracked(|r| {
                 r.as_ref().is_some_and(|d| {
                     let p = d.stack.position(id).unwrap_or(0);
-                    if up { p == d.stack.len() } else { p == 1 }
+                    if up {
+                        p == d.stack.len()
+                    } else {
+                        p == 1
+                    }
                 })
             });
             let same = format!("layer-{id}-{}", if up { "up" } else { "down" });
@@ -223,7 +236,9 @@ fn LayerRow(
     };
     let on_opacity = move |ev: leptos::ev::Event| {
         if let Ok(v) = event_target_value(&ev).parse::<f32>() {
-            change(result, announce, |s| s.set_opacity(id, v / 100.0).ok().map(|()| ((), String::new())));
+            change(result, announce, |s| {
+                s.set_opacity(id, v / 100.0).ok().map(|()| ((), String::new()))
+            });
         }
     };
     let end_opacity = move |_| {
@@ -237,7 +252,13 @@ fn LayerRow(
         change(result, announce, |s| {
             let before = s.toggle_before(id).ok()?;
             let name = s.get(id)?.name.clone();
-            Some(((), format!("{name}: showing {}.", if before { "before the edit" } else { "after the edit" })))
+            Some((
+                (),
+                format!(
+                    "{name}: showing {}.",
+                    if before { "before the edit" } else { "after the edit" }
+                ),
+            ))
         });
     };
     let undo_edit = move |_| {
@@ -249,7 +270,9 @@ fn LayerRow(
     let download = move |_| {
         #[cfg(feature = "hydrate")]
         result.with_untracked(|r| {
-            let Some(layer) = r.as_ref().and_then(|d| d.stack.get(id)) else { return };
+            let Some(layer) = r.as_ref().and_then(|d| d.stack.get(id)) else {
+                return;
+            };
             match layer.current().bitmap.png_bytes() {
                 Ok(png) => {
                     let _ = crate::browser::download(&layer_file_name(&layer.name), "image/png", &png);
@@ -282,7 +305,15 @@ fn LayerRow(
         if let Some(from) = dragging.get_untracked() {
             change(result, announce, |s| {
                 s.move_onto(from, id).ok()?.then_some(())?;
-                Some(((), format!("{} moved to position {} of {}.", s.get(from)?.name, s.position(from)?, s.len())))
+                Some((
+                    (),
+                    format!(
+                        "{} moved to position {} of {}.",
+                        s.get(from)?.name,
+                        s.position(from)?,
+                        s.len()
+                    ),
+                ))
             });
         }
         dragging.set(None);

@@ -20,7 +20,9 @@ use leptos_router::StaticSegment;
 use crate::api::{ConfigResponse, EditStatusResponse, StatusResponse};
 use crate::layer_stack::{Decomposition, RunInfo};
 
-pub use canvas::{bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, Stage, StageView, Timing, Zoom};
+pub use canvas::{
+    bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, Stage, StageView, Timing, Zoom,
+};
 pub use export_bar::{zip_name, ExportBar};
 pub use header::{Header, ModelMode};
 pub use layers::{layer_file_name, LayerPanel};
@@ -108,7 +110,18 @@ impl AppState {
 fn HomePage() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
-    let AppState { mode, image, params, field_errors, config, status, edit_status, run, announce, .. } = state;
+    let AppState {
+        mode,
+        image,
+        params,
+        field_errors,
+        config,
+        status,
+        edit_status,
+        run,
+        announce,
+        ..
+    } = state;
 
     // The server's defaults, limits and model availability (in the browser, after hydration).
     Effect::new(move |_| {

@@ -23,7 +23,14 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Self { prompt: String::new(), layer_num: 4, resolution: 640, steps: 50, cfg_scale: 4.0, seed: None }
+        Self {
+            prompt: String::new(),
+            layer_num: 4,
+            resolution: 640,
+            steps: 50,
+            cfg_scale: 4.0,
+            seed: None,
+        }
     }
 }
 
@@ -101,7 +108,9 @@ pub fn parse_seed(text: &str) -> Result<Option<u64>, String> {
     }
     match t.parse::<u64>() {
         Ok(n) if n <= MAX_SEED => Ok(Some(n)),
-        _ => Err(format!("Seed must be empty (random) or a whole number from 0 to {MAX_SEED}.")),
+        _ => Err(format!(
+            "Seed must be empty (random) or a whole number from 0 to {MAX_SEED}."
+        )),
     }
 }
 
@@ -113,7 +122,12 @@ pub fn ParamsPanel(
     #[prop(into)] disabled: Signal<bool>,
 ) -> impl IntoView {
     let max_steps = move || config.with(|c| c.as_ref().map_or(MAX_STEPS, |c| c.max_steps));
-    let resolutions = move || config.with(|c| c.as_ref().map_or_else(|| RESOLUTIONS.to_vec(), |c| c.resolutions.clone()));
+    let resolutions = move || {
+        config.with(|c| {
+            c.as_ref()
+                .map_or_else(|| RESOLUTIONS.to_vec(), |c| c.resolutions.clone())
+        })
+    };
     let defaults_note = move || {
         config.with(|c| match c {
             Some(c) => format!(
@@ -338,11 +352,32 @@ mod tests {
             max_image_pixels: 100,
             max_body_bytes: 100,
         };
-        let typed = Params { prompt: "a cat".into(), seed: Some(5), ..Params::default() };
+        let typed = Params {
+            prompt: "a cat".into(),
+            seed: Some(5),
+            ..Params::default()
+        };
         let p = typed.with_defaults(&config);
-        assert_eq!(p, Params { prompt: "a cat".into(), layer_num: 2, resolution: 1024, steps: 3, cfg_scale: 2.5, seed: Some(5) });
-        let req = Params { prompt: "  a cat \n".into(), ..p }.to_request("data:x".into());
+        assert_eq!(
+            p,
+            Params {
+                prompt: "a cat".into(),
+                layer_num: 2,
+                resolution: 1024,
+                steps: 3,
+                cfg_scale: 2.5,
+                seed: Some(5)
+            }
+        );
+        let req = Params {
+            prompt: "  a cat \n".into(),
+            ..p
+        }
+        .to_request("data:x".into());
         assert_eq!(req.prompt, "a cat");
-        assert_eq!((req.layer_num, req.resolution, req.steps, req.seed), (Some(2), Some(1024), Some(3), Some(5)));
+        assert_eq!(
+            (req.layer_num, req.resolution, req.steps, req.seed),
+            (Some(2), Some(1024), Some(3), Some(5))
+        );
     }
 }

@@ -22,11 +22,15 @@ pub enum RunState {
     Starting,
     Running {
         id: String,
-        status: Option<JobStatus>,
+        status: Option<Box<JobStatus>>,
         cancelling: bool,
     },
     /// The layers arrived.
-    Done { seconds: f64, seed: u64, layers: u32 },
+    Done {
+        seconds: f64,
+        seed: u64,
+        layers: u32,
+    },
     Failed(String),
     Cancelled,
 }
@@ -60,7 +64,9 @@ pub fn progress_view(s: &JobStatus) -> ProgressView {
         (_, "done") => "Done".into(),
         (_, other) => {
             let mut c = other.chars();
-            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
         }
     };
     let fraction = match s.phase.as_str() {
@@ -79,7 +85,11 @@ pub fn progress_view(s: &JobStatus) -> ProgressView {
     if let Some(eta) = s.eta_seconds.filter(|e| e.is_finite() && *e >= 0.0) {
         detail.push(format!("about {} left", duration(eta)));
     }
-    ProgressView { label, fraction, detail: detail.join(" · ") }
+    ProgressView {
+        label,
+        fraction,
+        detail: detail.join(" · "),
+    }
 }
 
 /// "0.4 s", "12 s", "3 min 05 s", "1 h 02 min".
@@ -110,7 +120,14 @@ pub fn error_text(e: &ServerFnError) -> String {
 #[component]
 pub fn RunPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
-    let AppState { mode, image, field_errors, status, run, .. } = state;
+    let AppState {
+        mode,
+        image,
+        field_errors,
+        status,
+        run,
+        ..
+    } = state;
 
     let blocked_reason = move || -> Option<String> {
         if mode.get() != ModelMode::QwenImage {
@@ -127,11 +144,10 @@ pub fn RunPanel() -> impl IntoView {
     let disabled = move || run.with(RunState::is_busy) || blocked_reason().is_some();
 
     let start = move |_| {
-        if disabled() {
-            return;
+        if !disabled() {
+            #[cfg(feature = "hydrate")]
+            start_run(state);
         }
-        #[cfg(feature = "hydrate")]
-        start_run(state);
     };
     let cancel = move |_| {
         #[cfg(feature = "hydrate")]
@@ -213,12 +229,16 @@ fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
             view! { <ProgressBar label="Uploading the image".into() fraction=None detail=String::new()/> }.into_any()
         }
         RunState::Running { status, cancelling, .. } => {
-            let view = status.as_ref().map(progress_view).unwrap_or(ProgressView {
+            let view = status.as_deref().map(progress_view).unwrap_or(ProgressView {
                 label: "Waiting for the model".into(),
                 fraction: None,
                 detail: String::new(),
             });
-            let label = if cancelling { format!("{} — cancelling after this step", view.label) } else { view.label };
+            let label = if cancelling {
+                format!("{} — cancelling after this step", view.label)
+            } else {
+                view.label
+            };
             view! { <ProgressBar label fraction=view.fraction detail=view.detail/> }.into_any()
         }
         RunState::Done { seconds, seed, layers } => view! {
@@ -270,7 +290,16 @@ fn start_run(state: AppState) {
     use crate::layer_stack::{Decomposition, RunInfo};
     use crate::server_fns::{get_job_status, start_decompose};
 
-    let AppState { image, params, run, result, run_info, announce, status, .. } = state;
+    let AppState {
+        image,
+        params,
+        run,
+        result,
+        run_info,
+        announce,
+        status,
+        ..
+    } = state;
     let Some(img) = image.get_untracked() else { return };
     let p = params.get_untracked();
     let request = p.to_request(img.data_url.clone());
@@ -284,7 +313,11 @@ fn start_run(state: AppState) {
                 return;
             }
         };
-        run.set(RunState::Running { id: id.clone(), status: None, cancelling: false });
+        run.set(RunState::Running {
+            id: id.clone(),
+            status: None,
+            cancelling: false,
+        });
         let mut failures = 0;
         loop {
             crate::browser::sleep_ms(POLL_MS).await;
@@ -306,7 +339,7 @@ fn start_run(state: AppState) {
                 JobState::Queued | JobState::Running => {
                     run.update(|r| {
                         if let RunState::Running { status, .. } = r {
-                            *status = Some(s);
+                            *status = Some(Box::new(s));
                         }
                     });
                 }
@@ -328,7 +361,9 @@ fn start_run(state: AppState) {
                     match Decomposition::from_response(&response) {
                         Ok(d) => {
                             let layers = d.stack.len() as u32;
-                            let model = status.with_untracked(|s| s.as_ref().map(|s| s.model.clone())).unwrap_or_default();
+                            let model = status
+                                .with_untracked(|s| s.as_ref().map(|s| s.model.clone()))
+                                .unwrap_or_default();
                             run_info.set(Some(RunInfo {
                                 model,
                                 prompt: p.prompt.trim().to_string(),
@@ -340,7 +375,11 @@ fn start_run(state: AppState) {
                                 generation_time: response.generation_time,
                             }));
                             result.set(Some(d));
-                            run.set(RunState::Done { seconds: response.generation_time, seed: response.seed, layers });
+                            run.set(RunState::Done {
+                                seconds: response.generation_time,
+                                seed: response.seed,
+                                layers,
+                            });
                             announce.set(format!("Done: {layers} layers."));
                         }
                         Err(e) => run.set(RunState::Failed(format!("The result could not be shown: {e}"))),
@@ -396,8 +435,14 @@ mod tests {
     fn phases_before_denoising_are_indeterminate() {
         let v = progress_view(&status(JobState::Running, "encoding", 0));
         assert_eq!((v.label.as_str(), v.fraction), ("Encoding the prompt and image", None));
-        assert_eq!(progress_view(&status(JobState::Running, "warming up", 0)).label, "Warming up");
-        assert_eq!(progress_view(&status(JobState::Running, "decoding", 50)).fraction, Some(1.0));
+        assert_eq!(
+            progress_view(&status(JobState::Running, "warming up", 0)).label,
+            "Warming up"
+        );
+        assert_eq!(
+            progress_view(&status(JobState::Running, "decoding", 50)).fraction,
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -33,10 +33,20 @@ pub fn inspect_upload(name: &str, bytes: &[u8], max_pixels: u64, max_body_bytes:
         Ok(ImageFormat::Jpeg) => (ImageFormat::Jpeg, "JPEG", "image/jpeg"),
         Ok(ImageFormat::WebP) => (ImageFormat::WebP, "WebP", "image/webp"),
         Ok(other) => {
-            let found = other.extensions_str().first().map(|e| e.to_uppercase()).unwrap_or_else(|| "another".into());
-            return Err(format!("“{name}” is a {found} image; please use a PNG, JPEG or WebP file."));
+            let found = other
+                .extensions_str()
+                .first()
+                .map(|e| e.to_uppercase())
+                .unwrap_or_else(|| "another".into());
+            return Err(format!(
+                "“{name}” is a {found} image; please use a PNG, JPEG or WebP file."
+            ));
         }
-        Err(_) => return Err(format!("“{name}” is not an image; please use a PNG, JPEG or WebP file.")),
+        Err(_) => {
+            return Err(format!(
+                "“{name}” is not an image; please use a PNG, JPEG or WebP file."
+            ))
+        }
     };
     let (width, height) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
         .into_dimensions()
@@ -68,7 +78,14 @@ pub fn inspect_upload(name: &str, bytes: &[u8], max_pixels: u64, max_body_bytes:
         ));
     }
     let data_url = format!("data:{mime};base64,{}", crate::image_data::to_base64(bytes));
-    Ok(UploadedImage { name: name.to_string(), data_url, width, height, bytes: bytes.len(), format: label })
+    Ok(UploadedImage {
+        name: name.to_string(),
+        data_url,
+        width,
+        height,
+        bytes: bytes.len(),
+        format: label,
+    })
 }
 
 /// "1.2 MB", "340 KB", "12 bytes".
@@ -100,8 +117,10 @@ pub fn UploadArea(image: RwSignal<Option<UploadedImage>>, config: RwSignal<Optio
     #[cfg(feature = "hydrate")]
     let accept = move |files: Vec<web_sys::File>| {
         let Some(file) = files.into_iter().next() else { return };
-        let (max_pixels, max_body) =
-            config.with_untracked(|c| c.as_ref().map_or((36_000_000, 64 << 20), |c| (c.max_image_pixels, c.max_body_bytes)));
+        let (max_pixels, max_body) = config.with_untracked(|c| {
+            c.as_ref()
+                .map_or((36_000_000, 64 << 20), |c| (c.max_image_pixels, c.max_body_bytes))
+        });
         reading.set(true);
         leptos::task::spawn_local(async move {
             let name = file.name();
@@ -166,7 +185,10 @@ pub fn UploadArea(image: RwSignal<Option<UploadedImage>>, config: RwSignal<Optio
     // fails here.
     let on_preview_error = move |_| {
         if let Some(img) = image.get_untracked() {
-            error.set(Some(format!("“{}” could not be decoded as a {} image.", img.name, img.format)));
+            error.set(Some(format!(
+                "“{}” could not be decoded as a {} image.",
+                img.name, img.format
+            )));
             image.set(None);
         }
     };
@@ -269,7 +291,10 @@ mod tests {
     fn a_png_is_accepted_with_its_size_and_a_data_url() {
         let bytes = png(30, 20);
         let img = inspect_upload("cat.png", &bytes, 1000, 1 << 20).unwrap();
-        assert_eq!((img.width, img.height, img.format, img.bytes), (30, 20, "PNG", bytes.len()));
+        assert_eq!(
+            (img.width, img.height, img.format, img.bytes),
+            (30, 20, "PNG", bytes.len())
+        );
         assert!(img.data_url.starts_with("data:image/png;base64,iVBOR"));
         let decoded = crate::image_data::decode_image(&img.data_url, 1000).unwrap();
         assert_eq!(decoded.dimensions(), (30, 20));
@@ -278,7 +303,9 @@ mod tests {
     #[test]
     fn jpeg_keeps_its_mime_type() {
         let mut jpg = Vec::new();
-        image::RgbImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg)
+            .unwrap();
         let img = inspect_upload("a.jpg", &jpg, 1000, 1 << 20).unwrap();
         assert_eq!(img.format, "JPEG");
         assert!(img.data_url.starts_with("data:image/jpeg;base64,"));
@@ -287,7 +314,10 @@ mod tests {
     #[test]
     fn bad_files_get_a_sentence_naming_them() {
         let err = |name: &str, bytes: &[u8]| inspect_upload(name, bytes, 1000, 1 << 20).unwrap_err();
-        assert_eq!(err("notes.txt", b"hello"), "“notes.txt” is not an image; please use a PNG, JPEG or WebP file.");
+        assert_eq!(
+            err("notes.txt", b"hello"),
+            "“notes.txt” is not an image; please use a PNG, JPEG or WebP file."
+        );
         assert_eq!(err("empty.png", b""), "“empty.png” is empty.");
         assert!(err("anim.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").contains("is a GIF image"));
         assert!(err("cut.png", &png(4, 4)[..20]).starts_with("“cut.png” could not be read as a PNG image"));
