@@ -4,7 +4,10 @@
 use leptos::prelude::*;
 use leptos::server_fn::codec::{GetUrl, Json};
 
-use crate::api::{ConfigResponse, DecomposeRequest, DecomposeResponse, JobStarted, JobStatus, StatusResponse};
+use crate::api::{
+    ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted, JobStatus,
+    StatusResponse,
+};
 
 #[cfg(feature = "ssr")]
 fn backend() -> Result<crate::backend::SharedBackend, ServerFnError> {
@@ -57,4 +60,20 @@ pub async fn get_job_status(id: String) -> Result<JobStatus, ServerFnError> {
 #[server(prefix = "/api/app", endpoint = "cancel_job", input = Json)]
 pub async fn cancel_job(id: String) -> Result<JobStatus, ServerFnError> {
     backend()?.cancel_job(&id).map_err(fail)
+}
+
+/// The edit model's state: "idle" (loads, and downloads, on the first edit), "ready" or
+/// "unavailable" with the reason.
+#[server(prefix = "/api/app", endpoint = "edit_status", input = GetUrl)]
+pub async fn get_edit_status() -> Result<EditStatusResponse, ServerFnError> {
+    Ok(backend()?.edit_status())
+}
+
+/// Edits one RGBA layer by an instruction (Qwen-Image-Edit-2509) and returns the edited layer,
+/// the same size, as a `data:image/png;base64,…` URL. With `keep_alpha` (default) the layer's
+/// alpha is kept exactly; `false` re-derives it for edits that change the shape.
+#[server(prefix = "/api/app", endpoint = "edit_layer", input = Json)]
+pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ServerFnError> {
+    let png = backend()?.edit_layer(request).await.map_err(fail)?;
+    Ok(crate::image_data::png_data_url(&png))
 }

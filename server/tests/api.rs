@@ -92,7 +92,9 @@ async fn read_endpoints_report_config_and_status() {
     let (code, edit) = get(&s.base, "/api/qwen-image/edit-status").await;
     assert_eq!(code, 200);
     assert_eq!(edit["model"], "Qwen/Qwen-Image-Edit-2509");
-    assert_eq!(edit["status"], "unavailable");
+    // Not cached, but a repo id: downloaded on the first edit, so not unavailable yet.
+    assert_eq!(edit["status"], "idle");
+    assert_eq!(edit["model_loaded"], false);
 }
 
 #[tokio::test]
