@@ -31,7 +31,12 @@ fn fixture() -> &'static Fixture {
         let reference = load_json("caption.json");
         let (w, h, px) = load_png_rgba8(reference["image"].as_str().unwrap());
         let image = RgbaImage::from_raw(w, h, px).unwrap();
-        Fixture { captioner, tokenizer, image, reference }
+        Fixture {
+            captioner,
+            tokenizer,
+            image,
+            reference,
+        }
     })
 }
 
@@ -62,12 +67,24 @@ fn prompt_ids_match_the_processor() {
     let f = fixture();
     let grid = json_u32s(&f.reference["image_grid_thw"][0]).unwrap();
     assert_eq!(grid, vec![1, 46, 46]);
-    let p = MultimodalPrompt::new(&f.tokenizer, CaptionLanguage::En.prompt(), &[(1, 46, 46)], 2, MropeMode::ThreeD)
-        .unwrap();
+    let p = MultimodalPrompt::new(
+        &f.tokenizer,
+        CaptionLanguage::En.prompt(),
+        &[(1, 46, 46)],
+        2,
+        MropeMode::ThreeD,
+    )
+    .unwrap();
     assert_eq!(p.ids, ids("input_ids"));
     // The Chinese prompt: 209 tokens before the image's 529.
-    let cn = MultimodalPrompt::new(&f.tokenizer, CaptionLanguage::Cn.prompt(), &[(1, 46, 46)], 2, MropeMode::ThreeD)
-        .unwrap();
+    let cn = MultimodalPrompt::new(
+        &f.tokenizer,
+        CaptionLanguage::Cn.prompt(),
+        &[(1, 46, 46)],
+        2,
+        MropeMode::ThreeD,
+    )
+    .unwrap();
     assert_eq!(cn.len(), 209 - 1 + 529);
 }
 
@@ -77,9 +94,13 @@ fn caption_with_the_generation_config_matches() {
     let mut steps = Vec::new();
     let caption = f
         .captioner
-        .caption_with(&f.tokenizer, &f.image, &options(MropeMode::ThreeD), f.captioner.generation(), &mut |l| {
-            steps.push(l.clone())
-        })
+        .caption_with(
+            &f.tokenizer,
+            &f.image,
+            &options(MropeMode::ThreeD),
+            f.captioner.generation(),
+            &mut |l| steps.push(l.clone()),
+        )
         .unwrap();
     println!("caption ids {:?}, text {:?}", caption.ids, caption.text);
     assert_eq!(caption.ids, ids("generated_ids"));
@@ -94,7 +115,12 @@ fn caption_with_the_generation_config_matches() {
         let want_values: Vec<f32> = json_f64s(&want["values"]).unwrap().iter().map(|&v| v as f32).collect();
         let idx = Tensor::new(want_ids.as_slice(), &Device::Cpu).unwrap();
         let got = logits.index_select(&idx, 0).unwrap();
-        let err = assert_close(&got, &Tensor::new(want_values.as_slice(), &Device::Cpu).unwrap(), 1e-4, "step logits");
+        let err = assert_close(
+            &got,
+            &Tensor::new(want_values.as_slice(), &Device::Cpu).unwrap(),
+            1e-4,
+            "step logits",
+        );
         worst = worst.max(err.rel);
         // The recorded ids are the top 8 of ours too (ties aside).
         let v = logits.to_vec1::<f32>().unwrap();
@@ -114,7 +140,10 @@ fn plain_greedy_and_1d_positions_match() {
         .caption_with(&f.tokenizer, &f.image, &options(MropeMode::ThreeD), &plain, &mut |_| {})
         .unwrap();
     assert_eq!(caption.ids, ids("plain_greedy_generated_ids"));
-    let one_d = f.captioner.caption(&f.tokenizer, &f.image, &options(MropeMode::OneD)).unwrap();
+    let one_d = f
+        .captioner
+        .caption(&f.tokenizer, &f.image, &options(MropeMode::OneD))
+        .unwrap();
     assert_eq!(one_d.ids, ids("generated_ids_without_mm_token_type_ids"));
     // The three settings give three different sequences here: each comparison is meaningful.
     assert_ne!(ids("generated_ids"), ids("plain_greedy_generated_ids"));
@@ -134,7 +163,10 @@ fn eos_and_max_new_tokens_stop_generation() {
         .caption_with(&f.tokenizer, &f.image, &options(MropeMode::ThreeD), &g, &mut |_| {})
         .unwrap();
     assert_eq!(c.ids, want[..3].to_vec());
-    let two = CaptionOptions { max_new_tokens: 2, ..options(MropeMode::ThreeD) };
+    let two = CaptionOptions {
+        max_new_tokens: 2,
+        ..options(MropeMode::ThreeD)
+    };
     let c = f.captioner.caption(&f.tokenizer, &f.image, &two).unwrap();
     assert_eq!(c.ids, want[..2].to_vec());
 }

@@ -31,7 +31,11 @@ fn models() -> &'static Models {
         let (_, text) = Qwen25VLTextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
         let vision = VisionTower::load(&dir, DType::F32, &Device::Cpu).unwrap();
         let tokenizer = QwenTokenizer::from_model_dir(&dir).unwrap();
-        Models { text, vision, tokenizer }
+        Models {
+            text,
+            vision,
+            tokenizer,
+        }
     })
 }
 
@@ -72,9 +76,17 @@ fn ids_and_3d_positions_match_get_rope_index() {
         assert_eq!(p.ids.iter().filter(|&&t| t == 151655).count(), 187);
         let want = case["position_ids_3d"].as_array().unwrap();
         for (axis, row) in want.iter().enumerate() {
-            assert_eq!(p.positions[axis], json_u32s(row).unwrap(), "{name} positions axis {axis}");
+            assert_eq!(
+                p.positions[axis],
+                json_u32s(row).unwrap(),
+                "{name} positions axis {axis}"
+            );
         }
-        assert_eq!(p.rope_delta, case["rope_delta_3d"].as_i64().unwrap(), "{name} rope delta");
+        assert_eq!(
+            p.rope_delta,
+            case["rope_delta_3d"].as_i64().unwrap(),
+            "{name} rope delta"
+        );
         let one_d = edit_prompt(name, MropeMode::OneD);
         assert_eq!(one_d.positions[1], (0..p.len() as u32).collect::<Vec<_>>());
         assert_eq!(one_d.rope_delta, 0);
@@ -84,7 +96,11 @@ fn ids_and_3d_positions_match_get_rope_index() {
 #[test]
 fn embeddings_hidden_states_and_prompt_embeds_match_both_modes() {
     let m = models();
-    let processed = m.vision.processor().preprocess(&condition_image(), &Device::Cpu).unwrap();
+    let processed = m
+        .vision
+        .processor()
+        .preprocess(&condition_image(), &Device::Cpu)
+        .unwrap();
     let image_embeds = m.vision.encode(std::slice::from_ref(&processed)).unwrap();
     let mut worst = 0f64;
     for name in ["edit", "space"] {
@@ -96,7 +112,10 @@ fn embeddings_hidden_states_and_prompt_embeds_match_both_modes() {
             let embeds = embed_with_images(&m.text, std::slice::from_ref(&p.ids), 151655, Some(&image_embeds)).unwrap();
             let err = assert_close(&embeds.squeeze(0).unwrap(), &hidden_ref.i(0).unwrap(), TOLERANCE, &key);
             println!("{key} input embeddings: {err}");
-            let hidden = m.text.forward(&embeds, &p.positions_tensor(&Device::Cpu).unwrap(), None).unwrap();
+            let hidden = m
+                .text
+                .forward(&embeds, &p.positions_tensor(&Device::Cpu).unwrap(), None)
+                .unwrap();
             let err = assert_close(&hidden.squeeze(0).unwrap(), &hidden_ref.i(2).unwrap(), TOLERANCE, &key);
             println!("{key} last hidden state: {err}");
             worst = worst.max(err.rel);
@@ -116,7 +135,15 @@ fn embeddings_hidden_states_and_prompt_embeds_match_both_modes() {
             println!("{key} prompt_embeds: {err}");
             worst = worst.max(err.rel);
             assert_eq!(mask.dims(), &[1, want.dim(1).unwrap()]);
-            assert_eq!(mask.to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as usize, want.dim(1).unwrap());
+            assert_eq!(
+                mask.to_dtype(DType::F32)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as usize,
+                want.dim(1).unwrap()
+            );
         }
     }
     println!("multimodal prompt worst rel error: {worst:.3e}");
@@ -136,7 +163,10 @@ fn edit_run_prompt_embeds_match() {
     let m = models();
     let file = "runs/edit_plus.safetensors";
     let run = case("run/edit_plus");
-    for (prompt, name) in [(run["prompt"].as_str().unwrap(), "prompt_embeds"), (run["negative_prompt"].as_str().unwrap(), "negative_prompt_embeds")] {
+    for (prompt, name) in [
+        (run["prompt"].as_str().unwrap(), "prompt_embeds"),
+        (run["negative_prompt"].as_str().unwrap(), "negative_prompt_embeds"),
+    ] {
         let (embeds, _) = encode_prompt_with_images(
             &m.text,
             &m.vision,
@@ -173,7 +203,10 @@ fn batched_prompts_match_single_ones() {
     assert_eq!(mask[0].iter().sum::<u32>(), 208);
     assert_eq!(mask[1].iter().sum::<u32>(), 200);
     for (row, name) in [(0, "edit"), (1, "space")] {
-        let want = load_tensor("text_encoder.safetensors", &format!("image/{name}/rope3d/prompt_embeds"));
+        let want = load_tensor(
+            "text_encoder.safetensors",
+            &format!("image/{name}/rope3d/prompt_embeds"),
+        );
         let len = want.dim(1).unwrap();
         let got = batch.i(row).unwrap().narrow(0, 0, len).unwrap().unsqueeze(0).unwrap();
         let err = assert_close(&got, &want, TOLERANCE, name);
@@ -186,11 +219,19 @@ fn batched_prompts_match_single_ones() {
 #[test]
 fn image_count_mismatch_is_an_error() {
     let m = models();
-    let err = MultimodalPrompt::new(&m.tokenizer, "<|vision_start|><|image_pad|><|vision_end|>", &[], 2, MropeMode::ThreeD)
-        .unwrap_err()
-        .to_string();
+    let err = MultimodalPrompt::new(
+        &m.tokenizer,
+        "<|vision_start|><|image_pad|><|vision_end|>",
+        &[],
+        2,
+        MropeMode::ThreeD,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("1 <|image_pad|>") && err.contains("0 images"), "{err}");
     let embeds = Tensor::zeros((3, 32), DType::F32, &Device::Cpu).unwrap();
-    let err = embed_with_images(&m.text, &[vec![1, 151655, 2]], 151655, Some(&embeds)).unwrap_err().to_string();
+    let err = embed_with_images(&m.text, &[vec![1, 151655, 2]], 151655, Some(&embeds))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("1 image tokens") && err.contains("3 embeddings"), "{err}");
 }

@@ -64,8 +64,16 @@ fn smart_resize_matches_the_recorded_cases() {
 #[test]
 fn resize_matches_torchvision_uint8_bicubic() {
     for (input, expected, what) in [
-        ("images/edit_condition_lanczos.png", "images/edit_condition_processor_resized.png", "edit condition 480×320 → 476×308"),
-        ("images/input_rgb_tiny_vl.png", "images/vl_tiny_torchvision_resized.png", "tiny 90×50 → 84×56"),
+        (
+            "images/edit_condition_lanczos.png",
+            "images/edit_condition_processor_resized.png",
+            "edit condition 480×320 → 476×308",
+        ),
+        (
+            "images/input_rgb_tiny_vl.png",
+            "images/vl_tiny_torchvision_resized.png",
+            "tiny 90×50 → 84×56",
+        ),
     ] {
         let src = rgb(input);
         let want = rgb(expected);
@@ -88,14 +96,18 @@ fn resize_matches_torchvision_uint8_bicubic() {
 fn pixel_values_match_the_processor() {
     let cfg = ImageProcessorConfig::default();
     // Tiny case, all 24 rows.
-    let tiny = cfg.preprocess(&rgb("images/input_rgb_tiny_vl.png"), &Device::Cpu).unwrap();
+    let tiny = cfg
+        .preprocess(&rgb("images/input_rgb_tiny_vl.png"), &Device::Cpu)
+        .unwrap();
     assert_eq!(tiny.grid_thw, (1, 4, 6));
     let want = load_tensor("image_proc.safetensors", "vl_tiny/pixel_values");
     let err = assert_close(&tiny.pixel_values, &want, TOLERANCE, "vl_tiny pixel_values");
     println!("vl_tiny pixel_values: {err}");
 
     // Edit condition: from the LANCZOS condition image, strided rows.
-    let edit = cfg.preprocess(&rgb("images/edit_condition_lanczos.png"), &Device::Cpu).unwrap();
+    let edit = cfg
+        .preprocess(&rgb("images/edit_condition_lanczos.png"), &Device::Cpu)
+        .unwrap();
     assert_eq!(edit.grid_thw, (1, 22, 34));
     let got = as_stored(&edit.pixel_values, "vision.safetensors", "edit/pixel_values");
     let want = load_tensor("vision.safetensors", "edit/pixel_values");
@@ -122,8 +134,16 @@ fn rgba_is_composited_over_white() {
 fn window_layout_matches_the_reference() {
     let case = case("vision/edit");
     let layout = window_layout((1, 22, 34), 2, 4).unwrap();
-    let want_index: Vec<usize> = json_u32s(&case["window_index"]).unwrap().into_iter().map(|v| v as usize).collect();
-    let want_cu: Vec<usize> = json_u32s(&case["cu_window_seqlens"]).unwrap().into_iter().map(|v| v as usize).collect();
+    let want_index: Vec<usize> = json_u32s(&case["window_index"])
+        .unwrap()
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    let want_cu: Vec<usize> = json_u32s(&case["cu_window_seqlens"])
+        .unwrap()
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
     assert_eq!(layout.window_index, want_index);
     assert_eq!(layout.cu_window_seqlens, want_cu);
 }
@@ -135,7 +155,9 @@ fn vision_tower_matches_every_stage() {
     let resized = rgb("images/edit_condition_processor_resized.png");
     let processed = tower.processor().patchify(&resized, &Device::Cpu).unwrap();
     assert_eq!(processed.grid_thw, (1, 22, 34));
-    let trace = tower.forward_traced(&processed.pixel_values, processed.grid_thw).unwrap();
+    let trace = tower
+        .forward_traced(&processed.pixel_values, processed.grid_thw)
+        .unwrap();
     let file = "vision.safetensors";
     let mut worst = 0f64;
     let mut check = |got: &Tensor, name: &str| {

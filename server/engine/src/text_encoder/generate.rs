@@ -71,12 +71,18 @@ impl GenerationConfig {
     /// The checkpoint's `text_encoder/generation_config.json`, or [`Self::qwen2_5_vl`] when it has
     /// none.
     pub fn load(model: &ModelDir) -> Result<Self> {
-        if model.component_dir("text_encoder").join("generation_config.json").is_file() {
+        if model
+            .component_dir("text_encoder")
+            .join("generation_config.json")
+            .is_file()
+        {
             let cfg: Self = model.read_json("text_encoder", "generation_config.json")?;
             cfg.validate()?;
             Ok(cfg)
         } else {
-            tracing::warn!("no text_encoder/generation_config.json: captioning with Qwen2.5-VL's greedy + 1.05 repetition penalty");
+            tracing::warn!(
+                "no text_encoder/generation_config.json: captioning with Qwen2.5-VL's greedy + 1.05 repetition penalty"
+            );
             Ok(Self::qwen2_5_vl())
         }
     }

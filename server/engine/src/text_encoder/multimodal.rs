@@ -124,7 +124,11 @@ pub fn rope_index(
     grids: &[(usize, usize, usize)],
     merge: usize,
 ) -> Result<([Vec<u32>; 3], i64)> {
-    let mut pos: [Vec<u32>; 3] = [Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len())];
+    let mut pos: [Vec<u32>; 3] = [
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+    ];
     let mut grids = grids.iter();
     let mut current = 0u32;
     let mut i = 0;
@@ -182,7 +186,9 @@ pub fn embed_with_images(
     let embeds = model.embed_tokens(&ids)?;
     let Some(image_embeds) = image_embeds else {
         if rows.iter().flatten().any(|&t| t == image_pad) {
-            return Err(Error::InvalidInput("the prompt has image tokens but no image embeddings".into()));
+            return Err(Error::InvalidInput(
+                "the prompt has image tokens but no image embeddings".into(),
+            ));
         }
         return Ok(embeds);
     };
@@ -211,7 +217,10 @@ pub fn embed_with_images(
             )));
         }
     }
-    let table = Tensor::cat(&[embeds.reshape((b * s, d))?, image_embeds.to_dtype(embeds.dtype())?], 0)?;
+    let table = Tensor::cat(
+        &[embeds.reshape((b * s, d))?, image_embeds.to_dtype(embeds.dtype())?],
+        0,
+    )?;
     Ok(table
         .index_select(&Tensor::new(index, device)?, 0)?
         .reshape((b, s, d))?)
@@ -247,7 +256,15 @@ pub fn encode_prompt_with_images(
     let prefix = edit_image_prefix(images.len());
     let encoded = prompts
         .iter()
-        .map(|p| MultimodalPrompt::new(tokenizer, &template.format(&format!("{prefix}{p}")), &grids, merge, positions))
+        .map(|p| {
+            MultimodalPrompt::new(
+                tokenizer,
+                &template.format(&format!("{prefix}{p}")),
+                &grids,
+                merge,
+                positions,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     for (i, e) in encoded.iter().enumerate() {
         if e.len() <= template.drop {
@@ -279,11 +296,7 @@ pub fn encode_prompt_with_images(
     let embeds = embed_with_images(model, &rows, image_pad, image_embeds.as_ref())?;
     let position_ids = Tensor::new(pos.to_vec(), device)?;
     let padded = mask.iter().flatten().any(|&m| m == 0);
-    let mask = if padded {
-        Some(Tensor::new(mask, device)?)
-    } else {
-        None
-    };
+    let mask = if padded { Some(Tensor::new(mask, device)?) } else { None };
     let hidden = model.forward(&embeds, &position_ids, mask.as_ref())?;
     gather_prompt_tokens(&hidden, &kept)
 }
@@ -305,7 +318,10 @@ mod tests {
     #[test]
     fn image_pads_expand_per_image() {
         let ids = [1, PAD, 2, PAD, 3];
-        assert_eq!(expand_image_pads(&ids, PAD, &[2, 3]).unwrap(), vec![1, PAD, PAD, 2, PAD, PAD, PAD, 3]);
+        assert_eq!(
+            expand_image_pads(&ids, PAD, &[2, 3]).unwrap(),
+            vec![1, PAD, PAD, 2, PAD, PAD, PAD, 3]
+        );
         assert!(expand_image_pads(&ids, PAD, &[2]).is_err());
     }
 

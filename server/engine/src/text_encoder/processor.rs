@@ -99,7 +99,11 @@ impl ImageProcessorConfig {
     /// `processor/preprocessor_config.json` of a checkpoint, or the Qwen2.5-VL defaults when the
     /// checkpoint has no `processor/` folder.
     pub fn load(model: &ModelDir) -> Result<Self> {
-        let cfg: Self = if model.component_dir("processor").join("preprocessor_config.json").is_file() {
+        let cfg: Self = if model
+            .component_dir("processor")
+            .join("preprocessor_config.json")
+            .is_file()
+        {
             model.read_json("processor", "preprocessor_config.json")?
         } else {
             tracing::warn!("no processor/preprocessor_config.json: using Qwen2.5-VL's image processor defaults");
@@ -457,6 +461,8 @@ fn default_merge_size() -> usize {
 fn default_image_mean() -> [f32; 3] {
     [0.48145466, 0.4578275, 0.40821073]
 }
+// The values as the config files write them; parsed to f32 as `torch.tensor` does.
+#[allow(clippy::excessive_precision)]
 fn default_image_std() -> [f32; 3] {
     [0.26862954, 0.26130258, 0.27577711]
 }

@@ -67,11 +67,7 @@ impl Segments {
     /// `bounds` are cumulative lengths `[0, …, N]` (cu_seqlens).
     fn new(bounds: &[usize], device: &Device) -> Result<Self> {
         let lens: Vec<usize> = bounds.windows(2).map(|w| w[1] - w[0]).filter(|&l| l > 0).collect();
-        let starts: Vec<usize> = bounds
-            .windows(2)
-            .filter(|w| w[1] > w[0])
-            .map(|w| w[0])
-            .collect();
+        let starts: Vec<usize> = bounds.windows(2).filter(|w| w[1] > w[0]).map(|w| w[0]).collect();
         let (count, len) = (lens.len(), lens.iter().copied().max().unwrap_or(0));
         let mut gather = vec![0u32; count * len];
         let mut scatter = Vec::with_capacity(bounds.last().copied().unwrap_or(0));
@@ -526,9 +522,15 @@ pub fn patch_positions(grid_thw: (usize, usize, usize), merge: usize) -> (Vec<u3
 
 fn check_supported(cfg: &VisionConfig) -> Result<()> {
     if cfg.hidden_act != "silu" {
-        bail!("vision tower hidden_act {:?} is not supported (only silu)", cfg.hidden_act)
+        bail!(
+            "vision tower hidden_act {:?} is not supported (only silu)",
+            cfg.hidden_act
+        )
     }
-    if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 || (cfg.hidden_size / cfg.num_heads) % 4 != 0 {
+    if cfg.num_heads == 0
+        || !cfg.hidden_size.is_multiple_of(cfg.num_heads)
+        || !(cfg.hidden_size / cfg.num_heads).is_multiple_of(4)
+    {
         bail!(
             "vision tower heads don't fit: hidden_size {}, num_heads {} (head_dim must be a multiple of 4)",
             cfg.hidden_size,
@@ -543,7 +545,11 @@ fn check_supported(cfg: &VisionConfig) -> Result<()> {
         )
     }
     if let Some(&i) = cfg.fullatt_block_indexes.iter().find(|&&i| i >= cfg.depth) {
-        tracing::warn!(index = i, depth = cfg.depth, "fullatt_block_indexes names a block past the depth");
+        tracing::warn!(
+            index = i,
+            depth = cfg.depth,
+            "fullatt_block_indexes names a block past the depth"
+        );
     }
     Ok(())
 }
@@ -575,7 +581,10 @@ mod tests {
             l.cu_window_seqlens,
             vec![0, 64, 128, 192, 256, 272, 336, 400, 464, 528, 544, 592, 640, 688, 736, 748]
         );
-        assert_eq!(&l.window_index[..20], &[0, 1, 2, 3, 17, 18, 19, 20, 34, 35, 36, 37, 51, 52, 53, 54, 4, 5, 6, 7]);
+        assert_eq!(
+            &l.window_index[..20],
+            &[0, 1, 2, 3, 17, 18, 19, 20, 34, 35, 36, 37, 51, 52, 53, 54, 4, 5, 6, 7]
+        );
         assert_eq!(&l.window_index[64..68], &[16, 33, 50, 67]);
         let mut sorted = l.window_index.clone();
         sorted.sort();
