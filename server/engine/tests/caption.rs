@@ -195,3 +195,27 @@ fn cached_decoding_equals_a_full_forward() {
     }
     assert_eq!(cache.len(), 7);
 }
+
+#[test]
+fn bf16_captioning_runs() {
+    let f = fixture();
+    let dir = ModelDir::open(layered_checkpoint()).unwrap();
+    let bf16 = Captioner::load(&dir, DType::BF16, &Device::Cpu).unwrap();
+    let mut first = None;
+    let opts = CaptionOptions {
+        max_new_tokens: 2,
+        ..options(MropeMode::ThreeD)
+    };
+    let c = bf16
+        .caption_with(&f.tokenizer, &f.image, &opts, bf16.generation(), &mut |l| {
+            first.get_or_insert_with(|| l.clone());
+        })
+        .unwrap();
+    assert_eq!(c.ids.len(), 2);
+    // bf16 logits stay close to the f32 reference's (top-1 of step 0).
+    let want = json_f64s(&f.reference["step_logits_top8"][0]["values"]).unwrap()[0] as f32;
+    let id = json_u32s(&f.reference["step_logits_top8"][0]["ids"]).unwrap()[0];
+    let got = first.unwrap().i(id as usize).unwrap().to_scalar::<f32>().unwrap();
+    println!("bf16 step-0 logit of the reference's top token: {got} vs {want}");
+    assert!((got - want).abs() < 0.1 * want.abs(), "{got} vs {want}");
+}

@@ -200,3 +200,17 @@ fn bad_inputs_are_clear_errors() {
     let err = tower.forward(&pv, (1, 3, 4)).unwrap_err().to_string();
     assert!(err.contains("multiples of 2"), "{err}");
 }
+
+#[test]
+fn bf16_runs_the_same_code_path() {
+    // The dtype the real model runs in: weights and activations bf16, norms/softmax/RoPE in f32.
+    let dir = ModelDir::open(layered_checkpoint()).unwrap();
+    let bf16 = VisionTower::load(&dir, DType::BF16, &Device::Cpu).unwrap();
+    let resized = rgb("images/edit_condition_processor_resized.png");
+    let processed = bf16.processor().patchify(&resized, &Device::Cpu).unwrap();
+    let merged = bf16.forward(&processed.pixel_values, processed.grid_thw).unwrap();
+    assert_eq!(merged.dtype(), DType::BF16);
+    let want = load_tensor("vision.safetensors", "edit/merged");
+    let err = assert_close(&merged.to_dtype(DType::F32).unwrap(), &want, 5e-2, "bf16 merged");
+    println!("bf16 vision tower vs f32 reference: {err}");
+}
