@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use app::api::{ApiError, DecomposeResponse, LayerImage, LAYER_ORDER};
-use app::export::{build_zip, ExportLayer};
+use app::export::{build_zip, ExportLayer, Manifest};
 use app::image_data::{encode_png, png_data_url, to_base64};
 use image::RgbaImage;
 
@@ -87,8 +87,9 @@ impl Layers {
         Ok((composite, layers))
     }
 
-    /// The export ZIP (composite, layers in stack order, manifest.json with the run record).
-    pub fn zip(&self, pngs: &(Vec<u8>, Vec<Vec<u8>>)) -> Result<Vec<u8>, ApiError> {
+    /// The export ZIP (composite, layers in stack order, manifest.json with the run record) and
+    /// its manifest.
+    pub fn zip(&self, pngs: &(Vec<u8>, Vec<Vec<u8>>)) -> Result<(Vec<u8>, Manifest), ApiError> {
         let names: Vec<String> = (1..=self.layers.len()).map(layer_name).collect();
         let export: Vec<ExportLayer<'_>> = names
             .iter()
@@ -97,13 +98,13 @@ impl Layers {
             .collect();
         let run = serde_json::to_value(&self.record).ok();
         let (w, h) = self.composite.dimensions();
-        build_zip(w, h, &pngs.0, &export, run).map(|(bytes, _)| bytes).map_err(|e| ApiError::internal(e.to_string()))
+        build_zip(w, h, &pngs.0, &export, run).map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// The REST response: index 0 "Composite", then "Layer 1" … "Layer N".
     pub fn to_response(&self) -> Result<DecomposeResponse, ApiError> {
         let pngs = self.pngs()?;
-        let zip = self.zip(&pngs)?;
+        let (zip, _) = self.zip(&pngs)?;
         let mut layers = vec![LayerImage { name: "Composite".into(), image: png_data_url(&pngs.0), index: 0 }];
         for (i, png) in pngs.1.iter().enumerate() {
             layers.push(LayerImage { name: layer_name(i + 1), image: png_data_url(png), index: i as u32 + 1 });
@@ -127,24 +128,17 @@ impl Layers {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let pngs = self.pngs()?;
-        let zip = self.zip(&pngs)?;
+        let (zip, manifest) = self.zip(&pngs)?;
         let write = |name: &str, bytes: &[u8]| {
             let path = dir.join(name);
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
         };
-        write("composite.png", &pngs.0)?;
-        for (i, png) in pngs.1.iter().enumerate() {
-            write(&format!("{:02}_layer-{}.png", i + 1, i + 1), png)?;
+        // The same files and manifest as inside the ZIP.
+        write(&manifest.composite, &pngs.0)?;
+        for (layer, png) in manifest.layers.iter().zip(&pngs.1) {
+            write(&layer.file, png)?;
         }
         write("layers.zip", &zip)?;
-        let manifest = serde_json::json!({
-            "layer_order": LAYER_ORDER,
-            "composite": "composite.png",
-            "layers": (1..=self.layers.len()).map(|i| serde_json::json!({
-                "name": layer_name(i), "file": format!("{i:02}_layer-{i}.png"), "position": i,
-            })).collect::<Vec<_>>(),
-            "run": self.record,
-        });
         write("manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
         Ok(())
     }

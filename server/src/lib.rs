@@ -8,6 +8,7 @@ pub mod engine_state;
 pub mod job_registry;
 pub mod jobs;
 pub mod layers;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;

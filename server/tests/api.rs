@@ -147,6 +147,32 @@ async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let s = start(&[]);
+    let (code, doc) = get(&s.base, "/api/qwen-image/openapi.json").await;
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let routes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/routes.rs")).unwrap();
+    let mut described = 0;
+    for line in routes.lines().filter(|l| l.trim_start().starts_with(".route(\"/api/qwen-image/")) {
+        let path = line.split('"').nth(1).unwrap();
+        if path.contains('*') {
+            continue;
+        }
+        assert!(paths.contains_key(path), "{path} is routed but not in openapi.json");
+        described += 1;
+    }
+    assert_eq!(described, paths.len(), "openapi.json describes a path that is not routed");
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for r in text.split("#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+    }
+}
+
+#[tokio::test]
 async fn api_token_is_enforced_when_set() {
     let s = start(&["--api-token", "s3cret"]);
     assert_eq!(get(&s.base, "/api/qwen-image/config").await.0, 401);
