@@ -140,27 +140,43 @@ impl Attention {
         })
     }
 
-    /// `x` `[B, S, D]`; `mask` additive f32 `[B or 1, 1, S, S]`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `x` `[B, S, D]`; `mask` additive f32 `[B or 1, 1, S, T]` where T counts the cached keys
+    /// too; `cache` holds this layer's keys and values `[B, kv, T−S, hd]` and is extended.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
         let q = apply_rope(&heads(self.q_proj.forward(x)?, h)?, cos, sin)?;
-        let k = apply_rope(&heads(self.k_proj.forward(x)?, kv)?, cos, sin)?;
-        let v = heads(self.v_proj.forward(x)?, kv)?;
+        let mut k = apply_rope(&heads(self.k_proj.forward(x)?, kv)?, cos, sin)?;
+        let mut v = heads(self.v_proj.forward(x)?, kv)?;
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let t = k.dim(2)?;
 
         // GQA without copying k/v: query head i uses kv head i / (h/kv), so the query heads of
         // one kv head are consecutive and fold into its sequence axis.
         let group = h / kv;
         let q = q.reshape((b, kv, group * s, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.reshape((b, h, s, s))?;
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.reshape((b, h, s, t))?;
         let mut scores = scores.to_dtype(DType::F32)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs
-            .reshape((b, kv, group * s, s))?
+            .reshape((b, kv, group * s, t))?
             .matmul(&v)?
             .reshape((b, h, s, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, s, h * hd))?;
@@ -215,11 +231,18 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let x = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?)?;
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
     }
 }
@@ -317,15 +340,7 @@ impl Qwen25VLTextModel {
     ///   is causal either way.
     pub fn forward(&self, input: &Tensor, position_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let embeds = match (input.dtype(), input.rank()) {
-            (DType::U8 | DType::U32 | DType::I64, 2) => self.embed_tokens(input)?,
-            (dtype, 3) if dtype.is_float() => input.to_dtype(self.dtype())?,
-            (dtype, _) => bail!(
-                "text encoder input must be ids [B, S] or embeddings [B, S, {}], got {dtype:?} {:?}",
-                self.hidden_size(),
-                input.shape()
-            ),
-        };
+        let embeds = self.input_embeds(input)?;
         let (b, s, d) = embeds.dims3()?;
         if d != self.hidden_size() {
             bail!(
@@ -348,10 +363,97 @@ impl Qwen25VLTextModel {
 
         let mut hidden = embeds;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref())?;
+            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), None)?;
         }
         self.norm.forward(&hidden)
     }
+
+    /// [`Self::forward`] for incremental decoding of one unpadded sequence (B = 1): attends to
+    /// the keys and values in `cache` as well as to `input`'s, and appends `input`'s to it.
+    /// `position_ids` `[3, 1, S]` (or `[1, S]`) are the new tokens' positions.
+    pub fn forward_cached(&self, input: &Tensor, position_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let embeds = self.input_embeds(input)?;
+        let (b, s, _) = embeds.dims3()?;
+        if b != 1 {
+            bail!("forward_cached decodes one sequence at a time, got a batch of {b}")
+        }
+        let position_ids = match position_ids.dims() {
+            [3, 1, ps] if *ps == s => position_ids.clone(),
+            [1, ps] if *ps == s => position_ids.unsqueeze(0)?.repeat((3, 1, 1))?,
+            dims => bail!("position_ids must be [3, 1, {s}] (or [1, {s}]), got {dims:?}"),
+        };
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        if cache.layers.len() != self.layers.len() {
+            bail!(
+                "KV cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.layers.len()
+            )
+        }
+        let past = cache.len;
+        let (cos, sin) = self.rope.cos_sin(&position_ids)?;
+        let mask = causal_bias_after(s, past, embeds.device())?;
+        let mut hidden = embeds;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), Some(slot))?;
+        }
+        cache.len = past + s;
+        self.norm.forward(&hidden)
+    }
+
+    /// `[B, S, D]` embeddings from ids `[B, S]` (integer dtype) or embeddings (float).
+    fn input_embeds(&self, input: &Tensor) -> Result<Tensor> {
+        match (input.dtype(), input.rank()) {
+            (DType::U8 | DType::U32 | DType::I64, 2) => self.embed_tokens(input),
+            (dtype, 3) if dtype.is_float() => input.to_dtype(self.dtype()),
+            (dtype, _) => bail!(
+                "text encoder input must be ids [B, S] or embeddings [B, S, {}], got {dtype:?} {:?}",
+                self.hidden_size(),
+                input.shape()
+            ),
+        }
+    }
+}
+
+/// Keys and values of the tokens a sequence has seen so far, per decoder layer: what
+/// [`Qwen25VLTextModel::forward_cached`] attends to.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Additive f32 bias `[1, 1, S, P+S]` letting new token i (at absolute index P+i) see keys
+/// 0..=P+i; `None` for a single new token, which may see everything.
+fn causal_bias_after(s: usize, past: usize, device: &Device) -> Result<Option<Tensor>> {
+    if s == 1 {
+        return Ok(None);
+    }
+    let t = past + s;
+    let keys = Tensor::arange(0u32, t as u32, device)?.reshape((1, t))?;
+    let queries = Tensor::arange(past as u32, t as u32, device)?.reshape((s, 1))?;
+    let allowed = keys.broadcast_le(&queries)?;
+    let zeros = Tensor::zeros((s, t), DType::F32, device)?;
+    let blocked = Tensor::full(f32::MIN, (s, t), device)?;
+    Ok(Some(allowed.where_cond(&zeros, &blocked)?.reshape((1, 1, s, t))?))
 }
 
 /// 1-D positions `0..S` for every sample, as M-RoPE ids `[3, B, S]` (u32): what the reference
