@@ -1,7 +1,9 @@
 //! End-to-end parity of the Edit-2509 pipeline with diffusers' QwenImageEditPlusPipeline on the
 //! tiny checkpoint (fixture run `run/edit_plus`): from the reference's own initial noise and
 //! prompt embeddings, the condition latents, every step's velocities and latents, the final
-//! latents and the output PNG must match the recorded run. Also the RGBA layer edit around it.
+//! latents and the output PNG must match the recorded run; then the same with the prompts
+//! encoded by the engine's own multimodal encoder (1-D M-RoPE, as the reference computed them).
+//! Also the RGBA layer edit around the pipeline.
 
 use std::cell::RefCell;
 
@@ -9,6 +11,7 @@ use candle_core::Tensor;
 use engine::pipeline::edit::ConditionImage;
 use engine::pipeline::layer_edit::{edit_layer_with, AlphaMode, LayerEditOptions};
 use engine::pipeline::{EditOptions, EditPipeline, EditPromptEmbeds, LoadOptions, NoProgress, Phase, Progress};
+use engine::text_encoder::MropeMode;
 use engine::weights::ModelDir;
 use image::{Rgba, RgbaImage};
 use test_support as ts;
@@ -39,6 +42,8 @@ fn options() -> EditOptions {
         init_noise: Some(ts::reference_dir().join(RUN)),
         height: Some(c["height"].as_u64().unwrap() as u32),
         width: Some(c["width"].as_u64().unwrap() as u32),
+        // diffusers 0.42.1 + transformers 5 give the image tokens 1-D positions.
+        mrope: MropeMode::OneD,
     }
 }
 
@@ -91,16 +96,43 @@ fn edit_plus_run_matches_the_reference() {
 
     let [h, w] = [c["output_hw"][0].as_u64().unwrap() as u32, c["output_hw"][1].as_u64().unwrap() as u32];
     assert_eq!((out.record.height, out.record.width), (h, w));
-    let (rw, rh, reference) = ts::load_png_rgba8(c["output_pngs"][0].as_str().unwrap());
-    assert_eq!(out.image.dimensions(), (rw, rh));
-    let rgba = image::DynamicImage::ImageRgb8(out.image.clone()).to_rgba8();
-    let max_diff = rgba.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-    println!("edited.png: max diff {max_diff}/255");
-    assert!(max_diff <= 1, "edited image differs by {max_diff}/255");
+    assert_png_matches(&out.image);
     println!("worst relative error over every step {:.2e}", worst.into_inner());
     println!("timings: {:?}", out.record.timings);
     assert_eq!(out.record.pipeline, "QwenImageEditPlusPipeline");
     assert_eq!(out.record.images, 1);
+}
+
+fn assert_png_matches(image: &image::RgbImage) {
+    let (rw, rh, reference) = ts::load_png_rgba8(case()["output_pngs"][0].as_str().unwrap());
+    assert_eq!(image.dimensions(), (rw, rh));
+    let rgba = image::DynamicImage::ImageRgb8(image.clone()).to_rgba8();
+    let max_diff = rgba.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    println!("edited.png: max diff {max_diff}/255");
+    assert!(max_diff <= 1, "edited image differs by {max_diff}/255");
+}
+
+#[test]
+fn edit_plus_with_the_engines_prompt_encoder_matches_the_reference() {
+    let c = case();
+    let mut pipe = pipeline();
+    let opts = options();
+    let image = input_image();
+    let prompt = c["prompt"].as_str().unwrap();
+    // The embeddings the pipeline computes (both prompts in one batch, the image once).
+    let condition = ConditionImage::new(&image).unwrap();
+    let embeds = pipe.encode_prompts(std::slice::from_ref(&condition), prompt, &opts, &NoProgress).unwrap();
+    let err = ts::assert_close(&embeds.prompt, &ts::load_tensor(RUN, "prompt_embeds"), 1e-4, "prompt_embeds");
+    println!("prompt_embeds: {err}");
+    let negative = embeds.negative.expect("CFG run");
+    let err = ts::assert_close(&negative, &ts::load_tensor(RUN, "negative_prompt_embeds"), 1e-4, "negative_prompt_embeds");
+    println!("negative_prompt_embeds: {err}");
+    // The whole call, encoding included.
+    let out = pipe.edit(&[image], prompt, &opts, &NoProgress).unwrap();
+    let err = ts::assert_close(&out.final_latents, &ts::load_tensor(RUN, "final_latents"), 1e-4, "final_latents");
+    println!("final_latents (engine-encoded prompts): {err}");
+    assert_png_matches(&out.image);
+    assert!(out.record.timings.encode_prompt > 0.0);
 }
 
 /// Records phases and steps, and cancels after a given step.

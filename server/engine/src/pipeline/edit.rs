@@ -29,7 +29,8 @@ use crate::pipeline::decompose::{LoadOptions, StepTrace, Timings};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
-use crate::tokenizer::QwenTokenizer;
+use crate::text_encoder::{encode_prompt_with_images, MropeMode, Qwen25VLTextModel, VisionTower};
+use crate::tokenizer::{PromptTemplate, QwenTokenizer};
 use crate::transformer::{cfg, QwenImageTransformer};
 use crate::vae::AutoencoderKLQwenImage;
 use crate::weights::{ComponentSpec, ModelDir};
@@ -58,6 +59,9 @@ pub struct EditOptions {
     /// Output size; `None` = ≈1 MP at the last image's aspect ratio. Floored to multiples of 16.
     pub height: Option<u32>,
     pub width: Option<u32>,
+    /// Positions of the image tokens in the prompt encoder: true 3-D M-RoPE (what Qwen2.5-VL was
+    /// trained with) or the 1-D positions diffusers 0.42.1 + transformers 5 compute.
+    pub mrope: MropeMode,
 }
 
 impl Default for EditOptions {
@@ -70,6 +74,7 @@ impl Default for EditOptions {
             init_noise: None,
             height: None,
             width: None,
+            mrope: MropeMode::ThreeD,
         }
     }
 }
@@ -165,11 +170,27 @@ pub struct EditOutput {
     pub final_latents: Tensor,
 }
 
+/// The prompt encoder: Qwen2.5-VL's language model and vision tower.
+struct PromptEncoder {
+    text: Qwen25VLTextModel,
+    vision: VisionTower,
+}
+
+impl PromptEncoder {
+    fn load(model: &ModelDir, options: &LoadOptions) -> Result<Self> {
+        let (_, text) = Qwen25VLTextModel::load(model, options.dtype, &options.device)?;
+        let vision = VisionTower::load(model, options.dtype, &options.device)?;
+        Ok(Self { text, vision })
+    }
+}
+
 /// The loaded Qwen-Image-Edit-2509 pipeline.
 pub struct EditPipeline {
     model: ModelDir,
     options: LoadOptions,
     tokenizer: QwenTokenizer,
+    /// Kept between runs only with `LoadOptions::keep_text_encoder`.
+    encoder: Option<PromptEncoder>,
     transformer: QwenImageTransformer,
     vae: AutoencoderKLQwenImage,
     scheduler_config: SchedulerConfig,
@@ -203,7 +224,8 @@ impl EditPipeline {
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
-        Ok(Self { model, options, tokenizer, transformer, vae, scheduler_config })
+        let encoder = if options.keep_text_encoder { Some(PromptEncoder::load(&model, &options)?) } else { None };
+        Ok(Self { model, options, tokenizer, encoder, transformer, vae, scheduler_config })
     }
 
     pub fn model(&self) -> &ModelDir {
@@ -215,17 +237,44 @@ impl EditPipeline {
     }
 
     /// Encodes the instruction and (with CFG) the negative prompt with the condition images' VL
-    /// copies, as `encode_prompt(prompt, image=condition_images)`.
+    /// copies, as `encode_prompt(prompt, image=condition_images)` — both in one batch (padded,
+    /// key-masked), the images through the vision tower once. The encoder is loaded for this call
+    /// unless kept.
     pub fn encode_prompts(
-        &mut self,
-        _condition: &[ConditionImage],
-        _prompt: &str,
-        _options: &EditOptions,
-        _progress: &dyn Progress,
+        &self,
+        condition: &[ConditionImage],
+        prompt: &str,
+        options: &EditOptions,
+        progress: &dyn Progress,
     ) -> Result<EditPromptEmbeds> {
-        Err(Error::InvalidInput(
-            "this build cannot encode image prompts yet (the Qwen2.5-VL vision tower is not wired in)".into(),
-        ))
+        let loaded;
+        let encoder = match &self.encoder {
+            Some(e) => e,
+            None => {
+                progress.phase(Phase::Loading);
+                loaded = PromptEncoder::load(&self.model, &self.options)?;
+                progress.phase(Phase::Encoding);
+                &loaded
+            }
+        };
+        let mut prompts = vec![prompt];
+        if let (Some(neg), true) = (&options.negative_prompt, options.uses_cfg()) {
+            prompts.push(neg);
+        }
+        let vl: Vec<RgbImage> = condition.iter().map(|c| c.vl.clone()).collect();
+        let (embeds, mask) = encode_prompt_with_images(
+            &encoder.text,
+            &encoder.vision,
+            &self.tokenizer,
+            &PromptTemplate::EDIT,
+            &prompts,
+            &vl,
+            options.mrope,
+        )?;
+        // Each row back to its own length (the batch is right-padded).
+        let lengths = mask.to_dtype(DType::U32)?.sum(1)?.to_vec1::<u32>()?;
+        let row = |i: usize| -> Result<Tensor> { Ok(embeds.narrow(0, i, 1)?.narrow(1, 0, lengths[i] as usize)?) };
+        Ok(EditPromptEmbeds { prompt: row(0)?, negative: if prompts.len() == 2 { Some(row(1)?) } else { None } })
     }
 
     /// Edits `images` (the last one sets the default output size) by `prompt`.
