@@ -7,6 +7,7 @@ use std::sync::Arc;
 use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob};
 use candle_core::{DType, Device};
 use engine::pipeline::{DecomposeOptions, LoadOptions, Phase, Progress};
+use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 
 use crate::layers::Decomposer;
@@ -126,6 +127,7 @@ impl EngineState {
             true_cfg_scale: f64::from(job.cfg_scale),
             cfg_normalize: job.cfg_normalize,
             seed: job.seed,
+            caption_language: if job.caption_in_chinese { CaptionLanguage::Cn } else { CaptionLanguage::En },
             ..DecomposeOptions::default()
         };
         let decomposer = self.decomposer(progress)?;
