@@ -16,6 +16,7 @@ use engine::pipeline::{
     edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LoadOptions, NoProgress,
     Phase, Progress,
 };
+use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 
 use crate::layers::Decomposer;
@@ -225,6 +226,7 @@ impl EngineState {
             true_cfg_scale: f64::from(job.cfg_scale),
             cfg_normalize: job.cfg_normalize,
             seed: job.seed,
+            caption_language: if job.caption_in_chinese { CaptionLanguage::Cn } else { CaptionLanguage::En },
             ..DecomposeOptions::default()
         };
         let decomposer = self.decomposer(progress)?;

@@ -53,7 +53,8 @@ pub fn document() -> Value {
                         "steps": {"type": "integer", "minimum": 1, "maximum": app::api::MAX_STEPS},
                         "cfg_scale": {"type": "number", "minimum": 0, "maximum": app::api::MAX_CFG_SCALE},
                         "seed": {"type": "integer", "minimum": 0},
-                        "cfg_normalize": {"type": "boolean", "default": true}
+                        "cfg_normalize": {"type": "boolean", "default": true},
+                        "caption_language": {"type": "string", "enum": ["en", "cn"], "default": "en"}
                     }
                 },
                 "LayerImage": {"type": "object", "properties": {
@@ -63,7 +64,8 @@ pub fn document() -> Value {
                     "zip_data": {"type": "string", "description": "base64 ZIP: composite.png, NN_layer-N.png, manifest.json"},
                     "generation_time": {"type": "number"}, "layer_count": {"type": "integer"}, "resolution": {"type": "integer"},
                     "layer_order": {"type": "string", "const": "bottom-to-top"}, "seed": {"type": "integer"},
-                    "width": {"type": "integer"}, "height": {"type": "integer"}}},
+                    "width": {"type": "integer"}, "height": {"type": "integer"},
+                    "caption": {"type": ["string", "null"], "description": "the automatic caption, when the prompt was empty"}}},
                 "EditLayerRequest": {"type": "object", "required": ["image", "prompt"], "properties": {
                     "image": {"type": "string"}, "prompt": {"type": "string", "description": "the edit instruction"},
                     "steps": {"type": "integer"}, "cfg_scale": {"type": "number"}, "seed": {"type": "integer"},

@@ -284,11 +284,15 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 
-    // An empty prompt needs captioning: a clear 422, and the server goes on.
-    let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1});
+    // An empty prompt is captioned automatically and the caption reported.
+    let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1, "seed": 5});
     let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
-    assert_eq!(code, 422, "{resp}");
-    assert!(resp["error"].as_str().unwrap().contains("caption"));
+    assert_eq!(code, 200, "{resp}");
+    let caption = resp["caption"].as_str().expect("caption reported");
+    assert!(!caption.trim().is_empty());
+    assert!(resp["layers"][1]["image"] != json!(null));
+    // A prompt given by the caller reports no caption.
+    assert_eq!(get(&s.base, "/api/qwen-image/status").await.0, 200);
 }
 
 #[tokio::test]

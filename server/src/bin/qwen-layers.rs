@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use engine::text_encoder::CaptionLanguage;
 use server::engine_state::Runtime;
 use server::layers::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
 use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
@@ -44,6 +45,12 @@ enum DeviceArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CaptionArg {
+    En,
+    Cn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DtypeArg {
     F32,
     Bf16,
@@ -64,9 +71,12 @@ struct ModelArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Describes the whole scene (not the layers).
-    #[arg(long)]
+    /// Describes the whole scene (not the layers). Empty: the image is captioned automatically.
+    #[arg(long, default_value = "")]
     prompt: String,
+    /// Language of the automatic caption.
+    #[arg(long, value_enum, default_value = "en")]
+    caption_language: CaptionArg,
     #[arg(long, default_value = " ")]
     negative_prompt: String,
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=10))]
@@ -222,6 +232,10 @@ fn options(run: &RunArgs) -> DecomposeOptions {
         cfg_normalize: !run.no_cfg_normalize,
         seed: run.seed,
         init_noise: run.init_noise.clone(),
+        caption_language: match run.caption_language {
+            CaptionArg::En => CaptionLanguage::En,
+            CaptionArg::Cn => CaptionLanguage::Cn,
+        },
         ..DecomposeOptions::default()
     }
 }
@@ -264,6 +278,9 @@ fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path
     let layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
     layers.write_to_dir(out)?;
     let t = &layers.record.timings;
+    if let Some(caption) = &layers.record.caption {
+        println!("caption: {caption}");
+    }
     println!(
         "{} → {}: {} layers at {}×{} in {:.1} s (denoise {:.1} s, decode {:.1} s)",
         input.display(),
