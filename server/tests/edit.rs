@@ -32,12 +32,16 @@ fn layer_with_holes() -> image::RgbaImage {
 
 fn png_bytes(img: &image::RgbaImage) -> Vec<u8> {
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     png
 }
 
 fn data_url(png: &[u8]) -> String {
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
 }
 
 /// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
@@ -95,7 +99,12 @@ async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
 }
 
 async fn edit_status(base: &str) -> Value {
-    reqwest::get(format!("{base}/api/qwen-image/edit-status")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("{base}/api/qwen-image/edit-status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -105,21 +114,39 @@ async fn edit_endpoint_and_server_function_keep_the_layers_alpha() {
     let image = data_url(&png_bytes(&layer));
 
     let status = edit_status(&s.base).await;
-    assert_eq!((status["status"].as_str(), status["model_loaded"].as_bool()), (Some("idle"), Some(false)), "{status}");
+    assert_eq!(
+        (status["status"].as_str(), status["model_loaded"].as_bool()),
+        (Some("idle"), Some(false)),
+        "{status}"
+    );
     assert_eq!(status["model"], TINY_EDIT);
 
     // Bad requests are refused before anything loads.
     let bad: Vec<(Value, u16, &str)> = vec![
         (json!({"image": image, "prompt": "  "}), 422, "must not be empty"),
-        (json!({"image": "data:image/png;base64,aGVsbG8=", "prompt": "make it red"}), 422, "PNG, JPEG or WebP"),
-        (json!({"image": "data:image/png;base64,!!!", "prompt": "make it red"}), 400, "base64"),
-        (json!({"image": image, "prompt": "make it red", "steps": 1}), 422, "at least 2 inference steps"),
+        (
+            json!({"image": "data:image/png;base64,aGVsbG8=", "prompt": "make it red"}),
+            422,
+            "PNG, JPEG or WebP",
+        ),
+        (
+            json!({"image": "data:image/png;base64,!!!", "prompt": "make it red"}),
+            400,
+            "base64",
+        ),
+        (
+            json!({"image": image, "prompt": "make it red", "steps": 1}),
+            422,
+            "at least 2 inference steps",
+        ),
     ];
     for (body, code, needle) in bad {
         let resp = post(&s.base, "/api/qwen-image/edit-layer", body.clone()).await;
         assert_eq!(resp.status().as_u16(), code, "{body}");
         let json: Value = resp.json().await.unwrap();
-        let msg = json["error"].as_str().unwrap_or_else(|| panic!("no error field: {json}"));
+        let msg = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {json}"));
         assert!(msg.contains(needle), "{needle} not in {msg}");
     }
 
@@ -132,7 +159,11 @@ async fn edit_endpoint_and_server_function_keep_the_layers_alpha() {
     assert_eq!(edited.color(), image::ColorType::Rgba8);
     assert_alpha_kept(&edited.to_rgba8(), &layer);
     let status = edit_status(&s.base).await;
-    assert_eq!((status["status"].as_str(), status["model_loaded"].as_bool()), (Some("ready"), Some(true)), "{status}");
+    assert_eq!(
+        (status["status"].as_str(), status["model_loaded"].as_bool()),
+        (Some("ready"), Some(true)),
+        "{status}"
+    );
 
     // Server function: a PNG data URL; with keep_alpha false the alpha is re-derived.
     let resp = post(
@@ -147,12 +178,25 @@ async fn edit_endpoint_and_server_function_keep_the_layers_alpha() {
     let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     let rekeyed = image::load_from_memory(&png).unwrap().to_rgba8();
     assert_eq!(rekeyed.dimensions(), layer.dimensions());
-    assert!(rekeyed.pixels().all(|p| p.0[3] > 0 || p.0 == [0, 0, 0, 0]), "transparent pixels carry no colour");
+    assert!(
+        rekeyed.pixels().all(|p| p.0[3] > 0 || p.0 == [0, 0, 0, 0]),
+        "transparent pixels carry no colour"
+    );
 
-    let resp = post(&s.base, "/api/app/edit_layer", json!({"request": {"image": image, "prompt": ""}})).await;
+    let resp = post(
+        &s.base,
+        "/api/app/edit_layer",
+        json!({"request": {"image": image, "prompt": ""}}),
+    )
+    .await;
     assert_eq!(resp.status().as_u16(), 422);
     assert!(resp.text().await.unwrap().contains("must not be empty"));
-    let status: Value = reqwest::get(format!("{}/api/app/edit_status", s.base)).await.unwrap().json().await.unwrap();
+    let status: Value = reqwest::get(format!("{}/api/app/edit_status", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["status"], "ready");
 }
 
@@ -161,24 +205,44 @@ async fn a_missing_edit_model_is_reported_and_refused() {
     let s = start(&["--qwen-image-edit-model-path", "/no/such/edit-model"]);
     let status = edit_status(&s.base).await;
     assert_eq!(status["status"], "unavailable");
-    assert!(status["reason"].as_str().unwrap().contains("/no/such/edit-model"), "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("/no/such/edit-model"),
+        "{status}"
+    );
     let layer = data_url(&png_bytes(&layer_with_holes()));
-    let resp = post(&s.base, "/api/qwen-image/edit-layer", json!({"image": layer, "prompt": "make it red"})).await;
+    let resp = post(
+        &s.base,
+        "/api/qwen-image/edit-layer",
+        json!({"image": layer, "prompt": "make it red"}),
+    )
+    .await;
     assert_eq!(resp.status().as_u16(), 503);
     let json: Value = resp.json().await.unwrap();
     assert!(json["error"].as_str().unwrap().contains("not a folder"), "{json}");
 
     // A Layered checkpoint is not an edit model: found out at the first edit, then refused.
     let s = start(&["--qwen-image-edit-model-path", "tests/fixtures/tiny-qwen-image-layered"]);
-    let resp = post(&s.base, "/api/qwen-image/edit-layer", json!({"image": layer, "prompt": "make it red", "steps": 2})).await;
+    let resp = post(
+        &s.base,
+        "/api/qwen-image/edit-layer",
+        json!({"image": layer, "prompt": "make it red", "steps": 2}),
+    )
+    .await;
     assert_eq!(resp.status().as_u16(), 503);
     let json: Value = resp.json().await.unwrap();
-    assert!(json["error"].as_str().unwrap().contains("Qwen-Image-Layered model"), "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("Qwen-Image-Layered model"),
+        "{json}"
+    );
     assert_eq!(edit_status(&s.base).await["status"], "unavailable");
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers")).args(args).current_dir(repo()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -197,8 +261,22 @@ fn cli_edit_keeps_the_layers_alpha_and_fails_clearly() {
     let output = dir.join("edited.png");
     let args = |instruction: &str, steps: &str, input: &Path| -> Vec<String> {
         [
-            "edit", "--model-path", TINY_EDIT, "--device", "cpu", "--layer-image", input.to_str().unwrap(),
-            "--instruction", instruction, "--steps", steps, "--cfg-scale", "4", "--seed", "3", "--output",
+            "edit",
+            "--model-path",
+            TINY_EDIT,
+            "--device",
+            "cpu",
+            "--layer-image",
+            input.to_str().unwrap(),
+            "--instruction",
+            instruction,
+            "--steps",
+            steps,
+            "--cfg-scale",
+            "4",
+            "--seed",
+            "3",
+            "--output",
             output.to_str().unwrap(),
         ]
         .iter()

@@ -20,7 +20,14 @@ const RUN: &str = "runs/edit_plus.safetensors";
 
 fn pipeline() -> EditPipeline {
     let model = ModelDir::open(ts::edit_checkpoint()).unwrap();
-    EditPipeline::load(model, LoadOptions { keep_text_encoder: true, ..LoadOptions::default() }).unwrap()
+    EditPipeline::load(
+        model,
+        LoadOptions {
+            keep_text_encoder: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn case() -> &'static serde_json::Value {
@@ -28,7 +35,9 @@ fn case() -> &'static serde_json::Value {
 }
 
 fn input_image() -> image::RgbImage {
-    image::open(ts::reference_dir().join(case()["input_png"].as_str().unwrap())).unwrap().to_rgb8()
+    image::open(ts::reference_dir().join(case()["input_png"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8()
 }
 
 /// The reference run's parameters, with its initial noise injected.
@@ -70,10 +79,19 @@ fn edit_plus_run_matches_the_reference() {
     let expected_shape = &c["img_shapes"][1];
     assert_eq!(
         shapes,
-        vec![(1, expected_shape[1].as_u64().unwrap() as usize, expected_shape[2].as_u64().unwrap() as usize)]
+        vec![(
+            1,
+            expected_shape[1].as_u64().unwrap() as usize,
+            expected_shape[2].as_u64().unwrap() as usize
+        )]
     );
     assert_eq!(cond.dim(1).unwrap(), c["s_cond"].as_u64().unwrap() as usize);
-    let err = ts::assert_close(&ts::as_stored(&cond, RUN, "cond_latents"), &ts::load_tensor(RUN, "cond_latents"), 1e-4, "cond_latents");
+    let err = ts::assert_close(
+        &ts::as_stored(&cond, RUN, "cond_latents"),
+        &ts::load_tensor(RUN, "cond_latents"),
+        1e-4,
+        "cond_latents",
+    );
     println!("cond_latents: {err}");
 
     let worst = RefCell::new(0f64);
@@ -84,17 +102,32 @@ fn edit_plus_run_matches_the_reference() {
         *w = w.max(err.rel);
     };
     let out = pipe
-        .edit_with_prompt_embeds(&[image], c["prompt"].as_str().unwrap(), &recorded_embeds(), &opts, &NoProgress, &mut |s| {
-            check(format!("step{}/v_cond", s.step), s.v_cond);
-            check(format!("step{}/v_uncond", s.step), s.v_uncond.expect("CFG run"));
-            check(format!("step{}/v_guided", s.step), s.v_guided);
-            check(format!("step{}/latents_after", s.step), s.latents_after);
-        })
+        .edit_with_prompt_embeds(
+            &[image],
+            c["prompt"].as_str().unwrap(),
+            &recorded_embeds(),
+            &opts,
+            &NoProgress,
+            &mut |s| {
+                check(format!("step{}/v_cond", s.step), s.v_cond);
+                check(format!("step{}/v_uncond", s.step), s.v_uncond.expect("CFG run"));
+                check(format!("step{}/v_guided", s.step), s.v_guided);
+                check(format!("step{}/latents_after", s.step), s.latents_after);
+            },
+        )
         .unwrap();
-    let final_err = ts::assert_close(&out.final_latents, &ts::load_tensor(RUN, "final_latents"), 1e-4, "final_latents");
+    let final_err = ts::assert_close(
+        &out.final_latents,
+        &ts::load_tensor(RUN, "final_latents"),
+        1e-4,
+        "final_latents",
+    );
     println!("final_latents: {final_err}");
 
-    let [h, w] = [c["output_hw"][0].as_u64().unwrap() as u32, c["output_hw"][1].as_u64().unwrap() as u32];
+    let [h, w] = [
+        c["output_hw"][0].as_u64().unwrap() as u32,
+        c["output_hw"][1].as_u64().unwrap() as u32,
+    ];
     assert_eq!((out.record.height, out.record.width), (h, w));
     assert_png_matches(&out.image);
     println!("worst relative error over every step {:.2e}", worst.into_inner());
@@ -107,7 +140,13 @@ fn assert_png_matches(image: &image::RgbImage) {
     let (rw, rh, reference) = ts::load_png_rgba8(case()["output_pngs"][0].as_str().unwrap());
     assert_eq!(image.dimensions(), (rw, rh));
     let rgba = image::DynamicImage::ImageRgb8(image.clone()).to_rgba8();
-    let max_diff = rgba.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let max_diff = rgba
+        .as_raw()
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
     println!("edited.png: max diff {max_diff}/255");
     assert!(max_diff <= 1, "edited image differs by {max_diff}/255");
 }
@@ -121,15 +160,32 @@ fn edit_plus_with_the_engines_prompt_encoder_matches_the_reference() {
     let prompt = c["prompt"].as_str().unwrap();
     // The embeddings the pipeline computes (both prompts in one batch, the image once).
     let condition = ConditionImage::new(&image).unwrap();
-    let embeds = pipe.encode_prompts(std::slice::from_ref(&condition), prompt, &opts, &NoProgress).unwrap();
-    let err = ts::assert_close(&embeds.prompt, &ts::load_tensor(RUN, "prompt_embeds"), 1e-4, "prompt_embeds");
+    let embeds = pipe
+        .encode_prompts(std::slice::from_ref(&condition), prompt, &opts, &NoProgress)
+        .unwrap();
+    let err = ts::assert_close(
+        &embeds.prompt,
+        &ts::load_tensor(RUN, "prompt_embeds"),
+        1e-4,
+        "prompt_embeds",
+    );
     println!("prompt_embeds: {err}");
     let negative = embeds.negative.expect("CFG run");
-    let err = ts::assert_close(&negative, &ts::load_tensor(RUN, "negative_prompt_embeds"), 1e-4, "negative_prompt_embeds");
+    let err = ts::assert_close(
+        &negative,
+        &ts::load_tensor(RUN, "negative_prompt_embeds"),
+        1e-4,
+        "negative_prompt_embeds",
+    );
     println!("negative_prompt_embeds: {err}");
     // The whole call, encoding included.
     let out = pipe.edit(&[image], prompt, &opts, &NoProgress).unwrap();
-    let err = ts::assert_close(&out.final_latents, &ts::load_tensor(RUN, "final_latents"), 1e-4, "final_latents");
+    let err = ts::assert_close(
+        &out.final_latents,
+        &ts::load_tensor(RUN, "final_latents"),
+        1e-4,
+        "final_latents",
+    );
     println!("final_latents (engine-encoded prompts): {err}");
     assert_png_matches(&out.image);
     assert!(out.record.timings.encode_prompt > 0.0);
@@ -149,26 +205,56 @@ impl Progress for Recorder {
         self.events.borrow_mut().push(format!("{done}/{total}"));
     }
     fn is_cancelled(&self) -> bool {
-        let done = self.events.borrow().iter().filter(|e| e.contains('/')).count().saturating_sub(1);
+        let done = self
+            .events
+            .borrow()
+            .iter()
+            .filter(|e| e.contains('/'))
+            .count()
+            .saturating_sub(1);
         self.cancel_after.is_some_and(|n| done >= n)
     }
 }
 
 /// A small run (the tiny model at 128×192 output, seeded noise) for the checks below.
 fn small_options(steps: usize) -> EditOptions {
-    EditOptions { num_inference_steps: steps, height: Some(128), width: Some(192), seed: 3, ..EditOptions::default() }
+    EditOptions {
+        num_inference_steps: steps,
+        height: Some(128),
+        width: Some(192),
+        seed: 3,
+        ..EditOptions::default()
+    }
 }
 
 #[test]
 fn progress_is_reported_and_cancellation_stops_between_steps() {
     let mut pipe = pipeline();
     let image = input_image();
-    let rec = Recorder { events: RefCell::default(), cancel_after: None };
-    let out = pipe.edit_with_prompt_embeds(&[image.clone()], "x", &recorded_embeds(), &small_options(3), &rec, &mut |_| {}).unwrap();
-    assert_eq!(rec.events.into_inner(), ["encoding", "denoising", "0/3", "1/3", "2/3", "3/3", "decoding"]);
+    let rec = Recorder {
+        events: RefCell::default(),
+        cancel_after: None,
+    };
+    let out = pipe
+        .edit_with_prompt_embeds(
+            std::slice::from_ref(&image),
+            "x",
+            &recorded_embeds(),
+            &small_options(3),
+            &rec,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(
+        rec.events.into_inner(),
+        ["encoding", "denoising", "0/3", "1/3", "2/3", "3/3", "decoding"]
+    );
     assert_eq!(out.image.dimensions(), (192, 128));
 
-    let rec = Recorder { events: RefCell::default(), cancel_after: Some(1) };
+    let rec = Recorder {
+        events: RefCell::default(),
+        cancel_after: Some(1),
+    };
     let err = pipe
         .edit_with_prompt_embeds(&[image], "x", &recorded_embeds(), &small_options(3), &rec, &mut |_| {})
         .unwrap_err();
@@ -181,20 +267,43 @@ fn prompt_embeddings_must_fit_the_model_and_the_cfg_choice() {
     // These are refused before any model runs.
     let mut pipe = pipeline();
     let image = input_image();
-    let no_neg = EditPromptEmbeds { negative: None, ..recorded_embeds() };
-    let err = pipe.edit_with_prompt_embeds(&[image.clone()], "x", &no_neg, &small_options(2), &NoProgress, &mut |_| {});
+    let no_neg = EditPromptEmbeds {
+        negative: None,
+        ..recorded_embeds()
+    };
+    let err = pipe.edit_with_prompt_embeds(
+        std::slice::from_ref(&image),
+        "x",
+        &no_neg,
+        &small_options(2),
+        &NoProgress,
+        &mut |_| {},
+    );
     assert!(err.unwrap_err().to_string().contains("no negative prompt embeddings"));
-    let no_cfg = EditOptions { negative_prompt: None, ..small_options(2) };
-    let err = pipe.edit_with_prompt_embeds(&[image.clone()], "x", &recorded_embeds(), &no_cfg, &NoProgress, &mut |_| {});
+    let no_cfg = EditOptions {
+        negative_prompt: None,
+        ..small_options(2)
+    };
+    let err = pipe.edit_with_prompt_embeds(
+        std::slice::from_ref(&image),
+        "x",
+        &recorded_embeds(),
+        &no_cfg,
+        &NoProgress,
+        &mut |_| {},
+    );
     assert!(err.unwrap_err().to_string().contains("CFG is off"));
     let wrong = EditPromptEmbeds {
         prompt: Tensor::zeros((1, 4, 7), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
         negative: None,
     };
-    let err = pipe.edit_with_prompt_embeds(&[image.clone()], "x", &wrong, &no_cfg, &NoProgress, &mut |_| {});
+    let err = pipe.edit_with_prompt_embeds(std::slice::from_ref(&image), "x", &wrong, &no_cfg, &NoProgress, &mut |_| {});
     let msg = err.unwrap_err().to_string();
     assert!(msg.contains("[1, 4, 7]") && msg.contains("[1, L, 32]"), "{msg}");
-    let one_step = EditOptions { num_inference_steps: 1, ..small_options(2) };
+    let one_step = EditOptions {
+        num_inference_steps: 1,
+        ..small_options(2)
+    };
     let err = pipe.edit_with_prompt_embeds(&[image], "x", &recorded_embeds(), &one_step, &NoProgress, &mut |_| {});
     assert!(err.unwrap_err().to_string().contains("at least 2 inference steps"));
 }
@@ -202,7 +311,10 @@ fn prompt_embeddings_must_fit_the_model_and_the_cfg_choice() {
 #[test]
 fn a_layered_checkpoint_is_refused_as_an_edit_model() {
     let model = ModelDir::open(ts::layered_checkpoint()).unwrap();
-    let err = EditPipeline::load(model, LoadOptions::default()).err().unwrap().to_string();
+    let err = EditPipeline::load(model, LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("Qwen-Image-Layered model"), "{err}");
 }
 
@@ -223,9 +335,19 @@ fn layer_edit_on_the_tiny_model_keeps_the_layers_alpha() {
         Rgba([(x * 2) as u8, 40, (y * 3) as u8, a])
     });
     // Without CFG (one forward per step, so no uncond velocity), to keep the test short.
-    let edit = EditOptions { negative_prompt: None, ..small_options(2) };
-    let options = LayerEditOptions { edit, alpha: AlphaMode::KeepOriginal, key_color: None };
-    let single = EditPromptEmbeds { negative: None, ..recorded_embeds() };
+    let edit = EditOptions {
+        negative_prompt: None,
+        ..small_options(2)
+    };
+    let options = LayerEditOptions {
+        edit,
+        alpha: AlphaMode::KeepOriginal,
+        key_color: None,
+    };
+    let single = EditPromptEmbeds {
+        negative: None,
+        ..recorded_embeds()
+    };
     let mut uncond_seen = false;
     let (out, key) = edit_layer_with(&layer, &options, |composite| {
         assert_eq!(composite.dimensions(), (96, 64));

@@ -38,10 +38,26 @@ use crate::{Error, Result};
 
 /// What a Qwen-Image-Edit-2509 folder must hold.
 pub const EDIT_COMPONENTS: &[ComponentSpec] = &[
-    ComponentSpec { name: "scheduler", files: &["scheduler_config.json"], weights: false },
-    ComponentSpec { name: "text_encoder", files: &["config.json"], weights: true },
-    ComponentSpec { name: "transformer", files: &["config.json"], weights: true },
-    ComponentSpec { name: "vae", files: &["config.json"], weights: true },
+    ComponentSpec {
+        name: "scheduler",
+        files: &["scheduler_config.json"],
+        weights: false,
+    },
+    ComponentSpec {
+        name: "text_encoder",
+        files: &["config.json"],
+        weights: true,
+    },
+    ComponentSpec {
+        name: "transformer",
+        files: &["config.json"],
+        weights: true,
+    },
+    ComponentSpec {
+        name: "vae",
+        files: &["config.json"],
+        weights: true,
+    },
 ];
 
 /// One edit's parameters (defaults as the official app).
@@ -94,7 +110,10 @@ impl EditOptions {
             )));
         }
         if !self.true_cfg_scale.is_finite() {
-            return Err(Error::InvalidInput(format!("true_cfg_scale must be finite, got {}", self.true_cfg_scale)));
+            return Err(Error::InvalidInput(format!(
+                "true_cfg_scale must be finite, got {}",
+                self.true_cfg_scale
+            )));
         }
         Ok(())
     }
@@ -114,6 +133,9 @@ impl EditOptions {
     }
 }
 
+/// One image segment of the transformer's input, `(frames, h/16, w/16)` (its RoPE grid).
+pub type ImageSegment = (usize, usize, usize);
+
 /// One input image as the pipeline uses it.
 #[derive(Debug, Clone)]
 pub struct ConditionImage {
@@ -129,7 +151,10 @@ impl ConditionImage {
         let (w, h) = image.dimensions();
         let (cw, ch) = image_proc::edit_condition_dimensions(w, h)?;
         let (vw, vh) = image_proc::edit_vae_dimensions(w, h)?;
-        Ok(Self { vl: image_proc::resize_lanczos_rgb(image, cw, ch)?, vae: image_proc::resize_lanczos_rgb(image, vw, vh)? })
+        Ok(Self {
+            vl: image_proc::resize_lanczos_rgb(image, cw, ch)?,
+            vae: image_proc::resize_lanczos_rgb(image, vw, vh)?,
+        })
     }
 }
 
@@ -224,8 +249,20 @@ impl EditPipeline {
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
-        let encoder = if options.keep_text_encoder { Some(PromptEncoder::load(&model, &options)?) } else { None };
-        Ok(Self { model, options, tokenizer, encoder, transformer, vae, scheduler_config })
+        let encoder = if options.keep_text_encoder {
+            Some(PromptEncoder::load(&model, &options)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            options,
+            tokenizer,
+            encoder,
+            transformer,
+            vae,
+            scheduler_config,
+        })
     }
 
     pub fn model(&self) -> &ModelDir {
@@ -274,7 +311,10 @@ impl EditPipeline {
         // Each row back to its own length (the batch is right-padded).
         let lengths = mask.to_dtype(DType::U32)?.sum(1)?.to_vec1::<u32>()?;
         let row = |i: usize| -> Result<Tensor> { Ok(embeds.narrow(0, i, 1)?.narrow(1, 0, lengths[i] as usize)?) };
-        Ok(EditPromptEmbeds { prompt: row(0)?, negative: if prompts.len() == 2 { Some(row(1)?) } else { None } })
+        Ok(EditPromptEmbeds {
+            prompt: row(0)?,
+            negative: if prompts.len() == 2 { Some(row(1)?) } else { None },
+        })
     }
 
     /// Edits `images` (the last one sets the default output size) by `prompt`.
@@ -350,8 +390,7 @@ impl EditPipeline {
         progress.phase(Phase::Encoding);
         let t = Instant::now();
         let (cond_latents, cond_shapes) = self.encode_condition(condition)?;
-        let img_shapes: Vec<(usize, usize, usize)> =
-            std::iter::once((1, lat_h / 2, lat_w / 2)).chain(cond_shapes).collect();
+        let img_shapes: Vec<ImageSegment> = std::iter::once((1, lat_h / 2, lat_w / 2)).chain(cond_shapes).collect();
         timings.encode_image = t.elapsed().as_secs_f64();
         check_cancel(progress)?;
 
@@ -378,8 +417,19 @@ impl EditPipeline {
             check_cancel(progress)?;
             let sigma = Tensor::full(scheduler.model_sigma(i)?, batch, &device)?;
             let input = Tensor::cat(&[&latents, &cond_latents], 1)?;
-            let input = if batch == 2 { Tensor::cat(&[&input, &input], 0)? } else { input };
-            let out = self.transformer.forward(&input.to_dtype(dtype)?, &txt, txt_mask.as_ref(), &sigma, &img_shapes, None)?;
+            let input = if batch == 2 {
+                Tensor::cat(&[&input, &input], 0)?
+            } else {
+                input
+            };
+            let out = self.transformer.forward(
+                &input.to_dtype(dtype)?,
+                &txt,
+                txt_mask.as_ref(),
+                &sigma,
+                &img_shapes,
+                None,
+            )?;
             let out = out.narrow(1, 0, noisy_tokens)?.to_dtype(DType::F32)?;
             let (v_cond, v_uncond, v) = if batch == 2 {
                 let (c, u) = cfg::split_cond_uncond(&out)?;
@@ -390,7 +440,13 @@ impl EditPipeline {
                 (out.clone(), None, out)
             };
             latents = scheduler.step(&latents, &v, i)?;
-            observe(StepTrace { step: i, v_cond: &v_cond, v_uncond: v_uncond.as_ref(), v_guided: &v, latents_after: &latents });
+            observe(StepTrace {
+                step: i,
+                v_cond: &v_cond,
+                v_uncond: v_uncond.as_ref(),
+                v_guided: &v,
+                latents_after: &latents,
+            });
             progress.step(i + 1, steps);
         }
         timings.denoise = t.elapsed().as_secs_f64();
@@ -422,12 +478,16 @@ impl EditPipeline {
             dtype: format!("{:?}", self.options.dtype),
             timings,
         };
-        Ok(EditOutput { image, record, final_latents: latents })
+        Ok(EditOutput {
+            image,
+            record,
+            final_latents: latents,
+        })
     }
 
     /// The condition tokens: every VAE image's posterior mean, normalised and packed, concatenated
     /// in order (`[1, S_cond, 64]`, f32), with each image's `(1, vh/16, vw/16)` RoPE segment.
-    pub fn encode_condition(&self, condition: &[ConditionImage]) -> Result<(Tensor, Vec<(usize, usize, usize)>)> {
+    pub fn encode_condition(&self, condition: &[ConditionImage]) -> Result<(Tensor, Vec<ImageSegment>)> {
         let device = &self.options.device;
         let mut parts = Vec::with_capacity(condition.len());
         let mut shapes = Vec::with_capacity(condition.len());
@@ -449,7 +509,9 @@ impl EditPipeline {
         let want = self.transformer.config().joint_attention_dim;
         let check = |t: &Tensor, what: &str| match t.dims() {
             &[1, l, d] if l > 0 && d == want => Ok(()),
-            d => Err(Error::InvalidInput(format!("{what} embeddings have shape {d:?}, expected [1, L, {want}]"))),
+            d => Err(Error::InvalidInput(format!(
+                "{what} embeddings have shape {d:?}, expected [1, L, {want}]"
+            ))),
         };
         check(&embeds.prompt, "prompt")?;
         let device = &self.options.device;
@@ -457,20 +519,18 @@ impl EditPipeline {
         match (&embeds.negative, options.uses_cfg()) {
             (Some(neg), true) => {
                 check(neg, "negative prompt")?;
-                let (txt, mask) = cfg::pad_and_stack(
-                    &embeds.prompt.to_device(device)?,
-                    None,
-                    &neg.to_device(device)?,
-                    None,
-                )?;
+                let (txt, mask) =
+                    cfg::pad_and_stack(&embeds.prompt.to_device(device)?, None, &neg.to_device(device)?, None)?;
                 Ok((txt.to_dtype(dtype)?, Some(mask)))
             }
             (None, false) => Ok((embeds.prompt.to_device(device)?.to_dtype(dtype)?, None)),
             (None, true) => Err(Error::InvalidInput(
-                "CFG is on (true_cfg_scale > 1 with a negative prompt) but no negative prompt embeddings were given".into(),
+                "CFG is on (true_cfg_scale > 1 with a negative prompt) but no negative prompt embeddings were given"
+                    .into(),
             )),
             (Some(_), false) => Err(Error::InvalidInput(
-                "negative prompt embeddings were given but CFG is off (true_cfg_scale <= 1 or no negative prompt)".into(),
+                "negative prompt embeddings were given but CFG is off (true_cfg_scale <= 1 or no negative prompt)"
+                    .into(),
             )),
         }
     }
@@ -482,8 +542,17 @@ fn check_request(images: &[RgbImage], prompt: &str, options: &EditOptions) -> Re
     if images.is_empty() {
         return Err(Error::InvalidInput("an edit needs at least one input image".into()));
     }
-    if let Some((i, img)) = images.iter().enumerate().find(|(_, img)| img.width() == 0 || img.height() == 0) {
-        return Err(Error::InvalidInput(format!("input image {} is empty ({}×{})", i + 1, img.width(), img.height())));
+    if let Some((i, img)) = images
+        .iter()
+        .enumerate()
+        .find(|(_, img)| img.width() == 0 || img.height() == 0)
+    {
+        return Err(Error::InvalidInput(format!(
+            "input image {} is empty ({}×{})",
+            i + 1,
+            img.width(),
+            img.height()
+        )));
     }
     if prompt.trim().is_empty() {
         return Err(Error::InvalidInput("the edit instruction is empty".into()));
@@ -507,32 +576,68 @@ mod tests {
         let o = EditOptions::default();
         assert_eq!(o.output_size(360, 240).unwrap(), (1248, 832));
         assert_eq!(o.output_size(512, 512).unwrap(), (1024, 1024));
-        let o = EditOptions { height: Some(256), width: Some(390), ..EditOptions::default() };
-        assert_eq!(o.output_size(360, 240).unwrap(), (384, 256), "floored to multiples of 16");
-        let o = EditOptions { height: Some(15), ..EditOptions::default() };
+        let o = EditOptions {
+            height: Some(256),
+            width: Some(390),
+            ..EditOptions::default()
+        };
+        assert_eq!(
+            o.output_size(360, 240).unwrap(),
+            (384, 256),
+            "floored to multiples of 16"
+        );
+        let o = EditOptions {
+            height: Some(15),
+            ..EditOptions::default()
+        };
         assert!(o.output_size(360, 240).unwrap_err().to_string().contains("below 16"));
     }
 
     #[test]
     fn one_step_and_bad_requests_are_refused_clearly() {
         let img = RgbImage::new(32, 32);
-        let one = EditOptions { num_inference_steps: 1, ..EditOptions::default() };
-        let err = check_request(&[img.clone()], "x", &one).unwrap_err().to_string();
+        let one = EditOptions {
+            num_inference_steps: 1,
+            ..EditOptions::default()
+        };
+        let err = check_request(std::slice::from_ref(&img), "x", &one)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 2 inference steps"), "{err}");
         let ok = EditOptions::default();
-        assert!(check_request(&[], "x", &ok).unwrap_err().to_string().contains("at least one input image"));
-        assert!(check_request(&[img.clone()], "  ", &ok).unwrap_err().to_string().contains("instruction is empty"));
-        assert!(check_request(&[RgbImage::new(0, 4)], "x", &ok).unwrap_err().to_string().contains("empty"));
-        let nan = EditOptions { true_cfg_scale: f64::NAN, ..EditOptions::default() };
-        assert!(check_request(&[img.clone()], "x", &nan).is_err());
+        assert!(check_request(&[], "x", &ok)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one input image"));
+        assert!(check_request(std::slice::from_ref(&img), "  ", &ok)
+            .unwrap_err()
+            .to_string()
+            .contains("instruction is empty"));
+        assert!(check_request(&[RgbImage::new(0, 4)], "x", &ok)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let nan = EditOptions {
+            true_cfg_scale: f64::NAN,
+            ..EditOptions::default()
+        };
+        assert!(check_request(std::slice::from_ref(&img), "x", &nan).is_err());
         check_request(&[img], "make it red", &ok).unwrap();
     }
 
     #[test]
     fn cfg_needs_a_scale_above_one_and_a_negative_prompt() {
         assert!(EditOptions::default().uses_cfg());
-        assert!(!EditOptions { true_cfg_scale: 1.0, ..EditOptions::default() }.uses_cfg());
-        assert!(!EditOptions { negative_prompt: None, ..EditOptions::default() }.uses_cfg());
+        assert!(!EditOptions {
+            true_cfg_scale: 1.0,
+            ..EditOptions::default()
+        }
+        .uses_cfg());
+        assert!(!EditOptions {
+            negative_prompt: None,
+            ..EditOptions::default()
+        }
+        .uses_cfg());
     }
 
     #[test]

@@ -94,7 +94,11 @@ pub fn edit_layer(
         Ok(image)
     })?;
     let edit = run.ok_or_else(|| Error::InvalidInput("the layer edit did not run".into()))?;
-    Ok(LayerEditOutput { layer: edited, key_color, edit })
+    Ok(LayerEditOutput {
+        layer: edited,
+        key_color,
+        edit,
+    })
 }
 
 /// The layer-edit flow around any RGB editor: `edit` gets the layer composited over the key colour
@@ -233,12 +237,20 @@ fn unmix(c: [u8; 3], key: [u8; 3], alpha: u8) -> Rgba<u8> {
         return Rgba([0, 0, 0, 0]);
     }
     let a = f32::from(alpha) / 255.0;
-    let f = |c: u8, k: u8| ((f32::from(c) - (1.0 - a) * f32::from(k)) / a).round().clamp(0.0, 255.0) as u8;
+    let f = |c: u8, k: u8| {
+        ((f32::from(c) - (1.0 - a) * f32::from(k)) / a)
+            .round()
+            .clamp(0.0, 255.0) as u8
+    };
     Rgba([f(c[0], key[0]), f(c[1], key[1]), f(c[2], key[2]), alpha])
 }
 
 fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
-    a.iter().zip(&b).map(|(x, y)| (f32::from(*x) - f32::from(*y)).powi(2)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (f32::from(*x) - f32::from(*y)).powi(2))
+        .sum::<f32>()
+        .sqrt()
 }
 
 #[cfg(test)]
@@ -273,7 +285,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(key, OFFICIAL_KEY_COLOR, "a blue-ish layer keeps the official green");
-        assert_eq!(seen.unwrap().get_pixel(2, 2).0, OFFICIAL_KEY_COLOR, "holes show the key");
+        assert_eq!(
+            seen.unwrap().get_pixel(2, 2).0,
+            OFFICIAL_KEY_COLOR,
+            "holes show the key"
+        );
         assert_eq!(out.dimensions(), layer.dimensions());
         for (o, l) in out.pixels().zip(layer.pixels()) {
             assert_eq!(o.0[3], l.0[3], "alpha is the original");
@@ -286,7 +302,12 @@ mod tests {
             let a = f32::from(l.0[3]) / 255.0;
             for ch in 0..3 {
                 let err = (f32::from(o.0[ch]) - f32::from(l.0[ch])).abs() * a;
-                assert!(err <= 1.0, "channel {ch} of {:?} vs {:?}: premultiplied error {err}", o.0, l.0);
+                assert!(
+                    err <= 1.0,
+                    "channel {ch} of {:?} vs {:?}: premultiplied error {err}",
+                    o.0,
+                    l.0
+                );
             }
         }
     }
@@ -300,7 +321,11 @@ mod tests {
             let big = image::imageops::resize(c, 128, 96, image::imageops::FilterType::Nearest);
             Ok(RgbImage::from_fn(128, 96, |x, y| {
                 let p = big.get_pixel(x, y).0;
-                if p == OFFICIAL_KEY_COLOR { Rgb(p) } else { Rgb([220, 20, 20]) }
+                if p == OFFICIAL_KEY_COLOR {
+                    Rgb(p)
+                } else {
+                    Rgb([220, 20, 20])
+                }
             }))
         })
         .unwrap();
@@ -324,14 +349,35 @@ mod tests {
         let edited = RgbImage::from_fn(48, 48, |x, y| {
             let r = (((x as f32 - 24.0).powi(2) + (y as f32 - 24.0).powi(2)).sqrt() - 10.0).clamp(0.0, 3.0) / 3.0;
             let bg = [key[0] + 6, key[1] - 8, key[2] + 5];
-            Rgb(std::array::from_fn(|c| (f32::from(fg[c]) * (1.0 - r) + f32::from(bg[c]) * r).round() as u8))
+            Rgb(std::array::from_fn(|c| {
+                (f32::from(fg[c]) * (1.0 - r) + f32::from(bg[c]) * r).round() as u8
+            }))
         });
         // The original layer was a small square: its alpha must not matter in rekey mode.
-        let layer = RgbaImage::from_fn(48, 48, |x, y| Rgba([0, 0, 255, if (20..28).contains(&x) && (20..28).contains(&y) { 255 } else { 0 }]));
+        let layer = RgbaImage::from_fn(48, 48, |x, y| {
+            Rgba([
+                0,
+                0,
+                255,
+                if (20..28).contains(&x) && (20..28).contains(&y) {
+                    255
+                } else {
+                    0
+                },
+            ])
+        });
         let out = restore_layer(&layer, &edited, key, AlphaMode::Rekey).unwrap();
         assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0, 0], "drifted background is keyed out");
-        assert_eq!(out.get_pixel(24, 24).0, [fg[0], fg[1], fg[2], 255], "disk centre opaque");
-        assert_eq!(out.get_pixel(24, 16).0[3], 255, "the new shape is kept outside the old one");
+        assert_eq!(
+            out.get_pixel(24, 24).0,
+            [fg[0], fg[1], fg[2], 255],
+            "disk centre opaque"
+        );
+        assert_eq!(
+            out.get_pixel(24, 16).0[3],
+            255,
+            "the new shape is kept outside the old one"
+        );
         let rim = out.get_pixel(24 + 12, 24).0;
         assert!(rim[3] > 0 && rim[3] < 255, "rim is semi-transparent: {rim:?}");
         let raw = edited.get_pixel(24 + 12, 24).0;
@@ -399,9 +445,15 @@ mod tests {
         let clear = RgbaImage::new(8, 8);
         let err = edit_layer_with(&clear, &LayerEditOptions::default(), |c| Ok(c.clone())).unwrap_err();
         assert!(err.to_string().contains("fully transparent"), "{err}");
-        let rekey = LayerEditOptions { alpha: AlphaMode::Rekey, ..LayerEditOptions::default() };
+        let rekey = LayerEditOptions {
+            alpha: AlphaMode::Rekey,
+            ..LayerEditOptions::default()
+        };
         let (out, _) = edit_layer_with(&clear, &rekey, |c| Ok(c.clone())).unwrap();
-        assert!(out.pixels().all(|p| p.0[3] == 0), "an unchanged key background stays transparent");
+        assert!(
+            out.pixels().all(|p| p.0[3] == 0),
+            "an unchanged key background stays transparent"
+        );
         let err = edit_layer_with(&RgbaImage::new(0, 3), &rekey, |c| Ok(c.clone())).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
     }
