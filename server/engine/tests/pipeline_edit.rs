@@ -297,7 +297,14 @@ fn prompt_embeddings_must_fit_the_model_and_the_cfg_choice() {
         prompt: Tensor::zeros((1, 4, 7), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
         negative: None,
     };
-    let err = pipe.edit_with_prompt_embeds(std::slice::from_ref(&image), "x", &wrong, &no_cfg, &NoProgress, &mut |_| {});
+    let err = pipe.edit_with_prompt_embeds(
+        std::slice::from_ref(&image),
+        "x",
+        &wrong,
+        &no_cfg,
+        &NoProgress,
+        &mut |_| {},
+    );
     let msg = err.unwrap_err().to_string();
     assert!(msg.contains("[1, 4, 7]") && msg.contains("[1, L, 32]"), "{msg}");
     let one_step = EditOptions {
@@ -375,4 +382,33 @@ fn layer_edit_on_the_tiny_model_keeps_the_layers_alpha() {
         soft += usize::from(l.0[3] > 0 && l.0[3] < 255);
     }
     assert_eq!(soft, 15 * 64, "the soft edge is there to check");
+}
+
+/// The same pipeline in half precision (f16 on the CPU stands in for bf16 on CUDA: the same
+/// casts, with norms, softmax, RoPE and the scheduler in f32): it runs and lands near the f32
+/// run from the same noise.
+#[test]
+fn half_precision_edit_runs_and_stays_close() {
+    let model = ModelDir::open(ts::edit_checkpoint()).unwrap();
+    let load = LoadOptions {
+        dtype: candle_core::DType::F16,
+        ..LoadOptions::default()
+    };
+    let mut half = EditPipeline::load(model, load).unwrap();
+    let image = input_image();
+    let out = half
+        .edit_with_prompt_embeds(
+            std::slice::from_ref(&image),
+            "x",
+            &recorded_embeds(),
+            &options(),
+            &NoProgress,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(out.final_latents.dtype(), candle_core::DType::F32, "latents stay f32");
+    assert_eq!(out.record.dtype, "F16");
+    let err = ts::compare(&out.final_latents, &ts::load_tensor(RUN, "final_latents"));
+    println!("f16 final_latents vs f32 reference: {err}");
+    assert!(err.rel < 1e-2, "{err}");
 }
