@@ -79,6 +79,10 @@ pub fn document() -> Value {
                     "queue_position": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
                     "result": {"oneOf": [{"$ref": "#/components/schemas/DecomposeResponse"}, {"type": "null"}]}}},
                 "Config": {"type": "object"},
+                "EditStatus": {"type": "object", "properties": {
+                    "status": {"type": "string", "enum": ["ready", "idle", "unavailable"]},
+                    "model_loaded": {"type": "boolean"}, "model": {"type": "string"},
+                    "reason": {"type": ["string", "null"]}}},
                 "Status": {"type": "object", "properties": {
                     "status": {"type": "string", "enum": ["ready", "idle", "unavailable"]},
                     "model_loaded": {"type": "boolean"}, "model": {"type": "string"}, "device": {"type": "string"},
@@ -106,7 +110,7 @@ pub fn document() -> Value {
                 "responses": with_errors(json!({"description": "the edited layer", "content": {"image/png": {}}}))}},
             "/api/qwen-image/config": {"get": {"summary": "Defaults and limits", "responses": {"200": json_ok("Config")}}},
             "/api/qwen-image/status": {"get": {"summary": "Decompose model state and queue", "responses": {"200": json_ok("Status")}}},
-            "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state", "responses": {"200": json_ok("Status")}}},
+            "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state (idle = loads, or downloads, on the first edit)", "responses": {"200": json_ok("EditStatus")}}},
             "/api/qwen-image/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         }
     })
