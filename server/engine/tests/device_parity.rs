@@ -283,3 +283,28 @@ fn offloaded_transformer_equals_resident() {
         assert_eq!(uploaded, expect);
     }
 }
+
+/// The text encoder's streamed layers compute exactly what the resident ones do.
+#[test]
+fn offloaded_text_encoder_equals_resident() {
+    let (device, dtype) = setup();
+    if !device.is_cuda() {
+        return;
+    }
+    let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let cfg: engine::text_encoder::Config = dir.read_json("text_encoder", "config.json").unwrap();
+    let vb = || dir.var_builder("text_encoder", dtype, &device).unwrap();
+    let host = dir.var_builder("text_encoder", dtype, &Device::Cpu).unwrap();
+    let resident = Qwen25VLTextModel::new(&cfg, vb()).unwrap();
+    let options = engine::gpu::OffloadOptions { resident_blocks: 0, pin_memory: true };
+    let streamed = Qwen25VLTextModel::new_offloaded(&cfg, vb(), &host, options).unwrap();
+    let ids = Tensor::new(&[[3u32, 14, 15, 92, 65, 35, 89, 79]], &device).unwrap();
+    let pos = text_position_ids(1, 8, &device).unwrap();
+    let want = resident.forward(&ids, &pos, None).unwrap();
+    for pass in 0..2 {
+        let got = streamed.forward(&ids, &pos, None).unwrap();
+        let err = ts::compare(&got, &want);
+        println!("text encoder offload pass {pass}: {err}");
+        assert!(err.max_abs == 0.0, "streamed text encoder differs: {err}");
+    }
+}

@@ -278,7 +278,17 @@ fn text_phase(
     sampler: &Option<VramSampler>,
 ) -> engine::Result<()> {
     let t0 = Instant::now();
-    let model = Qwen25VLTextModel::new(&cfgs.text, source.var_builder("text_encoder", args.dtype, device)?)?;
+    let vb = source.var_builder("text_encoder", args.dtype, device)?;
+    let model = if args.offload {
+        let host = match source {
+            Source::Random => vb.clone(),
+            Source::Model(m) => m.var_builder("text_encoder", args.dtype, &Device::Cpu)?,
+        };
+        let options = OffloadOptions { resident_blocks: 0, pin_memory: args.pin };
+        Qwen25VLTextModel::new_offloaded(&cfgs.text, vb, &host, options)?
+    } else {
+        Qwen25VLTextModel::new(&cfgs.text, vb)?
+    };
     sync(device)?;
     let build_s = t0.elapsed().as_secs_f64();
     // The Layered template adds 34 tokens before the prompt (dropped from the embeddings): a
@@ -303,7 +313,7 @@ fn text_phase(
         }
     }
     emit(serde_json::json!({
-        "run": "ours_text_encode", "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
+        "run": format!("ours_text_encode{}", if args.offload { "_offload" } else { "" }), "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
         "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random" },
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())), "gpu": gpu,
     }));

@@ -220,7 +220,15 @@ impl LayeredPipeline {
     }
 
     fn load_text_encoder(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25VLTextModel> {
-        Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1)
+        let Some(offload) = options.offload else {
+            return Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1);
+        };
+        // Offloaded like the transformer: only the embeddings and the final norm on the GPU.
+        let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
+        let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;
+        let host = model.var_builder("text_encoder", options.dtype, &Device::Cpu)?;
+        let offload = OffloadOptions { resident_blocks: 0, ..offload };
+        Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
     }
 
     pub fn model(&self) -> &ModelDir {
