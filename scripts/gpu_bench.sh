@@ -9,8 +9,9 @@
 #   gpu/diffusers_anchor.py, gpu/gpu_compare.py, gpu/gpu_bench.sh
 # Writes logs and JSON lines under $OUT (or /tmp/gpu-out); prints the table last.
 #
-# STAGES (env) selects parts: parity,ours,anchor (default all). Each part has its own timeout
-# so one failure does not take the others down.
+# STAGES (env) selects parts: parity,ours,anchor (default) and load (opt-in: writes a 41 GB
+# random checkpoint in the released layout with diffusers, then times our loading of it). Each
+# part has its own timeout so one failure does not take the others down.
 set -u
 G=gpu
 OUT="${OUT:-/tmp/gpu-out}"
@@ -60,25 +61,37 @@ if has parity; then
 fi
 
 B="$BIN/engine-bench"
+touch "$OUT/ours.jsonl"
+run_ours() {
+  local name="$1"; shift
+  log "ours: $name"
+  timeout "$TIMEOUT" "$B" --tag "$name" "$@" > "$OUT/ours_$name.log" 2>&1
+  echo "exit $?"
+  grep '^{' "$OUT/ours_$name.log" >> "$OUT/ours.jsonl"
+  grep -v '^{"check"' "$OUT/ours_$name.log" | cut -c1-400
+}
 if has ours; then
-  : > "$OUT/ours.jsonl"
-  run_ours() {
-    local name="$1"; shift
-    log "ours: $name"
-    timeout "$TIMEOUT" "$B" --random-weights --tag "$name" "$@" > "$OUT/ours_$name.log" 2>&1
-    echo "exit $?"
-    grep '^{' "$OUT/ours_$name.log" >> "$OUT/ours.jsonl"
-    grep -v '^{"check"' "$OUT/ours_$name.log" | cut -c1-400
-  }
-  TIMEOUT=240 run_ours 640 --resolution 640 --layers 4 --steps 5 --warmup 1 --check-finite
-  TIMEOUT=200 run_ours 640_offload --resolution 640 --layers 4 --steps 3 --warmup 1 --offload on --phases text,dit
-  TIMEOUT=240 run_ours 1024 --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+  TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 5 --warmup 1 --check-finite
+  TIMEOUT=200 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --offload on --phases text,dit
+  TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+fi
+
+if has anchor || has load; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
+    || tail -3 "$OUT/pip.log"
+fi
+
+if has load; then
+  log "write a full-size random checkpoint, then load it"
+  PYTHONPATH=/tmp/site timeout 300 python3 "$G/gpu_write_checkpoint.py" /tmp/ckpt 2>&1 | grep '^{' | tee "$OUT/load.jsonl"
+  df -h /tmp | tail -1
+  TIMEOUT=200 run_ours load --model /tmp/ckpt --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
+  TIMEOUT=200 run_ours load_offload --model /tmp/ckpt --resolution 640 --layers 4 --steps 2 --warmup 1 --phases dit --offload on
+  rm -rf /tmp/ckpt
 fi
 
 if has anchor; then
   log "diffusers anchor"
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
-    || tail -3 "$OUT/pip.log"
   PYTHONPATH=/tmp/site timeout 420 python3 "$G/diffusers_anchor.py" dit640 dit1024 offload640 vae640 \
     > "$OUT/anchor.log" 2>&1
   echo "exit $?"

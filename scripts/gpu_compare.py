@@ -7,7 +7,9 @@ import json
 import sys
 
 
-def load(path):
+def load(path, tags=None):
+    """run name -> JSON object; with `tags`, only lines whose tag starts with one of them, else
+    only lines without a `load` tag (the checkpoint-loading runs are reported apart)."""
     runs = {}
     try:
         with open(path) as f:
@@ -15,7 +17,9 @@ def load(path):
                 line = line.strip()
                 if line.startswith("{"):
                     d = json.loads(line)
-                    if "run" in d:
+                    tag = str(d.get("tag", ""))
+                    keep = tag.startswith(tuple(tags)) if tags else not tag.startswith("load")
+                    if "run" in d and keep:
                         runs[d["run"]] = d
     except FileNotFoundError:
         pass
@@ -23,6 +27,7 @@ def load(path):
 
 
 ours = load(sys.argv[1])
+loads = load(sys.argv[1], tags=["load"])
 theirs = load(sys.argv[2])
 gpu = open(sys.argv[3]).read().strip() if len(sys.argv) > 3 else ""
 
@@ -84,8 +89,11 @@ print("| measurement | ours | diffusers 0.42.1 | ours / diffusers |")
 print("|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
+for run, d in loads.items():
+    if run.startswith("ours_dit_step"):
+        print(f"| load full-size random checkpoint ({run}) | build {fmt(d.get('build_s'), 's')} | step {fmt(d.get('median_s'), 's')} | — |")
 off = ours.get(o, {}).get("offload")
 if off:
     print(f"\nour offload: {off}")
-print("\nPeaks: ours = driver-level used memory above the process's start (cuMemGetInfo sampled every ms: "
+print("\nPeaks: ours = driver-level used memory above the process's start (cuMemGetInfo sampled every 2 ms: "
       "tensors + CUDA pool cache + cuBLAS workspace); diffusers = torch.cuda.max_memory_allocated (tensors only).")

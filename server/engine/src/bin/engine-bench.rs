@@ -202,7 +202,7 @@ fn run(args: &Args) -> engine::Result<()> {
         None => Source::Random,
     };
     let cfgs = configs(args)?;
-    let sampler = VramSampler::start(&device, Duration::from_millis(1));
+    let sampler = VramSampler::start(&device, Duration::from_millis(2));
     let gpu = gpu_name(&device);
     emit(serde_json::json!({
         "run": "ours_setup", "tag": args.tag, "gpu": gpu, "dtype": format!("{:?}", args.dtype),

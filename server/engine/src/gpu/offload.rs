@@ -221,8 +221,8 @@ impl<B> StreamedBlocks<B> {
             };
             for p in &tensors {
                 let t = &seen.iter().find(|(n, _)| n == &p.name).expect("recorded").1;
-                let bytes = tensor_bytes(t)?;
-                dst[p.offset * size..p.offset * size + bytes.len()].copy_from_slice(&bytes);
+                let start = p.offset * size;
+                copy_tensor_bytes(t, &mut dst[start..start + p.shape.elem_count() * size])?;
             }
         }
         Ok(HostBlock { buffer, tensors, elements })
@@ -239,21 +239,22 @@ impl<B> StreamedBlocks<B> {
     }
 }
 
-/// The bytes of a tensor's elements in row-major order (copied to the host if needed).
-fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+/// Copies a tensor's elements, row-major, into `dst` (its size in bytes), via the host if needed.
+fn copy_tensor_bytes(t: &Tensor, dst: &mut [u8]) -> Result<()> {
     use half::{bf16, f16};
-    let t = t.flatten_all()?.to_device(&Device::Cpu)?;
-    fn raw<T: Copy>(v: Vec<T>) -> Vec<u8> {
-        let n = std::mem::size_of_val(v.as_slice());
-        // SAFETY: plain-old-data numbers reinterpreted as their bytes, length in bytes.
-        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) }.to_vec()
+    fn put<T: Copy>(v: Vec<T>, dst: &mut [u8]) {
+        // SAFETY: plain-old-data numbers viewed as their bytes, length in bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v.as_slice())) };
+        dst.copy_from_slice(bytes);
     }
-    Ok(match t.dtype() {
-        DType::BF16 => raw(t.to_vec1::<bf16>()?),
-        DType::F16 => raw(t.to_vec1::<f16>()?),
-        DType::F32 => raw(t.to_vec1::<f32>()?),
+    let t = t.flatten_all()?.to_device(&Device::Cpu)?;
+    match t.dtype() {
+        DType::BF16 => put(t.to_vec1::<bf16>()?, dst),
+        DType::F16 => put(t.to_vec1::<f16>()?, dst),
+        DType::F32 => put(t.to_vec1::<f32>()?, dst),
         other => candle_core::bail!("offload: weights of dtype {other:?} are not supported (bf16, f16 or f32)"),
-    })
+    }
+    Ok(())
 }
 
 /// A `VarBuilder` backend that forwards to a real one and remembers what was fetched.
@@ -360,6 +361,8 @@ mod cuda_impl {
                 let flat = me.upload_flat(h)?;
                 me.resident.push(me.build_from(i, h, &flat)?);
             }
+            // The resident blocks' host buffers are freed below: their copies must be done.
+            me.copy_stream.synchronize().map_err(|e| driver_err("uploading the resident blocks", e))?;
             me.host = streamed;
             let stats = OffloadStats {
                 blocks: n,
@@ -413,6 +416,13 @@ mod cuda_impl {
             self.build_from(self.resident.len() + j, h, &flat)
         }
 
+        /// Waits for in-flight copies (their host buffers are about to be freed).
+        pub(super) fn finish_copies(&self) {
+            if let Err(e) = self.copy_stream.synchronize() {
+                tracing::warn!("offload: waiting for the copy stream: {e:?}");
+            }
+        }
+
         pub(super) fn for_each(&self, f: &mut dyn FnMut(&B) -> Result<()>) -> Result<()> {
             let prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner()).take();
             let mut next = match prefetched {
@@ -437,6 +447,13 @@ mod cuda_impl {
             }
             Ok(())
         }
+    }
+}
+
+impl<B> Drop for StreamedBlocks<B> {
+    fn drop(&mut self) {
+        #[cfg(feature = "cuda")]
+        self.finish_copies();
     }
 }
 
