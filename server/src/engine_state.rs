@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob, EditStatusResponse};
 use candle_core::{DType, Device};
+use engine::gpu::OffloadOptions;
 use engine::pipeline::edit::EDIT_COMPONENTS;
 use engine::pipeline::{
     edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LoadOptions, NoProgress,
@@ -26,6 +27,12 @@ use crate::layers::Decomposer;
 pub struct Runtime {
     pub device: Device,
     pub dtype: DType,
+    /// `cpu_offload`: stream the transformer's and text encoder's layers from host memory (CUDA
+    /// only; ignored on the CPU).
+    pub offload: bool,
+    /// Why the requested device cannot be used (no GPU, a driver too old, a build without CUDA):
+    /// the server then stays up and reports it in `/status` instead of exiting.
+    pub problem: Option<String>,
 }
 
 impl Runtime {
@@ -33,9 +40,7 @@ impl Runtime {
     pub fn select(device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
         let device = match device {
             "cpu" => Device::Cpu,
-            "cuda" => Device::new_cuda(0).map_err(|e| {
-                anyhow::anyhow!("--device cuda: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)")
-            })?,
+            "cuda" => engine::gpu::cuda_device(0).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
             "auto" => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
             other => anyhow::bail!("unknown device `{other}` (cpu, cuda or auto)"),
         };
@@ -46,12 +51,21 @@ impl Runtime {
             Some("f16") => DType::F16,
             Some(other) => anyhow::bail!("unknown dtype `{other}` (f32, bf16 or f16)"),
         };
-        Ok(Self { device, dtype })
+        Ok(Self { device, dtype, offload: false, problem: None })
+    }
+
+    /// A runtime that cannot run jobs, and says why.
+    pub fn unavailable(problem: String) -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, offload: false, problem: Some(problem) }
     }
 
     pub fn describe(&self) -> String {
+        if self.problem.is_some() {
+            return "unavailable".into();
+        }
         let device = if self.device.is_cuda() { "cuda" } else { "cpu" };
-        format!("{device} {:?}", self.dtype).to_lowercase()
+        let offload = if self.offload && self.device.is_cuda() { " cpu-offload" } else { "" };
+        format!("{device} {:?}{offload}", self.dtype).to_lowercase()
     }
 }
 
@@ -146,6 +160,10 @@ pub fn api_error(e: engine::Error) -> ApiError {
         e @ (engine::Error::ModelNotFound(_) | engine::Error::IncompleteModel { .. }) => {
             ApiError::unavailable(e.to_string())
         }
+        engine::Error::Candle(e) => match engine::gpu::errors::gpu_problem(&e) {
+            Some(msg) => ApiError::unavailable(msg),
+            None => ApiError::internal(format!("the engine failed: {e}")),
+        },
         e => ApiError::internal(format!("the engine failed: {e}")),
     }
 }
@@ -189,6 +207,7 @@ impl EngineState {
             // Keep the text encoder on the CPU machine and for small models; on a GPU the
             // real 16 GB encoder is loaded per job and dropped before denoising.
             keep_text_encoder: !self.runtime.device.is_cuda(),
+            offload: (self.runtime.offload && self.runtime.device.is_cuda()).then(OffloadOptions::default),
             ..LoadOptions::default()
         }
     }
@@ -198,6 +217,9 @@ impl EngineState {
     }
 
     pub fn decompose_unavailable(&self) -> Option<String> {
+        if let Some(problem) = &self.runtime.problem {
+            return Some(format!("the GPU cannot be used: {problem}"));
+        }
         self.layered.as_ref().err().map(|e| format!("the decompose model is not available: {e}"))
     }
 

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbaImage;
 use serde::Serialize;
 
+use crate::gpu::OffloadOptions;
 use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
 use crate::pipeline::noise::{load_noise, seeded_noise};
@@ -54,11 +55,14 @@ pub struct LoadOptions {
     pub keep_text_encoder: bool,
     /// Layers decoded at once by the VAE.
     pub vae_decode_chunk: usize,
+    /// `cpu_offload`: keep the transformer's blocks in host memory and stream them to the GPU
+    /// one block ahead of use (CUDA only; see [`crate::gpu::offload`]).
+    pub offload: Option<OffloadOptions>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, keep_text_encoder: false, vae_decode_chunk: 2 }
+        Self { device: Device::Cpu, dtype: DType::F32, keep_text_encoder: false, vae_decode_chunk: 2, offload: None }
     }
 }
 
@@ -209,10 +213,16 @@ impl LayeredPipeline {
                 model.root().display()
             )));
         }
-        let transformer = QwenImageTransformer::new(
-            &transformer_cfg,
-            model.var_builder("transformer", options.dtype, &options.device)?,
-        )?;
+        crate::gpu::configure_matmul(&options.device, options.dtype);
+        let vb = model.var_builder("transformer", options.dtype, &options.device)?;
+        let transformer = match options.offload {
+            None => QwenImageTransformer::new(&transformer_cfg, vb)?,
+            Some(offload) => {
+                // The blocks are read from the memory-mapped files on the CPU into host buffers.
+                let host = model.var_builder("transformer", options.dtype, &Device::Cpu)?;
+                QwenImageTransformer::new_offloaded(&transformer_cfg, vb, &host, offload)?
+            }
+        };
         let vae_cfg: crate::vae::Config = model.read_json("vae", "config.json")?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         if vae_cfg.input_channels != 4 {
@@ -228,7 +238,15 @@ impl LayeredPipeline {
     }
 
     fn load_text_encoder(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25VLTextModel> {
-        Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1)
+        let Some(offload) = options.offload else {
+            return Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1);
+        };
+        // Offloaded like the transformer: only the embeddings and the final norm on the GPU.
+        let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
+        let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;
+        let host = model.var_builder("text_encoder", options.dtype, &Device::Cpu)?;
+        let offload = OffloadOptions { resident_blocks: 0, ..offload };
+        Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
     }
 
     pub fn model(&self) -> &ModelDir {

@@ -19,6 +19,7 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::{Config, TextConfig};
+use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use crate::weights::ModelDir;
 
 /// Prefixes under which checkpoints keep the language model, newest first.
@@ -251,10 +252,11 @@ impl DecoderLayer {
 ///
 /// The 7B weighs ≈ 15 GB in bf16: build it for the encoding phase ([`Self::load`]) and drop it
 /// afterwards, so its memory is free for the DiT.
+/// Cloning shares the weights (the captioner and the prompt encoder use one model).
 #[derive(Debug, Clone)]
 pub struct Qwen25VLTextModel {
     embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
+    layers: std::sync::Arc<Blocks<DecoderLayer>>,
     norm: RmsNorm,
     rope: MultimodalRope,
     tie_word_embeddings: bool,
@@ -276,21 +278,54 @@ impl Qwen25VLTextModel {
     /// Builds the model from the `text_encoder` component's weights (`vb` at the component root);
     /// only the language-model tensors are read, not the vision tower's or `lm_head`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        check_supported(&cfg.text_config)?;
+        let vb_lm = language_model_vb(&vb)?;
+        let build = Self::layer_builder(&cfg.text_config);
+        let layers = (0..cfg.text_config.num_hidden_layers)
+            .map(|i| build(i, vb_lm.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_layers(cfg, vb, Blocks::OnDevice(layers))
+    }
+
+    /// Like [`Self::new`], but the decoder layers stay in host memory and stream to the GPU one
+    /// layer ahead of use ([`crate::gpu::offload`]); `vb` gives the embeddings and the final
+    /// norm on the run's device, `layers_source` (the component root, typically memory-mapped on
+    /// the CPU) the layers.
+    pub fn new_offloaded(cfg: &Config, vb: VarBuilder, layers_source: &VarBuilder, options: OffloadOptions) -> Result<Self> {
+        check_supported(&cfg.text_config)?;
+        let source = language_model_vb(layers_source)?;
+        let layers = StreamedBlocks::new(
+            &source.pp("layers"),
+            cfg.text_config.num_hidden_layers,
+            Self::layer_builder(&cfg.text_config),
+            vb.device(),
+            options,
+        )?;
+        Self::with_layers(cfg, vb, Blocks::Streamed(layers))
+    }
+
+    fn layer_builder(text: &TextConfig) -> BuildBlock<DecoderLayer> {
+        let text = text.clone();
+        Box::new(move |i, vb| DecoderLayer::new(&text, i, vb))
+    }
+
+    fn with_layers(cfg: &Config, vb: VarBuilder, layers: Blocks<DecoderLayer>) -> Result<Self> {
         let text = &cfg.text_config;
-        check_supported(text)?;
         let vb_lm = language_model_vb(&vb)?;
         let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, vb_lm.pp("embed_tokens"))?;
-        let layers = (0..text.num_hidden_layers)
-            .map(|i| DecoderLayer::new(text, i, vb_lm.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
-            layers,
+            layers: std::sync::Arc::new(layers),
             norm: RmsNorm::new(text.hidden_size, text.rms_norm_eps, vb_lm.pp("norm"))?,
             rope: MultimodalRope::new(text, vb.device())?,
             tie_word_embeddings: cfg.tie_word_embeddings,
             span: tracing::debug_span!("text-encoder"),
         })
+    }
+
+    /// What the offloaded layer stack holds and has copied (`None` when all are on the device).
+    pub fn offload_stats(&self) -> Option<OffloadStats> {
+        self.layers.offload_stats()
     }
 
     /// Reads `text_encoder/config.json` and builds the model in `dtype` on `device`.
@@ -362,9 +397,10 @@ impl Qwen25VLTextModel {
         let mask = attention_bias(b, s, attention_mask, embeds.device())?;
 
         let mut hidden = embeds;
-        for layer in &self.layers {
+        self.layers.for_each(|layer| {
             hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), None)?;
-        }
+            Ok(())
+        })?;
         self.norm.forward(&hidden)
     }
 
@@ -397,9 +433,12 @@ impl Qwen25VLTextModel {
         let (cos, sin) = self.rope.cos_sin(&position_ids)?;
         let mask = causal_bias_after(s, past, embeds.device())?;
         let mut hidden = embeds;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let mut slots = cache.layers.iter_mut();
+        self.layers.for_each(|layer| {
+            let slot = slots.next().ok_or_else(|| candle_core::Error::Msg("KV cache shorter than the model".into()))?;
             hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), Some(slot))?;
-        }
+            Ok(())
+        })?;
         cache.len = past + s;
         self.norm.forward(&hidden)
     }
