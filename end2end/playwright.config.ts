@@ -2,15 +2,22 @@ import { defineConfig } from "@playwright/test";
 
 // Debian's Chromium (installed by the README's setup); Playwright never downloads a browser here.
 const PORT = Number(process.env.E2E_PORT ?? 7870);
+// A second server whose model is missing: the "unavailable" paths are shown in place.
+const NO_MODEL_PORT = Number(process.env.E2E_NO_MODEL_PORT ?? PORT + 1);
+const serverEnv = { LEPTOS_SITE_ROOT: "target/site", HF_HUB_OFFLINE: "1" };
 
 export default defineConfig({
   testDir: "./tests",
-  timeout: 60_000,
+  timeout: 120_000,
+  expect: { timeout: 15_000 },
   fullyParallel: false,
   workers: 1,
   reporter: "list",
+  // Screenshots of the main states are written under test-results/ (kept as CI artifacts).
+  outputDir: "test-results",
   use: {
     baseURL: `http://127.0.0.1:${PORT}`,
+    acceptDownloads: true,
     launchOptions: {
       executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
       args: [
@@ -20,12 +27,23 @@ export default defineConfig({
     },
   },
   projects: [{ name: "chromium", use: { browserName: "chromium" } }],
-  webServer: {
-    command: `./target/debug/server --port ${PORT} --config ${process.env.E2E_CONFIG ?? "config.toml"}`,
-    cwd: "..",
-    url: `http://127.0.0.1:${PORT}/api/qwen-image/config`,
-    timeout: 60_000,
-    reuseExistingServer: false,
-    env: { LEPTOS_SITE_ROOT: "target/site", HF_HUB_OFFLINE: "1" },
-  },
+  webServer: [
+    {
+      // The tiny random-weight checkpoint (end2end/e2e-config.toml): real decompositions in seconds.
+      command: `./target/debug/server --port ${PORT} --device cpu --config ${process.env.E2E_CONFIG ?? "end2end/e2e-config.toml"}`,
+      cwd: "..",
+      url: `http://127.0.0.1:${PORT}/api/qwen-image/config`,
+      timeout: 60_000,
+      reuseExistingServer: false,
+      env: serverEnv,
+    },
+    {
+      command: `./target/debug/server --port ${NO_MODEL_PORT} --device cpu --qwen-image-model-path end2end/no-such-model --qwen-image-edit-model-path end2end/no-such-model`,
+      cwd: "..",
+      url: `http://127.0.0.1:${NO_MODEL_PORT}/api/qwen-image/config`,
+      timeout: 60_000,
+      reuseExistingServer: false,
+      env: serverEnv,
+    },
+  ],
 });

@@ -3,10 +3,13 @@
 //! the server provides as context — this crate never depends on the server or the engine).
 
 pub mod api;
+#[cfg(feature = "hydrate")]
+pub mod browser;
 pub mod compose;
 pub mod components;
 pub mod export;
 pub mod image_data;
+pub mod layer_stack;
 pub mod server_fns;
 
 #[cfg(feature = "ssr")]

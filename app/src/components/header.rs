@@ -41,4 +41,5 @@ pub fn Header(mode: RwSignal<ModelMode>) -> impl IntoView {
             </div>
         </header>
     }
+    .into_any()
 }

@@ -1,8 +1,15 @@
-//! The Leptos UI. Components are named for what the user sees.
+//! The Leptos UI. Components are named for what the user sees: the header with the model toggle,
+//! the image upload, the parameters, the run (progress, cancel), the canvas, the layer panel with
+//! its edit box, and export.
 
+mod canvas;
+mod edit;
+mod export_bar;
 mod header;
+mod layers;
 mod params;
 mod results;
+mod run;
 mod upload;
 
 use leptos::prelude::*;
@@ -10,10 +17,17 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::StaticSegment;
 
+use crate::api::{ConfigResponse, EditStatusResponse, StatusResponse};
+use crate::layer_stack::{Decomposition, RunInfo};
+
+pub use canvas::{bench_layers, summarize, BenchScene, Benchmark, Stage, StageView, Timing, Zoom};
+pub use export_bar::{zip_name, ExportBar};
 pub use header::{Header, ModelMode};
-pub use params::{Params, ParamsPanel};
+pub use layers::{layer_file_name, LayerPanel};
+pub use params::{FieldErrors, Params, ParamsPanel};
 pub use results::ResultsArea;
-pub use upload::{UploadArea, UploadedImage};
+pub use run::{duration, error_text, progress_view, ProgressView, RunPanel, RunState};
+pub use upload::{file_size, inspect_upload, UploadArea, UploadedImage};
 
 /// The HTML document the server renders around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -23,6 +37,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="dark"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>
@@ -32,6 +47,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             </body>
         </html>
     }
+    .into_any()
 }
 
 #[component]
@@ -46,22 +62,97 @@ pub fn App() -> impl IntoView {
             </Routes>
         </Router>
     }
+    .into_any()
+}
+
+/// The page's shared state (all signals, so it is `Copy` and provided as context).
+#[derive(Debug, Clone, Copy)]
+pub struct AppState {
+    pub mode: RwSignal<ModelMode>,
+    pub image: RwSignal<Option<UploadedImage>>,
+    pub params: RwSignal<Params>,
+    pub field_errors: RwSignal<FieldErrors>,
+    /// The server's defaults and limits, once fetched.
+    pub config: RwSignal<Option<ConfigResponse>>,
+    /// Whether the decompose / edit models can run (fetched at load).
+    pub status: RwSignal<Option<StatusResponse>>,
+    pub edit_status: RwSignal<Option<EditStatusResponse>>,
+    pub run: RwSignal<RunState>,
+    /// The current decomposition: the model's composite and the layer stack.
+    pub result: RwSignal<Option<Decomposition>>,
+    pub run_info: RwSignal<Option<RunInfo>>,
+    /// The last change, for screen readers (an aria-live region).
+    pub announce: RwSignal<String>,
+}
+
+impl AppState {
+    fn new() -> Self {
+        Self {
+            mode: RwSignal::new(ModelMode::QwenImage),
+            image: RwSignal::new(None),
+            params: RwSignal::new(Params::default()),
+            field_errors: RwSignal::new(FieldErrors::default()),
+            config: RwSignal::new(None),
+            status: RwSignal::new(None),
+            edit_status: RwSignal::new(None),
+            run: RwSignal::new(RunState::Idle),
+            result: RwSignal::new(None),
+            run_info: RwSignal::new(None),
+            announce: RwSignal::new(String::new()),
+        }
+    }
 }
 
 /// The single page: upload → parameters → decompose → layers.
 #[component]
 fn HomePage() -> impl IntoView {
-    let mode = RwSignal::new(ModelMode::QwenImage);
-    let image = RwSignal::new(None::<UploadedImage>);
-    let params = RwSignal::new(Params::default());
+    let state = AppState::new();
+    provide_context(state);
+    let AppState { mode, image, params, field_errors, config, status, edit_status, run, announce, .. } = state;
+
+    // The server's defaults, limits and model availability (in the browser, after hydration).
+    Effect::new(move |_| {
+        leptos::task::spawn_local(async move {
+            match crate::server_fns::get_config().await {
+                Ok(c) => {
+                    params.update(|p| *p = p.with_defaults(&c));
+                    config.set(Some(c));
+                }
+                Err(e) => leptos::logging::warn!("config: {}", error_text(&e)),
+            }
+        });
+        leptos::task::spawn_local(async move {
+            if let Ok(s) = crate::server_fns::get_status().await {
+                status.set(Some(s));
+            }
+        });
+        leptos::task::spawn_local(async move {
+            if let Ok(s) = crate::server_fns::get_edit_status().await {
+                edit_status.set(Some(s));
+            }
+        });
+    });
+
+    let busy = Signal::derive(move || run.with(RunState::is_busy));
     view! {
         <Header mode/>
-        <main class="workspace">
+        <main class="workspace" data-ready=move || config.with(Option::is_some).to_string()>
             <section class="inputs" aria-label="Input">
-                <UploadArea image/>
-                <ParamsPanel params mode/>
+                <UploadArea image config/>
+                <ParamsPanel params errors=field_errors config disabled=busy/>
+                <RunPanel/>
             </section>
-            <ResultsArea image params mode/>
+            <ResultsArea/>
         </main>
+        <footer class="footer">
+            <Benchmark/>
+        </footer>
+        <div class="visually-hidden" aria-live="polite" role="status" id="announcer">
+            {move || announce.get()}
+        </div>
+        <noscript>
+            <p class="error">"Qwen Layers needs JavaScript (WebAssembly) for uploading and compositing."</p>
+        </noscript>
     }
+    .into_any()
 }

@@ -1,10 +1,16 @@
-//! The parameters panel: prompt, layers, resolution, steps, CFG and seed.
+//! The parameters panel: prompt, layers, resolution, steps, CFG and seed. Defaults come from the
+//! server's configuration (`get_config`).
 
 use leptos::prelude::*;
 
-use super::ModelMode;
+use crate::api::{ConfigResponse, DecomposeRequest, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS};
 
-/// What the user set; `None` seed = random.
+const ICON_SHUFFLE: &str = "M16 3h5v5M4 20 21 3M21 16v5h-5M15 15l6 6M4 4l5 5";
+
+/// Largest seed the form accepts: exact as a JavaScript number.
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+/// What the user set; `None` seed = a fresh random one per run (the server reports it back).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     pub prompt: String,
@@ -21,37 +27,323 @@ impl Default for Params {
     }
 }
 
+impl Params {
+    /// The server's defaults, keeping what the user already typed (prompt, seed).
+    pub fn with_defaults(&self, config: &ConfigResponse) -> Self {
+        Self {
+            prompt: self.prompt.clone(),
+            layer_num: config.layer_num,
+            resolution: config.resolution,
+            steps: config.steps,
+            cfg_scale: config.cfg_scale,
+            seed: self.seed,
+        }
+    }
+
+    pub fn to_request(&self, image: String) -> DecomposeRequest {
+        DecomposeRequest {
+            image,
+            prompt: self.prompt.trim().to_string(),
+            negative_prompt: None,
+            layer_num: Some(self.layer_num),
+            resolution: Some(self.resolution),
+            steps: Some(self.steps),
+            cfg_scale: Some(self.cfg_scale),
+            seed: self.seed,
+            cfg_normalize: None,
+            caption_language: None,
+        }
+    }
+}
+
+/// Validation messages of the fields (`None` = valid). An invalid field keeps the user's text and
+/// the last valid value in [`Params`], and blocks "Decompose Image".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FieldErrors {
+    pub layers: Option<String>,
+    pub steps: Option<String>,
+    pub cfg: Option<String>,
+    pub seed: Option<String>,
+}
+
+impl FieldErrors {
+    pub fn any(&self) -> bool {
+        self.layers.is_some() || self.steps.is_some() || self.cfg.is_some() || self.seed.is_some()
+    }
+}
+
+pub fn parse_layers(text: &str) -> Result<u32, String> {
+    let (lo, hi) = (*LAYER_RANGE.start(), *LAYER_RANGE.end());
+    match text.trim().parse::<u32>() {
+        Ok(n) if LAYER_RANGE.contains(&n) => Ok(n),
+        _ => Err(format!("Layers must be a whole number from {lo} to {hi}.")),
+    }
+}
+
+pub fn parse_steps(text: &str, max: u32) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("Steps must be a whole number from 1 to {max}.")),
+    }
+}
+
+pub fn parse_cfg(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() && (0.0..=MAX_CFG_SCALE).contains(&v) => Ok(v),
+        _ => Err(format!("CFG scale must be a number from 0 to {MAX_CFG_SCALE}.")),
+    }
+}
+
+/// Empty = random.
+pub fn parse_seed(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    match t.parse::<u64>() {
+        Ok(n) if n <= MAX_SEED => Ok(Some(n)),
+        _ => Err(format!("Seed must be empty (random) or a whole number from 0 to {MAX_SEED}.")),
+    }
+}
+
 #[component]
-pub fn ParamsPanel(params: RwSignal<Params>, mode: RwSignal<ModelMode>) -> impl IntoView {
+pub fn ParamsPanel(
+    params: RwSignal<Params>,
+    errors: RwSignal<FieldErrors>,
+    config: RwSignal<Option<ConfigResponse>>,
+    #[prop(into)] disabled: Signal<bool>,
+) -> impl IntoView {
+    let max_steps = move || config.with(|c| c.as_ref().map_or(MAX_STEPS, |c| c.max_steps));
+    let resolutions = move || config.with(|c| c.as_ref().map_or_else(|| RESOLUTIONS.to_vec(), |c| c.resolutions.clone()));
+    let defaults_note = move || {
+        config.with(|c| match c {
+            Some(c) => format!(
+                "Server defaults: {} layers, {} px, {} steps, CFG {}.",
+                c.layer_num, c.resolution, c.steps, c.cfg_scale
+            ),
+            None => "Loading the server's defaults…".into(),
+        })
+    };
+
     view! {
-        <form class="params" aria-label="Parameters" on:submit=|ev| ev.prevent_default()>
-            <label for="prompt">"Prompt"</label>
-            <textarea
-                id="prompt"
-                rows="3"
-                placeholder="Describe the scene, not the layers (leave empty to caption automatically)"
-                prop:value=move || params.with(|p| p.prompt.clone())
-                on:input=move |ev| params.update(|p| p.prompt = event_target_value(&ev))
-            ></textarea>
-            <label for="layers">"Layers"</label>
-            <input
-                id="layers"
-                type="number"
-                min="2"
-                max="10"
-                prop:value=move || params.with(|p| p.layer_num.to_string())
-                on:change=move |ev| {
-                    if let Ok(n) = event_target_value(&ev).parse::<u32>() {
-                        params.update(|p| p.layer_num = n.clamp(2, 10));
-                    }
-                }
-            />
-            <p class="mode-note">
-                {move || match mode.get() {
-                    ModelMode::QwenImage => "Qwen-Image-Layered mode".to_string(),
-                    ModelMode::ZImage => "Z-Image mode is not available yet".to_string(),
-                }}
-            </p>
+        <form class="params card" aria-labelledby="params-title" on:submit=|ev| ev.prevent_default()>
+            <h2 id="params-title" class="card-title">"Parameters"</h2>
+            <fieldset class="params-fields" disabled=move || disabled.get()>
+                <div class="field">
+                    <label for="prompt">"Prompt " <span class="optional">"(optional)"</span></label>
+                    <textarea
+                        id="prompt"
+                        rows="3"
+                        aria-describedby="prompt-hint"
+                        placeholder="e.g. A cat sitting on a red sofa in a sunlit living room"
+                        prop:value=move || params.with(|p| p.prompt.clone())
+                        on:input=move |ev| params.update(|p| p.prompt = event_target_value(&ev))
+                    ></textarea>
+                    <p id="prompt-hint" class="hint">
+                        "Describe the whole scene, not the layers. If left empty, the server tries to caption the image itself."
+                    </p>
+                </div>
+
+                <div class="field-row">
+                    <div class="field">
+                        <label for="layers">"Layers"</label>
+                        <input
+                            id="layers"
+                            type="number"
+                            inputmode="numeric"
+                            min=*LAYER_RANGE.start()
+                            max=*LAYER_RANGE.end()
+                            step="1"
+                            aria-invalid=move || errors.with(|e| e.layers.is_some()).to_string()
+                            aria-describedby="layers-error"
+                            prop:value=move || params.with(|p| p.layer_num.to_string())
+                            on:input=move |ev| {
+                                match parse_layers(&event_target_value(&ev)) {
+                                    Ok(n) => {
+                                        params.update(|p| p.layer_num = n);
+                                        errors.update(|e| e.layers = None);
+                                    }
+                                    Err(msg) => errors.update(|e| e.layers = Some(msg)),
+                                }
+                            }
+                        />
+                    </div>
+                    <div class="field">
+                        <label for="steps">"Steps"</label>
+                        <input
+                            id="steps"
+                            type="number"
+                            inputmode="numeric"
+                            min="1"
+                            max=max_steps
+                            step="1"
+                            aria-invalid=move || errors.with(|e| e.steps.is_some()).to_string()
+                            aria-describedby="steps-error"
+                            prop:value=move || params.with(|p| p.steps.to_string())
+                            on:input=move |ev| {
+                                match parse_steps(&event_target_value(&ev), max_steps()) {
+                                    Ok(n) => {
+                                        params.update(|p| p.steps = n);
+                                        errors.update(|e| e.steps = None);
+                                    }
+                                    Err(msg) => errors.update(|e| e.steps = Some(msg)),
+                                }
+                            }
+                        />
+                    </div>
+                    <div class="field">
+                        <label for="cfg">"CFG scale"</label>
+                        <input
+                            id="cfg"
+                            type="number"
+                            inputmode="decimal"
+                            min="0"
+                            max=MAX_CFG_SCALE
+                            step="0.5"
+                            aria-invalid=move || errors.with(|e| e.cfg.is_some()).to_string()
+                            aria-describedby="cfg-error"
+                            prop:value=move || params.with(|p| p.cfg_scale.to_string())
+                            on:input=move |ev| {
+                                match parse_cfg(&event_target_value(&ev)) {
+                                    Ok(v) => {
+                                        params.update(|p| p.cfg_scale = v);
+                                        errors.update(|e| e.cfg = None);
+                                    }
+                                    Err(msg) => errors.update(|e| e.cfg = Some(msg)),
+                                }
+                            }
+                        />
+                    </div>
+                </div>
+                <FieldError id="layers-error" msg=Signal::derive(move || errors.with(|e| e.layers.clone()))/>
+                <FieldError id="steps-error" msg=Signal::derive(move || errors.with(|e| e.steps.clone()))/>
+                <FieldError id="cfg-error" msg=Signal::derive(move || errors.with(|e| e.cfg.clone()))/>
+
+                <fieldset class="field segmented-field">
+                    <legend>"Resolution"</legend>
+                    <div class="segmented">
+                        {move || {
+                            resolutions()
+                                .into_iter()
+                                .map(|r| {
+                                    let id = format!("res-{r}");
+                                    view! {
+                                        <input
+                                            type="radio"
+                                            name="resolution"
+                                            id=id.clone()
+                                            value=r
+                                            prop:checked=move || params.with(|p| p.resolution == r)
+                                            on:change=move |_| params.update(|p| p.resolution = r)
+                                        />
+                                        <label for=id>{format!("{r} px")}</label>
+                                    }
+                                })
+                                .collect_view()
+                        }}
+                    </div>
+                </fieldset>
+
+                <div class="field">
+                    <label for="seed">"Seed"</label>
+                    <div class="seed-row">
+                        <input
+                            id="seed"
+                            type="text"
+                            inputmode="numeric"
+                            autocomplete="off"
+                            placeholder="Random"
+                            aria-invalid=move || errors.with(|e| e.seed.is_some()).to_string()
+                            aria-describedby="seed-hint seed-error"
+                            prop:value=move || params.with(|p| p.seed.map(|s| s.to_string()).unwrap_or_default())
+                            on:input=move |ev| {
+                                match parse_seed(&event_target_value(&ev)) {
+                                    Ok(s) => {
+                                        params.update(|p| p.seed = s);
+                                        errors.update(|e| e.seed = None);
+                                    }
+                                    Err(msg) => errors.update(|e| e.seed = Some(msg)),
+                                }
+                            }
+                        />
+                        <button
+                            type="button"
+                            class="secondary"
+                            title="Pick a new random seed"
+                            on:click=move |_| {
+                                #[cfg(feature = "hydrate")]
+                                {
+                                    let seed = crate::browser::random_seed();
+                                    params.update(|p| p.seed = Some(seed));
+                                    errors.update(|e| e.seed = None);
+                                }
+                            }
+                        >
+                            <super::layers::Icon path=ICON_SHUFFLE/>
+                            "Randomise"
+                        </button>
+                    </div>
+                    <p id="seed-hint" class="hint">"Empty: a new random seed each run. The seed used is shown with the result."</p>
+                    <FieldError id="seed-error" msg=Signal::derive(move || errors.with(|e| e.seed.clone()))/>
+                </div>
+                <p class="hint defaults-note">{defaults_note}</p>
+            </fieldset>
         </form>
+    }
+    .into_any()
+}
+
+/// A field's validation message (an empty live region when the field is fine).
+#[component]
+fn FieldError(id: &'static str, msg: Signal<Option<String>>) -> impl IntoView {
+    view! {
+        <p id=id class="field-error" aria-live="polite">
+            {move || msg.get()}
+        </p>
+    }
+    .into_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_parse_within_their_ranges() {
+        assert_eq!(parse_layers("4"), Ok(4));
+        assert_eq!(parse_layers(" 10 "), Ok(10));
+        assert!(parse_layers("1").is_err() && parse_layers("11").is_err() && parse_layers("x").is_err());
+        assert_eq!(parse_steps("2", 200), Ok(2));
+        assert!(parse_steps("0", 200).is_err() && parse_steps("201", 200).is_err());
+        assert_eq!(parse_cfg("2.5"), Ok(2.5));
+        assert!(parse_cfg("NaN").is_err() && parse_cfg("-1").is_err() && parse_cfg("21").is_err());
+        assert_eq!(parse_seed(""), Ok(None));
+        assert_eq!(parse_seed(" 42 "), Ok(Some(42)));
+        assert_eq!(parse_seed(&MAX_SEED.to_string()), Ok(Some(MAX_SEED)));
+        assert!(parse_seed(&(MAX_SEED + 1).to_string()).is_err());
+        assert!(parse_seed("-3").is_err() && parse_seed("1e5").is_err());
+    }
+
+    #[test]
+    fn server_defaults_replace_the_numbers_but_keep_the_prompt_and_seed() {
+        let config = ConfigResponse {
+            model_type: "qwenimage".into(),
+            layer_num: 2,
+            resolution: 1024,
+            steps: 3,
+            cfg_scale: 2.5,
+            cpu_offload: false,
+            layer_range: [2, 10],
+            resolutions: vec![640, 1024],
+            max_steps: 200,
+            max_image_pixels: 100,
+            max_body_bytes: 100,
+        };
+        let typed = Params { prompt: "a cat".into(), seed: Some(5), ..Params::default() };
+        let p = typed.with_defaults(&config);
+        assert_eq!(p, Params { prompt: "a cat".into(), layer_num: 2, resolution: 1024, steps: 3, cfg_scale: 2.5, seed: Some(5) });
+        let req = Params { prompt: "  a cat \n".into(), ..p }.to_request("data:x".into());
+        assert_eq!(req.prompt, "a cat");
+        assert_eq!((req.layer_num, req.resolution, req.steps, req.seed), (Some(2), Some(1024), Some(3), Some(5)));
     }
 }

@@ -1,23 +1,44 @@
-//! The results area: decompose button, progress, and the returned layers.
+//! The results area: an empty state until a decomposition arrives, then the canvas, the layer
+//! panel and export.
 
 use leptos::prelude::*;
 
-use super::{ModelMode, Params, UploadedImage};
+use super::canvas::Stage;
+use super::export_bar::ExportBar;
+use super::layers::LayerPanel;
+use super::AppState;
 
 #[component]
-pub fn ResultsArea(
-    image: RwSignal<Option<UploadedImage>>,
-    params: RwSignal<Params>,
-    mode: RwSignal<ModelMode>,
-) -> impl IntoView {
-    let _ = params;
-    let disabled = move || image.with(Option::is_none) || mode.get() != ModelMode::QwenImage;
+pub fn ResultsArea() -> impl IntoView {
+    let AppState { result, .. } = expect_context::<AppState>();
     view! {
         <section class="results" aria-label="Results">
-            <button type="button" class="primary" disabled=disabled>
-                "Decompose Image"
-            </button>
-            <p class="hint">"Layers appear here, Layer 1 at the bottom of the stack."</p>
+            <Show
+                when=move || result.with(Option::is_some)
+                fallback=|| {
+                    view! {
+                        <div class="empty-state card">
+                            <div class="empty-illustration" aria-hidden="true">
+                                <span></span>
+                                <span></span>
+                                <span></span>
+                            </div>
+                            <h2>"Your layers appear here"</h2>
+                            <p class="hint">
+                                "Choose an image and press “Decompose Image”. Layers appear here, Layer 1 at the bottom of the stack; "
+                                "you can hide, reorder, fade, edit and export them."
+                            </p>
+                        </div>
+                    }
+                }
+            >
+                <Stage/>
+                <div class="side">
+                    <LayerPanel/>
+                    <ExportBar/>
+                </div>
+            </Show>
         </section>
     }
+    .into_any()
 }

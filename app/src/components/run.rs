@@ -1,0 +1,417 @@
+//! "Decompose Image": starts a job, follows it (phase, step/total, ETA) by polling the server,
+//! offers Cancel, and shows errors where the button is.
+
+use leptos::prelude::*;
+
+use super::{AppState, ModelMode};
+use crate::api::{JobState, JobStatus};
+
+/// How often a running job is polled.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+pub const POLL_MS: i32 = 400;
+/// Polls that may fail in a row (a blip of the network) before the run is reported failed.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+const MAX_POLL_FAILURES: u32 = 5;
+
+/// Where the decompose run stands.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RunState {
+    #[default]
+    Idle,
+    /// The request is on its way (the image is being uploaded).
+    Starting,
+    Running {
+        id: String,
+        status: Option<JobStatus>,
+        cancelling: bool,
+    },
+    /// The layers arrived.
+    Done { seconds: f64, seed: u64, layers: u32 },
+    Failed(String),
+    Cancelled,
+}
+
+impl RunState {
+    pub fn is_busy(&self) -> bool {
+        matches!(self, RunState::Starting | RunState::Running { .. })
+    }
+}
+
+/// What the progress bar shows for a job: a label, the fraction done (`None` = indeterminate)
+/// and a detail line (step, elapsed, ETA).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressView {
+    pub label: String,
+    pub fraction: Option<f64>,
+    pub detail: String,
+}
+
+pub fn progress_view(s: &JobStatus) -> ProgressView {
+    let label = match (s.state, s.phase.as_str()) {
+        (JobState::Queued, _) | (_, "queued") => match s.queue_position {
+            Some(0) | None => "Waiting for the model (next in line)".to_string(),
+            Some(n) => format!("Waiting for the model ({n} ahead)"),
+        },
+        (_, "starting") => "Starting".into(),
+        (_, "loading") => "Loading the model".into(),
+        (_, "encoding") => "Encoding the prompt and image".into(),
+        (_, "denoising") => "Denoising".into(),
+        (_, "decoding") => "Decoding the layers".into(),
+        (_, "done") => "Done".into(),
+        (_, other) => {
+            let mut c = other.chars();
+            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        }
+    };
+    let fraction = match s.phase.as_str() {
+        "denoising" | "decoding" | "done" if s.total_steps > 0 => {
+            Some((f64::from(s.step) / f64::from(s.total_steps)).clamp(0.0, 1.0))
+        }
+        _ => None,
+    };
+    let mut detail = Vec::new();
+    if s.total_steps > 0 && s.state != JobState::Queued {
+        detail.push(format!("Step {} / {}", s.step.min(s.total_steps), s.total_steps));
+    }
+    if s.elapsed > 0.0 {
+        detail.push(format!("{} elapsed", duration(s.elapsed)));
+    }
+    if let Some(eta) = s.eta_seconds.filter(|e| e.is_finite() && *e >= 0.0) {
+        detail.push(format!("about {} left", duration(eta)));
+    }
+    ProgressView { label, fraction, detail: detail.join(" · ") }
+}
+
+/// "0.4 s", "12 s", "3 min 05 s", "1 h 02 min".
+pub fn duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    if secs < 10.0 {
+        return format!("{secs:.1} s");
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The message of a server-function error, without the transport's prefix.
+pub fn error_text(e: &ServerFnError) -> String {
+    match e {
+        ServerFnError::ServerError(m) => m.clone(),
+        ServerFnError::Request(m) => format!("The server could not be reached ({m})."),
+        other => other.to_string(),
+    }
+}
+
+#[component]
+pub fn RunPanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let AppState { mode, image, field_errors, status, run, .. } = state;
+
+    let blocked_reason = move || -> Option<String> {
+        if mode.get() != ModelMode::QwenImage {
+            return Some("Z-Image mode is not available yet".into());
+        }
+        if image.with(Option::is_none) {
+            return Some("Choose an image first.".into());
+        }
+        if field_errors.with(|e| e.any()) {
+            return Some("Fix the parameters above first.".into());
+        }
+        None
+    };
+    let disabled = move || run.with(RunState::is_busy) || blocked_reason().is_some();
+
+    let start = move |_| {
+        if disabled() {
+            return;
+        }
+        #[cfg(feature = "hydrate")]
+        start_run(state);
+    };
+    let cancel = move |_| {
+        #[cfg(feature = "hydrate")]
+        {
+            let id = match run.get_untracked() {
+                RunState::Running { id, .. } => id,
+                _ => return,
+            };
+            run.update(|r| {
+                if let RunState::Running { cancelling, .. } = r {
+                    *cancelling = true;
+                }
+            });
+            leptos::task::spawn_local(async move {
+                if let Err(e) = crate::server_fns::cancel_job(id).await {
+                    leptos::logging::warn!("cancel failed: {}", error_text(&e));
+                }
+            });
+        }
+    };
+
+    let model_notice = move || {
+        status.with(|s| {
+            s.as_ref().filter(|s| s.status == "unavailable").map(|s| {
+                view! {
+                    <p class="notice" id="model-notice">
+                        <strong>"The decompose model is unavailable. "</strong>
+                        {s.reason.clone().unwrap_or_default()}
+                    </p>
+                }
+            })
+        })
+    };
+
+    view! {
+        <div class="run card" aria-labelledby="run-title">
+            <h2 id="run-title" class="visually-hidden">"Run"</h2>
+            <div class="run-buttons">
+                <button
+                    type="button"
+                    class="primary run-button"
+                    disabled=disabled
+                    aria-describedby="run-why"
+                    on:click=start
+                >
+                    {move || if run.with(RunState::is_busy) { "Decomposing…" } else { "Decompose Image" }}
+                </button>
+                <Show when=move || run.with(|r| matches!(r, RunState::Running { .. }))>
+                    <button
+                        type="button"
+                        class="secondary cancel-button"
+                        disabled=move || run.with(|r| matches!(r, RunState::Running { cancelling: true, .. }))
+                        on:click=cancel
+                    >
+                        {move || {
+                            if run.with(|r| matches!(r, RunState::Running { cancelling: true, .. })) {
+                                "Cancelling…"
+                            } else {
+                                "Cancel"
+                            }
+                        }}
+                    </button>
+                </Show>
+            </div>
+            <p id="run-why" class="hint mode-note">{move || if run.with(RunState::is_busy) { None } else { blocked_reason() }}</p>
+            {model_notice}
+            <RunStatus run/>
+        </div>
+    }
+    .into_any()
+}
+
+/// The progress bar while running, then the outcome (or the error) in the same place.
+#[component]
+fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
+    move || match run.get() {
+        RunState::Idle => ().into_any(),
+        RunState::Starting => {
+            view! { <ProgressBar label="Uploading the image".into() fraction=None detail=String::new()/> }.into_any()
+        }
+        RunState::Running { status, cancelling, .. } => {
+            let view = status.as_ref().map(progress_view).unwrap_or(ProgressView {
+                label: "Waiting for the model".into(),
+                fraction: None,
+                detail: String::new(),
+            });
+            let label = if cancelling { format!("{} — cancelling after this step", view.label) } else { view.label };
+            view! { <ProgressBar label fraction=view.fraction detail=view.detail/> }.into_any()
+        }
+        RunState::Done { seconds, seed, layers } => view! {
+            <p class="run-done" role="status">
+                {format!("Split into {layers} layers in {} · seed {seed}", duration(seconds))}
+            </p>
+        }
+        .into_any(),
+        RunState::Failed(msg) => view! {
+            <div class="error run-error" role="alert">
+                <strong>"Decomposition failed: "</strong>
+                {msg}
+            </div>
+        }
+        .into_any(),
+        RunState::Cancelled => view! { <p class="run-cancelled" role="status">"Cancelled."</p> }.into_any(),
+    }
+}
+
+#[component]
+fn ProgressBar(label: String, fraction: Option<f64>, detail: String) -> impl IntoView {
+    let percent = fraction.map(|f| (f * 100.0).round() as u32);
+    view! {
+        <div class="progress" role="status" aria-live="polite">
+            <div class="progress-label">
+                <span class="progress-phase">{label.clone()}</span>
+                <span class="progress-percent">{percent.map(|p| format!("{p} %"))}</span>
+            </div>
+            <div
+                class="progress-track"
+                class:indeterminate=fraction.is_none()
+                role="progressbar"
+                aria-label=label
+                aria-valuemin="0"
+                aria-valuemax="100"
+                aria-valuenow=percent
+            >
+                <div class="progress-fill" style:width=percent.map(|p| format!("{p}%"))></div>
+            </div>
+            <p class="progress-detail">{detail}</p>
+        </div>
+    }
+    .into_any()
+}
+
+/// Starts a job and follows it until it ends; the result becomes the layer stack.
+#[cfg(feature = "hydrate")]
+fn start_run(state: AppState) {
+    use crate::layer_stack::{Decomposition, RunInfo};
+    use crate::server_fns::{get_job_status, start_decompose};
+
+    let AppState { image, params, run, result, run_info, announce, status, .. } = state;
+    let Some(img) = image.get_untracked() else { return };
+    let p = params.get_untracked();
+    let request = p.to_request(img.data_url.clone());
+    run.set(RunState::Starting);
+    announce.set("Decomposition started.".into());
+    leptos::task::spawn_local(async move {
+        let id = match start_decompose(request).await {
+            Ok(started) => started.id,
+            Err(e) => {
+                run.set(RunState::Failed(error_text(&e)));
+                return;
+            }
+        };
+        run.set(RunState::Running { id: id.clone(), status: None, cancelling: false });
+        let mut failures = 0;
+        loop {
+            crate::browser::sleep_ms(POLL_MS).await;
+            let s = match get_job_status(id.clone()).await {
+                Ok(s) => {
+                    failures = 0;
+                    s
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_POLL_FAILURES {
+                        run.set(RunState::Failed(format!("Lost track of the job: {}", error_text(&e))));
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match s.state {
+                JobState::Queued | JobState::Running => {
+                    run.update(|r| {
+                        if let RunState::Running { status, .. } = r {
+                            *status = Some(s);
+                        }
+                    });
+                }
+                JobState::Cancelled => {
+                    run.set(RunState::Cancelled);
+                    announce.set("Decomposition cancelled.".into());
+                    return;
+                }
+                JobState::Failed => {
+                    run.set(RunState::Failed(s.error.unwrap_or_else(|| "the job failed".into())));
+                    announce.set("Decomposition failed.".into());
+                    return;
+                }
+                JobState::Done => {
+                    let Some(response) = s.result else {
+                        run.set(RunState::Failed("the job finished without a result".into()));
+                        return;
+                    };
+                    match Decomposition::from_response(&response) {
+                        Ok(d) => {
+                            let layers = d.stack.len() as u32;
+                            let model = status.with_untracked(|s| s.as_ref().map(|s| s.model.clone())).unwrap_or_default();
+                            run_info.set(Some(RunInfo {
+                                model,
+                                prompt: p.prompt.trim().to_string(),
+                                seed: response.seed,
+                                layer_num: response.layer_count,
+                                resolution: response.resolution,
+                                steps: p.steps,
+                                cfg_scale: p.cfg_scale,
+                                generation_time: response.generation_time,
+                            }));
+                            result.set(Some(d));
+                            run.set(RunState::Done { seconds: response.generation_time, seed: response.seed, layers });
+                            announce.set(format!("Done: {layers} layers."));
+                        }
+                        Err(e) => run.set(RunState::Failed(format!("The result could not be shown: {e}"))),
+                    }
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: JobState, phase: &str, step: u32) -> JobStatus {
+        JobStatus {
+            id: "j".into(),
+            state,
+            phase: phase.into(),
+            step,
+            total_steps: 50,
+            elapsed: 0.0,
+            eta_seconds: None,
+            queue_position: None,
+            error: None,
+            result: None,
+        }
+    }
+
+    #[test]
+    fn queued_jobs_say_how_many_are_ahead() {
+        let mut s = status(JobState::Queued, "queued", 0);
+        assert_eq!(progress_view(&s).label, "Waiting for the model (next in line)");
+        s.queue_position = Some(2);
+        let v = progress_view(&s);
+        assert_eq!(v.label, "Waiting for the model (2 ahead)");
+        assert_eq!((v.fraction, v.detail.as_str()), (None, ""));
+    }
+
+    #[test]
+    fn denoising_shows_step_fraction_elapsed_and_eta() {
+        let mut s = status(JobState::Running, "denoising", 10);
+        s.elapsed = 12.4;
+        s.eta_seconds = Some(95.0);
+        let v = progress_view(&s);
+        assert_eq!(v.label, "Denoising");
+        assert_eq!(v.fraction, Some(0.2));
+        assert_eq!(v.detail, "Step 10 / 50 · 12 s elapsed · about 1 min 35 s left");
+    }
+
+    #[test]
+    fn phases_before_denoising_are_indeterminate() {
+        let v = progress_view(&status(JobState::Running, "encoding", 0));
+        assert_eq!((v.label.as_str(), v.fraction), ("Encoding the prompt and image", None));
+        assert_eq!(progress_view(&status(JobState::Running, "warming up", 0)).label, "Warming up");
+        assert_eq!(progress_view(&status(JobState::Running, "decoding", 50)).fraction, Some(1.0));
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(0.42), "0.4 s");
+        assert_eq!(duration(42.0), "42 s");
+        assert_eq!(duration(185.0), "3 min 05 s");
+        assert_eq!(duration(3725.0), "1 h 02 min");
+        assert_eq!(duration(f64::NAN), "?");
+    }
+
+    #[test]
+    fn server_errors_lose_the_transport_prefix() {
+        let e = ServerFnError::new("decomposition is not built into this server yet");
+        assert_eq!(error_text(&e), "decomposition is not built into this server yet");
+    }
+}
