@@ -52,6 +52,9 @@ pub struct DecomposeRequest {
     /// CFG normalisation (the official app's default: on).
     #[serde(default)]
     pub cfg_normalize: Option<bool>,
+    /// Language of the automatic caption for an empty prompt: "en" (default) or "cn".
+    #[serde(default)]
+    pub caption_language: Option<String>,
 }
 
 /// One returned image: index 0 "Composite", then "Layer 1" … "Layer N".
@@ -78,6 +81,9 @@ pub struct DecomposeResponse {
     pub seed: u64,
     pub width: u32,
     pub height: u32,
+    /// The automatic caption used when the prompt was empty.
+    #[serde(default)]
+    pub caption: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +219,8 @@ pub struct DecomposeJob {
     pub cfg_scale: f32,
     pub cfg_normalize: bool,
     pub seed: u64,
+    /// Caption in Chinese instead of English (empty prompt only).
+    pub caption_in_chinese: bool,
 }
 
 /// An edit request after validation.
@@ -289,6 +297,13 @@ impl DecomposeRequest {
             cfg_scale,
             cfg_normalize: self.cfg_normalize.unwrap_or(true),
             seed: self.seed.unwrap_or(random_seed),
+            caption_in_chinese: match self.caption_language.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("en") => false,
+                Some("cn" | "zh") => true,
+                Some(other) => {
+                    return Err(ApiError::unprocessable(format!("caption_language must be \"en\" or \"cn\", got {other:?}")))
+                }
+            },
         })
     }
 }
@@ -329,6 +344,7 @@ mod tests {
             cfg_scale: None,
             seed: None,
             cfg_normalize: None,
+            caption_language: None,
         }
     }
 
@@ -358,6 +374,7 @@ mod tests {
             (Box::new(|r| r.cfg_scale = Some(f32::NAN)), "cfg_scale"),
             (Box::new(|r| r.cfg_scale = Some(-1.0)), "cfg_scale"),
             (Box::new(|r| r.prompt = "x".repeat(MAX_PROMPT_CHARS + 1)), "prompt"),
+            (Box::new(|r| r.caption_language = Some("fr".into())), "caption_language"),
         ];
         for (mutate, field) in cases {
             let mut r = request(tiny_png());

@@ -62,12 +62,16 @@ pub async fn cancel_job(id: String) -> Result<JobStatus, ServerFnError> {
     backend()?.cancel_job(&id).map_err(fail)
 }
 
+/// The edit model's state: "idle" (loads, and downloads, on the first edit), "ready" or
+/// "unavailable" with the reason.
 #[server(prefix = "/api/app", endpoint = "edit_status", input = GetUrl)]
 pub async fn get_edit_status() -> Result<EditStatusResponse, ServerFnError> {
     Ok(backend()?.edit_status())
 }
 
-/// Edits one layer by instruction; answers the edited layer as a PNG data URL.
+/// Edits one RGBA layer by an instruction (Qwen-Image-Edit-2509) and returns the edited layer,
+/// the same size, as a `data:image/png;base64,…` URL. With `keep_alpha` (default) the layer's
+/// alpha is kept exactly; `false` re-derives it for edits that change the shape.
 #[server(prefix = "/api/app", endpoint = "edit_layer", input = Json)]
 pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ServerFnError> {
     let png = backend()?.edit_layer(request).await.map_err(fail)?;

@@ -10,7 +10,7 @@ use app::api::{
 use app::backend::{Backend, BoxFuture};
 
 use crate::config::QwenImageSettings;
-use crate::engine_state::EngineState;
+use crate::engine_state::{EngineState, SharedEditState};
 use crate::job_registry::{JobHandle, JobRegistry};
 use crate::jobs::JobQueue;
 
@@ -34,7 +34,8 @@ pub struct ServerBackend {
     jobs: JobRegistry,
     /// Why decomposition cannot run (model missing…), found at startup.
     unavailable: Option<String>,
-    edit_unavailable: Option<String>,
+    /// The edit model's state, kept current by the worker.
+    edit: SharedEditState,
 }
 
 impl ServerBackend {
@@ -47,10 +48,10 @@ impl ServerBackend {
             max_image_pixels: options.max_image_pixels,
         };
         let unavailable = engine.decompose_unavailable();
-        let edit_unavailable = engine.edit_unavailable();
+        let edit = engine.edit_state();
         let loaded = engine.loaded_flag();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
-        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit_unavailable })
+        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit })
     }
 
     pub fn options(&self) -> &ServerOptions {
@@ -145,11 +146,15 @@ impl Backend for ServerBackend {
     }
 
     fn edit_status(&self) -> EditStatusResponse {
-        EditStatusResponse {
-            status: if self.edit_unavailable.is_some() { "unavailable" } else { "idle" }.into(),
-            model_loaded: false,
-            model: self.options.settings.edit_model_source().to_string(),
-            reason: self.edit_unavailable.clone(),
+        let model = self.options.settings.edit_model_source();
+        match self.edit.lock() {
+            Ok(state) => state.to_response(model),
+            Err(_) => EditStatusResponse {
+                status: "unavailable".into(),
+                model_loaded: false,
+                model: model.to_string(),
+                reason: Some("the engine worker failed while loading the edit model".into()),
+            },
         }
     }
 
@@ -178,7 +183,7 @@ impl Backend for ServerBackend {
 
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {
         let job = request.validate(&self.limits, random_seed());
-        let unavailable = self.edit_unavailable.clone();
+        let unavailable = self.edit.lock().ok().and_then(|s| s.refusal());
         let queue = self.queue_handle();
         Box::pin(async move {
             let job = job?;

@@ -1,12 +1,23 @@
 //! What the engine worker owns: where the models are, and the pipelines once loaded. Models load
 //! on the first job that needs them (the real ones take tens of GB), not at startup.
+//!
+//! The edit model (Qwen-Image-Edit-2509) is found, and downloaded into the hub cache if it is a
+//! repo id not there yet, on the first edit. Only one of the two pipelines stays in memory: each
+//! is about as large as the other (a 20B transformer plus a 7B text encoder), so loading one drops
+//! the other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob};
+use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob, EditStatusResponse};
 use candle_core::{DType, Device};
-use engine::pipeline::{DecomposeOptions, LoadOptions, Phase, Progress};
+use engine::gpu::OffloadOptions;
+use engine::pipeline::edit::EDIT_COMPONENTS;
+use engine::pipeline::{
+    edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LoadOptions, NoProgress,
+    Phase, Progress,
+};
+use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 
 use crate::layers::Decomposer;
@@ -16,6 +27,12 @@ use crate::layers::Decomposer;
 pub struct Runtime {
     pub device: Device,
     pub dtype: DType,
+    /// `cpu_offload`: stream the transformer's and text encoder's layers from host memory (CUDA
+    /// only; ignored on the CPU).
+    pub offload: bool,
+    /// Why the requested device cannot be used (no GPU, a driver too old, a build without CUDA):
+    /// the server then stays up and reports it in `/status` instead of exiting.
+    pub problem: Option<String>,
 }
 
 impl Runtime {
@@ -23,9 +40,7 @@ impl Runtime {
     pub fn select(device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
         let device = match device {
             "cpu" => Device::Cpu,
-            "cuda" => Device::new_cuda(0).map_err(|e| {
-                anyhow::anyhow!("--device cuda: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)")
-            })?,
+            "cuda" => engine::gpu::cuda_device(0).map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?,
             "auto" => Device::cuda_if_available(0).unwrap_or(Device::Cpu),
             other => anyhow::bail!("unknown device `{other}` (cpu, cuda or auto)"),
         };
@@ -36,12 +51,21 @@ impl Runtime {
             Some("f16") => DType::F16,
             Some(other) => anyhow::bail!("unknown dtype `{other}` (f32, bf16 or f16)"),
         };
-        Ok(Self { device, dtype })
+        Ok(Self { device, dtype, offload: false, problem: None })
+    }
+
+    /// A runtime that cannot run jobs, and says why.
+    pub fn unavailable(problem: String) -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32, offload: false, problem: Some(problem) }
     }
 
     pub fn describe(&self) -> String {
+        if self.problem.is_some() {
+            return "unavailable".into();
+        }
         let device = if self.device.is_cuda() { "cuda" } else { "cpu" };
-        format!("{device} {:?}", self.dtype).to_lowercase()
+        let offload = if self.offload && self.device.is_cuda() { " cpu-offload" } else { "" };
+        format!("{device} {:?}{offload}", self.dtype).to_lowercase()
     }
 }
 
@@ -49,10 +73,82 @@ pub struct EngineState {
     runtime: Runtime,
     /// The decompose model's folder, or why it cannot be used.
     layered: Result<ModelDir, String>,
-    /// The edit model's folder, or why it cannot be used.
-    edit: Result<ModelDir, String>,
+    /// The edit model: a local folder or a repo id, resolved (and downloaded) on the first edit.
+    edit_source: String,
     decomposer: Option<Decomposer>,
+    editor: Option<EditPipeline>,
     loaded: Arc<AtomicBool>,
+    edit_state: SharedEditState,
+}
+
+/// Where the edit model stands; shared with the backend, which answers `edit-status` and refuses
+/// edits that cannot run without queueing them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditState {
+    /// Not in memory; loads (downloading it first if needed) on the first edit.
+    Idle,
+    Ready,
+    /// The last load failed (a network error, a missing file…): the next edit tries again.
+    LoadFailed(String),
+    /// It cannot run at all with this configuration (a path that is not a model folder, an
+    /// incomplete one, a Layered model given as the edit model, offline without the model).
+    Unavailable(String),
+}
+
+pub type SharedEditState = Arc<Mutex<EditState>>;
+
+impl EditState {
+    /// The `GET /api/qwen-image/edit-status` answer for model `model`.
+    pub fn to_response(&self, model: &str) -> EditStatusResponse {
+        let (status, reason) = match self {
+            EditState::Idle => ("idle", None),
+            EditState::Ready => ("ready", None),
+            EditState::LoadFailed(r) | EditState::Unavailable(r) => ("unavailable", Some(r.clone())),
+        };
+        EditStatusResponse {
+            status: status.into(),
+            model_loaded: *self == EditState::Ready,
+            model: model.to_string(),
+            reason,
+        }
+    }
+
+    /// Why an edit is refused before it is queued, if it is.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            EditState::Unavailable(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// The state at startup, without downloading anything: a complete local folder or cached
+    /// snapshot is idle, a repo id not cached yet is idle too (it is downloaded on the first
+    /// edit) unless the hub is offline; anything else is unavailable with the reason.
+    pub fn at_startup(source: &str) -> Self {
+        match ModelDir::resolve(source, false) {
+            Ok(model) => match model.check(EDIT_COMPONENTS) {
+                Ok(()) => EditState::Idle,
+                Err(e) => EditState::Unavailable(format!("the edit model is not usable: {e}")),
+            },
+            Err(e) => {
+                let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
+                if looks_like_repo_id(source) && !std::path::Path::new(source).exists() && !offline {
+                    EditState::Idle
+                } else {
+                    EditState::Unavailable(format!("the edit model is not available: {e}"))
+                }
+            }
+        }
+    }
+}
+
+/// `owner/name`, as the hub names repos (a path like `./x/y` or `/x/y` is not one).
+fn looks_like_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
 }
 
 /// An engine error as the API reports it.
@@ -64,6 +160,10 @@ pub fn api_error(e: engine::Error) -> ApiError {
         e @ (engine::Error::ModelNotFound(_) | engine::Error::IncompleteModel { .. }) => {
             ApiError::unavailable(e.to_string())
         }
+        engine::Error::Candle(e) => match engine::gpu::errors::gpu_problem(&e) {
+            Some(msg) => ApiError::unavailable(msg),
+            None => ApiError::internal(format!("the engine failed: {e}")),
+        },
         e => ApiError::internal(format!("the engine failed: {e}")),
     }
 }
@@ -77,7 +177,39 @@ impl EngineState {
             m.check(engine::pipeline::decompose::LAYERED_COMPONENTS).map_err(|e| e.to_string())?;
             Ok(m)
         });
-        Self { runtime, layered, edit: resolve(edit_model_path), decomposer: None, loaded: Arc::default() }
+        let edit_state = Arc::new(Mutex::new(EditState::at_startup(edit_model_path)));
+        Self {
+            runtime,
+            layered,
+            edit_source: edit_model_path.to_string(),
+            decomposer: None,
+            editor: None,
+            loaded: Arc::default(),
+            edit_state,
+        }
+    }
+
+    /// The edit model's state, shared with whoever reports it.
+    pub fn edit_state(&self) -> SharedEditState {
+        self.edit_state.clone()
+    }
+
+    fn set_edit_state(&self, state: EditState) {
+        if let Ok(mut s) = self.edit_state.lock() {
+            *s = state;
+        }
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            device: self.runtime.device.clone(),
+            dtype: self.runtime.dtype,
+            // Keep the text encoder on the CPU machine and for small models; on a GPU the
+            // real 16 GB encoder is loaded per job and dropped before denoising.
+            keep_text_encoder: !self.runtime.device.is_cuda(),
+            offload: (self.runtime.offload && self.runtime.device.is_cuda()).then(OffloadOptions::default),
+            ..LoadOptions::default()
+        }
     }
 
     pub fn loaded_flag(&self) -> Arc<AtomicBool> {
@@ -85,28 +217,18 @@ impl EngineState {
     }
 
     pub fn decompose_unavailable(&self) -> Option<String> {
-        self.layered.as_ref().err().map(|e| format!("the decompose model is not available: {e}"))
-    }
-
-    pub fn edit_unavailable(&self) -> Option<String> {
-        match &self.edit {
-            Err(e) => Some(format!("the edit model is not available: {e}")),
-            Ok(_) => Some("layer editing is not built into this server yet (the edit pipeline is in progress)".into()),
+        if let Some(problem) = &self.runtime.problem {
+            return Some(format!("the GPU cannot be used: {problem}"));
         }
+        self.layered.as_ref().err().map(|e| format!("the decompose model is not available: {e}"))
     }
 
     fn decomposer(&mut self, progress: &dyn Progress) -> Result<&mut Decomposer, ApiError> {
         if self.decomposer.is_none() {
             let model = self.layered.clone().map_err(ApiError::unavailable)?;
             progress.phase(Phase::Loading);
-            let options = LoadOptions {
-                device: self.runtime.device.clone(),
-                dtype: self.runtime.dtype,
-                // Keep the text encoder on the CPU machine and for small models; on a GPU the
-                // real 16 GB encoder is loaded per job and dropped before denoising.
-                keep_text_encoder: !self.runtime.device.is_cuda(),
-                ..LoadOptions::default()
-            };
+            let options = self.load_options();
+            self.drop_editor();
             let started = std::time::Instant::now();
             let d = Decomposer::from_model_dir(model, options).map_err(api_error)?;
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "decompose model loaded");
@@ -126,6 +248,7 @@ impl EngineState {
             true_cfg_scale: f64::from(job.cfg_scale),
             cfg_normalize: job.cfg_normalize,
             seed: job.seed,
+            caption_language: if job.caption_in_chinese { CaptionLanguage::Cn } else { CaptionLanguage::En },
             ..DecomposeOptions::default()
         };
         let decomposer = self.decomposer(progress)?;
@@ -133,7 +256,107 @@ impl EngineState {
         layers.to_response()
     }
 
-    pub fn edit_layer(&mut self, _job: EditJob) -> Result<Vec<u8>, ApiError> {
-        Err(ApiError::unavailable(self.edit_unavailable().unwrap_or_default()))
+    /// Frees the edit pipeline (to make room for the decompose one).
+    fn drop_editor(&mut self) {
+        if self.editor.take().is_some() {
+            self.set_edit_state(EditState::Idle);
+        }
+    }
+
+    /// The edit pipeline, loaded (and downloaded into the hub cache if needed) on first use.
+    fn editor(&mut self) -> Result<&mut EditPipeline, ApiError> {
+        if self.editor.is_none() {
+            if let Some(reason) = self.edit_state.lock().ok().and_then(|s| s.refusal()) {
+                return Err(ApiError::unavailable(reason));
+            }
+            // Room for the edit model: the decompose one goes.
+            if self.decomposer.take().is_some() {
+                self.loaded.store(false, Ordering::SeqCst);
+            }
+            let started = std::time::Instant::now();
+            let loaded = ModelDir::resolve(&self.edit_source, true)
+                .and_then(|model| EditPipeline::load(model, self.load_options()));
+            match loaded {
+                Ok(pipe) => {
+                    tracing::info!(seconds = started.elapsed().as_secs_f64(), model = %pipe.model().describe(), "edit model loaded");
+                    self.editor = Some(pipe);
+                    self.set_edit_state(EditState::Ready);
+                }
+                Err(e) => {
+                    let reason = format!("cannot load the edit model {}: {e}", self.edit_source);
+                    tracing::error!("{reason}");
+                    // A folder that is not an edit model will not become one; anything else
+                    // (network, disk) may work next time.
+                    self.set_edit_state(match e {
+                        engine::Error::InvalidInput(_) | engine::Error::IncompleteModel { .. } => {
+                            EditState::Unavailable(reason.clone())
+                        }
+                        _ => EditState::LoadFailed(reason.clone()),
+                    });
+                    return Err(ApiError::unavailable(reason));
+                }
+            }
+        }
+        Ok(self.editor.as_mut().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Edits one RGBA layer; returns the edited layer (same size, RGBA) as PNG bytes.
+    pub fn edit_layer(&mut self, job: EditJob) -> Result<Vec<u8>, ApiError> {
+        let options = LayerEditOptions {
+            edit: EditOptions {
+                negative_prompt: Some(" ".into()),
+                true_cfg_scale: f64::from(job.cfg_scale),
+                num_inference_steps: job.steps as usize,
+                seed: job.seed,
+                ..EditOptions::default()
+            },
+            alpha: if job.keep_alpha { AlphaMode::KeepOriginal } else { AlphaMode::Rekey },
+            key_color: None,
+        };
+        let editor = self.editor()?;
+        let out = edit_layer(editor, &job.image, &job.prompt, &options, &NoProgress).map_err(api_error)?;
+        let t = &out.edit.record.timings;
+        tracing::info!(
+            seconds = t.total,
+            denoise = t.denoise,
+            width = out.edit.record.width,
+            height = out.edit.record.height,
+            key = ?out.key_color,
+            "layer edited"
+        );
+        Ok(engine::image_proc::encode_png(&out.layer).map_err(api_error)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_model_state_at_startup() {
+        std::env::set_var("HF_HUB_CACHE", std::env::temp_dir().join("engine-state-empty-hub"));
+        // A repo id not cached yet: downloaded on the first edit.
+        assert_eq!(EditState::at_startup("Qwen/Qwen-Image-Edit-2509"), EditState::Idle);
+        // A path that does not exist is no model.
+        let s = EditState::at_startup("/no/such/edit-model");
+        assert!(matches!(&s, EditState::Unavailable(r) if r.contains("not a folder")), "{s:?}");
+        assert_eq!(s.to_response("x").status, "unavailable");
+        // The tiny checkpoint is complete.
+        let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-qwen-image-edit-2509");
+        assert_eq!(EditState::at_startup(tiny), EditState::Idle);
+        let r = EditState::Ready.to_response("m");
+        assert_eq!((r.status.as_str(), r.model_loaded, r.reason), ("ready", true, None));
+        let failed = EditState::LoadFailed("network".into());
+        assert_eq!(failed.refusal(), None, "a failed load is retried");
+        assert_eq!(failed.to_response("m").reason.as_deref(), Some("network"));
+    }
+
+    #[test]
+    fn repo_ids_and_paths() {
+        assert!(looks_like_repo_id("Qwen/Qwen-Image-Edit-2509"));
+        assert!(!looks_like_repo_id("./models/edit"));
+        assert!(!looks_like_repo_id("../edit/x"));
+        assert!(!looks_like_repo_id("/abs/path"));
+        assert!(!looks_like_repo_id("tests/fixtures/tiny-qwen-image-edit-2509/x"));
     }
 }

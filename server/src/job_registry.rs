@@ -213,6 +213,7 @@ mod tests {
             seed: 1,
             width: 640,
             height: 640,
+            caption: None,
         }
     }
 

@@ -120,6 +120,7 @@ impl Layers {
             seed: self.record.seed,
             width,
             height,
+            caption: self.record.caption.clone(),
         })
     }
 

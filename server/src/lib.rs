@@ -8,6 +8,7 @@ pub mod engine_state;
 pub mod job_registry;
 pub mod jobs;
 pub mod layers;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -53,7 +54,9 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         DeviceChoice::Cpu => "cpu",
         DeviceChoice::Auto => "auto",
     };
-    let runtime = Runtime::select(device, None)?;
+    // A GPU that cannot be used keeps the server up: /status reports why.
+    let mut runtime = Runtime::select(device, None).unwrap_or_else(|e| Runtime::unavailable(format!("{e:#}")));
+    runtime.offload = settings.cpu_offload;
     let options = ServerOptions {
         model_type: "qwenimage".into(),
         device: runtime.describe(),

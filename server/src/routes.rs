@@ -99,6 +99,10 @@ async fn edit_status(State(backend): State<Arc<ServerBackend>>) -> Response {
     Json(backend.edit_status()).into_response()
 }
 
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
 async fn not_found() -> ErrorResponse {
     ErrorResponse(ApiError::new(404, "no such API endpoint"))
 }
@@ -137,6 +141,7 @@ pub fn api_router(backend: Arc<ServerBackend>, api_token: Option<String>, max_bo
         .route("/api/qwen-image/jobs", post(start_job).fallback(method_not_allowed))
         .route("/api/qwen-image/jobs/{id}", get(job_status).fallback(method_not_allowed))
         .route("/api/qwen-image/jobs/{id}/cancel", post(cancel_job).fallback(method_not_allowed))
+        .route("/api/qwen-image/openapi.json", get(openapi).fallback(method_not_allowed))
         .route("/api/qwen-image/{*rest}", axum::routing::any(not_found))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(backend);

@@ -92,7 +92,9 @@ async fn read_endpoints_report_config_and_status() {
     let (code, edit) = get(&s.base, "/api/qwen-image/edit-status").await;
     assert_eq!(code, 200);
     assert_eq!(edit["model"], "Qwen/Qwen-Image-Edit-2509");
-    assert_eq!(edit["status"], "unavailable");
+    // Not cached, but a repo id: downloaded on the first edit, so not unavailable yet.
+    assert_eq!(edit["status"], "idle");
+    assert_eq!(edit["model_loaded"], false);
 }
 
 #[tokio::test]
@@ -144,6 +146,32 @@ async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
 
     // Still serving.
     assert_eq!(get(&s.base, "/api/qwen-image/status").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let s = start(&[]);
+    let (code, doc) = get(&s.base, "/api/qwen-image/openapi.json").await;
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let routes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/routes.rs")).unwrap();
+    let mut described = 0;
+    for line in routes.lines().filter(|l| l.trim_start().starts_with(".route(\"/api/qwen-image/")) {
+        let path = line.split('"').nth(1).unwrap();
+        if path.contains('*') {
+            continue;
+        }
+        assert!(paths.contains_key(path), "{path} is routed but not in openapi.json");
+        described += 1;
+    }
+    assert_eq!(described, paths.len(), "openapi.json describes a path that is not routed");
+    // Every schema reference resolves.
+    let text = doc.to_string();
+    for r in text.split("#/components/schemas/").skip(1) {
+        let name = r.split('"').next().unwrap();
+        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+    }
 }
 
 #[tokio::test]
@@ -256,11 +284,15 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 
-    // An empty prompt needs captioning: a clear 422, and the server goes on.
-    let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1});
+    // An empty prompt is captioned automatically and the caption reported.
+    let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1, "seed": 5});
     let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
-    assert_eq!(code, 422, "{resp}");
-    assert!(resp["error"].as_str().unwrap().contains("caption"));
+    assert_eq!(code, 200, "{resp}");
+    let caption = resp["caption"].as_str().expect("caption reported");
+    assert!(!caption.trim().is_empty());
+    assert!(resp["layers"][1]["image"] != json!(null));
+    // A prompt given by the caller reports no caption.
+    assert_eq!(get(&s.base, "/api/qwen-image/status").await.0, 200);
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ fn bad_arguments_fail_clearly() {
         (&["decompose", "--input-image", "x.png", "--prompt", "p", "--output-dir", "o", "--resolution", "700"], 2, "640 or 1024"),
         (&["decompose", "--input-image", "missing.png", "--prompt", "p", "--output-dir", "o"], 1, "missing.png"),
         (&["decompose", "--model-path", "/no/model", "--input-image", "tests/fixtures/reference/images/input_rgba_square.png", "--prompt", "p", "--output-dir", "o"], 1, "not a folder"),
-        (&["decompose", "--model-path", "tests/fixtures/tiny-qwen-image-layered", "--device", "cpu", "--input-image", "tests/fixtures/reference/images/input_rgba_square.png", "--prompt", " ", "--output-dir", "o"], 1, "caption"),
+        (&["decompose", "--input-image", "x.png", "--output-dir", "o", "--caption-language", "fr"], 2, "--caption-language"),
         (&["compose", "-o", "x.png", "Cargo.toml"], 1, "PNG, JPEG or WebP"),
         (&["batch", "--input-dir", "/no/dir", "--prompt", "p", "--output-dir", "o"], 1, "/no/dir"),
     ];
@@ -106,4 +106,40 @@ fn bad_arguments_fail_clearly() {
         assert_eq!(got, *code, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {needle} not in {stderr}");
     }
+}
+
+#[test]
+fn batch_decomposes_every_image_and_a_bad_one_does_not_lose_the_others() {
+    let inputs = temp_dir("batch-in");
+    let out = temp_dir("batch-out");
+    std::fs::copy(repo().join("tests/fixtures/reference/images/input_rgba_wide.png"), inputs.join("wide.png")).unwrap();
+    std::fs::write(inputs.join("broken.png"), b"not a png").unwrap();
+    std::fs::write(inputs.join("notes.txt"), b"ignored").unwrap();
+    let (code, stdout, stderr) = cli(&[
+        "batch",
+        "--model-path",
+        "tests/fixtures/tiny-qwen-image-layered",
+        "--device",
+        "cpu",
+        "--input-dir",
+        inputs.to_str().unwrap(),
+        "--prompt",
+        "sunset over the sea",
+        "--num-layers",
+        "2",
+        "--steps",
+        "1",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "one of two images is broken: {stdout}{stderr}");
+    assert!(stderr.contains("broken.png") && stderr.contains("1 of 2 images failed"), "{stderr}");
+    // The good image's layers were still written (the wide input works at 768×512).
+    assert!(stdout.contains("2 layers at 768×512"), "{stdout}");
+    for f in ["composite.png", "01_layer-1.png", "02_layer-2.png", "layers.zip", "manifest.json"] {
+        assert!(out.join("wide").join(f).is_file(), "{f} missing");
+    }
+    assert!(!out.join("notes").exists());
+    std::fs::remove_dir_all(&inputs).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
 }

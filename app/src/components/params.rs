@@ -58,6 +58,7 @@ impl Params {
             cfg_scale: Some(self.cfg_scale),
             seed: self.seed,
             cfg_normalize: None,
+            caption_language: None,
         }
     }
 }

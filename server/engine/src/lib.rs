@@ -8,11 +8,14 @@
 //! - [`scheduler`], [`latents`]: flow-match Euler schedule and latent packing.
 //! - [`vae`], [`image_proc`]: AutoencoderKLQwenImage (RGB and RGBA) and pixel pre/post-processing.
 //! - [`pipeline`]: decompose and edit, end to end.
+//! - [`gpu`]: CUDA settings, streamed CPU offload, VRAM accounting, clear CUDA errors, and the
+//!   benchmark's random weights and FLOP counts.
 //!
 //! The reference is diffusers 0.42.1 + transformers 5.x; every stage is tested against fixtures
 //! recorded from it on tiny checkpoints (`tests/fixtures`).
 
 pub mod error;
+pub mod gpu;
 pub mod image_proc;
 pub mod latents;
 pub mod pipeline;

@@ -172,7 +172,39 @@ fn same_seed_same_layers_and_bad_requests_are_clear_errors() {
     };
     bad(&|o| o.layers = 11, "layers");
     bad(&|o| o.resolution = 512, "640 or 1024");
-    bad(&|o| o.prompt = " ".into(), "caption");
     bad(&|o| o.prompt = "word ".repeat(600), "too long");
     bad(&|o| o.init_noise = Some(PathBuf::from("/no/such/noise.safetensors")), "init noise");
+}
+
+#[test]
+fn an_empty_prompt_is_replaced_by_a_caption_of_the_image() {
+    // As the reference (prompt "" or " "): the resized RGBA image is captioned with the English
+    // caption prompt, 3-D M-RoPE and the checkpoint's generation config, and the caption is what
+    // gets encoded. With 8 new tokens the caption must be caption.json's (the reference's
+    // get_image_caption on this very image), and the layers those of a run prompted with it.
+    let case = ts::case("run/layered_l2_cfgnorm");
+    let reference = ts::load_json("caption.json");
+    let mut pipe = pipeline();
+    let mut opts = options(case, "runs/layered_l2_cfgnorm.safetensors");
+    opts.init_noise = None;
+    opts.num_inference_steps = 1;
+    opts.prompt = " ".into();
+    opts.caption_max_new_tokens = reference["max_new_tokens"].as_u64().unwrap() as usize;
+    let rec = Recorder { events: RefCell::default(), cancel_after: None };
+    let out = pipe.decompose(&input_image(case), &opts, &rec).unwrap();
+    assert_eq!(rec.events.borrow()[..2], ["captioning", "encoding"]);
+    let caption = out.record.caption.clone().expect("a caption in the run record");
+    assert_eq!(caption, reference["generated_text"].as_str().unwrap());
+    assert_eq!(out.record.prompt, " ");
+    assert!(out.record.timings.caption > 0.0);
+
+    let mut with_caption = opts.clone();
+    with_caption.prompt = caption;
+    let same = pipe.decompose(&input_image(case), &with_caption, &NoProgress).unwrap();
+    assert_eq!(same.layers, out.layers);
+    assert!(same.record.caption.is_none());
+
+    opts.caption_max_new_tokens = 0;
+    let err = pipe.decompose(&input_image(case), &opts, &NoProgress).unwrap_err().to_string();
+    assert!(err.contains("caption_max_new_tokens"), "{err}");
 }

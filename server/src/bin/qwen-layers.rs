@@ -3,6 +3,7 @@
 //! - `decompose`: one image → composite + layer PNGs, a ZIP and manifest.json in a folder.
 //! - `batch`: every image of a folder, one output folder each.
 //! - `compose`: flatten layer PNGs (bottom first) into one image.
+//! - `edit`: edit one RGBA layer by an instruction with Qwen-Image-Edit-2509, keeping its alpha.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use engine::text_encoder::CaptionLanguage;
 use server::engine_state::Runtime;
 use server::layers::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
+use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
+use engine::weights::ModelDir;
 
 #[derive(Parser)]
 #[command(name = "qwen-layers", version, about = "Decompose images into RGBA layers with Qwen-Image-Layered")]
@@ -28,6 +32,9 @@ enum Command {
     Batch(BatchArgs),
     /// Flatten layer PNGs into one image; the first file is the bottom layer.
     Compose(ComposeArgs),
+    /// Edit one RGBA layer by an instruction with Qwen-Image-Edit-2509; the layer's alpha is
+    /// kept unless --rekey-alpha.
+    Edit(EditArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -35,6 +42,12 @@ enum DeviceArg {
     Auto,
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptionArg {
+    En,
+    Cn,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,9 +71,12 @@ struct ModelArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Describes the whole scene (not the layers).
-    #[arg(long)]
+    /// Describes the whole scene (not the layers). Empty: the image is captioned automatically.
+    #[arg(long, default_value = "")]
     prompt: String,
+    /// Language of the automatic caption.
+    #[arg(long, value_enum, default_value = "en")]
+    caption_language: CaptionArg,
     #[arg(long, default_value = " ")]
     negative_prompt: String,
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=10))]
@@ -115,6 +131,44 @@ struct ComposeArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct EditArgs {
+    /// Qwen-Image-Edit-2509: local diffusers folder or Hugging Face repo id (downloaded into the
+    /// hub cache when missing).
+    #[arg(long, default_value = "Qwen/Qwen-Image-Edit-2509")]
+    model_path: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Default: bf16 on CUDA, f32 on CPU.
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// The RGBA layer (PNG, JPEG or WebP).
+    #[arg(long, value_name = "FILE")]
+    layer_image: PathBuf,
+    /// What to change, e.g. "make the apple green".
+    #[arg(long)]
+    instruction: String,
+    #[arg(long, default_value = " ")]
+    negative_prompt: String,
+    /// At least 2 (the Edit-2509 schedule is undefined for one step).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..=app::api::MAX_STEPS as i64))]
+    steps: u32,
+    #[arg(long, default_value_t = 4.0, value_parser = parse_cfg)]
+    cfg_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Derive the alpha from the edited image by keying out its background colour (for edits
+    /// that change the shape) instead of keeping the layer's alpha.
+    #[arg(long)]
+    rekey_alpha: bool,
+    /// Initial latents (`noise`, [1, 1, 16, H/8, W/8]) from a safetensors file.
+    #[arg(long, value_name = "FILE")]
+    init_noise: Option<PathBuf>,
+    /// The edited layer (PNG, same size as the input).
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+}
+
 fn parse_resolution(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     app::api::validate_resolution(v).map_err(|e| e.error)
@@ -135,6 +189,7 @@ fn main() {
         Command::Decompose(a) => decompose(a),
         Command::Batch(a) => batch(a),
         Command::Compose(a) => compose(a),
+        Command::Edit(a) => edit(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -142,18 +197,22 @@ fn main() {
     }
 }
 
-fn load(model: &ModelArgs) -> Result<Decomposer> {
-    let device = match model.device {
+fn runtime(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Runtime> {
+    let device = match device {
         DeviceArg::Auto => "auto",
         DeviceArg::Cpu => "cpu",
         DeviceArg::Cuda => "cuda",
     };
-    let dtype = model.dtype.map(|d| match d {
+    let dtype = dtype.map(|d| match d {
         DtypeArg::F32 => "f32",
         DtypeArg::Bf16 => "bf16",
         DtypeArg::F16 => "f16",
     });
-    let runtime = Runtime::select(device, dtype)?;
+    Runtime::select(device, dtype)
+}
+
+fn load(model: &ModelArgs) -> Result<Decomposer> {
+    let runtime = runtime(model.device, model.dtype)?;
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {} on {}", model.model_path, runtime.describe()));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let options = LoadOptions { device: runtime.device.clone(), dtype: runtime.dtype, keep_text_encoder: true, ..Default::default() };
@@ -173,6 +232,10 @@ fn options(run: &RunArgs) -> DecomposeOptions {
         cfg_normalize: !run.no_cfg_normalize,
         seed: run.seed,
         init_noise: run.init_noise.clone(),
+        caption_language: match run.caption_language {
+            CaptionArg::En => CaptionLanguage::En,
+            CaptionArg::Cn => CaptionLanguage::Cn,
+        },
         ..DecomposeOptions::default()
     }
 }
@@ -215,6 +278,9 @@ fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path
     let layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
     layers.write_to_dir(out)?;
     let t = &layers.record.timings;
+    if let Some(caption) = &layers.record.caption {
+        println!("caption: {caption}");
+    }
     println!(
         "{} → {}: {} layers at {}×{} in {:.1} s (denoise {:.1} s, decode {:.1} s)",
         input.display(),
@@ -272,5 +338,53 @@ fn compose(a: ComposeArgs) -> Result<()> {
     let flat = composite_layers(&layers).map_err(|e| anyhow::anyhow!("{e} (layers must all have the same size)"))?;
     flat.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     println!("{} layers → {}", layers.len(), a.output.display());
+    Ok(())
+}
+
+fn edit(a: EditArgs) -> Result<()> {
+    // Check the inputs before the (slow) model load, so a typo fails at once.
+    let layer = read_image(&a.layer_image)?;
+    if a.instruction.trim().is_empty() {
+        bail!("--instruction is empty: say what to change in the layer");
+    }
+    let runtime = runtime(a.device, a.dtype)?;
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {} on {}", a.model_path, runtime.describe()));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let options = LoadOptions { device: runtime.device.clone(), dtype: runtime.dtype, keep_text_encoder: true, ..Default::default() };
+    let pipe = ModelDir::resolve(&a.model_path, true).and_then(|m| EditPipeline::load(m, options));
+    spinner.finish_and_clear();
+    let mut pipe = pipe.with_context(|| format!("loading the edit model {}", a.model_path))?;
+
+    let options = LayerEditOptions {
+        edit: EditOptions {
+            negative_prompt: Some(a.negative_prompt.clone()),
+            true_cfg_scale: f64::from(a.cfg_scale),
+            num_inference_steps: a.steps as usize,
+            seed: a.seed,
+            init_noise: a.init_noise.clone(),
+            ..EditOptions::default()
+        },
+        alpha: if a.rekey_alpha { AlphaMode::Rekey } else { AlphaMode::KeepOriginal },
+        key_color: None,
+    };
+    let bar = bar();
+    let out = edit_layer(&mut pipe, &layer, &a.instruction, &options, &bar);
+    bar.0.finish_and_clear();
+    let out = out.with_context(|| format!("editing {}", a.layer_image.display()))?;
+    out.layer.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    let r = &out.edit.record;
+    let [kr, kg, kb] = out.key_color;
+    println!(
+        "{} → {}: {}×{} layer edited at {}×{} in {:.1} s (denoise {:.1} s), key colour #{kr:02x}{kg:02x}{kb:02x}, alpha {}",
+        a.layer_image.display(),
+        a.output.display(),
+        out.layer.width(),
+        out.layer.height(),
+        r.width,
+        r.height,
+        r.timings.total,
+        r.timings.denoise,
+        if a.rekey_alpha { "re-keyed" } else { "kept" }
+    );
     Ok(())
 }

@@ -166,6 +166,48 @@ pub fn read_reference_bytes(rel: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The device the device-parametrised parity tests run on: `ENGINE_TEST_DEVICE` = `cpu`
+/// (default), `cuda` or `cuda:N`. CUDA needs the engine built with `--features cuda`.
+///
+/// Created once per process: every call returns the same device, so tensors made in different
+/// tests can be combined (two `Device::new_cuda(0)` values are different devices to candle).
+pub fn test_device() -> Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(device_from_env).clone()
+}
+
+fn device_from_env() -> Device {
+    let spec = std::env::var("ENGINE_TEST_DEVICE").unwrap_or_default();
+    match spec.trim() {
+        "" | "cpu" => Device::Cpu,
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").map_or(0, |n| n.parse().expect("ENGINE_TEST_DEVICE=cuda:N"));
+            Device::new_cuda(ordinal).unwrap_or_else(|e| panic!("ENGINE_TEST_DEVICE={s}: {e}"))
+        }
+        other => panic!("ENGINE_TEST_DEVICE={other}: expected cpu, cuda or cuda:N"),
+    }
+}
+
+/// The dtype of those tests: `ENGINE_TEST_DTYPE` = `f32` (default), `bf16` or `f16`.
+pub fn test_dtype() -> DType {
+    match std::env::var("ENGINE_TEST_DTYPE").unwrap_or_default().trim() {
+        "" | "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => panic!("ENGINE_TEST_DTYPE={other}: expected f32, bf16 or f16"),
+    }
+}
+
+/// The relative tolerance of a check for [`test_dtype`]: `f32_tol` in f32 (on any device),
+/// `half_tol` in bf16/f16 (8-bit mantissas: errors of a few 1e-3 per op that compound).
+pub fn dtype_tolerance(f32_tol: f64, half_tol: f64) -> f64 {
+    if test_dtype() == DType::F32 {
+        f32_tol
+    } else {
+        half_tol
+    }
+}
+
 /// Errors of one comparison.
 #[derive(Debug, Clone)]
 pub struct Errors {

@@ -2,7 +2,9 @@
 //!
 //! Steps (spec §9; diffusers `pipeline_qwenimage_layered.py`):
 //! 1. Resize to the 640/1024 bucket with Pillow's LANCZOS; pixels to [-1, 1] as 4 channels.
-//! 2. Encode the prompt (template, drop 34) and, for true CFG, the negative prompt.
+//! 2. An empty prompt is replaced by a caption of the resized image (Qwen2.5-VL generating from
+//!    the caption prompt, [`crate::text_encoder::Captioner`]). Encode the prompt (template, drop
+//!    34) and, for true CFG, the negative prompt.
 //! 3. VAE-encode the image (posterior mean), normalise, pack: the condition tokens.
 //! 4. Noise `[1, L+1, 16, H/8, W/8]` (frame 0 = composite, 1..L = layers), packed.
 //! 5. Denoise: per step one transformer forward over [noise tokens, condition tokens]; with CFG,
@@ -18,12 +20,16 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbaImage;
 use serde::Serialize;
 
+use crate::gpu::OffloadOptions;
 use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
-use crate::text_encoder::{check_prompt_lengths, encode_prompt, Qwen25VLTextModel, DEFAULT_MAX_SEQUENCE_LENGTH};
+use crate::text_encoder::{
+    check_prompt_lengths, encode_prompt, CaptionLanguage, CaptionOptions, Captioner, Qwen25VLTextModel,
+    CAPTION_MAX_NEW_TOKENS, DEFAULT_MAX_SEQUENCE_LENGTH,
+};
 use crate::tokenizer::{PromptTemplate, QwenTokenizer};
 use crate::transformer::{cfg, QwenImageTransformer};
 use crate::vae::AutoencoderKLQwenImage;
@@ -49,17 +55,22 @@ pub struct LoadOptions {
     pub keep_text_encoder: bool,
     /// Layers decoded at once by the VAE.
     pub vae_decode_chunk: usize,
+    /// `cpu_offload`: keep the transformer's blocks in host memory and stream them to the GPU
+    /// one block ahead of use (CUDA only; see [`crate::gpu::offload`]).
+    pub offload: Option<OffloadOptions>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, keep_text_encoder: false, vae_decode_chunk: 2 }
+        Self { device: Device::Cpu, dtype: DType::F32, keep_text_encoder: false, vae_decode_chunk: 2, offload: None }
     }
 }
 
 /// One decomposition's parameters (defaults as the official app).
 #[derive(Debug, Clone)]
 pub struct DecomposeOptions {
+    /// Empty or blank: the image is captioned first and the caption used (the reference captions
+    /// `None`, `""` and `" "`).
     pub prompt: String,
     /// `None` = no negative prompt (no CFG); the official app uses `" "`.
     pub negative_prompt: Option<String>,
@@ -73,6 +84,10 @@ pub struct DecomposeOptions {
     /// seeded noise: for checks against other implementations.
     pub init_noise: Option<std::path::PathBuf>,
     pub max_sequence_length: usize,
+    /// The caption prompt's language when the prompt is empty (`use_en_prompt`).
+    pub caption_language: CaptionLanguage,
+    /// The longest caption, in tokens (the reference's 512).
+    pub caption_max_new_tokens: usize,
 }
 
 impl Default for DecomposeOptions {
@@ -88,6 +103,8 @@ impl Default for DecomposeOptions {
             seed: 0,
             init_noise: None,
             max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
+            caption_language: CaptionLanguage::En,
+            caption_max_new_tokens: CAPTION_MAX_NEW_TOKENS,
         }
     }
 }
@@ -98,6 +115,11 @@ impl DecomposeOptions {
         self.true_cfg_scale > 1.0 && self.negative_prompt.is_some()
     }
 
+    /// Whether the prompt is empty or blank, so the image gets captioned.
+    pub fn needs_caption(&self) -> bool {
+        self.prompt.trim().is_empty()
+    }
+
     fn validate(&self) -> Result<()> {
         if !(2..=10).contains(&self.layers) {
             return Err(Error::InvalidInput(format!("layers must be between 2 and 10, got {}", self.layers)));
@@ -105,14 +127,11 @@ impl DecomposeOptions {
         if self.num_inference_steps == 0 {
             return Err(Error::InvalidInput("num_inference_steps must be at least 1".into()));
         }
+        if self.needs_caption() && self.caption_max_new_tokens == 0 {
+            return Err(Error::InvalidInput("caption_max_new_tokens must be at least 1 to caption an empty prompt".into()));
+        }
         if !self.true_cfg_scale.is_finite() {
             return Err(Error::InvalidInput(format!("true_cfg_scale must be finite, got {}", self.true_cfg_scale)));
-        }
-        if self.prompt.trim().is_empty() {
-            return Err(Error::InvalidInput(
-                "an empty prompt needs automatic captioning, which is not available yet: describe the scene in the prompt"
-                    .into(),
-            ));
         }
         Ok(())
     }
@@ -122,6 +141,7 @@ impl DecomposeOptions {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub load: f64,
+    pub caption: f64,
     pub encode_prompt: f64,
     pub encode_image: f64,
     pub denoise: f64,
@@ -135,6 +155,8 @@ pub struct RunRecord {
     pub pipeline: &'static str,
     pub model: String,
     pub prompt: String,
+    /// The generated caption that replaced an empty prompt.
+    pub caption: Option<String>,
     pub negative_prompt: Option<String>,
     pub layers: usize,
     pub resolution: u32,
@@ -191,10 +213,16 @@ impl LayeredPipeline {
                 model.root().display()
             )));
         }
-        let transformer = QwenImageTransformer::new(
-            &transformer_cfg,
-            model.var_builder("transformer", options.dtype, &options.device)?,
-        )?;
+        crate::gpu::configure_matmul(&options.device, options.dtype);
+        let vb = model.var_builder("transformer", options.dtype, &options.device)?;
+        let transformer = match options.offload {
+            None => QwenImageTransformer::new(&transformer_cfg, vb)?,
+            Some(offload) => {
+                // The blocks are read from the memory-mapped files on the CPU into host buffers.
+                let host = model.var_builder("transformer", options.dtype, &Device::Cpu)?;
+                QwenImageTransformer::new_offloaded(&transformer_cfg, vb, &host, offload)?
+            }
+        };
         let vae_cfg: crate::vae::Config = model.read_json("vae", "config.json")?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         if vae_cfg.input_channels != 4 {
@@ -210,7 +238,15 @@ impl LayeredPipeline {
     }
 
     fn load_text_encoder(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25VLTextModel> {
-        Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1)
+        let Some(offload) = options.offload else {
+            return Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1);
+        };
+        // Offloaded like the transformer: only the embeddings and the final norm on the GPU.
+        let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
+        let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;
+        let host = model.var_builder("text_encoder", options.dtype, &Device::Cpu)?;
+        let offload = OffloadOptions { resident_blocks: 0, ..offload };
+        Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
     }
 
     pub fn model(&self) -> &ModelDir {
@@ -221,9 +257,13 @@ impl LayeredPipeline {
         &self.tokenizer
     }
 
-    /// Checks a request's prompts against the encoder's length limit without loading anything.
+    /// Checks a request's prompts against the encoder's length limit without loading anything
+    /// (a caption, not known yet, is cut at the limit like the reference does).
     pub fn check_prompts(&self, options: &DecomposeOptions) -> Result<()> {
-        let mut prompts = vec![options.prompt.as_str()];
+        let mut prompts = vec![];
+        if !options.needs_caption() {
+            prompts.push(options.prompt.as_str());
+        }
         if let Some(neg) = &options.negative_prompt {
             prompts.push(neg);
         }
@@ -261,31 +301,57 @@ impl LayeredPipeline {
         let resized = image_proc::resize_rgba(image, width, height, Filter::Lanczos)?;
         let (lat_h, lat_w) = (height as usize / 8, width as usize / 8);
 
-        // 2. Prompt embeddings (the text encoder lives only for this phase unless kept).
-        progress.phase(Phase::Encoding);
-        let t = Instant::now();
+        // 2. Prompt embeddings (the text encoder lives only for this phase unless kept), after
+        //    captioning the image if the prompt is empty.
+        let first = if options.needs_caption() { Phase::Captioning } else { Phase::Encoding };
+        progress.phase(first);
+        let mut phase = first;
+        let mut enter = |next: Phase| {
+            if next != phase {
+                progress.phase(next);
+                phase = next;
+            }
+        };
+        let mut caption = None;
         let (prompt_embeds, prompt_mask, negative) = {
             let loaded;
             let encoder = match &self.text_encoder {
                 Some(enc) => enc,
                 None => {
-                    progress.phase(Phase::Loading);
+                    enter(Phase::Loading);
                     loaded = Self::load_text_encoder(&self.model, &self.options)?;
-                    progress.phase(Phase::Encoding);
                     &loaded
                 }
             };
+            if options.needs_caption() {
+                enter(Phase::Captioning);
+                let t = Instant::now();
+                let captioner = Captioner::with_text_model(&self.model, encoder.clone())?;
+                let caption_options = CaptionOptions {
+                    language: options.caption_language,
+                    max_new_tokens: options.caption_max_new_tokens,
+                    ..CaptionOptions::default()
+                };
+                let text = captioner.caption(&self.tokenizer, &resized, &caption_options)?.text;
+                tracing::info!(caption = %text, "captioned the image for an empty prompt");
+                caption = Some(text);
+                timings.caption = t.elapsed().as_secs_f64();
+                check_cancel(progress)?;
+            }
+            enter(Phase::Encoding);
+            let t = Instant::now();
+            let prompt = caption.as_deref().unwrap_or(&options.prompt);
             let max_len = options.max_sequence_length;
-            let (pe, pm) = encode_prompt(encoder, &self.tokenizer, &PromptTemplate::LAYERED, &[&options.prompt], max_len)?;
+            let (pe, pm) = encode_prompt(encoder, &self.tokenizer, &PromptTemplate::LAYERED, &[prompt], max_len)?;
             let negative = match (&options.negative_prompt, options.uses_cfg()) {
                 (Some(neg), true) => {
                     Some(encode_prompt(encoder, &self.tokenizer, &PromptTemplate::LAYERED, &[neg], max_len)?)
                 }
                 _ => None,
             };
+            timings.encode_prompt = t.elapsed().as_secs_f64();
             (pe, pm, negative)
         };
-        timings.encode_prompt = t.elapsed().as_secs_f64();
         check_cancel(progress)?;
 
         // 3. Condition latents.
@@ -369,6 +435,7 @@ impl LayeredPipeline {
             pipeline: "QwenImageLayeredPipeline",
             model: self.model.describe(),
             prompt: options.prompt.clone(),
+            caption,
             negative_prompt: options.negative_prompt.clone(),
             layers: options.layers,
             resolution: options.resolution,

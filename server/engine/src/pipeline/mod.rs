@@ -1,12 +1,18 @@
 //! Pipelines: the models put together into the product's jobs.
 //!
 //! - [`decompose`]: QwenImageLayeredPipeline (image → RGBA layers, bottom → top).
+//! - [`edit`]: QwenImageEditPlusPipeline (Edit-2509: images + instruction → edited RGB image).
+//! - [`layer_edit`]: editing one RGBA layer with Edit-2509, keeping (or re-keying) its alpha.
 //! - [`noise`]: seeded device-independent initial noise, or noise injected from a file.
 //! - [`progress`]: progress reporting and cancellation shared by every pipeline.
 
 pub mod decompose;
+pub mod edit;
+pub mod layer_edit;
 pub mod noise;
 pub mod progress;
 
 pub use decompose::{DecomposeOptions, DecomposeOutput, LayeredPipeline, LoadOptions, RunRecord, StepTrace, Timings};
 pub use progress::{NoProgress, Phase, Progress};
+pub use edit::{ConditionImage, EditOptions, EditOutput, EditPipeline, EditPromptEmbeds, EditRunRecord};
+pub use layer_edit::{edit_layer, AlphaMode, LayerEditOptions, LayerEditOutput};

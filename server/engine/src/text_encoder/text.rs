@@ -19,6 +19,7 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::{Config, TextConfig};
+use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use crate::weights::ModelDir;
 
 /// Prefixes under which checkpoints keep the language model, newest first.
@@ -140,27 +141,43 @@ impl Attention {
         })
     }
 
-    /// `x` `[B, S, D]`; `mask` additive f32 `[B or 1, 1, S, S]`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `x` `[B, S, D]`; `mask` additive f32 `[B or 1, 1, S, T]` where T counts the cached keys
+    /// too; `cache` holds this layer's keys and values `[B, kv, T−S, hd]` and is extended.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor, n: usize| t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
         let q = apply_rope(&heads(self.q_proj.forward(x)?, h)?, cos, sin)?;
-        let k = apply_rope(&heads(self.k_proj.forward(x)?, kv)?, cos, sin)?;
-        let v = heads(self.v_proj.forward(x)?, kv)?;
+        let mut k = apply_rope(&heads(self.k_proj.forward(x)?, kv)?, cos, sin)?;
+        let mut v = heads(self.v_proj.forward(x)?, kv)?;
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let t = k.dim(2)?;
 
         // GQA without copying k/v: query head i uses kv head i / (h/kv), so the query heads of
         // one kv head are consecutive and fold into its sequence axis.
         let group = h / kv;
         let q = q.reshape((b, kv, group * s, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.reshape((b, h, s, s))?;
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?.reshape((b, h, s, t))?;
         let mut scores = scores.to_dtype(DType::F32)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs
-            .reshape((b, kv, group * s, s))?
+            .reshape((b, kv, group * s, t))?
             .matmul(&v)?
             .reshape((b, h, s, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, s, h * hd))?;
@@ -215,11 +232,18 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let _enter = self.span.enter();
         let x = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask)?)?;
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
     }
 }
@@ -228,10 +252,11 @@ impl DecoderLayer {
 ///
 /// The 7B weighs ≈ 15 GB in bf16: build it for the encoding phase ([`Self::load`]) and drop it
 /// afterwards, so its memory is free for the DiT.
+/// Cloning shares the weights (the captioner and the prompt encoder use one model).
 #[derive(Debug, Clone)]
 pub struct Qwen25VLTextModel {
     embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
+    layers: std::sync::Arc<Blocks<DecoderLayer>>,
     norm: RmsNorm,
     rope: MultimodalRope,
     tie_word_embeddings: bool,
@@ -253,21 +278,54 @@ impl Qwen25VLTextModel {
     /// Builds the model from the `text_encoder` component's weights (`vb` at the component root);
     /// only the language-model tensors are read, not the vision tower's or `lm_head`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        check_supported(&cfg.text_config)?;
+        let vb_lm = language_model_vb(&vb)?;
+        let build = Self::layer_builder(&cfg.text_config);
+        let layers = (0..cfg.text_config.num_hidden_layers)
+            .map(|i| build(i, vb_lm.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_layers(cfg, vb, Blocks::OnDevice(layers))
+    }
+
+    /// Like [`Self::new`], but the decoder layers stay in host memory and stream to the GPU one
+    /// layer ahead of use ([`crate::gpu::offload`]); `vb` gives the embeddings and the final
+    /// norm on the run's device, `layers_source` (the component root, typically memory-mapped on
+    /// the CPU) the layers.
+    pub fn new_offloaded(cfg: &Config, vb: VarBuilder, layers_source: &VarBuilder, options: OffloadOptions) -> Result<Self> {
+        check_supported(&cfg.text_config)?;
+        let source = language_model_vb(layers_source)?;
+        let layers = StreamedBlocks::new(
+            &source.pp("layers"),
+            cfg.text_config.num_hidden_layers,
+            Self::layer_builder(&cfg.text_config),
+            vb.device(),
+            options,
+        )?;
+        Self::with_layers(cfg, vb, Blocks::Streamed(layers))
+    }
+
+    fn layer_builder(text: &TextConfig) -> BuildBlock<DecoderLayer> {
+        let text = text.clone();
+        Box::new(move |i, vb| DecoderLayer::new(&text, i, vb))
+    }
+
+    fn with_layers(cfg: &Config, vb: VarBuilder, layers: Blocks<DecoderLayer>) -> Result<Self> {
         let text = &cfg.text_config;
-        check_supported(text)?;
         let vb_lm = language_model_vb(&vb)?;
         let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, vb_lm.pp("embed_tokens"))?;
-        let layers = (0..text.num_hidden_layers)
-            .map(|i| DecoderLayer::new(text, i, vb_lm.pp("layers").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
-            layers,
+            layers: std::sync::Arc::new(layers),
             norm: RmsNorm::new(text.hidden_size, text.rms_norm_eps, vb_lm.pp("norm"))?,
             rope: MultimodalRope::new(text, vb.device())?,
             tie_word_embeddings: cfg.tie_word_embeddings,
             span: tracing::debug_span!("text-encoder"),
         })
+    }
+
+    /// What the offloaded layer stack holds and has copied (`None` when all are on the device).
+    pub fn offload_stats(&self) -> Option<OffloadStats> {
+        self.layers.offload_stats()
     }
 
     /// Reads `text_encoder/config.json` and builds the model in `dtype` on `device`.
@@ -317,15 +375,7 @@ impl Qwen25VLTextModel {
     ///   is causal either way.
     pub fn forward(&self, input: &Tensor, position_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let embeds = match (input.dtype(), input.rank()) {
-            (DType::U8 | DType::U32 | DType::I64, 2) => self.embed_tokens(input)?,
-            (dtype, 3) if dtype.is_float() => input.to_dtype(self.dtype())?,
-            (dtype, _) => bail!(
-                "text encoder input must be ids [B, S] or embeddings [B, S, {}], got {dtype:?} {:?}",
-                self.hidden_size(),
-                input.shape()
-            ),
-        };
+        let embeds = self.input_embeds(input)?;
         let (b, s, d) = embeds.dims3()?;
         if d != self.hidden_size() {
             bail!(
@@ -347,11 +397,102 @@ impl Qwen25VLTextModel {
         let mask = attention_bias(b, s, attention_mask, embeds.device())?;
 
         let mut hidden = embeds;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref())?;
-        }
+        self.layers.for_each(|layer| {
+            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), None)?;
+            Ok(())
+        })?;
         self.norm.forward(&hidden)
     }
+
+    /// [`Self::forward`] for incremental decoding of one unpadded sequence (B = 1): attends to
+    /// the keys and values in `cache` as well as to `input`'s, and appends `input`'s to it.
+    /// `position_ids` `[3, 1, S]` (or `[1, S]`) are the new tokens' positions.
+    pub fn forward_cached(&self, input: &Tensor, position_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let embeds = self.input_embeds(input)?;
+        let (b, s, _) = embeds.dims3()?;
+        if b != 1 {
+            bail!("forward_cached decodes one sequence at a time, got a batch of {b}")
+        }
+        let position_ids = match position_ids.dims() {
+            [3, 1, ps] if *ps == s => position_ids.clone(),
+            [1, ps] if *ps == s => position_ids.unsqueeze(0)?.repeat((3, 1, 1))?,
+            dims => bail!("position_ids must be [3, 1, {s}] (or [1, {s}]), got {dims:?}"),
+        };
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        if cache.layers.len() != self.layers.len() {
+            bail!(
+                "KV cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.layers.len()
+            )
+        }
+        let past = cache.len;
+        let (cos, sin) = self.rope.cos_sin(&position_ids)?;
+        let mask = causal_bias_after(s, past, embeds.device())?;
+        let mut hidden = embeds;
+        let mut slots = cache.layers.iter_mut();
+        self.layers.for_each(|layer| {
+            let slot = slots.next().ok_or_else(|| candle_core::Error::Msg("KV cache shorter than the model".into()))?;
+            hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), Some(slot))?;
+            Ok(())
+        })?;
+        cache.len = past + s;
+        self.norm.forward(&hidden)
+    }
+
+    /// `[B, S, D]` embeddings from ids `[B, S]` (integer dtype) or embeddings (float).
+    fn input_embeds(&self, input: &Tensor) -> Result<Tensor> {
+        match (input.dtype(), input.rank()) {
+            (DType::U8 | DType::U32 | DType::I64, 2) => self.embed_tokens(input),
+            (dtype, 3) if dtype.is_float() => input.to_dtype(self.dtype()),
+            (dtype, _) => bail!(
+                "text encoder input must be ids [B, S] or embeddings [B, S, {}], got {dtype:?} {:?}",
+                self.hidden_size(),
+                input.shape()
+            ),
+        }
+    }
+}
+
+/// Keys and values of the tokens a sequence has seen so far, per decoder layer: what
+/// [`Qwen25VLTextModel::forward_cached`] attends to.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Additive f32 bias `[1, 1, S, P+S]` letting new token i (at absolute index P+i) see keys
+/// 0..=P+i; `None` for a single new token, which may see everything.
+fn causal_bias_after(s: usize, past: usize, device: &Device) -> Result<Option<Tensor>> {
+    if s == 1 {
+        return Ok(None);
+    }
+    let t = past + s;
+    let keys = Tensor::arange(0u32, t as u32, device)?.reshape((1, t))?;
+    let queries = Tensor::arange(past as u32, t as u32, device)?.reshape((s, 1))?;
+    let allowed = keys.broadcast_le(&queries)?;
+    let zeros = Tensor::zeros((s, t), DType::F32, device)?;
+    let blocked = Tensor::full(f32::MIN, (s, t), device)?;
+    Ok(Some(allowed.where_cond(&zeros, &blocked)?.reshape((1, 1, s, t))?))
 }
 
 /// 1-D positions `0..S` for every sample, as M-RoPE ids `[3, B, S]` (u32): what the reference

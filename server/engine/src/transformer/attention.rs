@@ -3,18 +3,19 @@
 //!
 //! Each stream has its own q/k/v projections and q/k RMSNorms; the two are concatenated in the
 //! order **[text, image]**, rotated, and attend over each other in one softmax. Padded text keys are
-//! masked out with an additive −∞ bias, which is what makes batched classifier-free guidance (cond
-//! and uncond prompts of different lengths in one batch) equal to separate forwards.
+//! left out of each row's attention ([`KeyMask`]), which is what makes batched classifier-free
+//! guidance (cond and uncond prompts of different lengths in one batch) equal to separate forwards.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::norm::RmsNorm;
 use super::rope::{apply_rope, RopeTables};
 
-/// Upper bound on the f32 score elements materialised at once (1 GiB); larger attentions are
-/// computed in query chunks.
-const MAX_SCORE_ELEMENTS: usize = 1 << 28;
+/// Upper bound on the f32 score elements materialised at once (256 MiB; the probabilities take
+/// as much again); larger attentions are computed in query chunks. Small enough for the offload
+/// mode's VRAM goal, large enough that each chunk's GEMMs fill the GPU.
+const MAX_SCORE_ELEMENTS: usize = 1 << 26;
 
 #[derive(Debug, Clone)]
 pub struct JointAttention {
@@ -64,14 +65,13 @@ impl JointAttention {
     }
 
     /// `img` `[B, S_img, D]`, `txt` `[B, S_txt, D]` (both already modulated), the joint RoPE tables,
-    /// and an optional additive key bias `[B, 1, 1, S_txt + S_img]` (f32, 0 or −∞).
-    /// Returns `(img_out, txt_out)`.
+    /// and which keys each row may attend to (padded text is left out). Returns `(img_out, txt_out)`.
     pub fn forward(
         &self,
         img: &Tensor,
         txt: &Tensor,
         rope: &RopeTables,
-        key_bias: Option<&Tensor>,
+        key_mask: Option<&KeyMask>,
     ) -> Result<(Tensor, Tensor)> {
         let txt_len = txt.dim(1)?;
         let img_q = self.norm_q.forward(&self.heads_view(&self.to_q.forward(img)?)?)?;
@@ -91,7 +91,7 @@ impl JointAttention {
         let k = apply_rope(&joint(&txt_k, &img_k)?, &rope.cos, &rope.sin)?;
         let v = joint(&txt_v, &img_v)?;
 
-        let out = scaled_dot_product_attention(&q, &k, &v, key_bias)?;
+        let out = scaled_dot_product_attention(&q, &k, &v, key_mask)?;
         let (b, h, s, dh) = out.dims4()?;
         let out = out.transpose(1, 2)?.reshape((b, s, h * dh))?;
         let txt_out = self.to_add_out.forward(&out.narrow(1, 0, txt_len)?.contiguous()?)?;
@@ -102,46 +102,96 @@ impl JointAttention {
     }
 }
 
-/// softmax(q kᵀ / √Dh + bias) v for `[B, H, S, Dh]` inputs.
+/// Which keys each batch row may attend to: all of them, or (per row) the indices of its valid
+/// keys. Padded text keys are *left out* of the attention rather than masked with a −∞ bias: the
+/// two are the same function (exp(−∞) = 0 contributes nothing to the softmax), and leaving them
+/// out saves a full read-modify-write pass over the score matrix per block.
+#[derive(Debug, Clone)]
+pub struct KeyMask {
+    /// Per batch row: `None` = every key, `Some(idx)` = these key positions (u32, ascending).
+    rows: Vec<Option<Tensor>>,
+}
+
+impl KeyMask {
+    /// From a text mask `[B, S_txt]` (nonzero = valid) for joint keys ordered [text, image]:
+    /// every image key is valid. Reads the (small) mask to the host once per forward.
+    pub fn from_text_mask(txt_mask: &Tensor, img_len: usize) -> Result<Self> {
+        let (_, s_txt) = txt_mask.dims2()?;
+        let valid = txt_mask.to_dtype(DType::F32)?.ne(0.0)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let rows = valid
+            .iter()
+            .map(|row| {
+                if row.iter().all(|&v| v != 0) {
+                    return Ok(None);
+                }
+                let idx: Vec<u32> = (0..s_txt as u32)
+                    .filter(|&j| row[j as usize] != 0)
+                    .chain(s_txt as u32..(s_txt + img_len) as u32)
+                    .collect();
+                let n = idx.len();
+                Tensor::from_vec(idx, n, txt_mask.device()).map(Some)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { rows })
+    }
+
+    /// True when no row leaves out any key.
+    pub fn is_all(&self) -> bool {
+        self.rows.iter().all(Option::is_none)
+    }
+}
+
+/// softmax(q kᵀ / √Dh) v for `[B, H, S, Dh]` inputs; with a [`KeyMask`], each batch row attends
+/// only to its valid keys. Returns `[B, H, S_q, Dh]` in `q`'s dtype.
+pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&KeyMask>) -> Result<Tensor> {
+    let mask = match mask {
+        Some(m) if !m.is_all() => m,
+        _ => return attention_all_keys(q, k, v),
+    };
+    let b = q.dim(0)?;
+    if mask.rows.len() != b {
+        candle_core::bail!("attention: key mask has {} rows for a batch of {b}", mask.rows.len());
+    }
+    let outs = (0..b)
+        .map(|i| {
+            let (q, k, v) = (q.narrow(0, i, 1)?, k.narrow(0, i, 1)?, v.narrow(0, i, 1)?);
+            match &mask.rows[i] {
+                None => attention_all_keys(&q, &k, &v),
+                Some(idx) => attention_all_keys(&q, &k.index_select(idx, 2)?, &v.index_select(idx, 2)?),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 0)
+}
+
+/// The unmasked attention, with scores, softmax and the probability-weighted sum in f32 whatever
+/// the input dtype: bf16-rounded scores of magnitude ~20 would be off by up to 0.06 before the
+/// exponential, which is noise on long sequences (fused kernels such as flash attention keep them
+/// in f32 too). Queries go in chunks so the score matrix stays under [`MAX_SCORE_ELEMENTS`].
 ///
-/// Scores and softmax are f32 whatever the input dtype: bf16-rounded scores of magnitude ~20 would
-/// be off by up to 0.06 before the exponential, which is noise on long sequences (fused kernels
-/// such as flash attention keep them in f32 too, and are the faster choice on CUDA). Queries are
-/// processed in chunks so the score matrix stays under [`MAX_SCORE_ELEMENTS`].
-pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+/// On CUDA in bf16 runs the f32 GEMMs use TF32 ([`crate::gpu::configure_matmul`]): k and v are
+/// upcast bf16, exact in TF32, so only the scaled queries and the probabilities are rounded
+/// (to 10 mantissa bits, finer than bf16's 7).
+fn attention_all_keys(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (b, h, s_q, dh) = q.dims4()?;
     let s_k = k.dim(2)?;
     let scale = 1.0 / (dh as f64).sqrt();
-    let kt = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?;
+    // kᵀ as a transposed view: the GEMM reads it in place, no copy.
+    let k_t = k.to_dtype(DType::F32)?.contiguous()?.t()?;
+    let v = v.to_dtype(DType::F32)?.contiguous()?;
     let chunk = (MAX_SCORE_ELEMENTS / (b * h * s_k).max(1)).clamp(1, s_q.max(1));
     let mut outs = Vec::with_capacity(s_q.div_ceil(chunk));
     let mut start = 0;
     while start < s_q {
         let len = chunk.min(s_q - start);
-        let q_chunk = q.narrow(2, start, len)?.to_dtype(DType::F32)?.contiguous()?;
-        let scores = (q_chunk.matmul(&kt)? * scale)?;
-        let scores = match key_bias {
-            Some(bias) => scores.broadcast_add(bias)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        outs.push(probs.matmul(v)?);
+        // The scale goes on the queries (len × Dh) instead of the scores (len × S_k).
+        let q_chunk = q.narrow(2, start, len)?.to_dtype(DType::F32)?.affine(scale, 0.0)?;
+        let probs = candle_nn::ops::softmax_last_dim(&q_chunk.matmul(&k_t)?)?;
+        outs.push(probs.matmul(&v)?.to_dtype(q.dtype())?);
         start += len;
     }
     if outs.len() == 1 {
         return Ok(outs.pop().expect("one chunk"));
     }
     Tensor::cat(&outs, 2)
-}
-
-/// The additive key bias for a text mask `[B, S_txt]` (nonzero = valid): 0 for valid text and
-/// all image keys, −∞ for padded text. Shape `[B, 1, 1, S_txt + S_img]`, f32.
-pub fn key_bias_from_text_mask(txt_mask: &Tensor, img_len: usize) -> Result<Tensor> {
-    let (b, s_txt) = txt_mask.dims2()?;
-    let valid = txt_mask.to_dtype(DType::F32)?.ne(0.0)?;
-    let zeros = Tensor::zeros((b, s_txt), DType::F32, txt_mask.device())?;
-    let neg_inf = Tensor::full(f32::NEG_INFINITY, (b, s_txt), txt_mask.device())?;
-    let txt_bias = valid.where_cond(&zeros, &neg_inf)?;
-    let img_bias = Tensor::zeros((b, img_len), DType::F32, txt_mask.device())?;
-    Tensor::cat(&[txt_bias, img_bias], D::Minus1)?.reshape((b, 1, 1, s_txt + img_len))
 }

@@ -10,7 +10,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::attention::JointAttention;
+use super::attention::{JointAttention, KeyMask};
 use super::norm::layer_norm;
 use super::rope::RopeTables;
 
@@ -103,7 +103,7 @@ impl TransformerBlock {
         txt: &Tensor,
         temb: &Tensor,
         rope: &RopeTables,
-        key_bias: Option<&Tensor>,
+        key_mask: Option<&KeyMask>,
     ) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
         let temb = temb.silu()?;
@@ -114,7 +114,7 @@ impl TransformerBlock {
             &img_attn_mod.modulate(img)?,
             &txt_attn_mod.modulate(txt)?,
             rope,
-            key_bias,
+            key_mask,
         )?;
         let img = img_attn_mod.gated_residual(img, &img_attn)?;
         let txt = txt_attn_mod.gated_residual(txt, &txt_attn)?;

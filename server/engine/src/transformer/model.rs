@@ -6,8 +6,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::attention::key_bias_from_text_mask;
+use super::attention::KeyMask;
 use super::block::TransformerBlock;
+use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use super::config::Config;
 use super::embeddings::TimeTextEmbed;
 use super::norm::{layer_norm, RmsNorm};
@@ -40,7 +41,7 @@ pub struct QwenImageTransformer {
     txt_norm: RmsNorm,
     txt_in: Linear,
     time_text_embed: TimeTextEmbed,
-    transformer_blocks: Vec<TransformerBlock>,
+    transformer_blocks: Blocks<TransformerBlock>,
     /// `norm_out.linear` of `AdaLayerNormContinuous`: emits (scale, shift) — scale first.
     norm_out: Linear,
     proj_out: Linear,
@@ -53,18 +54,36 @@ impl QwenImageTransformer {
     /// Loads the weights under `vb` (the `transformer/` component); runs in `vb`'s dtype/device.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let dim = cfg.inner_dim();
-        let transformer_blocks = (0..cfg.num_layers)
-            .map(|i| {
-                TransformerBlock::new(
-                    dim,
-                    cfg.num_attention_heads,
-                    cfg.attention_head_dim,
-                    i,
-                    vb.pp("transformer_blocks").pp(i),
-                )
-            })
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Self::block_builder(cfg)(i, vb.pp("transformer_blocks").pp(i)))
             .collect::<Result<Vec<_>>>()?;
+        Self::with_blocks(cfg, vb, Blocks::OnDevice(blocks))
+    }
+
+    /// Like [`Self::new`], but the transformer blocks (≈ 97% of the weights) stay in host memory
+    /// and stream to the GPU one block ahead of use ([`crate::gpu::offload`]); the first
+    /// `options.resident_blocks` stay on the GPU. `vb` gives the other weights on the run's
+    /// device; `blocks_source` reads the blocks (typically the same checkpoint memory-mapped on
+    /// the CPU), in the run's dtype.
+    pub fn new_offloaded(cfg: &Config, vb: VarBuilder, blocks_source: &VarBuilder, options: OffloadOptions) -> Result<Self> {
+        cfg.validate()?;
+        let blocks = StreamedBlocks::new(
+            &blocks_source.pp("transformer_blocks"),
+            cfg.num_layers,
+            Self::block_builder(cfg),
+            vb.device(),
+            options,
+        )?;
+        Self::with_blocks(cfg, vb, Blocks::Streamed(blocks))
+    }
+
+    fn block_builder(cfg: &Config) -> BuildBlock<TransformerBlock> {
+        let (dim, heads, head_dim) = (cfg.inner_dim(), cfg.num_attention_heads, cfg.attention_head_dim);
+        Box::new(move |i, vb| TransformerBlock::new(dim, heads, head_dim, i, vb))
+    }
+
+    fn with_blocks(cfg: &Config, vb: VarBuilder, transformer_blocks: Blocks<TransformerBlock>) -> Result<Self> {
+        let dim = cfg.inner_dim();
         let variant = if cfg.use_layer3d_rope {
             RopeVariant::Layer3d
         } else {
@@ -83,6 +102,12 @@ impl QwenImageTransformer {
             device: vb.device().clone(),
             cfg: cfg.clone(),
         })
+    }
+
+    /// What the offloaded block stack holds and has copied (`None` when all blocks are on the
+    /// device).
+    pub fn offload_stats(&self) -> Option<OffloadStats> {
+        self.transformer_blocks.offload_stats()
     }
 
     pub fn config(&self) -> &Config {
@@ -250,12 +275,13 @@ impl QwenImageTransformer {
         record(&txt);
 
         let rope = self.rope.tables(img_shapes, s_txt)?;
-        let key_bias = txt_mask.map(|m| key_bias_from_text_mask(m, s_img)).transpose()?;
-        for block in &self.transformer_blocks {
-            (img, txt) = block.forward(&img, &txt, &temb, &rope, key_bias.as_ref())?;
+        let key_mask = txt_mask.map(|m| KeyMask::from_text_mask(m, s_img)).transpose()?;
+        self.transformer_blocks.for_each(|block| {
+            (img, txt) = block.forward(&img, &txt, &temb, &rope, key_mask.as_ref())?;
             record(&img);
             record(&txt);
-        }
+            Ok(())
+        })?;
 
         let emb = self.norm_out.forward(&temb.silu()?)?.unsqueeze(1)?;
         let (scale, shift) = (

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# gpu_bench.sh — everything the GPU machine does for the CUDA engine, in ONE call, from the
+# repository root: parity tests on CUDA (f32 and bf16), our benchmark (640² and 1024², offload
+# off and on), diffusers' anchor on the same card, and a comparison table.
+#
+# Expects (git-ignored, carried with `carry: ["gpu"]`), prepared by scripts/gpu_prepare.sh:
+#   gpu/engine-bench.xz, gpu/device_parity.xz   binaries built with --features cuda (+bench)
+#   gpu/wheels/*.whl                            diffusers 0.42.1 (+ importlib_metadata, zipp)
+#   gpu/diffusers_anchor.py, gpu/gpu_compare.py, gpu/gpu_bench.sh
+# Writes logs and JSON lines under $OUT (or /tmp/gpu-out); prints the table last.
+#
+# STAGES (env) selects parts: parity,ours,anchor (default) and load (opt-in: writes a 41 GB
+# random checkpoint in the released layout with diffusers, then times our loading of it). Each
+# part has its own timeout so one failure does not take the others down.
+set -u
+G=gpu
+OUT="${OUT:-/tmp/gpu-out}"
+mkdir -p "$OUT"
+STAGES="${STAGES:-parity,ours,anchor}"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+has() { case ",$STAGES," in *",$1,"*) return 0;; esac; return 1; }
+log() { echo "== $(date +%T) $*"; }
+
+log "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+free -g | head -2
+
+# CUDA 13 libraries of the machine's PyTorch wheels (see shared/cuda/run_on_gpu.sh).
+sp="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+for d in "$sp/nvidia/cu13/lib" "$sp/nvidia/cudnn/lib" /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
+  [ -d "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH
+
+BIN=/tmp/engine-bin
+mkdir -p "$BIN"
+for f in "$G"/*.xz; do
+  b="$BIN/$(basename "${f%.xz}")"
+  xz -dc "$f" > "$b" && chmod +x "$b"
+done
+for b in "$BIN"/*; do
+  missing="$(ldd "$b" | awk '/not found/ {print $1}')"
+  [ -n "$missing" ] && echo "MISSING LIBRARIES for $b: $missing"
+done
+
+# The test binary finds tests/fixtures through the path it was compiled at.
+COMPILED_AT="$(cat "$G/compiled_at" 2>/dev/null || echo /work/wt/gpu)"
+if [ ! -e "$COMPILED_AT/tests/fixtures" ]; then
+  mkdir -p "$(dirname "$COMPILED_AT")" && ln -sfn "$PWD" "$COMPILED_AT"
+fi
+
+if has parity; then
+  for dt in f32 bf16; do
+    log "parity tests on CUDA, $dt"
+    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 240 "$BIN/device_parity" --test-threads=1 --nocapture \
+      > "$OUT/parity_$dt.log" 2>&1
+    echo "exit $?"
+    grep -E "^test |test result|worst|GPU vs CPU|vs CPU|final latents|PNGs|offload resident|panicked|not within|differ" \
+      "$OUT/parity_$dt.log" | cut -c1-220
+  done
+fi
+
+B="$BIN/engine-bench"
+touch "$OUT/ours.jsonl"
+run_ours() {
+  local name="$1"; shift
+  log "ours: $name"
+  timeout "$TIMEOUT" "$B" --tag "$name" "$@" > "$OUT/ours_$name.log" 2>&1
+  echo "exit $?"
+  grep '^{' "$OUT/ours_$name.log" >> "$OUT/ours.jsonl"
+  grep -v '^{"check"' "$OUT/ours_$name.log" | cut -c1-400
+}
+if has ours; then
+  TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 5 --warmup 1 --check-finite
+  TIMEOUT=200 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --offload on --phases text,dit
+  TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+fi
+
+if has anchor || has load; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
+    || tail -3 "$OUT/pip.log"
+fi
+
+if has load; then
+  log "write a full-size random checkpoint, then load it"
+  PYTHONPATH=/tmp/site timeout 300 python3 "$G/gpu_write_checkpoint.py" /tmp/ckpt 2>&1 | grep '^{' | tee "$OUT/load.jsonl"
+  df -h /tmp | tail -1
+  TIMEOUT=200 run_ours load --model /tmp/ckpt --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
+  TIMEOUT=200 run_ours load_offload --model /tmp/ckpt --resolution 640 --layers 4 --steps 2 --warmup 1 --phases dit --offload on
+  rm -rf /tmp/ckpt
+fi
+
+if has anchor; then
+  log "diffusers anchor"
+  PYTHONPATH=/tmp/site timeout 420 python3 "$G/diffusers_anchor.py" dit640 dit1024 offload640 vae640 \
+    > "$OUT/anchor.log" 2>&1
+  echo "exit $?"
+  grep '^{' "$OUT/anchor.log" > "$OUT/anchor.jsonl"
+  grep -v '^{' "$OUT/anchor.log" | tail -5
+  cat "$OUT/anchor.jsonl" | cut -c1-300
+fi
+
+log "table"
+python3 "$G/gpu_compare.py" "$OUT/ours.jsonl" "$OUT/anchor.jsonl" "$OUT/gpu.txt" | tee "$OUT/table.md"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# gpu_prepare.sh DEST — builds the CUDA binaries here (no GPU needed) and fills DEST (a
+# git-ignored folder of the checkout that travels to the GPU machine, e.g. /work/main/gpu) with
+# everything scripts/gpu_bench.sh needs. Run from the repository root.
+#
+# Needs the CUDA 13.0 toolchain (shared/cuda/setup_cuda_toolchain.sh, sourced here) and keeps its
+# own target dir (CARGO_TARGET_DIR, default /work/cuda-target): candle-kernels takes 12–15 min to
+# build once; later builds recompile only our crates.
+set -eu
+DEST="${1:?usage: gpu_prepare.sh DEST}"
+ROOT="$(pwd)"
+SHARED="${SHARED:-$ROOT/../shared}"
+[ -f "$SHARED/cuda/setup_cuda_toolchain.sh" ] || SHARED=/work/shared
+# shellcheck disable=SC1091
+source "$SHARED/cuda/setup_cuda_toolchain.sh"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/cuda-target}"
+
+cargo build --release -p engine --features cuda,bench --bin engine-bench
+test_bin="$(cargo test --release -p engine --features cuda --test device_parity --no-run --message-format=json \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except ValueError: continue
+    if d.get("reason") == "compiler-artifact" and d.get("executable") and d["target"]["name"] == "device_parity":
+        print(d["executable"])')"
+
+mkdir -p "$DEST/wheels"
+for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:device_parity"; do
+  src="${pair%%:*}"; name="${pair##*:}"
+  strip -o "/tmp/$name.stripped" "$src"
+  xz -6 -T2 -c "/tmp/$name.stripped" > "$DEST/$name.xz"
+done
+cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/gpu_write_checkpoint.py "$SHARED/bench/diffusers_anchor.py" "$DEST/"
+echo "$ROOT" > "$DEST/compiled_at"
+if ! ls "$DEST"/wheels/diffusers-0.42.1-*.whl > /dev/null 2>&1; then
+  python3 -m pip download -q --no-deps diffusers==0.42.1 importlib_metadata zipp -d "$DEST/wheels"
+fi
+du -sh "$DEST"/* | sort -h

@@ -1,0 +1,482 @@
+//! `engine-bench`: times the Qwen-Image-Layered models at full size on one device, phase by
+//! phase, so the numbers sit next to `shared/bench/diffusers_anchor.py`'s (same shapes, same
+//! analytic FLOP count, one JSON line per measurement).
+//!
+//! - text: the Qwen2.5-VL-7B language model on a 64-token (prompt) and a 40-token (negative)
+//!   templated prompt; the model lives on the GPU only for this phase;
+//! - dit: one denoising step with true CFG = one batch-2 forward (cond 30 text tokens, uncond 6,
+//!   padded and key-masked) over (layers + 2) frames of (res/16)² tokens, optionally with the
+//!   blocks streamed from host memory (`--offload on`);
+//! - vae: RGBA encode of one image, decode of each layer (one at a time, as the anchor).
+//!
+//! Weights are random (`--random-weights`, no checkpoint needed; speed does not depend on the
+//! values) or read from a model folder (`--model DIR`, which also times loading). Built only
+//! with the `bench` feature: `cargo build --release -p engine --features cuda,bench --bin engine-bench`.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use engine::gpu::memory::gib;
+use engine::gpu::{flops, OffloadOptions, RandomWeights, VramSampler};
+use engine::text_encoder::{text_position_ids, Qwen25VLTextModel};
+use engine::transformer::{cfg, QwenImageTransformer};
+use engine::vae::AutoencoderKLQwenImage;
+use engine::weights::ModelDir;
+
+const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
+  [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
+  [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]";
+
+struct Args {
+    model: Option<String>,
+    config_dir: Option<String>,
+    device: String,
+    dtype: DType,
+    resolution: usize,
+    layers: usize,
+    steps: usize,
+    warmup: usize,
+    phases: Vec<String>,
+    offload: bool,
+    vram_budget_gb: Option<f64>,
+    resident_blocks: Option<usize>,
+    pin: bool,
+    check_finite: bool,
+    tag: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: None,
+        config_dir: None,
+        device: "cuda".into(),
+        dtype: DType::BF16,
+        resolution: 640,
+        layers: 4,
+        steps: 3,
+        warmup: 1,
+        phases: vec!["text".into(), "dit".into(), "vae".into()],
+        offload: false,
+        vram_budget_gb: None,
+        resident_blocks: None,
+        pin: true,
+        check_finite: false,
+        tag: String::new(),
+    };
+    let mut random = false;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let num = |v: String, name: &str| v.parse::<usize>().map_err(|_| format!("{name}: not a number: {v}"));
+        match flag.as_str() {
+            "--random-weights" => random = true,
+            "--model" => a.model = Some(value("--model")?),
+            "--config-dir" => a.config_dir = Some(value("--config-dir")?),
+            "--device" => a.device = value("--device")?,
+            "--dtype" => {
+                a.dtype = match value("--dtype")?.as_str() {
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    "f32" => DType::F32,
+                    other => return Err(format!("--dtype {other}: bf16, f16 or f32")),
+                }
+            }
+            "--resolution" => a.resolution = num(value("--resolution")?, "--resolution")?,
+            "--layers" => a.layers = num(value("--layers")?, "--layers")?,
+            "--steps" => a.steps = num(value("--steps")?, "--steps")?.max(1),
+            "--warmup" => a.warmup = num(value("--warmup")?, "--warmup")?,
+            "--phases" => a.phases = value("--phases")?.split(',').map(str::to_string).collect(),
+            "--offload" => {
+                a.offload = match value("--offload")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--offload {other}: on or off")),
+                }
+            }
+            "--vram-budget-gb" => {
+                let v = value("--vram-budget-gb")?;
+                a.vram_budget_gb = Some(v.parse().map_err(|_| format!("--vram-budget-gb: not a number: {v}"))?);
+            }
+            "--resident-blocks" => a.resident_blocks = Some(num(value("--resident-blocks")?, "--resident-blocks")?),
+            "--no-pin" => a.pin = false,
+            "--check-finite" => a.check_finite = true,
+            "--tag" => a.tag = value("--tag")?,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if random == a.model.is_some() {
+        return Err(format!("give exactly one of --random-weights and --model DIR\n{USAGE}"));
+    }
+    if a.resolution % 16 != 0 {
+        return Err(format!("--resolution {} must be a multiple of 16", a.resolution));
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("engine-bench: {}", describe(&e));
+        std::process::exit(1);
+    }
+}
+
+fn describe(e: &engine::Error) -> String {
+    match e {
+        engine::Error::Candle(c) => engine::gpu::describe_error(c),
+        other => other.to_string(),
+    }
+}
+
+/// One JSON line per measurement (the anchor's format), flushed at once.
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn sync(device: &Device) -> engine::Result<()> {
+    Ok(device.synchronize()?)
+}
+
+/// Where the weights come from.
+enum Source {
+    Random,
+    Model(ModelDir),
+}
+
+impl Source {
+    fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> engine::Result<VarBuilder<'static>> {
+        match self {
+            Source::Random => Ok(RandomWeights::var_builder(dtype, device)),
+            Source::Model(m) => m.var_builder(component, dtype, device),
+        }
+    }
+}
+
+struct Configs {
+    transformer: engine::transformer::Config,
+    vae: engine::vae::Config,
+    text: engine::text_encoder::Config,
+}
+
+fn configs(args: &Args) -> engine::Result<Configs> {
+    let dir = args.config_dir.as_deref().or(args.model.as_deref());
+    Ok(match dir {
+        Some(d) => {
+            let m = ModelDir::open(d)?;
+            Configs {
+                transformer: m.read_json("transformer", "config.json")?,
+                vae: m.read_json("vae", "config.json")?,
+                text: m.read_json("text_encoder", "config.json")?,
+            }
+        }
+        None => Configs {
+            transformer: engine::transformer::Config::layered(),
+            vae: engine::vae::Config::qwen_image_layered(),
+            text: engine::text_encoder::Config::qwen2_5_vl_7b(),
+        },
+    })
+}
+
+fn run(args: &Args) -> engine::Result<()> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => engine::gpu::cuda_device(0)?,
+        other => return Err(engine::Error::InvalidInput(format!("--device {other}: cuda or cpu"))),
+    };
+    engine::gpu::configure_matmul(&device, args.dtype);
+    let source = match &args.model {
+        Some(dir) => Source::Model(ModelDir::open(dir)?),
+        None => Source::Random,
+    };
+    let cfgs = configs(args)?;
+    let sampler = VramSampler::start(&device, Duration::from_millis(2));
+    let gpu = gpu_name(&device);
+    emit(serde_json::json!({
+        "run": "ours_setup", "tag": args.tag, "gpu": gpu, "dtype": format!("{:?}", args.dtype),
+        "device_total_gib": sampler.as_ref().map(|s| gib(s.total())),
+        "baseline_used_gib": sampler.as_ref().map(|s| gib(s.baseline())),
+        "weights": if args.model.is_some() { "checkpoint" } else { "random" },
+    }));
+    let peak = |s: &Option<VramSampler>| s.as_ref().map(|s| gib(s.peak_above_baseline()));
+
+    if args.phases.iter().any(|p| p == "text") {
+        if let Some(s) = &sampler {
+            s.reset_peak();
+        }
+        text_phase(args, &cfgs, &source, &device, &gpu, &sampler)?;
+        emit_peak("text", peak(&sampler));
+    }
+    if args.phases.iter().any(|p| p == "dit") {
+        if let Some(s) = &sampler {
+            s.reset_peak();
+        }
+        dit_phase(args, &cfgs, &source, &device, &gpu, &sampler)?;
+    }
+    if args.phases.iter().any(|p| p == "vae") {
+        if let Some(s) = &sampler {
+            s.reset_peak();
+        }
+        vae_phase(args, &cfgs, &source, &device, &sampler)?;
+    }
+    Ok(())
+}
+
+fn emit_peak(phase: &str, peak_gib: Option<f64>) {
+    emit(serde_json::json!({ "run": format!("ours_{phase}_peak"), "peak_gib": peak_gib }));
+}
+
+fn gpu_name(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().name().unwrap_or_else(|_| "cuda".into());
+    }
+    let _ = device;
+    "cpu".into()
+}
+
+/// Checks a tensor has no NaN/Inf; emits the result and fails the run if it does.
+fn check_finite(args: &Args, what: &str, t: &Tensor) -> engine::Result<()> {
+    if !args.check_finite {
+        return Ok(());
+    }
+    let t = t.to_dtype(DType::F32)?;
+    let sum = t.sum_all()?.to_scalar::<f32>()?;
+    let max_abs = t.abs()?.max_all()?.to_scalar::<f32>()?;
+    let ok = sum.is_finite() && max_abs.is_finite();
+    emit(serde_json::json!({ "check": "finite", "what": what, "ok": ok, "sum": sum, "max_abs": max_abs, "shape": t.dims() }));
+    if !ok {
+        return Err(engine::Error::InvalidInput(format!("{what}: NaN or Inf in the output (sum {sum}, max |x| {max_abs})")));
+    }
+    Ok(())
+}
+
+/// Random token ids `[1, n]` below `vocab` (the speed of the model does not depend on them).
+fn random_ids(n: usize, vocab: usize, device: &Device) -> engine::Result<Tensor> {
+    let ids = Tensor::rand(0f32, vocab as f32 - 1.0, n, &Device::Cpu)?.to_dtype(DType::U32)?;
+    Ok(ids.unsqueeze(0)?.to_device(device)?)
+}
+
+fn text_phase(
+    args: &Args,
+    cfgs: &Configs,
+    source: &Source,
+    device: &Device,
+    gpu: &str,
+    sampler: &Option<VramSampler>,
+) -> engine::Result<()> {
+    let t0 = Instant::now();
+    let vb = source.var_builder("text_encoder", args.dtype, device)?;
+    let model = if args.offload {
+        let host = match source {
+            Source::Random => vb.clone(),
+            Source::Model(m) => m.var_builder("text_encoder", args.dtype, &Device::Cpu)?,
+        };
+        let options = OffloadOptions { resident_blocks: 0, pin_memory: args.pin };
+        Qwen25VLTextModel::new_offloaded(&cfgs.text, vb, &host, options)?
+    } else {
+        Qwen25VLTextModel::new(&cfgs.text, vb)?
+    };
+    sync(device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    // The Layered template adds 34 tokens before the prompt (dropped from the embeddings): a
+    // 30-token prompt and a 6-token negative prompt, as the DiT phase's text.
+    let vocab = cfgs.text.text_config.vocab_size;
+    let prompts = [random_ids(64, vocab, device)?, random_ids(40, vocab, device)?];
+    let mut times = Vec::new();
+    for rep in 0..args.warmup + args.steps {
+        sync(device)?;
+        let t = Instant::now();
+        let mut outs = Vec::new();
+        for ids in &prompts {
+            let pos = text_position_ids(1, ids.dim(1)?, device)?;
+            outs.push(model.forward(ids, &pos, None)?);
+        }
+        sync(device)?;
+        if rep >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        if rep == 0 {
+            check_finite(args, "text_encoder_hidden_states", &outs[0])?;
+        }
+    }
+    emit(serde_json::json!({
+        "run": format!("ours_text_encode{}", if args.offload { "_offload" } else { "" }), "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
+        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random" },
+        "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())), "gpu": gpu,
+    }));
+    drop(model);
+    sync(device)?;
+    Ok(())
+}
+
+fn dit_phase(
+    args: &Args,
+    cfgs: &Configs,
+    source: &Source,
+    device: &Device,
+    gpu: &str,
+    sampler: &Option<VramSampler>,
+) -> engine::Result<()> {
+    let tcfg = &cfgs.transformer;
+    let t0 = Instant::now();
+    let vb = source.var_builder("transformer", args.dtype, device)?;
+    let model = if args.offload {
+        let block_bytes = block_bytes(tcfg, args.dtype);
+        let resident = match (args.resident_blocks, args.vram_budget_gb) {
+            (Some(k), _) => k,
+            (None, Some(budget)) => OffloadOptions::resident_for_budget(
+                (budget * (1u64 << 30) as f64) as u64,
+                activation_estimate(args, tcfg),
+                block_bytes,
+                tcfg.num_layers,
+            ),
+            (None, None) => 0,
+        };
+        let options = OffloadOptions { resident_blocks: resident, pin_memory: args.pin };
+        // Random weights are generated on the GPU and copied to host buffers block by block; a
+        // checkpoint's blocks are read from its memory-mapped files on the CPU.
+        let host = match source {
+            Source::Random => vb.clone(),
+            Source::Model(m) => m.var_builder("transformer", args.dtype, &Device::Cpu)?,
+        };
+        QwenImageTransformer::new_offloaded(tcfg, vb, &host, options)?
+    } else {
+        QwenImageTransformer::new(tcfg, vb)?
+    };
+    sync(device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let after_build = sampler.as_ref().map(|s| gib(s.peak_above_baseline()));
+
+    // Inputs as the pipeline builds them for a batched-CFG step.
+    let (res, layers) = (args.resolution, args.layers);
+    let grid = res / 16;
+    let frames = layers + 2;
+    let img_tokens = frames * grid * grid;
+    let (txt_cond, txt_uncond) = (30usize, 6usize);
+    let jd = tcfg.joint_attention_dim;
+    let dtype = args.dtype;
+    let img = Tensor::randn(0f32, 1.0, (1, img_tokens, tcfg.in_channels), device)?.to_dtype(dtype)?;
+    let img = Tensor::cat(&[&img, &img], 0)?;
+    let cond = Tensor::randn(0f32, 1.0, (1, txt_cond, jd), device)?;
+    let uncond = Tensor::randn(0f32, 1.0, (1, txt_uncond, jd), device)?;
+    let (txt, mask) = cfg::pad_and_stack(&cond, None, &uncond, None)?;
+    let txt = txt.to_dtype(dtype)?;
+    let sigma = Tensor::full(0.5f32, 2, device)?;
+    let t_cond = Tensor::zeros(2, DType::U32, device)?;
+    let additional = tcfg.use_additional_t_cond.then_some(&t_cond);
+    let img_shapes = vec![(1, grid, grid); frames];
+
+    if let Some(s) = sampler {
+        s.reset_peak();
+    }
+    let mut times = Vec::new();
+    let uploaded_before = model.offload_stats().map(|s| s.uploaded_bytes).unwrap_or(0);
+    for rep in 0..args.warmup + args.steps {
+        sync(device)?;
+        let t = Instant::now();
+        let out = model.forward(&img, &txt, Some(&mask), &sigma, &img_shapes, additional)?;
+        // The step's CFG combine, as the pipeline does it (f32, normalised).
+        let out = out.narrow(1, 0, (layers + 1) * grid * grid)?;
+        let (c, u) = cfg::split_cond_uncond(&out)?;
+        let v = cfg::combine(&c, &u, 4.0, true)?;
+        sync(device)?;
+        let dt = t.elapsed().as_secs_f64();
+        if rep >= args.warmup {
+            times.push(dt);
+        }
+        if rep == 0 {
+            check_finite(args, &format!("dit_velocity_{res}"), &v)?;
+        }
+    }
+    let stats = model.offload_stats();
+    let passes = (args.warmup + args.steps) as f64;
+    let step_flops = flops::dit_cfg_step(res, layers);
+    let med = median(times.clone());
+    emit(serde_json::json!({
+        "run": format!("ours_dit_step_{res}_L{layers}_cfg{}", if args.offload { "_offload" } else { "" }),
+        "tag": args.tag,
+        "median_s": med, "all_s": times,
+        "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
+        "weights_resident_gib": after_build,
+        "tflops_per_step": step_flops / 1e12, "achieved_tflops": step_flops / med / 1e12,
+        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random" },
+        "offload": stats.as_ref().map(|s| serde_json::json!({
+            "resident_blocks": s.resident_blocks, "blocks": s.blocks, "pinned": s.pinned,
+            "block_gib": gib(s.block_bytes), "host_gib": gib(s.host_bytes),
+            "uploaded_gib_per_step": gib(s.uploaded_bytes - uploaded_before) / passes,
+        })),
+        "img_tokens": img_tokens, "batch": 2, "gpu": gpu,
+    }));
+    Ok(())
+}
+
+/// Bytes of one transformer block in `dtype` (36·D² weights plus biases and norms).
+fn block_bytes(cfg: &engine::transformer::Config, dtype: DType) -> u64 {
+    let d = cfg.inner_dim() as u64;
+    (36 * d * d + 40 * d) * dtype.size_in_bytes() as u64
+}
+
+/// A rough upper bound of the DiT's activations and non-block weights at `args`' shape, for
+/// turning a VRAM budget into resident blocks: 24 activations of [2, S, D] plus the attention
+/// chunk (2 × 256 MiB f32) and 1 GiB of other weights and workspace.
+fn activation_estimate(args: &Args, cfg: &engine::transformer::Config) -> u64 {
+    let grid = (args.resolution / 16) as u64;
+    let s = (args.layers as u64 + 2) * grid * grid + 30;
+    24 * 2 * s * cfg.inner_dim() as u64 * args.dtype.size_in_bytes() as u64 + (1 << 29) + (1 << 30)
+}
+
+fn vae_phase(args: &Args, cfgs: &Configs, source: &Source, device: &Device, sampler: &Option<VramSampler>) -> engine::Result<()> {
+    let t0 = Instant::now();
+    let vae = AutoencoderKLQwenImage::new(&cfgs.vae, source.var_builder("vae", args.dtype, device)?)?;
+    sync(device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let res = args.resolution;
+    let lat = res / 8;
+    let x = Tensor::rand(0f32, 1.0, (1, cfgs.vae.input_channels, res, res), device)?.affine(2.0, -1.0)?.to_dtype(args.dtype)?;
+    let z = Tensor::randn(0f32, 1.0, (args.layers, cfgs.vae.z_dim, lat, lat), device)?.to_dtype(args.dtype)?;
+    let (mut enc, mut dec) = (Vec::new(), Vec::new());
+    for rep in 0..args.warmup + args.steps.min(2) {
+        sync(device)?;
+        let t = Instant::now();
+        let mean = vae.encode_mean(&x)?;
+        sync(device)?;
+        let te = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut last = None;
+        for k in 0..args.layers {
+            last = Some(vae.decode(&z.narrow(0, k, 1)?)?);
+        }
+        sync(device)?;
+        let td = t.elapsed().as_secs_f64();
+        if rep >= args.warmup {
+            enc.push(te);
+            dec.push(td);
+        }
+        if rep == 0 {
+            check_finite(args, "vae_posterior_mean", &mean)?;
+            if let Some(px) = &last {
+                check_finite(args, "vae_decoded", px)?;
+            }
+        }
+    }
+    emit(serde_json::json!({
+        "run": format!("ours_vae_{res}"), "tag": args.tag,
+        "encode_s": median(enc.clone()), "decode_layers_s": median(dec.clone()), "layers": args.layers,
+        "all_encode_s": enc, "all_decode_s": dec, "build_s": build_s,
+        "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
+    }));
+    Ok(())
+}

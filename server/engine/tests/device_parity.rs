@@ -1,0 +1,310 @@
+//! The tiny checkpoints' parity checks on the device and dtype chosen by `ENGINE_TEST_DEVICE`
+//! (`cpu` default, `cuda`) and `ENGINE_TEST_DTYPE` (`f32` default, `bf16`), against the same
+//! diffusers/transformers fixtures as the CPU tests of each model: the transformer's every stage,
+//! the VAE, the text encoder, a whole decompose run, and (on CUDA) the streamed offload against
+//! the resident model.
+//!
+//! Tolerances (max |ours − ref| / max |ref|): f32 1e-4 on every device (the bound).
+//! In bf16 the reference is still the f32 run, so the errors are bf16's own: [`HALF_FORWARD`]
+//! for one forward (measured on CPU bf16: transformer 8.3e-2, most of it from σ rounded to bf16
+//! before the timestep embedding as diffusers does; text encoder 1.7e-2) and [`HALF_PIPELINE`]
+//! for a denoising run, whose steps compound it. On a GPU in bf16 the transformer is also run on
+//! the CPU in bf16 (same rounding of σ and weights) and the two must agree within
+//! [`HALF_CROSS_DEVICE`]; candle's CPU backend has no bf16 conv2d, so the VAE and the pipeline
+//! are not run in bf16 on the CPU. Run on a GPU with
+//! `ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=bf16 cargo test --release -p engine --features cuda
+//! --test device_parity -- --test-threads=1` (one thread: candle's CUDA device uses per-thread
+//! streams).
+
+use candle_core::{DType, Device, Tensor};
+use engine::image_proc;
+use engine::pipeline::{DecomposeOptions, LayeredPipeline, LoadOptions, NoProgress};
+use engine::text_encoder::{encode_prompt, text_position_ids, Qwen25VLTextModel};
+use engine::tokenizer::{PromptTemplate, QwenTokenizer};
+use engine::transformer::{Config, QwenImageTransformer};
+use engine::vae::AutoencoderKLQwenImage;
+use engine::weights::ModelDir;
+use test_support as ts;
+
+/// bf16 against the f32 reference, one model forward.
+const HALF_FORWARD: f64 = 0.15;
+/// bf16 against the f32 reference, every step of a decompose run.
+const HALF_PIPELINE: f64 = 0.3;
+/// bf16 on the GPU against bf16 on the CPU, one transformer forward.
+const HALF_CROSS_DEVICE: f64 = 3e-2;
+
+/// candle's CPU backend has no bf16/f16 conv2d (the VAE).
+fn cpu_half(device: &Device, dtype: DType) -> bool {
+    !device.is_cuda() && dtype != DType::F32
+}
+
+fn setup() -> (Device, DType) {
+    let (device, dtype) = (ts::test_device(), ts::test_dtype());
+    engine::gpu::configure_matmul(&device, dtype);
+    println!("device {device:?}, dtype {dtype:?}");
+    (device, dtype)
+}
+
+fn has_tensor(file: &str, name: &str) -> bool {
+    !ts::reference_manifest()["files"][file][name].is_null()
+}
+
+fn transformer_config(checkpoint: std::path::PathBuf) -> (Config, ModelDir) {
+    let dir = ModelDir::open(checkpoint).unwrap();
+    let cfg: Config = dir.read_json("transformer", "config.json").unwrap();
+    (cfg, dir)
+}
+
+fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(usize, usize, usize)], t_cond: Option<&[u32]>) {
+    let (device, dtype) = setup();
+    let (cfg, dir) = transformer_config(checkpoint);
+    let model = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", dtype, &device).unwrap()).unwrap();
+    let file = "transformer.safetensors";
+    let input = |n: &str| ts::load_tensor(file, &format!("{tag}/{n}")).to_device(&device).unwrap();
+    let mask_name = format!("{tag}/in/encoder_hidden_states_mask");
+    let mask = has_tensor(file, &mask_name).then(|| ts::load_tensor(file, &mask_name).to_device(&device).unwrap());
+    let t_cond = t_cond.map(|c| Tensor::new(c, &device).unwrap());
+    let (out, trace) = model
+        .forward_with_trace(
+            &input("in/hidden_states"),
+            &input("in/encoder_hidden_states"),
+            mask.as_ref(),
+            &input("in/timestep"),
+            img_shapes,
+            t_cond.as_ref(),
+        )
+        .unwrap();
+    let tol = ts::dtype_tolerance(1e-4, HALF_FORWARD);
+    let mut worst = 0f64;
+    // Every stage is printed before the verdict, so one run shows where errors grow.
+    let mut check = |name: &str, actual: &Tensor| {
+        let err = ts::compare(actual, &ts::load_tensor(file, &format!("{tag}/{name}")));
+        println!("{tag}/{name:<12} {err}");
+        let bad = err.rel.is_nan() || err.non_finite_mismatches > 0;
+        worst = if bad { f64::INFINITY } else { worst.max(err.rel) };
+    };
+    check("temb", &trace.temb);
+    check("img_in", &trace.img_in);
+    check("txt_in", &trace.txt_in);
+    for (i, (img, txt)) in trace.blocks.iter().enumerate() {
+        check(&format!("block{i}/img"), img);
+        check(&format!("block{i}/txt"), txt);
+    }
+    check("norm_out", &trace.norm_out);
+    check("output", &out);
+    println!("{tag} transformer on {device:?} {dtype:?}: worst relative error {worst:.3e} (tolerance {tol:.0e})");
+    assert!(worst <= tol, "{tag} transformer: worst relative error {worst:.3e} > {tol:.0e}");
+
+    if device.is_cuda() && dtype != DType::F32 {
+        // The same forward on the CPU in the same dtype: what differs is only the device.
+        let cpu = Device::Cpu;
+        let on_cpu = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", dtype, &cpu).unwrap()).unwrap();
+        let to_cpu = |t: &Tensor| t.to_device(&cpu).unwrap();
+        let cpu_out = on_cpu
+            .forward(
+                &to_cpu(&input("in/hidden_states")),
+                &to_cpu(&input("in/encoder_hidden_states")),
+                mask.as_ref().map(to_cpu).as_ref(),
+                &to_cpu(&input("in/timestep")),
+                img_shapes,
+                t_cond.as_ref().map(to_cpu).as_ref(),
+            )
+            .unwrap();
+        let err = ts::assert_close(&out, &cpu_out.to_dtype(DType::F32).unwrap(), HALF_CROSS_DEVICE, "GPU vs CPU");
+        println!("{tag} transformer output, {device:?} vs CPU, both {dtype:?}: {err} (tolerance {HALF_CROSS_DEVICE:.0e})");
+    }
+}
+
+#[test]
+fn layered_transformer_matches_reference() {
+    check_transformer("layered", ts::layered_checkpoint(), &[(1, 3, 4); 4], Some(&[0, 1]));
+}
+
+#[test]
+fn edit_transformer_matches_reference() {
+    check_transformer("edit", ts::edit_checkpoint(), &[(1, 4, 6), (1, 6, 4)], None);
+}
+
+#[test]
+fn layered_vae_matches_reference() {
+    let (device, dtype) = setup();
+    if cpu_half(&device, dtype) {
+        println!("skipped: no {dtype:?} conv2d on the CPU");
+        return;
+    }
+    let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let cfg: engine::vae::Config = dir.read_json("vae", "config.json").unwrap();
+    let vae = AutoencoderKLQwenImage::new(&cfg, dir.var_builder("vae", dtype, &device).unwrap()).unwrap();
+    let file = "vae.safetensors";
+    let stored = |n: &str| ts::load_tensor(file, n).squeeze(2).unwrap();
+    let tol = ts::dtype_tolerance(1e-4, HALF_FORWARD);
+    let png = image_proc::decode_rgba(&ts::read_reference_bytes("images/input_rgba_small.png")).unwrap();
+    let x = image_proc::to_tensor(&png, &device).unwrap();
+    let mean = vae.encode_mean(&x).unwrap();
+    println!("vae posterior mean: {}", ts::assert_close(&mean, &stored("layered/posterior_mean"), tol, "vae posterior mean"));
+    let decoded = vae.decode(&stored("layered/posterior_mean").to_device(&device).unwrap()).unwrap();
+    println!("vae decoded: {}", ts::assert_close(&decoded, &stored("layered/decoded"), tol, "vae decoded"));
+    let z2 = stored("layered/batch2_z").to_device(&device).unwrap();
+    let chunked = vae.decode_chunked(&z2, 1).unwrap();
+    println!(
+        "vae batch-2 decode in chunks of 1: {}",
+        ts::assert_close(&chunked, &stored("layered/batch2_decoded"), tol, "vae batch-2 decoded")
+    );
+}
+
+#[test]
+fn text_encoder_matches_reference() {
+    let (device, dtype) = setup();
+    let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let (_, model) = Qwen25VLTextModel::load(&dir, dtype, &device).unwrap();
+    let tokenizer = QwenTokenizer::from_model_dir(&dir).unwrap();
+    let file = "text_encoder.safetensors";
+    let tol = ts::dtype_tolerance(1e-4, HALF_FORWARD);
+    for name in ["ascii", "chinese", "long"] {
+        let text = ts::load_tokens()["prompts"][name]["text"].as_str().unwrap();
+        let ids = tokenizer.encode(&PromptTemplate::LAYERED.format(text)).unwrap();
+        let ids = Tensor::new(ids.as_slice(), &device).unwrap().unsqueeze(0).unwrap();
+        let s = ids.dim(1).unwrap();
+        let out = model.forward(&ids, &text_position_ids(1, s, &device).unwrap(), None).unwrap();
+        let hidden = ts::load_tensor(file, &format!("text/{name}/hidden_states"));
+        let last = hidden.get(hidden.dim(0).unwrap() - 1).unwrap();
+        let err = ts::assert_close(&out.squeeze(0).unwrap(), &last, tol, &format!("text/{name} last hidden state"));
+        println!("text/{name} last hidden state: {err}");
+    }
+    let text = ts::load_tokens()["prompts"]["ascii"]["text"].as_str().unwrap();
+    let (embeds, _) = encode_prompt(&model, &tokenizer, &PromptTemplate::LAYERED, &[text], 512).unwrap();
+    let err = ts::assert_close(&embeds, &ts::load_tensor(file, "text/ascii/prompt_embeds"), tol, "text/ascii prompt_embeds");
+    println!("text/ascii prompt_embeds: {err}");
+}
+
+#[test]
+fn decompose_run_matches_reference() {
+    let (device, dtype) = setup();
+    if cpu_half(&device, dtype) {
+        println!("skipped: no {dtype:?} conv2d on the CPU (VAE)");
+        return;
+    }
+    let name = "layered_l2_cfgnorm";
+    let case = ts::case(&format!("run/{name}"));
+    let file = format!("runs/{name}.safetensors");
+    let model = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let mut pipe =
+        LayeredPipeline::load(model, LoadOptions { device: device.clone(), dtype, keep_text_encoder: true, ..LoadOptions::default() })
+            .unwrap();
+    let options = DecomposeOptions {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: case["negative_prompt"].as_str().map(String::from),
+        layers: case["layers"].as_u64().unwrap() as usize,
+        resolution: case["resolution"].as_u64().unwrap() as u32,
+        num_inference_steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+        true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap(),
+        cfg_normalize: case["cfg_normalize"].as_bool().unwrap(),
+        seed: case["seed"].as_u64().unwrap(),
+        init_noise: Some(ts::reference_dir().join(&file)),
+        ..DecomposeOptions::default()
+    };
+    let tol = ts::dtype_tolerance(1e-4, HALF_PIPELINE);
+    let worst = std::cell::Cell::new(0f64);
+    let check = |what: String, actual: &Tensor| {
+        let err = ts::compare(&ts::as_stored(actual, &file, &what), &ts::load_tensor(&file, &what));
+        println!("{what:<22} {err}");
+        worst.set(if err.rel.is_nan() || err.non_finite_mismatches > 0 { f64::INFINITY } else { worst.get().max(err.rel) });
+    };
+    let image = image::open(ts::reference_dir().join(case["input_png"].as_str().unwrap())).unwrap().to_rgba8();
+    let out = pipe
+        .decompose_traced(&image, &options, &NoProgress, &mut |s| {
+            check(format!("step{}/v_cond", s.step), s.v_cond);
+            if let Some(u) = s.v_uncond {
+                check(format!("step{}/v_uncond", s.step), u);
+                check(format!("step{}/v_guided", s.step), s.v_guided);
+            }
+            check(format!("step{}/latents_after", s.step), s.latents_after);
+        })
+        .unwrap();
+    let err = ts::assert_close(
+        &ts::as_stored(&out.final_latents, &file, "final_latents"),
+        &ts::load_tensor(&file, "final_latents"),
+        tol,
+        "final_latents",
+    );
+    println!("{name} final latents: {err}");
+    println!("{name}: worst relative error over every step {:.3e} (tolerance {tol:.0e})", worst.get());
+    assert!(worst.get() <= tol, "{name}: a step's velocity or latents differ by {:.3e} > {tol:.0e}", worst.get());
+    let mut worst_px = 0u8;
+    for (i, png) in case["output_pngs"].as_array().unwrap().iter().enumerate() {
+        let (_, _, reference) = ts::load_png_rgba8(png.as_str().unwrap());
+        let diff = out.layers[i].as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        worst_px = worst_px.max(diff);
+    }
+    println!("{name}: layer PNGs differ by at most {worst_px}/255");
+    let px_tol = if dtype == DType::F32 { 1 } else { 24 };
+    assert!(worst_px <= px_tol, "layer pixels differ by {worst_px}/255 (tolerance {px_tol})");
+}
+
+/// The streamed transformer must compute exactly what the resident one does, with any number of
+/// resident blocks and over repeated passes (the prefetch of the next pass's first block).
+#[test]
+fn offloaded_transformer_equals_resident() {
+    let (device, dtype) = setup();
+    let (cfg, dir) = transformer_config(ts::layered_checkpoint());
+    let vb = || dir.var_builder("transformer", dtype, &device).unwrap();
+    let host = dir.var_builder("transformer", dtype, &Device::Cpu).unwrap();
+    let options = engine::gpu::OffloadOptions { resident_blocks: 0, pin_memory: true };
+    if !device.is_cuda() {
+        let err = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options).err().unwrap().to_string();
+        assert!(err.contains("CUDA"), "{err}");
+        return;
+    }
+    let resident = QwenImageTransformer::new(&cfg, vb()).unwrap();
+    let file = "transformer.safetensors";
+    let input = |n: &str| ts::load_tensor(file, &format!("layered/{n}")).to_device(&device).unwrap();
+    let (img, txt, sigma) = (input("in/hidden_states"), input("in/encoder_hidden_states"), input("in/timestep"));
+    let t_cond = Tensor::new(&[0u32, 1], &device).unwrap();
+    let shapes = [(1, 3, 4); 4];
+    let want = resident.forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond)).unwrap();
+    for resident_blocks in [0, 1, 2] {
+        let options = engine::gpu::OffloadOptions { resident_blocks, pin_memory: resident_blocks != 1 };
+        let streamed = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options).unwrap();
+        let stats = streamed.offload_stats().unwrap();
+        assert_eq!((stats.blocks, stats.resident_blocks), (2, resident_blocks));
+        for pass in 0..3 {
+            let got = streamed.forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond)).unwrap();
+            let err = ts::compare(&got, &want);
+            println!("offload resident={resident_blocks} pinned={} pass {pass}: {err}", stats.pinned);
+            assert!(err.max_abs == 0.0, "streamed output differs from resident: {err}");
+        }
+        let uploaded = streamed.offload_stats().unwrap().uploaded_bytes;
+        // Each pass uploads its streamed blocks, the first one ahead at the end of the previous
+        // pass: 3 passes = 3 × streamed + 1 (resident blocks are not counted).
+        let streamed_blocks = (2 - resident_blocks) as u64;
+        let per_block = stats.block_bytes;
+        let expect = if streamed_blocks == 0 { 0 } else { (3 * streamed_blocks + 1) * per_block };
+        println!("uploaded {uploaded} bytes, block {per_block}");
+        assert_eq!(uploaded, expect);
+    }
+}
+
+/// The text encoder's streamed layers compute exactly what the resident ones do.
+#[test]
+fn offloaded_text_encoder_equals_resident() {
+    let (device, dtype) = setup();
+    if !device.is_cuda() {
+        return;
+    }
+    let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let cfg: engine::text_encoder::Config = dir.read_json("text_encoder", "config.json").unwrap();
+    let vb = || dir.var_builder("text_encoder", dtype, &device).unwrap();
+    let host = dir.var_builder("text_encoder", dtype, &Device::Cpu).unwrap();
+    let resident = Qwen25VLTextModel::new(&cfg, vb()).unwrap();
+    let options = engine::gpu::OffloadOptions { resident_blocks: 0, pin_memory: true };
+    let streamed = Qwen25VLTextModel::new_offloaded(&cfg, vb(), &host, options).unwrap();
+    let ids = Tensor::new(&[[3u32, 14, 15, 92, 65, 35, 89, 79]], &device).unwrap();
+    let pos = text_position_ids(1, 8, &device).unwrap();
+    let want = resident.forward(&ids, &pos, None).unwrap();
+    for pass in 0..2 {
+        let got = streamed.forward(&ids, &pos, None).unwrap();
+        let err = ts::compare(&got, &want);
+        println!("text encoder offload pass {pass}: {err}");
+        assert!(err.max_abs == 0.0, "streamed text encoder differs: {err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! The OpenAPI 3.1 description of the REST API, served at `GET /api/qwen-image/openapi.json`,
+//! so script authors can generate clients. Written by hand next to the routes; a test checks
+//! every route is described.
+
+use serde_json::{json, Value};
+
+fn error_response(what: &str) -> Value {
+    json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn json_body(schema: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn json_ok(schema: &str) -> Value {
+    json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+pub fn document() -> Value {
+    let errors = json!({
+        "400": error_response("malformed body or image encoding"),
+        "401": error_response("missing or wrong bearer token (when the server requires one)"),
+        "413": error_response("body or image larger than the server's limits"),
+        "422": error_response("a field out of range, an undecodable image, an over-long prompt"),
+        "429": error_response("the job queue is full; see Retry-After"),
+        "503": error_response("the model is not available (see /status for the reason)"),
+    });
+    let with_errors = |ok: Value| {
+        let mut r = errors.clone();
+        r.as_object_mut().unwrap().insert("200".into(), ok);
+        r
+    };
+    let id_param = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Qwen Layers API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Decompose an image into RGBA layers (Qwen-Image-Layered) and edit a layer (Qwen-Image-Edit-2509). Layers come back composite first, then Layer 1 (bottom) … Layer N (top)."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "DecomposeRequest": {
+                    "type": "object", "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "description": "data:image/(png|jpeg|webp);base64,… or bare base64"},
+                        "prompt": {"type": "string", "description": "describes the whole scene; empty = automatic caption"},
+                        "negative_prompt": {"type": "string", "default": " "},
+                        "layer_num": {"type": "integer", "minimum": 2, "maximum": 10},
+                        "resolution": {"type": "integer", "enum": [640, 1024]},
+                        "steps": {"type": "integer", "minimum": 1, "maximum": app::api::MAX_STEPS},
+                        "cfg_scale": {"type": "number", "minimum": 0, "maximum": app::api::MAX_CFG_SCALE},
+                        "seed": {"type": "integer", "minimum": 0},
+                        "cfg_normalize": {"type": "boolean", "default": true},
+                        "caption_language": {"type": "string", "enum": ["en", "cn"], "default": "en"}
+                    }
+                },
+                "LayerImage": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "image": {"type": "string", "description": "PNG data URL"}, "index": {"type": "integer"}}},
+                "DecomposeResponse": {"type": "object", "properties": {
+                    "layers": {"type": "array", "items": {"$ref": "#/components/schemas/LayerImage"}},
+                    "zip_data": {"type": "string", "description": "base64 ZIP: composite.png, NN_layer-N.png, manifest.json"},
+                    "generation_time": {"type": "number"}, "layer_count": {"type": "integer"}, "resolution": {"type": "integer"},
+                    "layer_order": {"type": "string", "const": "bottom-to-top"}, "seed": {"type": "integer"},
+                    "width": {"type": "integer"}, "height": {"type": "integer"},
+                    "caption": {"type": ["string", "null"], "description": "the automatic caption, when the prompt was empty"}}},
+                "EditLayerRequest": {"type": "object", "required": ["image", "prompt"], "properties": {
+                    "image": {"type": "string"}, "prompt": {"type": "string", "description": "the edit instruction"},
+                    "steps": {"type": "integer"}, "cfg_scale": {"type": "number"}, "seed": {"type": "integer"},
+                    "keep_alpha": {"type": "boolean", "default": true}}},
+                "JobStarted": {"type": "object", "properties": {"id": {"type": "string"}}},
+                "JobStatus": {"type": "object", "properties": {
+                    "id": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+                    "phase": {"type": "string"}, "step": {"type": "integer"}, "total_steps": {"type": "integer"},
+                    "elapsed": {"type": "number"}, "eta_seconds": {"type": ["number", "null"]},
+                    "queue_position": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+                    "result": {"oneOf": [{"$ref": "#/components/schemas/DecomposeResponse"}, {"type": "null"}]}}},
+                "Config": {"type": "object"},
+                "EditStatus": {"type": "object", "properties": {
+                    "status": {"type": "string", "enum": ["ready", "idle", "unavailable"]},
+                    "model_loaded": {"type": "boolean"}, "model": {"type": "string"},
+                    "reason": {"type": ["string", "null"]}}},
+                "Status": {"type": "object", "properties": {
+                    "status": {"type": "string", "enum": ["ready", "idle", "unavailable"]},
+                    "model_loaded": {"type": "boolean"}, "model": {"type": "string"}, "device": {"type": "string"},
+                    "reason": {"type": ["string", "null"]}, "queue_depth": {"type": "integer"},
+                    "queue_capacity": {"type": "integer"}, "busy": {"type": "boolean"}}}
+            }
+        },
+        "paths": {
+            "/api/qwen-image/decompose": {"post": {
+                "summary": "Decompose an image and wait for the layers", "requestBody": json_body("DecomposeRequest"),
+                "responses": with_errors(json_ok("DecomposeResponse"))}},
+            "/api/qwen-image/jobs": {"post": {
+                "summary": "Queue a decomposition; follow it with GET /jobs/{id}", "requestBody": json_body("DecomposeRequest"),
+                "responses": {"202": {"description": "queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStarted"}}}},
+                              "422": errors["422"], "429": errors["429"], "503": errors["503"]}}},
+            "/api/qwen-image/jobs/{id}": {"get": {
+                "summary": "A job's state, phase, step, ETA and (when done) result", "parameters": id_param,
+                "responses": {"200": json_ok("JobStatus"), "404": error_response("no such job")}}},
+            "/api/qwen-image/jobs/{id}/cancel": {"post": {
+                "summary": "Stop a job between denoising steps", "parameters": id_param,
+                "responses": {"200": json_ok("JobStatus"), "404": error_response("no such job")}}},
+            "/api/qwen-image/edit-layer": {"post": {
+                "summary": "Edit one RGBA layer by instruction; returns the edited layer",
+                "requestBody": json_body("EditLayerRequest"),
+                "responses": with_errors(json!({"description": "the edited layer", "content": {"image/png": {}}}))}},
+            "/api/qwen-image/config": {"get": {"summary": "Defaults and limits", "responses": {"200": json_ok("Config")}}},
+            "/api/qwen-image/status": {"get": {"summary": "Decompose model state and queue", "responses": {"200": json_ok("Status")}}},
+            "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state (idle = loads, or downloads, on the first edit)", "responses": {"200": json_ok("EditStatus")}}},
+            "/api/qwen-image/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+        }
+    })
+}

@@ -1,0 +1,305 @@
+//! Layer editing end to end on the tiny Qwen-Image-Edit-2509 checkpoint: the REST endpoint, the
+//! server function and the `qwen-layers edit` CLI, on a layer with holes and soft edges. The
+//! edit must keep the layer's size and (by default) its alpha exactly, and bad requests must fail
+//! clearly.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const TINY_EDIT: &str = "tests/fixtures/tiny-qwen-image-edit-2509";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// 80×48: a transparent left quarter, an alpha ramp, an opaque block with a round hole.
+fn layer_with_holes() -> image::RgbaImage {
+    image::RgbaImage::from_fn(80, 48, |x, y| {
+        let hole = (x as i32 - 60).pow(2) + (y as i32 - 24).pow(2) < 64;
+        let a = match x {
+            _ if hole => 0,
+            0..20 => 0,
+            20..36 => ((x - 19) * 16 - 1) as u8,
+            _ => 255,
+        };
+        image::Rgba([200, (y * 4) as u8, (x * 3) as u8, a])
+    })
+}
+
+fn png_bytes(img: &image::RgbaImage) -> Vec<u8> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+fn data_url(png: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
+fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {
+    assert_eq!(edited.dimensions(), layer.dimensions());
+    for (o, l) in edited.pixels().zip(layer.pixels()) {
+        assert_eq!(o.0[3], l.0[3], "alpha changed");
+        if l.0[3] == 0 {
+            assert_eq!(o.0, [0, 0, 0, 0], "a hole got colour");
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--port", "0", "--device", "cpu"])
+        .args(args)
+        .current_dir(repo())
+        .env("HF_HUB_CACHE", std::env::temp_dir().join("qwen-layers-empty-hub"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn edit_status(base: &str) -> Value {
+    reqwest::get(format!("{base}/api/qwen-image/edit-status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn edit_endpoint_and_server_function_keep_the_layers_alpha() {
+    let s = start(&["--qwen-image-edit-model-path", TINY_EDIT]);
+    let layer = layer_with_holes();
+    let image = data_url(&png_bytes(&layer));
+
+    let status = edit_status(&s.base).await;
+    assert_eq!(
+        (status["status"].as_str(), status["model_loaded"].as_bool()),
+        (Some("idle"), Some(false)),
+        "{status}"
+    );
+    assert_eq!(status["model"], TINY_EDIT);
+
+    // Bad requests are refused before anything loads.
+    let bad: Vec<(Value, u16, &str)> = vec![
+        (json!({"image": image, "prompt": "  "}), 422, "must not be empty"),
+        (
+            json!({"image": "data:image/png;base64,aGVsbG8=", "prompt": "make it red"}),
+            422,
+            "PNG, JPEG or WebP",
+        ),
+        (
+            json!({"image": "data:image/png;base64,!!!", "prompt": "make it red"}),
+            400,
+            "base64",
+        ),
+        (
+            json!({"image": image, "prompt": "make it red", "steps": 1}),
+            422,
+            "at least 2 inference steps",
+        ),
+    ];
+    for (body, code, needle) in bad {
+        let resp = post(&s.base, "/api/qwen-image/edit-layer", body.clone()).await;
+        assert_eq!(resp.status().as_u16(), code, "{body}");
+        let json: Value = resp.json().await.unwrap();
+        let msg = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {json}"));
+        assert!(msg.contains(needle), "{needle} not in {msg}");
+    }
+
+    // REST: PNG bytes, alpha kept.
+    let body = json!({"image": image, "prompt": "make it red", "steps": 2, "cfg_scale": 4.0, "seed": 7});
+    let resp = post(&s.base, "/api/qwen-image/edit-layer", body).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let edited = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(edited.color(), image::ColorType::Rgba8);
+    assert_alpha_kept(&edited.to_rgba8(), &layer);
+    let status = edit_status(&s.base).await;
+    assert_eq!(
+        (status["status"].as_str(), status["model_loaded"].as_bool()),
+        (Some("ready"), Some(true)),
+        "{status}"
+    );
+
+    // Server function: a PNG data URL; with keep_alpha false the alpha is re-derived.
+    let resp = post(
+        &s.base,
+        "/api/app/edit_layer",
+        json!({"request": {"image": image, "prompt": "make it red", "steps": 2, "seed": 7, "keep_alpha": false}}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let url: String = resp.json().await.unwrap();
+    let b64 = url.strip_prefix("data:image/png;base64,").expect("a PNG data URL");
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let rekeyed = image::load_from_memory(&png).unwrap().to_rgba8();
+    assert_eq!(rekeyed.dimensions(), layer.dimensions());
+    assert!(
+        rekeyed.pixels().all(|p| p.0[3] > 0 || p.0 == [0, 0, 0, 0]),
+        "transparent pixels carry no colour"
+    );
+
+    let resp = post(
+        &s.base,
+        "/api/app/edit_layer",
+        json!({"request": {"image": image, "prompt": ""}}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 422);
+    assert!(resp.text().await.unwrap().contains("must not be empty"));
+    let status: Value = reqwest::get(format!("{}/api/app/edit_status", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "ready");
+}
+
+#[tokio::test]
+async fn a_missing_edit_model_is_reported_and_refused() {
+    let s = start(&["--qwen-image-edit-model-path", "/no/such/edit-model"]);
+    let status = edit_status(&s.base).await;
+    assert_eq!(status["status"], "unavailable");
+    assert!(
+        status["reason"].as_str().unwrap().contains("/no/such/edit-model"),
+        "{status}"
+    );
+    let layer = data_url(&png_bytes(&layer_with_holes()));
+    let resp = post(
+        &s.base,
+        "/api/qwen-image/edit-layer",
+        json!({"image": layer, "prompt": "make it red"}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let json: Value = resp.json().await.unwrap();
+    assert!(json["error"].as_str().unwrap().contains("not a folder"), "{json}");
+
+    // A Layered checkpoint is not an edit model: found out at the first edit, then refused.
+    let s = start(&["--qwen-image-edit-model-path", "tests/fixtures/tiny-qwen-image-layered"]);
+    let resp = post(
+        &s.base,
+        "/api/qwen-image/edit-layer",
+        json!({"image": layer, "prompt": "make it red", "steps": 2}),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let json: Value = resp.json().await.unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("Qwen-Image-Layered model"),
+        "{json}"
+    );
+    assert_eq!(edit_status(&s.base).await["status"], "unavailable");
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_edit_keeps_the_layers_alpha_and_fails_clearly() {
+    let dir = std::env::temp_dir().join(format!("qwen-layers-cli-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layer = layer_with_holes();
+    let input = dir.join("layer.png");
+    std::fs::write(&input, png_bytes(&layer)).unwrap();
+    let output = dir.join("edited.png");
+    let args = |instruction: &str, steps: &str, input: &Path| -> Vec<String> {
+        [
+            "edit",
+            "--model-path",
+            TINY_EDIT,
+            "--device",
+            "cpu",
+            "--layer-image",
+            input.to_str().unwrap(),
+            "--instruction",
+            instruction,
+            "--steps",
+            steps,
+            "--cfg-scale",
+            "4",
+            "--seed",
+            "3",
+            "--output",
+            output.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let (code, stdout, stderr) = run(args("make it red", "2", &input));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("alpha kept"), "{stdout}");
+    assert_alpha_kept(&image::open(&output).unwrap().to_rgba8(), &layer);
+
+    let (code, _, stderr) = run(args("   ", "2", &input));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--instruction is empty"), "{stderr}");
+    let garbage = dir.join("garbage.png");
+    std::fs::write(&garbage, b"not an image").unwrap();
+    let (code, _, stderr) = run(args("make it red", "2", &garbage));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("garbage.png"), "{stderr}");
+    let (code, _, stderr) = run(args("make it red", "1", &input));
+    assert_eq!(code, 2, "clap rejects it");
+    assert!(stderr.contains("--steps"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
