@@ -745,6 +745,7 @@ mod tests {
             seed: 7,
             width: 3,
             height: 2,
+            caption: None,
         }
     }
 
