@@ -10,8 +10,9 @@
 # Writes logs and JSON lines under /tmp/gpu-logs, then the table, the JSON lines and a tarball
 # of the logs into $OUT (the device tool brings back at most 8 files); prints the table last.
 #
-# STAGES (env) selects parts: parity,ours,anchor (default) and load (opt-in: writes a 41 GB
-# random checkpoint in the released layout with diffusers, then times our loading of it). Each
+# STAGES (env) selects parts: parity,ours,anchor (default); extra (opt-in: the profile alone,
+# and offload with a 20 GiB VRAM budget); load (opt-in: writes a 41 GB random checkpoint in the
+# released layout with diffusers, then times our loading of it). Each
 # part has its own timeout so one failure does not take the others down.
 set -u
 G=gpu
@@ -76,6 +77,12 @@ if has ours; then
   TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --check-finite --phases text,dit,profile,vae
   TIMEOUT=240 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --offload on --phases text,dit
   TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+fi
+
+if has extra; then
+  TIMEOUT=150 run_ours extra_profile --random-weights --resolution 640 --layers 4 --phases profile
+  TIMEOUT=240 run_ours extra_budget20 --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 \
+    --offload on --vram-budget-gb 20 --phases dit
 fi
 
 if has anchor || has load; then

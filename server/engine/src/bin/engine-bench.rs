@@ -546,6 +546,10 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let t = time_op(device, reps, || Ok(big.copy()?))?;
     report("ceiling_copy_4GiB", t, 0.0, 0.0, 2.0 * 4.0 * (1u64 << 30) as f64);
     drop((a, b, a32, b32, big));
+    if let Some((pinned, pageable)) = h2d_bandwidth(device)? {
+        report("ceiling_h2d_pinned_1GiB", pinned, 0.0, 0.0, (1u64 << 30) as f64);
+        report("ceiling_h2d_pageable_1GiB", pageable, 0.0, 0.0, (1u64 << 30) as f64);
+    }
 
     // The block's pieces on the image stream (the text stream is 30 tokens: negligible).
     let x = randn(&[2, s_img, d])?;
@@ -623,4 +627,37 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let t = time_op(device, 3, || Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0))?;
     report("whole block", t, 1.0, flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0, 0.0);
     Ok(())
+}
+
+/// Seconds to copy 1 GiB host → device from page-locked and from ordinary memory (the offload
+/// path's ceiling), CUDA only.
+fn h2d_bandwidth(device: &Device) -> engine::Result<Option<(f64, f64)>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        let err = |e: candle_core::cuda::cudarc::driver::DriverError| engine::Error::InvalidInput(format!("h2d: {e:?}"));
+        let stream = dev.cuda_stream();
+        let ctx = stream.context().clone();
+        let n = 1usize << 30;
+        // SAFETY: contents are irrelevant to a bandwidth measurement; both buffers are n bytes.
+        let pinned = unsafe { ctx.alloc_pinned::<u8>(n) }.map_err(err)?;
+        let pageable = vec![1u8; n];
+        let mut dst = unsafe { stream.alloc::<u8>(n) }.map_err(err)?;
+        let mut time = |src: &dyn Fn(&mut candle_core::cuda::cudarc::driver::CudaSlice<u8>) -> engine::Result<()>| -> engine::Result<f64> {
+            src(&mut dst)?;
+            stream.synchronize().map_err(err)?;
+            let mut ts = Vec::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                src(&mut dst)?;
+                stream.synchronize().map_err(err)?;
+                ts.push(t.elapsed().as_secs_f64());
+            }
+            Ok(median(ts))
+        };
+        let t_pinned = time(&|d| stream.memcpy_htod(&pinned, d).map_err(err))?;
+        let t_pageable = time(&|d| stream.memcpy_htod(&pageable, d).map_err(err))?;
+        return Ok(Some((t_pinned, t_pageable)));
+    }
+    let _ = device;
+    Ok(None)
 }
