@@ -7,15 +7,18 @@
 #   gpu/engine-bench.xz, gpu/device_parity.xz   binaries built with --features cuda (+bench)
 #   gpu/wheels/*.whl                            diffusers 0.42.1 (+ importlib_metadata, zipp)
 #   gpu/diffusers_anchor.py, gpu/gpu_compare.py, gpu/gpu_bench.sh
-# Writes logs and JSON lines under $OUT (or /tmp/gpu-out); prints the table last.
+# Writes logs and JSON lines under /tmp/gpu-logs, then the table, the JSON lines and a tarball
+# of the logs into $OUT (the device tool brings back at most 8 files); prints the table last.
 #
-# STAGES (env) selects parts: parity,ours,anchor (default) and load (opt-in: writes a 41 GB
-# random checkpoint in the released layout with diffusers, then times our loading of it). Each
+# STAGES (env) selects parts: parity,ours,anchor (default); extra (opt-in: the profile alone,
+# and offload with a 20 GiB VRAM budget); load (opt-in: writes a 41 GB random checkpoint in the
+# released layout with diffusers, then times our loading of it). Each
 # part has its own timeout so one failure does not take the others down.
 set -u
 G=gpu
-OUT="${OUT:-/tmp/gpu-out}"
-mkdir -p "$OUT"
+RESULTS="${OUT:-/tmp/gpu-out}"
+OUT=/tmp/gpu-logs
+mkdir -p "$OUT" "$RESULTS"
 STAGES="${STAGES:-parity,ours,anchor}"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 has() { case ",$STAGES," in *",$1,"*) return 0;; esac; return 1; }
@@ -71,9 +74,15 @@ run_ours() {
   grep -v '^{"check"' "$OUT/ours_$name.log" | cut -c1-400
 }
 if has ours; then
-  TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 5 --warmup 1 --check-finite
-  TIMEOUT=200 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --offload on --phases text,dit
+  TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --check-finite --phases text,dit,profile,vae
+  TIMEOUT=240 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --offload on --phases text,dit
   TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+fi
+
+if has extra; then
+  TIMEOUT=150 run_ours extra_profile --random-weights --resolution 640 --layers 4 --phases profile
+  TIMEOUT=240 run_ours extra_budget20 --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 \
+    --offload on --vram-budget-gb 20 --phases dit
 fi
 
 if has anchor || has load; then
@@ -102,3 +111,6 @@ fi
 
 log "table"
 python3 "$G/gpu_compare.py" "$OUT/ours.jsonl" "$OUT/anchor.jsonl" "$OUT/gpu.txt" | tee "$OUT/table.md"
+cp "$OUT/table.md" "$OUT/ours.jsonl" "$RESULTS/" 2>/dev/null
+[ -f "$OUT/anchor.jsonl" ] && cp "$OUT/anchor.jsonl" "$RESULTS/"
+tar czf "$RESULTS/logs.tgz" -C /tmp gpu-logs

@@ -18,7 +18,7 @@ def load(path, tags=None):
                 if line.startswith("{"):
                     d = json.loads(line)
                     tag = str(d.get("tag", ""))
-                    keep = tag.startswith(tuple(tags)) if tags else not tag.startswith("load")
+                    keep = tag.startswith(tuple(tags)) if tags else not tag.startswith(("load", "extra"))
                     if "run" in d and keep:
                         runs[d["run"]] = d
     except FileNotFoundError:
@@ -27,7 +27,7 @@ def load(path, tags=None):
 
 
 ours = load(sys.argv[1])
-loads = load(sys.argv[1], tags=["load"])
+loads = load(sys.argv[1], tags=["load", "extra"])
 theirs = load(sys.argv[2])
 gpu = open(sys.argv[3]).read().strip() if len(sys.argv) > 3 else ""
 
@@ -91,7 +91,8 @@ for r in rows:
     print("| " + " | ".join(r) + " |")
 for run, d in loads.items():
     if run.startswith("ours_dit_step"):
-        print(f"| load full-size random checkpoint ({run}) | build {fmt(d.get('build_s'), 's')} | step {fmt(d.get('median_s'), 's')} | — |")
+        print(f"| {d.get('tag')}: {run} | build {fmt(d.get('build_s'), 's')}, step {fmt(d.get('median_s'), 's')}, "
+              f"peak {fmt(d.get('peak_gib'), 'GiB')} | — | {d.get('offload') or ''} |")
 off = ours.get(o, {}).get("offload")
 if off:
     print(f"\nour offload: {off}")

@@ -10,6 +10,7 @@ pub mod flops;
 pub mod memory;
 pub mod offload;
 pub mod random_weights;
+pub mod softmax;
 
 use candle_core::{DType, Device};
 

@@ -186,7 +186,7 @@ fn attention_all_keys(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let len = chunk.min(s_q - start);
         // The scale goes on the queries (len × Dh) instead of the scores (len × S_k).
         let q_chunk = q.narrow(2, start, len)?.to_dtype(DType::F32)?.affine(scale, 0.0)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q_chunk.matmul(&k_t)?)?;
+        let probs = crate::gpu::softmax::softmax_last_dim(&q_chunk.matmul(&k_t)?)?;
         outs.push(probs.matmul(&v)?.to_dtype(q.dtype())?);
         start += len;
     }

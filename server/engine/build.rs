@@ -1,0 +1,34 @@
+//! With the `cuda` feature, compiles the engine's own CUDA kernels (`src/gpu/kernels/*.cu`) to
+//! PTX with nvcc (the CUDA 13.0 toolchain candle's kernels are built with), embedded in the
+//! binary and JIT-compiled by the driver on first use. Without the feature nothing happens, so
+//! CI and the CPU build need no toolkit.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const KERNELS: &[&str] = &["softmax"];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    for k in KERNELS {
+        println!("cargo:rerun-if-changed=src/gpu/kernels/{k}.cu");
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    for k in KERNELS {
+        let ptx = out.join(format!("{k}.ptx"));
+        let status = Command::new(&nvcc)
+            .args(["-ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
+            .arg(&ptx)
+            .arg(format!("src/gpu/kernels/{k}.cu"))
+            .status()
+            .unwrap_or_else(|e| panic!("running {nvcc} for src/gpu/kernels/{k}.cu: {e} (source setup_cuda_toolchain.sh)"));
+        assert!(status.success(), "nvcc failed on src/gpu/kernels/{k}.cu");
+    }
+}
