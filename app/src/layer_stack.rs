@@ -423,6 +423,9 @@ pub struct RunInfo {
     pub cfg_scale: f32,
     /// Seconds the server spent decomposing.
     pub generation_time: f64,
+    /// The automatic caption used as the prompt, when the prompt was empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
 }
 
 impl LayerStack {
@@ -831,6 +834,7 @@ mod tests {
             steps: 2,
             cfg_scale: 4.0,
             generation_time: 1.5,
+            caption: None,
         };
         let (zip, manifest) = s.export_zip(Some(&run)).unwrap();
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();

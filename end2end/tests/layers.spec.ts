@@ -21,10 +21,10 @@ function row(page: Page, name: string): Locator {
   return page.locator(".layer-row", { has: page.locator(".layer-name", { hasText: new RegExp(`^${name}$`) }) });
 }
 
-async function decompose(page: Page, seed: string) {
+async function decompose(page: Page, seed: string, prompt = "a red box and a sun over a green field") {
   await page.setInputFiles("#image-input", { name: "scene.png", mimeType: "image/png", buffer: scenePng() });
   await page.getByLabel("Seed").fill(seed);
-  await page.getByLabel("Prompt").fill("a red box and a sun over a green field");
+  await page.getByLabel("Prompt").fill(prompt);
   const run = page.getByRole("button", { name: "Decompose Image" });
   await run.click();
   // Disabled while running (its label says so too).
@@ -164,7 +164,14 @@ test("decompose, then toggle, reorder, fade, undo and export the layers", async 
 test("a layer edit replaces the layer with before/after and undo, or shows why it cannot", async ({ page, request }) => {
   const errors = watchErrors(page);
   await openApp(page);
-  await decompose(page, "11");
+  // An empty prompt: the server captions the image (random weights: the words are noise) and
+  // the page shows the caption it used.
+  await expect(page.getByRole("radiogroup", { name: "Language of the automatic caption" })).toBeVisible();
+  await decompose(page, "11", "");
+  await expect(page.locator(".run-caption")).toContainText("Automatic caption:");
+  // "Use as prompt" copies it into the prompt, to refine and run again.
+  await page.getByRole("button", { name: "Use as prompt" }).click();
+  await expect(page.getByLabel("Prompt")).not.toHaveValue("");
   const before = await canvasHash(page);
 
   // The Edit button appears on hover/focus and opens an instruction box.

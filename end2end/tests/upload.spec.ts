@@ -102,7 +102,8 @@ test("the inputs can be used with the keyboard alone, in reading order", async (
   const errors = watchErrors(page);
   await openApp(page);
   await page.getByRole("button", { name: "Z-Image" }).focus();
-  const order = ["image-input", "prompt", "layers", "steps", "cfg", "res-640", "seed"];
+  // (The caption language is offered while the prompt is empty.)
+  const order = ["image-input", "prompt", "caption-en", "layers", "steps", "cfg", "res-640", "seed"];
   for (const id of order) {
     await page.keyboard.press("Tab");
     await expect(page.locator(":focus")).toHaveAttribute("id", id);

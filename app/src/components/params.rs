@@ -19,6 +19,8 @@ pub struct Params {
     pub steps: u32,
     pub cfg_scale: f32,
     pub seed: Option<u64>,
+    /// The automatic caption (empty prompt) in Chinese instead of English.
+    pub caption_in_chinese: bool,
 }
 
 impl Default for Params {
@@ -30,6 +32,7 @@ impl Default for Params {
             steps: 50,
             cfg_scale: 4.0,
             seed: None,
+            caption_in_chinese: false,
         }
     }
 }
@@ -44,6 +47,7 @@ impl Params {
             steps: config.steps,
             cfg_scale: config.cfg_scale,
             seed: self.seed,
+            caption_in_chinese: self.caption_in_chinese,
         }
     }
 
@@ -58,7 +62,7 @@ impl Params {
             cfg_scale: Some(self.cfg_scale),
             seed: self.seed,
             cfg_normalize: None,
-            caption_language: None,
+            caption_language: Some(if self.caption_in_chinese { "cn" } else { "en" }.into()),
         }
     }
 }
@@ -154,8 +158,9 @@ pub fn ParamsPanel(
                         on:input=move |ev| params.update(|p| p.prompt = event_target_value(&ev))
                     ></textarea>
                     <p id="prompt-hint" class="hint">
-                        "Describe the whole scene, not the layers. If left empty, the server tries to caption the image itself."
+                        "Describe the whole scene, not the layers. Left empty, the image is captioned automatically."
                     </p>
+                    <CaptionLanguage params/>
                 </div>
 
                 <div class="field-row">
@@ -307,6 +312,39 @@ pub fn ParamsPanel(
     .into_any()
 }
 
+/// The automatic caption's language, offered while the prompt is empty.
+#[component]
+fn CaptionLanguage(params: RwSignal<Params>) -> impl IntoView {
+    view! {
+        <Show when=move || params.with(|p| p.prompt.trim().is_empty())>
+            <div class="caption-language" role="radiogroup" aria-label="Language of the automatic caption">
+                <span class="hint">"Caption in"</span>
+                <label class="check">
+                    <input
+                        type="radio"
+                        name="caption-language"
+                        id="caption-en"
+                        prop:checked=move || params.with(|p| !p.caption_in_chinese)
+                        on:change=move |_| params.update(|p| p.caption_in_chinese = false)
+                    />
+                    "English"
+                </label>
+                <label class="check">
+                    <input
+                        type="radio"
+                        name="caption-language"
+                        id="caption-cn"
+                        prop:checked=move || params.with(|p| p.caption_in_chinese)
+                        on:change=move |_| params.update(|p| p.caption_in_chinese = true)
+                    />
+                    "Chinese"
+                </label>
+            </div>
+        </Show>
+    }
+    .into_any()
+}
+
 /// A field's validation message (an empty live region when the field is fine).
 #[component]
 fn FieldError(id: &'static str, msg: Signal<Option<String>>) -> impl IntoView {
@@ -367,7 +405,8 @@ mod tests {
                 resolution: 1024,
                 steps: 3,
                 cfg_scale: 2.5,
-                seed: Some(5)
+                seed: Some(5),
+                caption_in_chinese: false,
             }
         );
         let req = Params {
@@ -380,5 +419,12 @@ mod tests {
             (req.layer_num, req.resolution, req.steps, req.seed),
             (Some(2), Some(1024), Some(3), Some(5))
         );
+        assert_eq!(req.caption_language.as_deref(), Some("en"));
+        let cn = Params {
+            caption_in_chinese: true,
+            ..Params::default()
+        }
+        .to_request("x".into());
+        assert_eq!(cn.caption_language.as_deref(), Some("cn"));
     }
 }

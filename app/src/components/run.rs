@@ -30,6 +30,8 @@ pub enum RunState {
         seconds: f64,
         seed: u64,
         layers: u32,
+        /// The automatic caption, when the prompt was empty.
+        caption: Option<String>,
     },
     Failed(String),
     Cancelled,
@@ -241,10 +243,16 @@ fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
             };
             view! { <ProgressBar label fraction=view.fraction detail=view.detail/> }.into_any()
         }
-        RunState::Done { seconds, seed, layers } => view! {
+        RunState::Done {
+            seconds,
+            seed,
+            layers,
+            caption,
+        } => view! {
             <p class="run-done" role="status">
                 {format!("Split into {layers} layers in {} · seed {seed}", duration(seconds))}
             </p>
+            {caption.map(|c| view! { <Caption caption=c/> })}
         }
         .into_any(),
         RunState::Failed(msg) => view! {
@@ -256,6 +264,49 @@ fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
         .into_any(),
         RunState::Cancelled => view! { <p class="run-cancelled" role="status">"Cancelled."</p> }.into_any(),
     }
+}
+
+/// The first `max` characters of a caption, cut at a word, and whether anything was cut.
+pub fn shorten(text: &str, max: usize) -> (String, bool) {
+    let text = text.trim();
+    if text.chars().count() <= max {
+        return (text.to_string(), false);
+    }
+    let cut: String = text.chars().take(max).collect();
+    let cut = match cut.rfind(char::is_whitespace) {
+        Some(i) if i > max / 2 => cut[..i].to_string(),
+        _ => cut,
+    };
+    (format!("{}…", cut.trim_end()), true)
+}
+
+/// The automatic caption the server used: short ones in full, long ones folded; it can become
+/// the prompt (to refine it and run again).
+#[component]
+fn Caption(caption: String) -> impl IntoView {
+    let AppState { params, .. } = expect_context::<AppState>();
+    let (short, folded) = shorten(&caption, 140);
+    let full = caption.clone();
+    let use_it = move |_| params.update(|p| p.prompt = full.clone());
+    view! {
+        <div class="run-caption">
+            {if folded {
+                view! {
+                    <details>
+                        <summary>"Automatic caption: " <q>{short}</q></summary>
+                        <p class="caption-full">{caption}</p>
+                    </details>
+                }
+                    .into_any()
+            } else {
+                view! { <p>"Automatic caption: " <q>{short}</q></p> }.into_any()
+            }}
+            <button type="button" class="secondary small" on:click=use_it>
+                "Use as prompt"
+            </button>
+        </div>
+    }
+    .into_any()
 }
 
 #[component]
@@ -373,12 +424,14 @@ fn start_run(state: AppState) {
                                 steps: p.steps,
                                 cfg_scale: p.cfg_scale,
                                 generation_time: response.generation_time,
+                                caption: response.caption.clone(),
                             }));
                             result.set(Some(d));
                             run.set(RunState::Done {
                                 seconds: response.generation_time,
                                 seed: response.seed,
                                 layers,
+                                caption: response.caption.clone(),
                             });
                             announce.set(format!("Done: {layers} layers."));
                         }
@@ -452,6 +505,18 @@ mod tests {
         assert_eq!(duration(185.0), "3 min 05 s");
         assert_eq!(duration(3725.0), "1 h 02 min");
         assert_eq!(duration(f64::NAN), "?");
+    }
+
+    #[test]
+    fn long_captions_are_cut_at_a_word() {
+        assert_eq!(
+            shorten("  a cat on a sofa ", 140),
+            ("a cat on a sofa".to_string(), false)
+        );
+        let (s, cut) = shorten("one two three four five", 12);
+        assert_eq!((s.as_str(), cut), ("one two…", true));
+        let (s, cut) = shorten(&"x".repeat(50), 10);
+        assert_eq!((s.chars().count(), cut), (11, true));
     }
 
     #[test]
