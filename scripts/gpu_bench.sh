@@ -75,6 +75,7 @@ run_ours() {
 }
 if has ours; then
   TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --check-finite --phases text,dit,profile,vae
+  TIMEOUT=120 run_ours 640_plain --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --fused off --phases dit
   TIMEOUT=240 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --offload on --phases text,dit
   TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
 fi

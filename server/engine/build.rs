@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["softmax"];
+const KERNELS: &[&str] = &["softmax", "fused", "attention"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

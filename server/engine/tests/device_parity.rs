@@ -328,3 +328,267 @@ fn softmax_matches_candle() {
     println!("softmax with −∞ entries: {err}");
     assert!(err.max_abs <= 1e-6, "{err}");
 }
+
+// ---- The fused CUDA kernels (bf16) against the plain path, on random inputs ----------------
+//
+// Bounds: relative error (max |ours − ref| / max |ref|) against an f32 computation on the same
+// bf16-rounded inputs. One bf16 rounding of the output is 2⁻⁹ ≈ 2e-3 relative; the attention
+// also rounds the probabilities to bf16 before P·V (as FlashAttention does), so it gets 1e-2.
+
+const FUSED_ELEMENTWISE: f64 = 1e-2;
+const FUSED_ATTENTION: f64 = 1e-2;
+
+/// The fused kernels exist only in CUDA builds on a GPU; elsewhere these tests have nothing to
+/// check and say so.
+fn cuda_only() -> Option<Device> {
+    let device = ts::test_device();
+    if !device.is_cuda() {
+        println!("skipped: the fused kernels run on CUDA only (ENGINE_TEST_DEVICE=cuda)");
+        return None;
+    }
+    engine::gpu::configure_matmul(&device, DType::BF16);
+    Some(device)
+}
+
+fn randn_bf16(shape: &[usize], std: f64, device: &Device) -> Tensor {
+    Tensor::randn(0f32, std as f32, shape, device).unwrap().to_dtype(DType::BF16).unwrap()
+}
+
+fn f32_cpu(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap()
+}
+
+/// Plain f32 attention of one batch row over its first `keys` keys: q, k, v `[S, H, 128]`.
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, keys: usize) -> Tensor {
+    let (q, k, v) = (q.transpose(0, 1).unwrap(), k.narrow(0, 0, keys).unwrap(), v.narrow(0, 0, keys).unwrap());
+    let (k, v) = (k.transpose(0, 1).unwrap().contiguous().unwrap(), v.transpose(0, 1).unwrap().contiguous().unwrap());
+    let scores = (q.contiguous().unwrap().matmul(&k.t().unwrap()).unwrap() / (128f64).sqrt()).unwrap();
+    let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+    probs.matmul(&v).unwrap().transpose(0, 1).unwrap().contiguous().unwrap() // [S, H, 128]
+}
+
+#[test]
+fn fused_flash_attention_matches_f32() {
+    let Some(device) = cuda_only() else { return };
+    use engine::gpu::fused;
+    // Sequence lengths off the 64/128 tiles; row 1 leaves out its last 24 keys (padded text),
+    // one case has fewer keys than a tile.
+    use fused::FlashKernel::{W4, W4M2, W8};
+    for &(seq, split, lens, kernel, std) in &[
+        (1061usize, 1031usize, [1061u32, 1037], W4, 1.0f64),
+        (1061, 1031, [1061, 1037], W8, 1.0),
+        (1061, 1031, [1061, 1037], W4M2, 1.0),
+        (200, 170, [200, 50], W4, 3.0),
+        (200, 170, [200, 50], W4M2, 3.0),
+        (37, 30, [37, 9], W8, 3.0),
+        (37, 30, [37, 9], W4M2, 3.0),
+    ] {
+        fused::set_flash_kernel(kernel);
+        let heads = 3;
+        let q = randn_bf16(&[2, seq, heads, 128], std, &device);
+        let k = randn_bf16(&[2, seq, heads, 128], std, &device);
+        let v = randn_bf16(&[2, seq, heads, 128], 1.0, &device);
+        let kv_len = Tensor::new(&lens, &device).unwrap();
+        let (out0, out1) = fused::flash_attention(&q, &k, &v, &kv_len, split).unwrap();
+        let got = Tensor::cat(
+            &[out0.reshape((2, split, heads, 128)).unwrap(), out1.reshape((2, seq - split, heads, 128)).unwrap()],
+            1,
+        )
+        .unwrap();
+        for b in 0..2 {
+            let row = |t: &Tensor| f32_cpu(&t.get(b).unwrap());
+            let want = reference_attention(&row(&q), &row(&k), &row(&v), lens[b] as usize);
+            let err = ts::compare(&row(&got), &want);
+            println!("flash attention S={seq} split={split} keys={} kernel {} std={std}: {err}", lens[b], kernel.name());
+            assert!(err.rel <= FUSED_ATTENTION, "flash attention differs: {err}");
+        }
+    }
+    fused::set_flash_kernel(W4);
+}
+
+#[test]
+fn fused_elementwise_kernels_match_f32() {
+    let Some(device) = cuda_only() else { return };
+    use engine::gpu::fused;
+    let (b, s, d) = (2usize, 333usize, 384usize);
+    let x = (randn_bf16(&[b, s, d], 2.0, &device) + 3.0).unwrap().to_dtype(DType::BF16).unwrap();
+    // Modulation rows as column slices of a [B, 6D] tensor, as the block passes them.
+    let params = randn_bf16(&[b, 6 * d], 0.5, &device);
+    let (shift, scale, gate) = (params.narrow(1, 0, d).unwrap(), params.narrow(1, d, d).unwrap(), params.narrow(1, 5 * d, d).unwrap());
+
+    let got = fused::ln_modulate(&x, &shift, &scale, 1e-6).unwrap();
+    let xf = f32_cpu(&x);
+    let want = engine::transformer::norm::layer_norm(&xf, 1e-6)
+        .unwrap()
+        .broadcast_mul(&(f32_cpu(&scale).unsqueeze(1).unwrap() + 1.0).unwrap())
+        .unwrap()
+        .broadcast_add(&f32_cpu(&shift).unsqueeze(1).unwrap())
+        .unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("ln_modulate: {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "ln_modulate differs: {err}");
+
+    let y = randn_bf16(&[b, s, d], 1.0, &device);
+    let bias = randn_bf16(&[d], 0.5, &device);
+    let got = fused::gated_residual(&x, &y, &bias, &gate).unwrap();
+    let want = (&xf
+        + f32_cpu(&y)
+            .broadcast_add(&f32_cpu(&bias))
+            .unwrap()
+            .broadcast_mul(&f32_cpu(&gate).unsqueeze(1).unwrap())
+            .unwrap())
+    .unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("gated_residual: {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "gated_residual differs: {err}");
+
+    let got = fused::bias_gelu(&y, &bias).unwrap();
+    let want = f32_cpu(&y).broadcast_add(&f32_cpu(&bias)).unwrap().gelu().unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("bias_gelu: {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "bias_gelu differs: {err}");
+
+    // q/k/v preparation: [image, text] order, bias, RMSNorm, RoPE; and v (bias only).
+    use engine::transformer::norm::RmsNorm;
+    use engine::transformer::rope::{apply_rope, Rope, RopeVariant};
+    let (s_img, s_txt, heads) = (2 * 6 * 6, 7usize, 3usize);
+    let width = heads * 128;
+    let x_img = randn_bf16(&[b, s_img, width], 1.0, &device);
+    let x_txt = randn_bf16(&[b, s_txt, width], 1.0, &device);
+    let (b_img, b_txt) = (randn_bf16(&[width], 0.3, &device), randn_bf16(&[width], 0.3, &device));
+    let w = |seed: f32| (Tensor::randn(1f32, 0.2, 128, &device).unwrap() * seed as f64).unwrap();
+    let (w_img, w_txt) = (w(1.0), w(1.5));
+    let rope = Rope::new([16, 56, 56], RopeVariant::Layer3d, &device)
+        .tables(&[(1, 6, 6), (1, 6, 6)], s_txt)
+        .unwrap();
+    let norms = fused::HeadNorms { image: &w_img, text: &w_txt, eps: 1e-6 };
+    let got = fused::joint_qkv(&x_img, &x_txt, &b_img, &b_txt, Some(&norms), Some(&rope)).unwrap();
+    let rms = |x: &Tensor, bias: &Tensor, w: &Tensor| {
+        let n = RmsNorm::from_weight(f32_cpu(w), 1e-6).unwrap();
+        let x = f32_cpu(x).broadcast_add(&f32_cpu(bias)).unwrap();
+        let (bb, ss, _) = x.dims3().unwrap();
+        n.forward(&x.reshape((bb, ss, heads, 128)).unwrap()).unwrap()
+    };
+    // The plain path's joint order is [text, image] in [B, H, S, 128]; the kernel's is
+    // [image, text] in [B, S, H, 128].
+    let joint = Tensor::cat(&[rms(&x_txt, &b_txt, &w_txt), rms(&x_img, &b_img, &w_img)], 1).unwrap();
+    let rotated = apply_rope(&joint.transpose(1, 2).unwrap().contiguous().unwrap(), &f32_cpu(&rope.cos), &f32_cpu(&rope.sin))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    let want = Tensor::cat(&[rotated.narrow(1, s_txt, s_img).unwrap(), rotated.narrow(1, 0, s_txt).unwrap()], 1).unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want.contiguous().unwrap());
+    println!("joint q/k (bias, RMSNorm, RoPE): {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "joint q/k differs: {err}");
+    let got = fused::joint_qkv(&x_img, &x_txt, &b_img, &b_txt, None, None).unwrap();
+    let plain = |x: &Tensor, bias: &Tensor| {
+        let x = f32_cpu(x).broadcast_add(&f32_cpu(bias)).unwrap();
+        let (bb, ss, _) = x.dims3().unwrap();
+        x.reshape((bb, ss, heads, 128)).unwrap()
+    };
+    let want = Tensor::cat(&[plain(&x_img, &b_img), plain(&x_txt, &b_txt)], 1).unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("joint v (bias): {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "joint v differs: {err}");
+}
+
+/// Random weights for every tensor a block asks for, biases and norm weights included (the
+/// bench's `RandomWeights` leaves biases at zero, which would hide a dropped bias), cached by name
+/// so that an f32 and a bf16 copy of the block hold the same values.
+#[derive(Default)]
+struct CachedRandomWeights(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
+
+impl candle_nn::var_builder::SimpleBackend for CachedRandomWeights {
+    fn get(&self, shape: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut cache = self.0.lock().unwrap();
+        let t = match cache.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                let dims = shape.dims();
+                let t = if name.ends_with("bias") {
+                    Tensor::randn(0f32, 0.2, shape.clone(), &Device::Cpu)?
+                } else if dims.len() <= 1 {
+                    (Tensor::randn(0f32, 0.2, shape.clone(), &Device::Cpu)? + 1.0)?
+                } else {
+                    let fan_in = dims[1..].iter().product::<usize>() as f32;
+                    Tensor::randn(0f32, 1.0 / fan_in.sqrt(), shape.clone(), &Device::Cpu)?
+                };
+                cache.insert(name.to_string(), t.clone());
+                t
+            }
+        };
+        t.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name} requested without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// A whole DiT block (2 heads of 128, batched CFG with padded text) through the fused kernels in
+/// bf16, against the same block in f32 through the plain path: the fused path must be at least
+/// as close to f32 as the plain bf16 path is (both also stay under the bf16 forward bound).
+#[test]
+fn fused_block_matches_plain_path() {
+    let Some(device) = cuda_only() else { return };
+    use engine::gpu::fused;
+    use engine::transformer::attention::KeyMask;
+    use engine::transformer::block::TransformerBlock;
+    use engine::transformer::rope::{Rope, RopeVariant};
+    let (dim, heads) = (256usize, 2usize);
+    let weights = std::sync::Arc::new(CachedRandomWeights::default());
+    let block = |dtype: DType| {
+        let vb = candle_nn::VarBuilder::from_backend(Box::new(SharedBackend(weights.clone())), dtype, device.clone());
+        TransformerBlock::new(dim, heads, 128, 0, vb).unwrap()
+    };
+    let (block32, block16) = (block(DType::F32), block(DType::BF16));
+    let img_shapes = [(1usize, 8usize, 8usize), (1, 8, 8), (1, 8, 8)];
+    let s_img = 3 * 64;
+    let s_txt = 11;
+    let img = (Tensor::randn(0f32, 1.0, (2, s_img, dim), &device).unwrap() * 2.0).unwrap();
+    let txt = Tensor::randn(0f32, 1.0, (2, s_txt, dim), &device).unwrap();
+    let temb = Tensor::randn(0f32, 1.0, (2, dim), &device).unwrap();
+    // Row 0: all 11 text tokens; row 1: 4, then padding (the uncond prompt of batched CFG).
+    let mask = Tensor::new(&[[1u8; 11], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]], &device).unwrap();
+    let key_mask = KeyMask::from_text_mask(&mask, s_img).unwrap();
+    assert!(key_mask.kv_len().is_some(), "right-padded text must give per-row key lengths");
+    let rope = Rope::new([16, 56, 56], RopeVariant::Layer3d, &device).tables(&img_shapes, s_txt).unwrap();
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+
+    let (want_img, want_txt) = block32.forward(&img, &txt, &temb, &rope, Some(&key_mask)).unwrap();
+    fused::set_enabled(false);
+    let plain = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask));
+    fused::set_enabled(true);
+    let (plain_img, plain_txt) = plain.unwrap();
+    let (fused_img, fused_txt) = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask)).unwrap();
+    // Padded text rows are computed too (attending to the valid keys), as in the reference.
+    for (what, fused_out, plain_out, want) in [
+        ("image", &fused_img, &plain_img, &want_img),
+        ("text", &fused_txt, &plain_txt, &want_txt),
+    ] {
+        let e_fused = ts::compare(&f32_cpu(fused_out), &f32_cpu(want));
+        let e_plain = ts::compare(&f32_cpu(plain_out), &f32_cpu(want));
+        println!("block {what}: fused bf16 vs f32 {e_fused}; plain bf16 vs f32 {e_plain}");
+        assert!(e_fused.rel <= HALF_CROSS_DEVICE, "fused block ({what}) too far from f32: {e_fused}");
+        assert!(e_fused.rel <= 1.5 * e_plain.rel + 2e-3, "fused block ({what}) less accurate than the plain bf16 path: {e_fused} vs {e_plain}");
+    }
+}
+
+/// Lets two `VarBuilder`s share one [`CachedRandomWeights`].
+struct SharedBackend(std::sync::Arc<CachedRandomWeights>);
+
+impl candle_nn::var_builder::SimpleBackend for SharedBackend {
+    fn get(&self, shape: candle_core::Shape, name: &str, init: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get(shape, name, init, dtype, dev)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.get_unchecked(name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
+    }
+}

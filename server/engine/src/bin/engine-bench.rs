@@ -30,7 +30,8 @@ use engine::weights::ModelDir;
 
 const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
-  [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]";
+  [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
+  [--fused on|off] [--flash-kernel w4|w8|w4m2]";
 
 struct Args {
     model: Option<String>,
@@ -48,6 +49,9 @@ struct Args {
     pin: bool,
     check_finite: bool,
     tag: String,
+    /// The DiT's fused CUDA kernels (bf16), or its plain path.
+    fused: bool,
+    flash_kernel: engine::gpu::fused::FlashKernel,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -67,6 +71,8 @@ fn parse_args() -> Result<Args, String> {
         pin: true,
         check_finite: false,
         tag: String::new(),
+        fused: true,
+        flash_kernel: engine::gpu::fused::FlashKernel::W4,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -106,6 +112,18 @@ fn parse_args() -> Result<Args, String> {
             "--no-pin" => a.pin = false,
             "--check-finite" => a.check_finite = true,
             "--tag" => a.tag = value("--tag")?,
+            "--fused" => {
+                a.fused = match value("--fused")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--fused {other}: on or off")),
+                }
+            }
+            "--flash-kernel" => {
+                let v = value("--flash-kernel")?;
+                a.flash_kernel = engine::gpu::fused::FlashKernel::parse(&v)
+                    .ok_or_else(|| format!("--flash-kernel {v}: w4, w8 or w4m2"))?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -201,6 +219,8 @@ fn run(args: &Args) -> engine::Result<()> {
         other => return Err(engine::Error::InvalidInput(format!("--device {other}: cuda or cpu"))),
     };
     engine::gpu::configure_matmul(&device, args.dtype);
+    engine::gpu::fused::set_enabled(args.fused);
+    engine::gpu::fused::set_flash_kernel(args.flash_kernel);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random,
@@ -413,7 +433,11 @@ fn dit_phase(
     let step_flops = flops::dit_cfg_step(res, layers);
     let med = median(times.clone());
     emit(serde_json::json!({
-        "run": format!("ours_dit_step_{res}_L{layers}_cfg{}", if args.offload { "_offload" } else { "" }),
+        "run": format!(
+            "ours_dit_step_{res}_L{layers}_cfg{}{}",
+            if args.offload { "_offload" } else { "" },
+            if args.fused { "" } else { "_plain" }
+        ),
         "tag": args.tag,
         "median_s": med, "all_s": times,
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
@@ -425,7 +449,7 @@ fn dit_phase(
             "block_gib": gib(s.block_bytes), "host_gib": gib(s.host_bytes),
             "uploaded_gib_per_step": gib(s.uploaded_bytes - uploaded_before) / passes,
         })),
-        "img_tokens": img_tokens, "batch": 2, "gpu": gpu,
+        "img_tokens": img_tokens, "batch": 2, "gpu": gpu, "fused": args.fused, "flash_kernel": args.flash_kernel.name(),
     }));
     Ok(())
 }
@@ -620,12 +644,63 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     report("attn chunk: p v (f32/TF32)", t, chunks, 2.0 * (heads * rows * s * dh) as f64, 0.0);
     drop((scores, probs, q32, k32t, v32));
 
-    // The whole block, for the sum check.
+    // The fused path's pieces (bf16 on CUDA): what a block costs with the fused kernels.
+    if engine::gpu::fused::applies_to(&x) {
+        use engine::gpu::fused;
+        let wq = randn(&[d, d])?;
+        let x2 = x.reshape((2 * s_img, d))?;
+        let t = time_op(device, reps, || Ok(x2.matmul(&wq.t()?)?))?;
+        report("fused: GEMM D→D without bias (q,k,v,out)", t, 4.0, 2.0 * (2 * s_img * d * d) as f64, 0.0);
+        let wu = randn(&[4 * d, d])?;
+        let t = time_op(device, reps, || Ok(x2.matmul(&wu.t()?)?))?;
+        report("fused: GEMM D→4D without bias (mlp in)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+        let h2 = randn(&[2 * s_img, 4 * d])?;
+        let t = time_op(device, reps, || Ok(h2.matmul(&wu)?))?;
+        report("fused: GEMM 4D→D without bias (mlp out)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+        let bias4 = randn(&[4 * d])?;
+        let h3 = h2.reshape((2, s_img, 4 * d))?;
+        let t = time_op(device, reps, || Ok(fused::bias_gelu(&h3, &bias4)?))?;
+        report("fused: bias + GELU", t, 1.0, 0.0, 2.0 * 4.0 * x_bytes);
+        drop((h2, h3));
+        let params = randn(&[2, 6 * d])?;
+        let (p0, p1) = (params.narrow(1, 0, d)?, params.narrow(1, d, d)?);
+        let t = time_op(device, reps, || Ok(fused::ln_modulate(&x, &p0, &p1, 1e-6)?))?;
+        report("fused: LayerNorm + modulate", t, 2.0, 0.0, 2.0 * x_bytes);
+        let bias = randn(&[d])?;
+        let y = randn(&[2, s_img, d])?;
+        let t = time_op(device, reps, || Ok(fused::gated_residual(&x, &y, &bias, &p0)?))?;
+        report("fused: gated residual + bias", t, 2.0, 0.0, 3.0 * x_bytes);
+        let txt_p = randn(&[2, s_txt, d])?;
+        let w = Tensor::ones(dh, DType::F32, device)?;
+        let norms = fused::HeadNorms { image: &w, text: &w, eps: 1e-6 };
+        let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, Some(&norms), Some(&tables))?))?;
+        report("fused: joint q/k (bias, RMSNorm, RoPE)", t, 2.0, 0.0, 2.0 * x_bytes);
+        let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, None, None)?))?;
+        report("fused: joint v (bias)", t, 1.0, 0.0, 2.0 * x_bytes);
+        let (jq, jk, jv) = (randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?);
+        let kv_len = Tensor::new(&[s as u32, (s_img + 6) as u32], device)?;
+        for kernel in fused::FlashKernel::ALL {
+            fused::set_flash_kernel(kernel);
+            let t = time_op(device, reps, || Ok(fused::flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0))?;
+            let uses = if kernel == args.flash_kernel { 1.0 } else { 0.0 };
+            report(&format!("fused: flash attention, kernel {}", kernel.name()), t, uses, attn_flops, 0.0);
+        }
+        fused::set_flash_kernel(args.flash_kernel);
+    }
+
+    // The whole block, for the sum check: the path the run uses, and the plain one.
     let block = TransformerBlock::new(d, heads, dh, 0, RandomWeights::var_builder(dtype, device))?;
     let txt_x = randn(&[2, s_txt, d])?;
     let temb = randn(&[2, d])?;
+    let block_flops = flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0;
     let t = time_op(device, 3, || Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0))?;
-    report("whole block", t, 1.0, flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0, 0.0);
+    report("whole block", t, 1.0, block_flops, 0.0);
+    if engine::gpu::fused::enabled() && engine::gpu::fused::applies_to(&x) {
+        engine::gpu::fused::set_enabled(false);
+        let t = time_op(device, 3, || Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0));
+        engine::gpu::fused::set_enabled(true);
+        report("whole block, plain path (not used)", t?, 0.0, block_flops, 0.0);
+    }
     Ok(())
 }
 

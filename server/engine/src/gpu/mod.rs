@@ -7,6 +7,7 @@
 
 pub mod errors;
 pub mod flops;
+pub mod fused;
 pub mod memory;
 pub mod offload;
 pub mod random_weights;

@@ -102,6 +102,93 @@ impl JointAttention {
     }
 }
 
+/// `x` `[B, S, D_in]` times `linear`'s weight, without its bias (the fused path adds biases in
+/// the element-wise kernel that follows): one GEMM over all B·S rows.
+pub(crate) fn matmul_without_bias(x: &Tensor, linear: &Linear) -> Result<Tensor> {
+    let (b, s, d_in) = x.dims3()?;
+    let w = linear.weight();
+    let y = x.reshape((b * s, d_in))?.matmul(&w.t()?)?;
+    y.reshape((b, s, w.dim(0)?))
+}
+
+/// `linear`'s bias; every Linear of the DiT has one.
+pub(crate) fn bias_of(linear: &Linear) -> Result<&Tensor> {
+    linear
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("fused DiT path: a projection without bias".into()))
+}
+
+impl JointAttention {
+    /// Whether the fused CUDA kernels cover this attention's shape (head dim 128).
+    pub(crate) fn fused_supported(&self) -> bool {
+        self.head_dim == crate::gpu::fused::FLASH_HEAD_DIM
+    }
+
+    /// The fused CUDA path of [`JointAttention::forward`]: bias-free projections, then one kernel
+    /// per q/k/v (bias, RMSNorm, RoPE, joint [image, text] layout), flash attention over the
+    /// first `kv_len[b]` keys, and the output projections **without their biases**
+    /// (`to_out`'s and `to_add_out`'s, which the caller's gated residual adds). Returns
+    /// `(img_out, txt_out)` before bias.
+    pub(crate) fn forward_fused(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        rope: &RopeTables,
+        kv_len: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::gpu::fused::{flash_attention, joint_qkv, HeadNorms};
+        let s_img = img.dim(1)?;
+        let project = |x: &Tensor, l: &Linear| matmul_without_bias(x, l);
+        let q_norms = HeadNorms {
+            image: self.norm_q.weight(),
+            text: self.norm_added_q.weight(),
+            eps: self.norm_q.eps(),
+        };
+        let k_norms = HeadNorms {
+            image: self.norm_k.weight(),
+            text: self.norm_added_k.weight(),
+            eps: self.norm_k.eps(),
+        };
+        let q = joint_qkv(
+            &project(img, &self.to_q)?,
+            &project(txt, &self.add_q_proj)?,
+            bias_of(&self.to_q)?,
+            bias_of(&self.add_q_proj)?,
+            Some(&q_norms),
+            Some(rope),
+        )?;
+        let k = joint_qkv(
+            &project(img, &self.to_k)?,
+            &project(txt, &self.add_k_proj)?,
+            bias_of(&self.to_k)?,
+            bias_of(&self.add_k_proj)?,
+            Some(&k_norms),
+            Some(rope),
+        )?;
+        let v = joint_qkv(
+            &project(img, &self.to_v)?,
+            &project(txt, &self.add_v_proj)?,
+            bias_of(&self.to_v)?,
+            bias_of(&self.add_v_proj)?,
+            None,
+            None,
+        )?;
+        let (img_attn, txt_attn) = flash_attention(&q, &k, &v, kv_len, s_img)?;
+        Ok((
+            matmul_without_bias(&img_attn, &self.to_out)?,
+            matmul_without_bias(&txt_attn, &self.to_add_out)?,
+        ))
+    }
+
+    pub(crate) fn to_out(&self) -> &Linear {
+        &self.to_out
+    }
+
+    pub(crate) fn to_add_out(&self) -> &Linear {
+        &self.to_add_out
+    }
+}
+
 /// Which keys each batch row may attend to: all of them, or (per row) the indices of its valid
 /// keys. Padded text keys are *left out* of the attention rather than masked with a −∞ bias: the
 /// two are the same function (exp(−∞) = 0 contributes nothing to the softmax), and leaving them
@@ -110,14 +197,45 @@ impl JointAttention {
 pub struct KeyMask {
     /// Per batch row: `None` = every key, `Some(idx)` = these key positions (u32, ascending).
     rows: Vec<Option<Tensor>>,
+    /// For the fused kernel's joint order [image, text], where right-padded text makes the valid
+    /// keys a prefix: per batch row, `S_img` + its valid text tokens (u32 `[B]` on the device).
+    /// `None` when some row's valid text is not a prefix (the plain path handles that).
+    kv_len: Option<Tensor>,
 }
 
 impl KeyMask {
+    /// Every key valid, for `batch` rows of `txt_len` text and `img_len` image tokens.
+    pub fn all(batch: usize, txt_len: usize, img_len: usize, device: &candle_core::Device) -> Result<Self> {
+        let kv_len = Tensor::from_vec(vec![(txt_len + img_len) as u32; batch], batch, device)?;
+        Ok(Self {
+            rows: vec![None; batch],
+            kv_len: Some(kv_len),
+        })
+    }
+
+    /// Keys per batch row in the fused kernel's [image, text] order, when that is expressible.
+    pub fn kv_len(&self) -> Option<&Tensor> {
+        self.kv_len.as_ref()
+    }
+
     /// From a text mask `[B, S_txt]` (nonzero = valid) for joint keys ordered [text, image]:
     /// every image key is valid. Reads the (small) mask to the host once per forward.
     pub fn from_text_mask(txt_mask: &Tensor, img_len: usize) -> Result<Self> {
         let (_, s_txt) = txt_mask.dims2()?;
         let valid = txt_mask.to_dtype(DType::F32)?.ne(0.0)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let prefix_lengths: Option<Vec<u32>> = valid
+            .iter()
+            .map(|row| {
+                let n = row.iter().take_while(|&&v| v != 0).count();
+                row[n..].iter().all(|&v| v == 0).then_some((img_len + n) as u32)
+            })
+            .collect();
+        let kv_len = prefix_lengths
+            .map(|l| {
+                let n = l.len();
+                Tensor::from_vec(l, n, txt_mask.device())
+            })
+            .transpose()?;
         let rows = valid
             .iter()
             .map(|row| {
@@ -132,7 +250,7 @@ impl KeyMask {
                 Tensor::from_vec(idx, n, txt_mask.device()).map(Some)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { rows })
+        Ok(Self { rows, kv_len })
     }
 
     /// True when no row leaves out any key.

@@ -10,7 +10,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::attention::{JointAttention, KeyMask};
+use super::attention::{bias_of, matmul_without_bias, JointAttention, KeyMask};
 use super::norm::layer_norm;
 use super::rope::RopeTables;
 
@@ -36,6 +36,13 @@ impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's `gelu` is the tanh approximation, as `GELU(approximate="tanh")`.
         self.proj_out.forward(&self.proj_in.forward(x)?.gelu()?)
+    }
+
+    /// The fused CUDA path: `proj_in` with its bias and GELU in one kernel; returns the output
+    /// projection **without** its bias (the gated residual adds it), and that bias.
+    fn forward_fused_without_out_bias(&self, x: &Tensor) -> Result<(Tensor, &Tensor)> {
+        let hidden = crate::gpu::fused::bias_gelu(&matmul_without_bias(x, &self.proj_in)?, bias_of(&self.proj_in)?)?;
+        Ok((matmul_without_bias(&hidden, &self.proj_out)?, bias_of(&self.proj_out)?))
     }
 }
 
@@ -106,6 +113,11 @@ impl TransformerBlock {
         key_mask: Option<&KeyMask>,
     ) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
+        if let Some(kv_len) = key_mask.and_then(KeyMask::kv_len) {
+            if self.fused_supported(img) {
+                return self.forward_fused(img, txt, temb, rope, kv_len);
+            }
+        }
         let temb = temb.silu()?;
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
         let (txt_attn_mod, txt_mlp_mod) = Modulation::pair(&self.txt_mod.forward(&temb)?)?;
@@ -127,6 +139,54 @@ impl TransformerBlock {
             // As the reference: keep fp16 activations finite.
             return Ok((img.clamp(-65504f32, 65504f32)?, txt.clamp(-65504f32, 65504f32)?));
         }
+        Ok((img, txt))
+    }
+}
+
+impl TransformerBlock {
+    /// Whether the fused CUDA kernels ([`crate::gpu::fused`]) serve this block for `img`: a bf16
+    /// run on a GPU of a CUDA build, head dim 128, and a width the kernels take.
+    fn fused_supported(&self, img: &Tensor) -> bool {
+        let dim = img.dim(2).unwrap_or(0);
+        crate::gpu::fused::applies_to(img)
+            && self.attn.fused_supported()
+            && dim % 8 == 0
+            && dim <= crate::gpu::fused::MAX_LN_DIM
+    }
+
+    /// [`TransformerBlock::forward`] through the fused kernels: LayerNorm + modulation in one
+    /// pass, biases folded into the pass after each GEMM (q/k/v preparation, GELU, gated
+    /// residual), flash attention. Same function as the plain path up to bf16 rounding (the
+    /// plain path rounds after every op, this one once per kernel).
+    fn forward_fused(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        temb: &Tensor,
+        rope: &RopeTables,
+        kv_len: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::gpu::fused::{gated_residual, ln_modulate};
+        let temb = temb.silu()?;
+        let d = img.dim(2)?;
+        // [B, 6D] = (shift1, scale1, gate1, shift2, scale2, gate2); the kernels read column
+        // slices of it in place.
+        let img_params = self.img_mod.forward(&temb)?.contiguous()?;
+        let txt_params = self.txt_mod.forward(&temb)?.contiguous()?;
+        let part = |p: &Tensor, i: usize| p.narrow(1, i * d, d);
+
+        let img_in = ln_modulate(img, &part(&img_params, 0)?, &part(&img_params, 1)?, EPS)?;
+        let txt_in = ln_modulate(txt, &part(&txt_params, 0)?, &part(&txt_params, 1)?, EPS)?;
+        let (img_attn, txt_attn) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len)?;
+        let img = gated_residual(img, &img_attn, bias_of(self.attn.to_out())?, &part(&img_params, 2)?)?;
+        let txt = gated_residual(txt, &txt_attn, bias_of(self.attn.to_add_out())?, &part(&txt_params, 2)?)?;
+
+        let img_in = ln_modulate(&img, &part(&img_params, 3)?, &part(&img_params, 4)?, EPS)?;
+        let (img_mlp, img_bias) = self.img_mlp.forward_fused_without_out_bias(&img_in)?;
+        let img = gated_residual(&img, &img_mlp, img_bias, &part(&img_params, 5)?)?;
+        let txt_in = ln_modulate(&txt, &part(&txt_params, 3)?, &part(&txt_params, 4)?, EPS)?;
+        let (txt_mlp, txt_bias) = self.txt_mlp.forward_fused_without_out_bias(&txt_in)?;
+        let txt = gated_residual(&txt, &txt_mlp, txt_bias, &part(&txt_params, 5)?)?;
         Ok((img, txt))
     }
 }

@@ -275,9 +275,12 @@ impl QwenImageTransformer {
         record(&txt);
 
         let rope = self.rope.tables(img_shapes, s_txt)?;
-        let key_mask = txt_mask.map(|m| KeyMask::from_text_mask(m, s_img)).transpose()?;
+        let key_mask = match txt_mask {
+            Some(m) => KeyMask::from_text_mask(m, s_img)?,
+            None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
+        };
         self.transformer_blocks.for_each(|block| {
-            (img, txt) = block.forward(&img, &txt, &temb, &rope, key_mask.as_ref())?;
+            (img, txt) = block.forward(&img, &txt, &temb, &rope, Some(&key_mask))?;
             record(&img);
             record(&txt);
             Ok(())

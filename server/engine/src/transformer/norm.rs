@@ -32,6 +32,23 @@ impl RmsNorm {
         })
     }
 
+    /// From a weight `[dim]` (kept in f32).
+    pub fn from_weight(weight: Tensor, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: weight.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// The learned weight, f32.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps as f64
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?.contiguous()?;

@@ -1,0 +1,465 @@
+//! The DiT block's fused CUDA kernels (bf16): flash attention (`kernels/attention.cu`) and the
+//! element-wise passes around it (`kernels/fused.cu`). The transformer uses them when
+//! [`applies_to`] says so and keeps its plain candle path for the CPU, f32 (the parity path) and
+//! any shape the kernels don't cover; tests check each kernel against that plain path.
+//!
+//! Without the `cuda` feature every function here returns an error and [`applies_to`] is false.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use candle_core::{DType, Result, Tensor};
+
+use crate::transformer::rope::RopeTables;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+static FLASH_KERNEL: AtomicUsize = AtomicUsize::new(0);
+
+/// The flash-attention kernel's shapes (all in `kernels/attention.cu`), chosen by measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// 4 warps × 16 query rows, 64-key tiles.
+    W4,
+    /// 8 warps × 16 rows: each K/V tile serves 128 queries.
+    W8,
+    /// 4 warps × 32 rows (one K/V fragment feeds two row tiles), 32-key sub-tiles.
+    W4M2,
+}
+
+impl FlashKernel {
+    pub const ALL: [FlashKernel; 3] = [FlashKernel::W4, FlashKernel::W8, FlashKernel::W4M2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashKernel::W4 => "w4",
+            FlashKernel::W8 => "w8",
+            FlashKernel::W4M2 => "w4m2",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn entry(self) -> &'static str {
+        match self {
+            FlashKernel::W4 => "engine_flash_attn_hd128_w4",
+            FlashKernel::W8 => "engine_flash_attn_hd128_w8",
+            FlashKernel::W4M2 => "engine_flash_attn_hd128_w4_m2",
+        }
+    }
+
+    /// (threads per block, query rows per block).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn block(self) -> (u32, usize) {
+        match self {
+            FlashKernel::W4 => (128, 64),
+            FlashKernel::W8 => (256, 128),
+            FlashKernel::W4M2 => (128, 128),
+        }
+    }
+}
+
+/// Switches the fused path on or off process-wide (on by default): the bench and the tests time
+/// and check the plain path against it.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Which flash-attention kernel runs (process-wide; the bench and tests compare them).
+pub fn set_flash_kernel(kernel: FlashKernel) {
+    let index = FlashKernel::ALL.iter().position(|&k| k == kernel).unwrap_or(0);
+    FLASH_KERNEL.store(index, Ordering::Relaxed);
+}
+
+pub fn flash_kernel() -> FlashKernel {
+    FlashKernel::ALL[FLASH_KERNEL.load(Ordering::Relaxed) % FlashKernel::ALL.len()]
+}
+
+/// Whether the fused kernels serve `x`: a CUDA build, switched on, `x` a bf16 tensor on a GPU.
+pub fn applies_to(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && enabled() && x.device().is_cuda() && x.dtype() == DType::BF16
+}
+
+/// Head dimension the flash-attention kernel is written for.
+pub const FLASH_HEAD_DIM: usize = 128;
+
+/// Widest row the layer-norm kernel holds in registers (256 threads × 2 × 8 elements).
+pub const MAX_LN_DIM: usize = 4096;
+
+/// `LayerNorm(x)·(1 + scale) + shift` over the last axis (no affine, statistics in f32) for `x`
+/// `[B, S, D]` and per-batch rows `shift`, `scale` `[B, D]` (views with a row stride are fine).
+pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::ln_modulate(x, shift, scale, eps);
+    #[cfg(not(feature = "cuda"))]
+    no_cuda((x, shift, scale, eps))
+}
+
+/// `x + gate·(y + bias)` for `x`, `y` `[B, S, D]`, `bias` `[D]`, `gate` `[B, D]` (row-strided
+/// views fine).
+pub fn gated_residual(x: &Tensor, y: &Tensor, bias: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::gated_residual(x, y, bias, gate);
+    #[cfg(not(feature = "cuda"))]
+    no_cuda((x, y, bias, gate))
+}
+
+/// `gelu_tanh(y + bias)` for `y` `[…, N]`, `bias` `[N]`.
+pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::bias_gelu(y, bias);
+    #[cfg(not(feature = "cuda"))]
+    no_cuda((y, bias))
+}
+
+/// Per-head RMSNorm weights (f32 `[128]`) of the image and text streams, and the norm's eps.
+pub struct HeadNorms<'a> {
+    pub image: &'a Tensor,
+    pub text: &'a Tensor,
+    pub eps: f64,
+}
+
+/// One of q, k, v of the joint attention as a `[B, S_img + S_txt, H, 128]` buffer in the token
+/// order **[image, text]**, from the streams' bias-free projections `x_img` `[B, S_img, H·128]`
+/// and `x_txt` `[B, S_txt, H·128]`: adds the biases, then (if given) the per-head RMSNorm, then
+/// (if given) RoPE with the tables of the [text, image] order.
+pub fn joint_qkv(
+    x_img: &Tensor,
+    x_txt: &Tensor,
+    bias_img: &Tensor,
+    bias_txt: &Tensor,
+    norms: Option<&HeadNorms>,
+    rope: Option<&RopeTables>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::joint_qkv(x_img, x_txt, bias_img, bias_txt, norms, rope);
+    #[cfg(not(feature = "cuda"))]
+    no_cuda((x_img, x_txt, bias_img, bias_txt, norms.is_some(), rope))
+}
+
+/// softmax(q·kᵀ/√128)·v for joint buffers `[B, S, H, 128]` where batch row `b` attends to its
+/// first `kv_len[b]` keys (`kv_len` u32 `[B]` on the device). Returns the rows before `split`
+/// as `[B, split, H·128]` and the rest as `[B, S − split, H·128]`.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    return cuda::flash_attention(q, k, v, kv_len, split, flash_kernel());
+    #[cfg(not(feature = "cuda"))]
+    no_cuda((q, k, v, kv_len, split))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda<T, A>(_args: A) -> Result<T> {
+    candle_core::bail!("the fused kernels need a build with the `cuda` feature")
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{bail, DType, Device, Layout, Result, Shape, Storage, Tensor};
+    use half::bf16;
+
+    use super::{FlashKernel, HeadNorms, FLASH_HEAD_DIM, MAX_LN_DIM};
+    use crate::transformer::rope::RopeTables;
+
+    const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+    /// Threads per block of the element-wise kernels.
+    const THREADS: u32 = 256;
+
+    fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+        match t.device() {
+            Device::Cuda(d) => Ok(d.clone()),
+            _ => bail!("fused kernel: tensor is not on a CUDA device"),
+        }
+    }
+
+    fn check_dtype(t: &Tensor, dtype: DType, what: &str) -> Result<()> {
+        if t.dtype() != dtype {
+            bail!("fused kernel: {what} is {:?}, expected {dtype:?}", t.dtype());
+        }
+        Ok(())
+    }
+
+    /// A contiguous tensor's elements as a CUDA view (borrowing the storage's read guard).
+    fn view<'a, T: CudaDType>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+        let Storage::Cuda(s) = storage else { bail!("fused kernel: {what} is not on CUDA") };
+        let Some((start, end)) = layout.contiguous_offsets() else { bail!("fused kernel: {what} is not contiguous") };
+        Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+    }
+
+    /// A `[B, D]` tensor whose rows may be `stride` elements apart (a column slice of a wider
+    /// contiguous tensor): the view from its first element, and the stride.
+    fn rows_view<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<(CudaView<'a, bf16>, i64)> {
+        let Storage::Cuda(s) = storage else { bail!("fused kernel: {what} is not on CUDA") };
+        let (dims, stride) = (layout.dims(), layout.stride());
+        if dims.len() != 2 || stride[1] != 1 {
+            bail!("fused kernel: {what} must be [B, D] with unit column stride, got {dims:?} / {stride:?}");
+        }
+        let start = layout.start_offset();
+        let end = start + (dims[0].max(1) - 1) * stride[0] + dims[1];
+        Ok((s.as_cuda_slice::<bf16>()?.slice(start..end), stride[0] as i64))
+    }
+
+    fn output<T: CudaDType>(dev: &CudaDevice, slice: CudaSlice<T>, shape: impl Into<Shape>) -> Tensor {
+        Tensor::from_storage(
+            Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
+            shape,
+            BackpropOp::none(),
+            false,
+        )
+    }
+
+    /// Grid size for a grid-stride loop over `n` items, a few waves deep.
+    fn grid_for(n: usize) -> u32 {
+        n.div_ceil(THREADS as usize).clamp(1, 132 * 16) as u32
+    }
+
+    pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        if d % 8 != 0 || d > MAX_LN_DIM || shift.dims() != [b, d] || scale.dims() != [b, d] {
+            bail!("ln_modulate: x {:?}, shift {:?}, scale {:?} unsupported", x.dims(), shift.dims(), scale.dims());
+        }
+        for (t, w) in [(x, "x"), (shift, "shift"), (scale, "scale")] {
+            check_dtype(t, DType::BF16, w)?;
+        }
+        let dev = cuda_device(x)?;
+        let x = x.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let xv = view::<bf16>(&xs, xl, "x")?;
+        let (shs, shl) = shift.storage_and_layout();
+        let (shv, sh_stride) = rows_view(&shs, shl, "shift")?;
+        let (scs, scl) = scale.storage_and_layout();
+        let (scv, sc_stride) = rows_view(&scs, scl, "scale")?;
+        if sh_stride != sc_stride {
+            bail!("ln_modulate: shift and scale rows must share a stride");
+        }
+        let rows = b * s;
+        // SAFETY: every element is written by the kernel (one block per row).
+        let mut out = unsafe { dev.alloc::<bf16>(rows * d)? };
+        if rows > 0 {
+            let func = dev.get_or_load_custom_func("engine_ln_modulate_bf16", "engine_fused", FUSED_PTX)?;
+            let mut builder = func.builder();
+            let (rows_per_batch, dim, eps) = (s as i32, d as i32, eps as f32);
+            builder.arg(&xv).arg(&shv).arg(&scv).arg(&sh_stride).arg(&mut out);
+            builder.arg(&rows_per_batch).arg(&dim).arg(&eps);
+            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: reads rows × d of x and b rows of shift/scale, writes rows × d of out.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok(output(&dev, out, (b, s, d)))
+    }
+
+    pub fn gated_residual(x: &Tensor, y: &Tensor, bias: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        let (b, s, d) = x.dims3()?;
+        if d % 8 != 0 || y.dims() != x.dims() || bias.dims() != [d] || gate.dims() != [b, d] {
+            bail!(
+                "gated_residual: x {:?}, y {:?}, bias {:?}, gate {:?} unsupported",
+                x.dims(),
+                y.dims(),
+                bias.dims(),
+                gate.dims()
+            );
+        }
+        for (t, w) in [(x, "x"), (y, "y"), (bias, "bias"), (gate, "gate")] {
+            check_dtype(t, DType::BF16, w)?;
+        }
+        let dev = cuda_device(x)?;
+        let (x, y, bias) = (x.contiguous()?, y.contiguous()?, bias.contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let xv = view::<bf16>(&xs, xl, "x")?;
+        let (ys, yl) = y.storage_and_layout();
+        let yv = view::<bf16>(&ys, yl, "y")?;
+        let (bs, bl) = bias.storage_and_layout();
+        let bv = view::<bf16>(&bs, bl, "bias")?;
+        let (gs, gl) = gate.storage_and_layout();
+        let (gv, g_stride) = rows_view(&gs, gl, "gate")?;
+        let n = b * s * d;
+        // SAFETY: the grid-stride loop writes every element.
+        let mut out = unsafe { dev.alloc::<bf16>(n.max(1))? };
+        if n > 0 {
+            let func = dev.get_or_load_custom_func("engine_gated_residual_bf16", "engine_fused", FUSED_PTX)?;
+            let mut builder = func.builder();
+            let (rows_per_batch, dim, vecs) = (s as i64, d as i32, (n / 8) as i64);
+            builder.arg(&xv).arg(&yv).arg(&bv).arg(&gv).arg(&g_stride).arg(&mut out);
+            builder.arg(&rows_per_batch).arg(&dim).arg(&vecs);
+            let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: reads n elements of x and y, d of bias, b rows of gate; writes n of out.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok(output(&dev, out, (b, s, d)))
+    }
+
+    pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let d = *y.dims().last().unwrap_or(&0);
+        if d % 8 != 0 || bias.dims() != [d] {
+            bail!("bias_gelu: y {:?}, bias {:?} unsupported", y.dims(), bias.dims());
+        }
+        check_dtype(y, DType::BF16, "y")?;
+        check_dtype(bias, DType::BF16, "bias")?;
+        let dev = cuda_device(y)?;
+        let (y, bias) = (y.contiguous()?, bias.contiguous()?);
+        let (ys, yl) = y.storage_and_layout();
+        let yv = view::<bf16>(&ys, yl, "y")?;
+        let (bs, bl) = bias.storage_and_layout();
+        let bv = view::<bf16>(&bs, bl, "bias")?;
+        let n = y.elem_count();
+        // SAFETY: the grid-stride loop writes every element.
+        let mut out = unsafe { dev.alloc::<bf16>(n.max(1))? };
+        if n > 0 {
+            let func = dev.get_or_load_custom_func("engine_bias_gelu_bf16", "engine_fused", FUSED_PTX)?;
+            let mut builder = func.builder();
+            let (dim, vecs) = (d as i32, (n / 8) as i64);
+            builder.arg(&yv).arg(&bv).arg(&mut out).arg(&dim).arg(&vecs);
+            let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: reads n elements of y and d of bias, writes n of out.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok(output(&dev, out, y.shape().clone()))
+    }
+
+    pub fn joint_qkv(
+        x_img: &Tensor,
+        x_txt: &Tensor,
+        bias_img: &Tensor,
+        bias_txt: &Tensor,
+        norms: Option<&HeadNorms>,
+        rope: Option<&RopeTables>,
+    ) -> Result<Tensor> {
+        let (b, s_img, width) = x_img.dims3()?;
+        let (b2, s_txt, width2) = x_txt.dims3()?;
+        if b2 != b || width2 != width || width % FLASH_HEAD_DIM != 0 {
+            bail!("joint_qkv: image {:?} and text {:?} projections don't match", x_img.dims(), x_txt.dims());
+        }
+        let heads = width / FLASH_HEAD_DIM;
+        let seq = s_img + s_txt;
+        for (t, w) in [(x_img, "x_img"), (x_txt, "x_txt"), (bias_img, "bias_img"), (bias_txt, "bias_txt")] {
+            check_dtype(t, DType::BF16, w)?;
+        }
+        if bias_img.dims() != [width] || bias_txt.dims() != [width] {
+            bail!("joint_qkv: biases {:?} / {:?}, expected [{width}]", bias_img.dims(), bias_txt.dims());
+        }
+        if let Some(n) = norms {
+            if n.image.dims() != [FLASH_HEAD_DIM] || n.text.dims() != [FLASH_HEAD_DIM] {
+                bail!("joint_qkv: RMSNorm weights must be [{FLASH_HEAD_DIM}]");
+            }
+            check_dtype(n.image, DType::F32, "norm weight")?;
+            check_dtype(n.text, DType::F32, "norm weight")?;
+        }
+        if let Some(r) = rope {
+            if r.cos.dims() != [seq, FLASH_HEAD_DIM / 2] || r.txt_len != s_txt {
+                bail!("joint_qkv: RoPE tables {:?} (text {}) for {s_txt} text + {s_img} image tokens", r.cos.dims(), r.txt_len);
+            }
+        }
+        let dev = cuda_device(x_img)?;
+        let (x_img, x_txt, bias_img, bias_txt) =
+            (x_img.contiguous()?, x_txt.contiguous()?, bias_img.contiguous()?, bias_txt.contiguous()?);
+        // Absent norms/RoPE: the kernel ignores those pointers; any valid f32 buffer stands in.
+        let placeholder = Tensor::zeros(1, DType::F32, x_img.device())?;
+        let (w_img, w_txt, eps) = match norms {
+            Some(n) => (n.image.contiguous()?, n.text.contiguous()?, n.eps as f32),
+            None => (placeholder.clone(), placeholder.clone(), 0.0),
+        };
+        let (cos, sin) = match rope {
+            Some(r) => (r.cos.contiguous()?, r.sin.contiguous()?),
+            None => (placeholder.clone(), placeholder.clone()),
+        };
+        let flags = i32::from(norms.is_some()) | (i32::from(rope.is_some()) << 1);
+
+        let (s1, l1) = x_img.storage_and_layout();
+        let xi = view::<bf16>(&s1, l1, "x_img")?;
+        let (s2, l2) = x_txt.storage_and_layout();
+        let xt = view::<bf16>(&s2, l2, "x_txt")?;
+        let (s3, l3) = bias_img.storage_and_layout();
+        let bi = view::<bf16>(&s3, l3, "bias_img")?;
+        let (s4, l4) = bias_txt.storage_and_layout();
+        let bt = view::<bf16>(&s4, l4, "bias_txt")?;
+        let (s5, l5) = w_img.storage_and_layout();
+        let wi = view::<f32>(&s5, l5, "w_img")?;
+        let (s6, l6) = w_txt.storage_and_layout();
+        let wt = view::<f32>(&s6, l6, "w_txt")?;
+        let (s7, l7) = cos.storage_and_layout();
+        let cv = view::<f32>(&s7, l7, "cos")?;
+        let (s8, l8) = sin.storage_and_layout();
+        let sv = view::<f32>(&s8, l8, "sin")?;
+
+        let vectors = b * seq * heads;
+        // SAFETY: one warp writes each of the `vectors` head vectors.
+        let mut out = unsafe { dev.alloc::<bf16>((vectors * FLASH_HEAD_DIM).max(1))? };
+        if vectors > 0 {
+            let func = dev.get_or_load_custom_func("engine_joint_qkv_bf16", "engine_fused", FUSED_PTX)?;
+            let mut builder = func.builder();
+            let (bb, si, st, hh) = (b as i32, s_img as i32, s_txt as i32, heads as i32);
+            builder.arg(&xi).arg(&xt).arg(&bi).arg(&bt).arg(&wi).arg(&wt).arg(&cv).arg(&sv).arg(&mut out);
+            builder.arg(&bb).arg(&si).arg(&st).arg(&hh).arg(&eps).arg(&flags);
+            let cfg = LaunchConfig {
+                grid_dim: (vectors.div_ceil(8) as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: reads the two projections, biases, weights and tables within their shapes
+            // (checked above); writes b × seq × heads × 128 elements.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok(output(&dev, out, (b, seq, heads, FLASH_HEAD_DIM)))
+    }
+
+    pub fn flash_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv_len: &Tensor,
+        split: usize,
+        kernel: FlashKernel,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, seq, heads, dh) = q.dims4()?;
+        if dh != FLASH_HEAD_DIM || k.dims() != q.dims() || v.dims() != q.dims() || split > seq {
+            bail!("flash_attention: q {:?}, k {:?}, v {:?}, split {split} unsupported", q.dims(), k.dims(), v.dims());
+        }
+        for (t, w) in [(q, "q"), (k, "k"), (v, "v")] {
+            check_dtype(t, DType::BF16, w)?;
+        }
+        check_dtype(kv_len, DType::U32, "kv_len")?;
+        if kv_len.dims() != [b] {
+            bail!("flash_attention: kv_len {:?}, expected [{b}]", kv_len.dims());
+        }
+        let dev = cuda_device(q)?;
+        let (q, k, v, kv_len) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, kv_len.contiguous()?);
+        let (qs, ql) = q.storage_and_layout();
+        let qv = view::<bf16>(&qs, ql, "q")?;
+        let (ks, kl) = k.storage_and_layout();
+        let kv = view::<bf16>(&ks, kl, "k")?;
+        let (vs, vl) = v.storage_and_layout();
+        let vv = view::<bf16>(&vs, vl, "v")?;
+        let (ls, ll) = kv_len.storage_and_layout();
+        let lv = view::<u32>(&ls, ll, "kv_len")?;
+        let width = heads * dh;
+        // SAFETY: every query row of every head is written (rows past `seq` are skipped).
+        let mut out0 = unsafe { dev.alloc::<bf16>((b * split * width).max(1))? };
+        let mut out1 = unsafe { dev.alloc::<bf16>((b * (seq - split) * width).max(1))? };
+        if b * seq * heads > 0 {
+            let func = dev.get_or_load_custom_func(kernel.entry(), "engine_attention", ATTENTION_PTX)?;
+            let mut builder = func.builder();
+            let (s, h, sp) = (seq as i32, heads as i32, split as i32);
+            let scale_log2 = std::f32::consts::LOG2_E / (dh as f32).sqrt();
+            builder.arg(&qv).arg(&kv).arg(&vv).arg(&mut out0).arg(&mut out1).arg(&lv);
+            builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
+            let (threads, rows_per_block) = kernel.block();
+            let cfg = LaunchConfig {
+                grid_dim: (seq.div_ceil(rows_per_block) as u32, heads as u32, b as u32),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: q, k, v are [b, seq, heads, 128] (checked); kv_len has b entries; the
+            // outputs hold b × split and b × (seq − split) rows of heads × 128.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok((output(&dev, out0, (b, split, width)), output(&dev, out1, (b, seq - split, width))))
+    }
+}
