@@ -11,12 +11,25 @@ DEST="${1:?usage: gpu_prepare.sh DEST}"
 ROOT="$(pwd)"
 SHARED="${SHARED:-$ROOT/../shared}"
 [ -f "$SHARED/cuda/setup_cuda_toolchain.sh" ] || SHARED=/work/shared
+# cuDNN 9 headers come with the toolchain (WITH_CUDNN=1); the cuDNN frontend (header-only, for
+# the `cudnn-attention` feature) from its PyPI wheel. libcudnn itself is loaded at run time on the
+# GPU machine, which has it.
+export WITH_CUDNN=1
 # shellcheck disable=SC1091
 source "$SHARED/cuda/setup_cuda_toolchain.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/cuda-target}"
+export CUDNN_INCLUDE="$CUDNN_LIB/include"
+FRONTEND="${CUDNN_FRONTEND_DIR:-$HOME/.cache/cudnn-frontend-1.32.0}"
+if [ ! -f "$FRONTEND/include/cudnn_frontend.h" ]; then
+  mkdir -p "$FRONTEND"
+  python3 -m pip download -q --no-deps "nvidia-cudnn-frontend==1.32.0" -d "$FRONTEND/wheel"
+  (cd "$FRONTEND" && python3 -m zipfile -e wheel/*.whl unpacked && mv unpacked/include . && rm -rf unpacked)
+fi
+export CUDNN_FRONTEND_INCLUDE="$FRONTEND/include"
+FEATURES="${ENGINE_GPU_FEATURES:-cuda,cudnn-attention}"
 
-cargo build --release -p engine --features cuda,bench --bin engine-bench
-test_bin="$(cargo test --release -p engine --features cuda --test device_parity --no-run --message-format=json \
+cargo build --release -p engine --features "$FEATURES,bench" --bin engine-bench
+test_bin="$(cargo test --release -p engine --features "$FEATURES" --test device_parity --no-run --message-format=json \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     try: d = json.loads(l)

@@ -389,18 +389,30 @@ fn fused_flash_attention_matches_f32() {
         let k = randn_bf16(&[2, seq, heads, 128], std, &device);
         let v = randn_bf16(&[2, seq, heads, 128], 1.0, &device);
         let kv_len = Tensor::new(&lens, &device).unwrap();
-        let (out0, out1) = fused::flash_attention(&q, &k, &v, &kv_len, split).unwrap();
-        let got = Tensor::cat(
-            &[out0.reshape((2, split, heads, 128)).unwrap(), out1.reshape((2, seq - split, heads, 128)).unwrap()],
-            1,
-        )
-        .unwrap();
-        for b in 0..2 {
-            let row = |t: &Tensor| f32_cpu(&t.get(b).unwrap());
-            let want = reference_attention(&row(&q), &row(&k), &row(&v), lens[b] as usize);
-            let err = ts::compare(&row(&got), &want);
-            println!("flash attention S={seq} split={split} keys={} kernel {} std={std}: {err}", lens[b], kernel.name());
-            assert!(err.rel <= FUSED_ATTENTION, "flash attention differs: {err}");
+        let joined = |(out0, out1): (Tensor, Tensor)| {
+            Tensor::cat(
+                &[out0.reshape((2, split, heads, 128)).unwrap(), out1.reshape((2, seq - split, heads, 128)).unwrap()],
+                1,
+            )
+            .unwrap()
+        };
+        let mut results = vec![(format!("kernel {}", kernel.name()), joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split).unwrap()))];
+        if fused::cudnn_attention_active() {
+            // cuDNN is optional at run time (the engine falls back to its kernel); where it
+            // runs, it must compute the same function.
+            match engine::gpu::cudnn_attention::attention(&q, &k, &v, &kv_len, split) {
+                Ok(out) => results.push(("cuDNN SDPA".to_string(), joined(out))),
+                Err(e) => println!("cuDNN attention not available here: {e}"),
+            }
+        }
+        for (what, got) in &results {
+            for b in 0..2 {
+                let row = |t: &Tensor| f32_cpu(&t.get(b).unwrap());
+                let want = reference_attention(&row(&q), &row(&k), &row(&v), lens[b] as usize);
+                let err = ts::compare(&row(got), &want);
+                println!("flash attention S={seq} split={split} keys={} {what} std={std}: {err}", lens[b]);
+                assert!(err.rel <= FUSED_ATTENTION, "flash attention ({what}) differs: {err}");
+            }
         }
     }
     fused::set_flash_kernel(W4);
@@ -565,6 +577,7 @@ fn fused_block_matches_plain_path() {
     fused::set_enabled(true);
     let (plain_img, plain_txt) = plain.unwrap();
     let (fused_img, fused_txt) = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask)).unwrap();
+    println!("block attention through {}", if fused::cudnn_attention_active() { "cuDNN SDPA" } else { "the engine's flash kernel" });
     // Padded text rows are computed too (attending to the valid keys), as in the reference.
     for (what, fused_out, plain_out, want) in [
         ("image", &fused_img, &plain_img, &want_img),

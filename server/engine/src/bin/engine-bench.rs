@@ -31,7 +31,7 @@ use engine::weights::ModelDir;
 const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
   [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
-  [--fused on|off] [--flash-kernel w4|w8|w4m2]";
+  [--fused on|off] [--attention cudnn|own] [--flash-kernel w4|w8|w4m2]";
 
 struct Args {
     model: Option<String>,
@@ -52,6 +52,8 @@ struct Args {
     /// The DiT's fused CUDA kernels (bf16), or its plain path.
     fused: bool,
     flash_kernel: engine::gpu::fused::FlashKernel,
+    /// cuDNN's SDPA for the joint attention where compiled in (else our kernel).
+    cudnn_attention: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -73,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
         tag: String::new(),
         fused: true,
         flash_kernel: engine::gpu::fused::FlashKernel::W4,
+        cudnn_attention: true,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -117,6 +120,13 @@ fn parse_args() -> Result<Args, String> {
                     "on" => true,
                     "off" => false,
                     other => return Err(format!("--fused {other}: on or off")),
+                }
+            }
+            "--attention" => {
+                a.cudnn_attention = match value("--attention")?.as_str() {
+                    "cudnn" => true,
+                    "own" => false,
+                    other => return Err(format!("--attention {other}: cudnn or own")),
                 }
             }
             "--flash-kernel" => {
@@ -221,6 +231,7 @@ fn run(args: &Args) -> engine::Result<()> {
     engine::gpu::configure_matmul(&device, args.dtype);
     engine::gpu::fused::set_enabled(args.fused);
     engine::gpu::fused::set_flash_kernel(args.flash_kernel);
+    engine::gpu::fused::set_cudnn_attention(args.cudnn_attention);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random,
@@ -450,6 +461,7 @@ fn dit_phase(
             "uploaded_gib_per_step": gib(s.uploaded_bytes - uploaded_before) / passes,
         })),
         "img_tokens": img_tokens, "batch": 2, "gpu": gpu, "fused": args.fused, "flash_kernel": args.flash_kernel.name(),
+        "attention": if !args.fused { "plain" } else if engine::gpu::fused::cudnn_attention_active() { "cudnn" } else { "own" },
     }));
     Ok(())
 }
@@ -679,13 +691,20 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         report("fused: joint v (bias)", t, 1.0, 0.0, 2.0 * x_bytes);
         let (jq, jk, jv) = (randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?);
         let kv_len = Tensor::new(&[s as u32, (s_img + 6) as u32], device)?;
+        let cudnn = fused::cudnn_attention_active();
         for kernel in fused::FlashKernel::ALL {
             fused::set_flash_kernel(kernel);
-            let t = time_op(device, reps, || Ok(fused::flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0))?;
-            let uses = if kernel == args.flash_kernel { 1.0 } else { 0.0 };
-            report(&format!("fused: flash attention, kernel {}", kernel.name()), t, uses, attn_flops, 0.0);
+            let t = time_op(device, reps, || Ok(fused::own_flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0))?;
+            let uses = if !cudnn && kernel == args.flash_kernel { 1.0 } else { 0.0 };
+            report(&format!("fused: flash attention, our kernel {}", kernel.name()), t, uses, attn_flops, 0.0);
         }
         fused::set_flash_kernel(args.flash_kernel);
+        if cudnn {
+            match time_op(device, reps, || Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img)?.0)) {
+                Ok(t) => report("fused: attention, cuDNN SDPA", t, 1.0, attn_flops, 0.0),
+                Err(e) => emit(serde_json::json!({"run": "ours_profile", "tag": args.tag, "op": "fused: attention, cuDNN SDPA", "error": e.to_string()})),
+            }
+        }
     }
 
     // The whole block, for the sum check: the path the run uses, and the plain one.

@@ -13,6 +13,10 @@ use crate::transformer::rope::RopeTables;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 static FLASH_KERNEL: AtomicUsize = AtomicUsize::new(0);
+/// Use cuDNN's SDPA where this build has it (the `cudnn-attention` feature) and it works.
+static USE_CUDNN: AtomicBool = AtomicBool::new(true);
+/// Set once cuDNN failed on this machine (no libcudnn, unsupported shape): our kernel from then on.
+static CUDNN_FAILED: AtomicBool = AtomicBool::new(false);
 
 /// The flash-attention kernel's shapes (all in `kernels/attention.cu`), chosen by measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,17 @@ pub fn set_enabled(on: bool) {
 
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the joint attention goes through cuDNN's SDPA (when compiled in) or our own kernel;
+/// process-wide, for the bench and the tests.
+pub fn set_cudnn_attention(on: bool) {
+    USE_CUDNN.store(on, Ordering::Relaxed);
+}
+
+/// Whether the next joint attention will try cuDNN: compiled in, switched on, not failed before.
+pub fn cudnn_attention_active() -> bool {
+    cfg!(feature = "cudnn-attention") && USE_CUDNN.load(Ordering::Relaxed) && !CUDNN_FAILED.load(Ordering::Relaxed)
 }
 
 /// Which flash-attention kernel runs (process-wide; the bench and tests compare them).
@@ -145,7 +160,24 @@ pub fn joint_qkv(
 /// softmax(q·kᵀ/√128)·v for joint buffers `[B, S, H, 128]` where batch row `b` attends to its
 /// first `kv_len[b]` keys (`kv_len` u32 `[B]` on the device). Returns the rows before `split`
 /// as `[B, split, H·128]` and the rest as `[B, S − split, H·128]`.
+///
+/// Runs cuDNN's fused attention when [`cudnn_attention_active`], else (or if cuDNN fails, which
+/// is logged once and remembered) our own kernel ([`flash_kernel`]).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
+    if cudnn_attention_active() {
+        match super::cudnn_attention::attention(q, k, v, kv_len, split) {
+            Ok(out) => return Ok(out),
+            Err(e) => {
+                CUDNN_FAILED.store(true, Ordering::Relaxed);
+                tracing::warn!("cuDNN attention unavailable, using the engine's own kernel: {e}");
+            }
+        }
+    }
+    own_flash_attention(q, k, v, kv_len, split)
+}
+
+/// [`flash_attention`] through our own kernel only.
+pub fn own_flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     return cuda::flash_attention(q, k, v, kv_len, split, flash_kernel());
     #[cfg(not(feature = "cuda"))]
@@ -389,17 +421,20 @@ mod cuda {
         let (s8, l8) = sin.storage_and_layout();
         let sv = view::<f32>(&s8, l8, "sin")?;
 
-        let vectors = b * seq * heads;
-        // SAFETY: one warp writes each of the `vectors` head vectors.
-        let mut out = unsafe { dev.alloc::<bf16>((vectors * FLASH_HEAD_DIM).max(1))? };
-        if vectors > 0 {
+        let tokens = b * seq;
+        if tokens * width > i32::MAX as usize {
+            bail!("joint_qkv: {tokens} tokens × {width} exceed the kernel's 32-bit indexing");
+        }
+        // SAFETY: one warp writes each token's row of heads × 128 elements.
+        let mut out = unsafe { dev.alloc::<bf16>((tokens * width).max(1))? };
+        if tokens > 0 {
             let func = dev.get_or_load_custom_func("engine_joint_qkv_bf16", "engine_fused", FUSED_PTX)?;
             let mut builder = func.builder();
             let (bb, si, st, hh) = (b as i32, s_img as i32, s_txt as i32, heads as i32);
             builder.arg(&xi).arg(&xt).arg(&bi).arg(&bt).arg(&wi).arg(&wt).arg(&cv).arg(&sv).arg(&mut out);
             builder.arg(&bb).arg(&si).arg(&st).arg(&hh).arg(&eps).arg(&flags);
             let cfg = LaunchConfig {
-                grid_dim: (vectors.div_ceil(8) as u32, 1, 1),
+                grid_dim: (tokens.div_ceil(8) as u32, 1, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };

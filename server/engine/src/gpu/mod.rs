@@ -5,6 +5,7 @@
 //! Everything here compiles without CUDA too; without it the CUDA-only parts return clear errors
 //! (or `None` for measurements), so CI and the CPU build need no toolkit.
 
+pub mod cudnn_attention;
 pub mod errors;
 pub mod flops;
 pub mod fused;
