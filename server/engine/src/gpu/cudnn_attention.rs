@@ -22,8 +22,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usi
 mod ffi {
     use std::ffi::{c_char, c_int, c_void, CStr};
 
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
-    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::{CudaDType, CudaStorage};
     use candle_core::op::BackpropOp;
     use candle_core::{bail, DType, Device, Result, Storage, Tensor};
     use half::bf16;
@@ -64,6 +64,20 @@ mod ffi {
             .unwrap_or_else(|_| "unknown cuDNN error".into())
     }
 
+    fn range(layout: &candle_core::Layout) -> Result<(usize, usize)> {
+        match layout.contiguous_offsets() {
+            Some(r) => Ok(r),
+            None => bail!("cudnn attention: input not contiguous"),
+        }
+    }
+
+    fn cuda_slice<T: CudaDType>(storage: &Storage) -> Result<&CudaSlice<T>> {
+        match storage {
+            Storage::Cuda(c) => c.as_cuda_slice::<T>(),
+            _ => bail!("cudnn attention: input not on CUDA"),
+        }
+    }
+
     pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
         let (b, s, h, d) = q.dims4()?;
         if k.dims() != q.dims() || v.dims() != q.dims() || split > s || kv_len.dims() != [b] {
@@ -89,28 +103,14 @@ mod ffi {
         let mut out = unsafe { dev.alloc::<bf16>((b * s * h * d).max(1))? };
         let mut workspace = unsafe { dev.alloc::<u8>((workspace_bytes as usize).max(1))? };
 
-        let view = |t: &Tensor| -> Result<(candle_core::StorageRef<'_>, usize, usize)> {
-            let (st, l) = t.storage_and_layout();
-            let Some((start, end)) = l.contiguous_offsets() else { bail!("cudnn attention: not contiguous") };
-            Ok((st, start, end))
-        };
-        let (qs, q0, q1) = view(&q)?;
-        let (ks, k0, k1) = view(&k)?;
-        let (vs, v0, v1) = view(&v)?;
-        let (ls, l0, l1) = view(&kv_len)?;
-        let (sq, s0, s1) = view(&seq_q)?;
-        let slice16 = |st: &Storage| -> Result<&candle_core::cuda_backend::cudarc::driver::CudaSlice<bf16>> {
-            match st {
-                Storage::Cuda(c) => c.as_cuda_slice::<bf16>(),
-                _ => bail!("cudnn attention: not on CUDA"),
-            }
-        };
-        let slice32 = |st: &Storage| -> Result<&candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>> {
-            match st {
-                Storage::Cuda(c) => c.as_cuda_slice::<u32>(),
-                _ => bail!("cudnn attention: not on CUDA"),
-            }
-        };
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (ls, ll) = kv_len.storage_and_layout();
+        let (sq, sl) = seq_q.storage_and_layout();
+        let ((q0, q1), (k0, k1), (v0, v1)) = (range(ql)?, range(kl)?, range(vl)?);
+        let ((l0, l1), (s0, s1)) = (range(ll)?, range(sl)?);
+        let (slice16, slice32) = (cuda_slice::<bf16>, cuda_slice::<u32>);
         let (qv, kv, vv) = (slice16(&qs)?.slice(q0..q1), slice16(&ks)?.slice(k0..k1), slice16(&vs)?.slice(v0..v1));
         let (lv, sv) = (slice32(&ls)?.slice(l0..l1), slice32(&sq)?.slice(s0..s1));
         // The guards order these buffers' uses on candle's stream (event tracking) until dropped.

@@ -23,7 +23,14 @@
 #include <tuple>
 #include <unordered_map>
 
+#include <dlfcn.h>
+
 namespace fe = cudnn_frontend;
+
+// The frontend resolves every cuDNN call through this handle; we open the library on first use.
+namespace cudnn_frontend {
+void *cudnn_dlhandle = nullptr;
+}
 
 namespace {
 
@@ -100,6 +107,14 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, int64_t b, i
 // The cached graph for this shape (built now if new), with the state's lock held by the caller.
 std::shared_ptr<fe::graph::Graph> graph_for(State &st, int64_t b, int64_t h, int64_t s, int64_t d, float scale,
                                             std::string &error) {
+    if (fe::cudnn_dlhandle == nullptr) {
+        fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL);
+        if (fe::cudnn_dlhandle == nullptr) {
+            const char *why = dlerror();
+            error = std::string("loading libcudnn.so.9: ") + (why ? why : "not found");
+            return nullptr;
+        }
+    }
     if (st.handle == nullptr) {
         try {
             auto status = fe::detail::create_handle(&st.handle);
