@@ -31,7 +31,7 @@ use engine::weights::ModelDir;
 const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
   [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
-  [--fused on|off] [--attention cudnn|own] [--flash-kernel w4|w8|w4m2]";
+  [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel w4|w8|w4m2]";
 
 struct Args {
     model: Option<String>,
@@ -54,6 +54,7 @@ struct Args {
     flash_kernel: engine::gpu::fused::FlashKernel,
     /// cuDNN's SDPA for the joint attention where compiled in (else our kernel).
     cudnn_attention: bool,
+    cudnn_autotune: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -76,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         fused: true,
         flash_kernel: engine::gpu::fused::FlashKernel::W4,
         cudnn_attention: true,
+        cudnn_autotune: true,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -127,6 +129,13 @@ fn parse_args() -> Result<Args, String> {
                     "cudnn" => true,
                     "own" => false,
                     other => return Err(format!("--attention {other}: cudnn or own")),
+                }
+            }
+            "--cudnn-autotune" => {
+                a.cudnn_autotune = match value("--cudnn-autotune")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--cudnn-autotune {other}: on or off")),
                 }
             }
             "--flash-kernel" => {
@@ -232,6 +241,7 @@ fn run(args: &Args) -> engine::Result<()> {
     engine::gpu::fused::set_enabled(args.fused);
     engine::gpu::fused::set_flash_kernel(args.flash_kernel);
     engine::gpu::fused::set_cudnn_attention(args.cudnn_attention);
+    engine::gpu::cudnn_attention::set_autotune(args.cudnn_autotune);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random,
@@ -444,11 +454,7 @@ fn dit_phase(
     let step_flops = flops::dit_cfg_step(res, layers);
     let med = median(times.clone());
     emit(serde_json::json!({
-        "run": format!(
-            "ours_dit_step_{res}_L{layers}_cfg{}{}",
-            if args.offload { "_offload" } else { "" },
-            if args.fused { "" } else { "_plain" }
-        ),
+        "run": format!("ours_dit_step_{res}_L{layers}_cfg{}{}", if args.offload { "_offload" } else { "" }, variant_suffix(args)),
         "tag": args.tag,
         "median_s": med, "all_s": times,
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
@@ -461,9 +467,24 @@ fn dit_phase(
             "uploaded_gib_per_step": gib(s.uploaded_bytes - uploaded_before) / passes,
         })),
         "img_tokens": img_tokens, "batch": 2, "gpu": gpu, "fused": args.fused, "flash_kernel": args.flash_kernel.name(),
+        "cudnn_autotune": args.cudnn_autotune,
         "attention": if !args.fused { "plain" } else if engine::gpu::fused::cudnn_attention_active() { "cudnn" } else { "own" },
     }));
     Ok(())
+}
+
+/// The run-name suffix of a non-default DiT path, so the comparison table keeps the default runs
+/// apart from the variants timed beside them.
+fn variant_suffix(args: &Args) -> &'static str {
+    if !args.fused {
+        "_plain"
+    } else if !args.cudnn_attention {
+        "_own_attention"
+    } else if !args.cudnn_autotune {
+        "_cudnn_untuned"
+    } else {
+        ""
+    }
 }
 
 /// Bytes of one transformer block in `dtype` (36·D² weights plus biases and norms).

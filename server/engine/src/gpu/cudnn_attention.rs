@@ -18,6 +18,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usi
     }
 }
 
+static AUTOTUNE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether cuDNN times all its plans for a new shape and keeps the fastest (default), or runs its
+/// heuristic's first pick.
+pub fn set_autotune(on: bool) {
+    AUTOTUNE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg_attr(not(feature = "cudnn-attention"), allow(dead_code))]
+fn autotune() -> bool {
+    AUTOTUNE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(feature = "cudnn-attention")]
 mod ffi {
     use std::ffi::{c_char, c_int, c_void, CStr};
@@ -35,6 +48,7 @@ mod ffi {
             s: i64,
             d: i64,
             scale: f32,
+            autotune: c_int,
             workspace_bytes: *mut i64,
             err: *mut c_char,
             err_len: i64,
@@ -52,6 +66,7 @@ mod ffi {
             s: i64,
             d: i64,
             scale: f32,
+            autotune: c_int,
             workspace: *mut c_void,
             err: *mut c_char,
             err_len: i64,
@@ -88,11 +103,22 @@ mod ffi {
         }
         let Device::Cuda(dev) = q.device() else { bail!("cudnn attention: not on CUDA") };
         let scale = 1.0 / (d as f32).sqrt();
+        let autotune = c_int::from(super::autotune());
         let mut err = [0u8; 1024];
         let mut workspace_bytes = 0i64;
         // SAFETY: plain values in, a size and a NUL-terminated message out (bounded by err_len).
         let rc = unsafe {
-            engine_cudnn_sdpa_prepare(b as i64, h as i64, s as i64, d as i64, scale, &mut workspace_bytes, err.as_mut_ptr().cast(), err.len() as i64)
+            engine_cudnn_sdpa_prepare(
+                b as i64,
+                h as i64,
+                s as i64,
+                d as i64,
+                scale,
+                autotune,
+                &mut workspace_bytes,
+                err.as_mut_ptr().cast(),
+                err.len() as i64,
+            )
         };
         if rc != 0 {
             bail!("cuDNN SDPA: {}", message(&err));
@@ -138,6 +164,7 @@ mod ffi {
                 s as i64,
                 d as i64,
                 scale,
+                autotune,
                 wp as *mut c_void,
                 err.as_mut_ptr().cast(),
                 err.len() as i64,

@@ -425,7 +425,7 @@ mod cuda {
         if tokens * width > i32::MAX as usize {
             bail!("joint_qkv: {tokens} tokens × {width} exceed the kernel's 32-bit indexing");
         }
-        // SAFETY: one warp writes each token's row of heads × 128 elements.
+        // SAFETY: one half-warp writes each (token, head) vector of 128 elements.
         let mut out = unsafe { dev.alloc::<bf16>((tokens * width).max(1))? };
         if tokens > 0 {
             let func = dev.get_or_load_custom_func("engine_joint_qkv_bf16", "engine_fused", FUSED_PTX)?;
@@ -434,7 +434,7 @@ mod cuda {
             builder.arg(&xi).arg(&xt).arg(&bi).arg(&bt).arg(&wi).arg(&wt).arg(&cv).arg(&sv).arg(&mut out);
             builder.arg(&bb).arg(&si).arg(&st).arg(&hh).arg(&eps).arg(&flags);
             let cfg = LaunchConfig {
-                grid_dim: (tokens.div_ceil(8) as u32, 1, 1),
+                grid_dim: ((tokens * heads.div_ceil(2)).div_ceil(8) as u32, 1, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };

@@ -9,8 +9,10 @@
 //
 // Tensors: q, k, v and o are bf16 [B, S, H, D] buffers (cuDNN's logical [B, H, S, D] with strides
 // {S·H·D, D, H·D, 1}); seq_q / seq_kv are int32 [B] on the device (padding mask: batch row b
-// attends to its first seq_kv[b] keys). One graph per (B, H, S, D, scale), built on first use and
-// cached; calls are serialised by a mutex (the engine drives one GPU from one thread).
+// attends to its first seq_kv[b] keys). One graph per (B, H, S, D, scale, autotune), built on
+// first use and cached; calls are serialised by a mutex (the engine drives one GPU from one
+// thread). With `autotune`, every execution plan cuDNN offers is built and the first run times
+// them and keeps the fastest (a one-time cost per shape); otherwise cuDNN's heuristic pick runs.
 #define NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING
 #include <cudnn_frontend.h>
 
@@ -36,12 +38,17 @@ namespace {
 
 constexpr int64_t UID_Q = 1, UID_K = 2, UID_V = 3, UID_O = 4, UID_SEQ_Q = 5, UID_SEQ_KV = 6;
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, float>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool>;
+
+struct Entry {
+    std::shared_ptr<fe::graph::Graph> graph;
+    bool needs_tuning = false;
+};
 
 struct State {
     std::mutex lock;
     cudnnHandle_t handle = nullptr;
-    std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
+    std::map<Key, Entry> graphs;
 };
 
 State &state() {
@@ -66,7 +73,7 @@ void write_error(char *err, int64_t err_len, const std::string &msg) {
     } while (0)
 
 std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_t s, int64_t d,
-                                              float scale, std::string &error) {
+                                              float scale, bool all_plans, std::string &error) {
     auto graph = std::make_shared<fe::graph::Graph>();
     graph->set_io_data_type(fe::DataType_t::BFLOAT16)
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -100,13 +107,14 @@ std::shared_ptr<fe::graph::Graph> build_graph(cudnnHandle_t handle, int64_t b, i
     ENGINE_TRY("build_operation_graph", graph->build_operation_graph(handle));
     ENGINE_TRY("create_execution_plans", graph->create_execution_plans({fe::HeurMode_t::A}));
     ENGINE_TRY("check_support", graph->check_support(handle));
-    ENGINE_TRY("build_plans", graph->build_plans(handle, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE));
+    ENGINE_TRY("build_plans",
+               graph->build_plans(handle, all_plans ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE));
     return graph;
 }
 
 // The cached graph for this shape (built now if new), with the state's lock held by the caller.
-std::shared_ptr<fe::graph::Graph> graph_for(State &st, int64_t b, int64_t h, int64_t s, int64_t d, float scale,
-                                            std::string &error) {
+Entry *graph_for(State &st, int64_t b, int64_t h, int64_t s, int64_t d, float scale, bool autotune,
+                 std::string &error) {
     if (fe::cudnn_dlhandle == nullptr) {
         fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_GLOBAL);
         if (fe::cudnn_dlhandle == nullptr) {
@@ -128,34 +136,37 @@ std::shared_ptr<fe::graph::Graph> graph_for(State &st, int64_t b, int64_t h, int
             return nullptr;
         }
     }
-    const Key key{b, h, s, d, scale};
+    const Key key{b, h, s, d, scale, autotune};
     auto found = st.graphs.find(key);
-    if (found != st.graphs.end()) return found->second;
-    auto graph = build_graph(st.handle, b, h, s, d, scale, error);
-    if (graph) st.graphs.emplace(key, graph);
-    return graph;
+    if (found != st.graphs.end()) return &found->second;
+    auto graph = build_graph(st.handle, b, h, s, d, scale, autotune, error);
+    if (!graph) return nullptr;
+    const bool several = autotune && graph->get_execution_plan_count() > 1;
+    return &st.graphs.emplace(key, Entry{graph, several}).first->second;
 }
 
 }  // namespace
 
 // Builds (or finds) the graph for this shape and reports the workspace it needs. 0 = ok.
-extern "C" int engine_cudnn_sdpa_prepare(int64_t b, int64_t h, int64_t s, int64_t d, float scale,
+extern "C" int engine_cudnn_sdpa_prepare(int64_t b, int64_t h, int64_t s, int64_t d, float scale, int autotune,
                                          int64_t *workspace_bytes, char *err, int64_t err_len) {
     State &st = state();
     std::lock_guard<std::mutex> guard(st.lock);
     std::string error;
     try {
-        auto graph = graph_for(st, b, h, s, d, scale, error);
-        if (!graph) {
+        Entry *entry = graph_for(st, b, h, s, d, scale, autotune != 0, error);
+        if (!entry) {
             write_error(err, err_len, error);
             return 1;
         }
         int64_t bytes = 0;
-        auto status = graph->get_workspace_size(bytes);
+        auto status = entry->graph->get_workspace_size(bytes);
         if (status.is_bad()) {
             write_error(err, err_len, "get_workspace_size: " + status.get_message());
             return 1;
         }
+        // The tuning run tries every plan: it needs the largest plan's workspace.
+        if (entry->needs_tuning) bytes = std::max(bytes, entry->graph->get_autotune_workspace_size());
         *workspace_bytes = bytes;
         return 0;
     } catch (const std::exception &e) {
@@ -167,16 +178,18 @@ extern "C" int engine_cudnn_sdpa_prepare(int64_t b, int64_t h, int64_t s, int64_
 // Runs the attention on `stream` (a CUstream / cudaStream_t). 0 = ok.
 extern "C" int engine_cudnn_sdpa_run(void *stream, const void *q, const void *k, const void *v, void *o,
                                      const int32_t *seq_q, const int32_t *seq_kv, int64_t b, int64_t h, int64_t s,
-                                     int64_t d, float scale, void *workspace, char *err, int64_t err_len) {
+                                     int64_t d, float scale, int autotune, void *workspace, char *err,
+                                     int64_t err_len) {
     State &st = state();
     std::lock_guard<std::mutex> guard(st.lock);
     std::string error;
     try {
-        auto graph = graph_for(st, b, h, s, d, scale, error);
-        if (!graph) {
+        Entry *entry = graph_for(st, b, h, s, d, scale, autotune != 0, error);
+        if (!entry) {
             write_error(err, err_len, error);
             return 1;
         }
+        auto &graph = entry->graph;
         auto status = fe::detail::set_stream(st.handle, static_cast<cudaStream_t>(stream));
         if (status != CUDNN_STATUS_SUCCESS) {
             write_error(err, err_len, std::string("cudnnSetStream: ") + fe::detail::get_error_string(status));
@@ -187,6 +200,12 @@ extern "C" int engine_cudnn_sdpa_run(void *stream, const void *q, const void *k,
             {UID_V, const_cast<void *>(v)},       {UID_O, o},
             {UID_SEQ_Q, const_cast<int32_t *>(seq_q)}, {UID_SEQ_KV, const_cast<int32_t *>(seq_kv)},
         };
+        if (entry->needs_tuning) {
+            // Times every plan on these buffers and makes the fastest the candidate; a failed
+            // tuning keeps the heuristic's first plan.
+            entry->needs_tuning = false;
+            (void)graph->autotune(st.handle, pack, workspace);
+        }
         auto result = graph->execute(st.handle, pack, workspace);
         if (result.is_bad()) {
             write_error(err, err_len, "execute: " + result.get_message());

@@ -169,8 +169,8 @@ extern "C" __global__ void engine_bias_gelu_bf16(const __nv_bfloat16 *__restrict
 // table row s_txt + s, as the tables are ordered [text, image]); s ≥ s_img reads the text row
 // s − s_img (table row s − s_img). `flags` bit 0: RMSNorm (w_img / w_txt, f32 [128]); bit 1: RoPE
 // (interleaved pairs, cos/sin f32 [s_txt + s_img, 64]). Head dim 128.
-// One warp per token row, looping over the heads (the row's RoPE angles and the norm weight are
-// loaded once), 4 dims per lane. Grid: ceil(batch·(s_img + s_txt) / 8); block 256.
+// One warp per (token, pair of heads): each half-warp owns a head, 8 dims per lane, 16-byte
+// accesses. Grid: ceil(batch·(s_img + s_txt)·ceil(heads/2) / 8); block 256.
 extern "C" __global__ void __launch_bounds__(256)
     engine_joint_qkv_bf16(const __nv_bfloat16 *__restrict__ x_img, const __nv_bfloat16 *__restrict__ x_txt,
                           const __nv_bfloat16 *__restrict__ bias_img, const __nv_bfloat16 *__restrict__ bias_txt,
@@ -179,55 +179,51 @@ extern "C" __global__ void __launch_bounds__(256)
                           __nv_bfloat16 *__restrict__ out, int batch, int s_img, int s_txt, int heads, float eps,
                           int flags) {
     const int seq = s_img + s_txt;
-    const int token = blockIdx.x * 8 + (threadIdx.x >> 5);  // b·seq + s
-    if (token >= batch * seq) return;
-    const int lane = threadIdx.x & 31;
+    const int pairs = (heads + 1) / 2;
+    const int item = blockIdx.x * 8 + (threadIdx.x >> 5);  // (b·seq + s)·pairs + pair
+    if (item >= batch * seq * pairs) return;
+    const int lane = threadIdx.x & 31, sub = lane & 15;
+    const int token = item / pairs;
+    const int h = (item - token * pairs) * 2 + (lane >> 4);
+    const bool active = h < heads;  // an odd head count leaves the last pair's second half idle
     const int s = token % seq, b = token / seq;
     const bool image = s < s_img;
     const int src_row = image ? b * s_img + s : b * s_txt + (s - s_img);
     const int rope_row = image ? s_txt + s : s - s_img;
     const int width = heads * 128;
-    const __nv_bfloat16 *src = (image ? x_img : x_txt) + (long long)src_row * width + lane * 4;
-    const __nv_bfloat16 *bias = (image ? bias_img : bias_txt) + lane * 4;
-    __nv_bfloat16 *dst = out + (long long)token * width + lane * 4;
+    const int col = h * 128 + sub * 8;
 
-    float w[4] = {1.f, 1.f, 1.f, 1.f}, c[2] = {1.f, 1.f}, sn[2] = {0.f, 0.f};
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (active) {
+        float bv[8];
+        load8((image ? x_img : x_txt) + (long long)src_row * width + col, v);
+        load8((image ? bias_img : bias_txt) + col, bv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] += bv[i];
+    }
     if (flags & 1) {
-        const float4 wv = *reinterpret_cast<const float4 *>((image ? w_img : w_txt) + lane * 4);
-        w[0] = wv.x, w[1] = wv.y, w[2] = wv.z, w[3] = wv.w;
+        float ss = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);  // within the half-warp
+        const float r = rsqrtf(ss / 128.f + eps);
+        const float *w = (image ? w_img : w_txt) + sub * 8;
+        const float4 w0 = *reinterpret_cast<const float4 *>(w), w1 = *reinterpret_cast<const float4 *>(w + 4);
+        const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = v[i] * r * wv[i];
     }
     if (flags & 2) {
-        const float2 cv = *reinterpret_cast<const float2 *>(cos_t + (long long)rope_row * 64 + lane * 2);
-        const float2 sv = *reinterpret_cast<const float2 *>(sin_t + (long long)rope_row * 64 + lane * 2);
-        c[0] = cv.x, c[1] = cv.y, sn[0] = sv.x, sn[1] = sv.y;
-    }
-#pragma unroll 4
-    for (int h = 0; h < heads; ++h) {
-        const uint2 xr = *reinterpret_cast<const uint2 *>(src + h * 128);
-        const uint2 br = *reinterpret_cast<const uint2 *>(bias + h * 128);
-        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&xr.x));
-        const float2 e = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&xr.y));
-        const float2 ba = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&br.x));
-        const float2 be = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&br.y));
-        float v[4] = {a.x + ba.x, a.y + ba.y, e.x + be.x, e.y + be.y};
-        if (flags & 1) {
-            const float ss = warp_sum(v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3]);
-            const float r = rsqrtf(ss / 128.f + eps);
+        const float4 c = *reinterpret_cast<const float4 *>(cos_t + (long long)rope_row * 64 + sub * 4);
+        const float4 sn = *reinterpret_cast<const float4 *>(sin_t + (long long)rope_row * 64 + sub * 4);
+        const float cv[4] = {c.x, c.y, c.z, c.w}, sv[4] = {sn.x, sn.y, sn.z, sn.w};
 #pragma unroll
-            for (int i = 0; i < 4; ++i) v[i] = v[i] * r * w[i];
+        for (int p = 0; p < 4; ++p) {
+            const float re = v[2 * p], im = v[2 * p + 1];
+            v[2 * p] = re * cv[p] - im * sv[p];
+            v[2 * p + 1] = re * sv[p] + im * cv[p];
         }
-        if (flags & 2) {
-#pragma unroll
-            for (int p = 0; p < 2; ++p) {
-                const float re = v[2 * p], im = v[2 * p + 1];
-                v[2 * p] = re * c[p] - im * sn[p];
-                v[2 * p + 1] = re * sn[p] + im * c[p];
-            }
-        }
-        __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
-        uint2 packed;
-        packed.x = *reinterpret_cast<uint32_t *>(&lo);
-        packed.y = *reinterpret_cast<uint32_t *>(&hi);
-        *reinterpret_cast<uint2 *>(dst + h * 128) = packed;
     }
+    if (active) store8(out + (long long)token * width + col, v);
 }
