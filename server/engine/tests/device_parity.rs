@@ -64,6 +64,7 @@ fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(u
     let mask_name = format!("{tag}/in/encoder_hidden_states_mask");
     let mask = has_tensor(file, &mask_name).then(|| ts::load_tensor(file, &mask_name).to_device(&device).unwrap());
     let t_cond = t_cond.map(|c| Tensor::new(c, &device).unwrap());
+    let launches_before = engine::gpu::fused::kernel_launches();
     let (out, trace) = model
         .forward_with_trace(
             &input("in/hidden_states"),
@@ -74,6 +75,15 @@ fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(u
             t_cond.as_ref(),
         )
         .unwrap();
+    // In bf16 on a GPU the blocks take the fused kernels (the element-wise ones here: the tiny
+    // checkpoints' head dim is 32, so their attention stays plain).
+    let fused_launches = engine::gpu::fused::kernel_launches() - launches_before;
+    println!("{tag}: {fused_launches} fused kernel launches");
+    if device.is_cuda() && dtype == DType::BF16 && cfg!(feature = "cuda") {
+        assert!(fused_launches > 0, "{tag}: a bf16 CUDA forward must take the fused path");
+    } else {
+        assert_eq!(fused_launches, 0, "{tag}: the fused path must stay off on {device:?} {dtype:?}");
+    }
     let tol = ts::dtype_tolerance(1e-4, HALF_FORWARD);
     let mut worst = 0f64;
     // Every stage is printed before the verdict, so one run shows where errors grow.

@@ -77,7 +77,7 @@ fn parse_args() -> Result<Args, String> {
         fused: true,
         flash_kernel: engine::gpu::fused::FlashKernel::W4,
         cudnn_attention: true,
-        cudnn_autotune: true,
+        cudnn_autotune: false,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -480,8 +480,8 @@ fn variant_suffix(args: &Args) -> &'static str {
         "_plain"
     } else if !args.cudnn_attention {
         "_own_attention"
-    } else if !args.cudnn_autotune {
-        "_cudnn_untuned"
+    } else if args.cudnn_autotune {
+        "_cudnn_tuned"
     } else {
         ""
     }

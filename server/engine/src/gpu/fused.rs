@@ -64,6 +64,18 @@ impl FlashKernel {
     }
 }
 
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Fused kernels launched so far in this process (tests check that a run took the fused path).
+pub fn kernel_launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn count_launch() {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Switches the fused path on or off process-wide (on by default): the bench and the tests time
 /// and check the plain path against it.
 pub fn set_enabled(on: bool) {
@@ -197,7 +209,7 @@ mod cuda {
     use candle_core::{bail, DType, Device, Layout, Result, Shape, Storage, Tensor};
     use half::bf16;
 
-    use super::{FlashKernel, HeadNorms, FLASH_HEAD_DIM, MAX_LN_DIM};
+    use super::{count_launch, FlashKernel, HeadNorms, FLASH_HEAD_DIM, MAX_LN_DIM};
     use crate::transformer::rope::RopeTables;
 
     const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -284,6 +296,7 @@ mod cuda {
             let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads rows × d of x and b rows of shift/scale, writes rows × d of out.
             unsafe { builder.launch(cfg) }.w()?;
+            count_launch();
         }
         Ok(output(&dev, out, (b, s, d)))
     }
@@ -324,6 +337,7 @@ mod cuda {
             let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads n elements of x and y, d of bias, b rows of gate; writes n of out.
             unsafe { builder.launch(cfg) }.w()?;
+            count_launch();
         }
         Ok(output(&dev, out, (b, s, d)))
     }
@@ -352,6 +366,7 @@ mod cuda {
             let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads n elements of y and d of bias, writes n of out.
             unsafe { builder.launch(cfg) }.w()?;
+            count_launch();
         }
         Ok(output(&dev, out, y.shape().clone()))
     }
@@ -434,13 +449,14 @@ mod cuda {
             builder.arg(&xi).arg(&xt).arg(&bi).arg(&bt).arg(&wi).arg(&wt).arg(&cv).arg(&sv).arg(&mut out);
             builder.arg(&bb).arg(&si).arg(&st).arg(&hh).arg(&eps).arg(&flags);
             let cfg = LaunchConfig {
-                grid_dim: ((tokens * heads.div_ceil(2)).div_ceil(8) as u32, 1, 1),
+                grid_dim: ((tokens * heads.div_ceil(2)).div_ceil(8).clamp(1, 132 * 16) as u32, 1, 1),
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: reads the two projections, biases, weights and tables within their shapes
             // (checked above); writes b × seq × heads × 128 elements.
             unsafe { builder.launch(cfg) }.w()?;
+            count_launch();
         }
         Ok(output(&dev, out, (b, seq, heads, FLASH_HEAD_DIM)))
     }
@@ -494,6 +510,7 @@ mod cuda {
             // SAFETY: q, k, v are [b, seq, heads, 128] (checked); kv_len has b entries; the
             // outputs hold b × split and b × (seq − split) rows of heads × 128.
             unsafe { builder.launch(cfg) }.w()?;
+            count_launch();
         }
         Ok((output(&dev, out0, (b, split, width)), output(&dev, out1, (b, seq - split, width))))
     }

@@ -113,10 +113,8 @@ impl TransformerBlock {
         key_mask: Option<&KeyMask>,
     ) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
-        if let Some(kv_len) = key_mask.and_then(KeyMask::kv_len) {
-            if self.fused_supported(img) {
-                return self.forward_fused(img, txt, temb, rope, kv_len);
-            }
+        if self.fused_supported(img) {
+            return self.forward_fused(img, txt, temb, rope, key_mask);
         }
         let temb = temb.silu()?;
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
@@ -145,18 +143,16 @@ impl TransformerBlock {
 
 impl TransformerBlock {
     /// Whether the fused CUDA kernels ([`crate::gpu::fused`]) serve this block for `img`: a bf16
-    /// run on a GPU of a CUDA build, head dim 128, and a width the kernels take.
+    /// run on a GPU of a CUDA build and a width the element-wise kernels take. The attention is
+    /// fused too where its shape allows (head dim 128, valid keys a prefix per row).
     fn fused_supported(&self, img: &Tensor) -> bool {
         let dim = img.dim(2).unwrap_or(0);
-        crate::gpu::fused::applies_to(img)
-            && self.attn.fused_supported()
-            && dim % 8 == 0
-            && dim <= crate::gpu::fused::MAX_LN_DIM
+        crate::gpu::fused::applies_to(img) && dim % 8 == 0 && dim <= crate::gpu::fused::MAX_LN_DIM
     }
 
     /// [`TransformerBlock::forward`] through the fused kernels: LayerNorm + modulation in one
     /// pass, biases folded into the pass after each GEMM (q/k/v preparation, GELU, gated
-    /// residual), flash attention. Same function as the plain path up to bf16 rounding (the
+    /// residual), fused attention where its shape allows. Same function as the plain path up to bf16 rounding (the
     /// plain path rounds after every op, this one once per kernel).
     fn forward_fused(
         &self,
@@ -164,7 +160,7 @@ impl TransformerBlock {
         txt: &Tensor,
         temb: &Tensor,
         rope: &RopeTables,
-        kv_len: &Tensor,
+        key_mask: Option<&KeyMask>,
     ) -> Result<(Tensor, Tensor)> {
         use crate::gpu::fused::{gated_residual, ln_modulate};
         let temb = temb.silu()?;
@@ -177,9 +173,22 @@ impl TransformerBlock {
 
         let img_in = ln_modulate(img, &part(&img_params, 0)?, &part(&img_params, 1)?, EPS)?;
         let txt_in = ln_modulate(txt, &part(&txt_params, 0)?, &part(&txt_params, 1)?, EPS)?;
-        let (img_attn, txt_attn) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len)?;
-        let img = gated_residual(img, &img_attn, bias_of(self.attn.to_out())?, &part(&img_params, 2)?)?;
-        let txt = gated_residual(txt, &txt_attn, bias_of(self.attn.to_add_out())?, &part(&txt_params, 2)?)?;
+        let kv_len = key_mask.and_then(KeyMask::kv_len).filter(|_| self.attn.fused_supported());
+        let (img_attn, txt_attn, img_bias, txt_bias) = match kv_len {
+            Some(kv_len) => {
+                let (i, t) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len)?;
+                (i, t, bias_of(self.attn.to_out())?.clone(), bias_of(self.attn.to_add_out())?.clone())
+            }
+            None => {
+                // Other head dims (the tiny test checkpoints) or a mask with holes: the plain
+                // attention, whose output projections already carry their biases.
+                let (i, t) = self.attn.forward(&img_in, &txt_in, rope, key_mask)?;
+                let zeros = Tensor::zeros(d, img.dtype(), img.device())?;
+                (i, t, zeros.clone(), zeros)
+            }
+        };
+        let img = gated_residual(img, &img_attn, &img_bias, &part(&img_params, 2)?)?;
+        let txt = gated_residual(txt, &txt_attn, &txt_bias, &part(&txt_params, 2)?)?;
 
         let img_in = ln_modulate(&img, &part(&img_params, 3)?, &part(&img_params, 4)?, EPS)?;
         let (img_mlp, img_bias) = self.img_mlp.forward_fused_without_out_bias(&img_in)?;

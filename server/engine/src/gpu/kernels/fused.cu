@@ -170,7 +170,7 @@ extern "C" __global__ void engine_bias_gelu_bf16(const __nv_bfloat16 *__restrict
 // s − s_img (table row s − s_img). `flags` bit 0: RMSNorm (w_img / w_txt, f32 [128]); bit 1: RoPE
 // (interleaved pairs, cos/sin f32 [s_txt + s_img, 64]). Head dim 128.
 // One warp per (token, pair of heads): each half-warp owns a head, 8 dims per lane, 16-byte
-// accesses. Grid: ceil(batch·(s_img + s_txt)·ceil(heads/2) / 8); block 256.
+// accesses. Block 256 (8 warps); any grid (grid-stride).
 extern "C" __global__ void __launch_bounds__(256)
     engine_joint_qkv_bf16(const __nv_bfloat16 *__restrict__ x_img, const __nv_bfloat16 *__restrict__ x_txt,
                           const __nv_bfloat16 *__restrict__ bias_img, const __nv_bfloat16 *__restrict__ bias_txt,
@@ -180,50 +180,53 @@ extern "C" __global__ void __launch_bounds__(256)
                           int flags) {
     const int seq = s_img + s_txt;
     const int pairs = (heads + 1) / 2;
-    const int item = blockIdx.x * 8 + (threadIdx.x >> 5);  // (b·seq + s)·pairs + pair
-    if (item >= batch * seq * pairs) return;
+    const int items = batch * seq * pairs;
     const int lane = threadIdx.x & 31, sub = lane & 15;
-    const int token = item / pairs;
-    const int h = (item - token * pairs) * 2 + (lane >> 4);
-    const bool active = h < heads;  // an odd head count leaves the last pair's second half idle
-    const int s = token % seq, b = token / seq;
-    const bool image = s < s_img;
-    const int src_row = image ? b * s_img + s : b * s_txt + (s - s_img);
-    const int rope_row = image ? s_txt + s : s - s_img;
-    const int width = heads * 128;
-    const int col = h * 128 + sub * 8;
+    // Grid-stride over (token, head pair) items, one warp each: a few waves of long-lived blocks
+    // instead of tens of thousands of short ones.
+    for (int item = blockIdx.x * 8 + (threadIdx.x >> 5); item < items; item += gridDim.x * 8) {
+        const int token = item / pairs;
+        const int h = (item - token * pairs) * 2 + (lane >> 4);
+        const bool active = h < heads;  // an odd head count leaves the last pair's second half idle
+        const int s = token % seq, b = token / seq;
+        const bool image = s < s_img;
+        const int src_row = image ? b * s_img + s : b * s_txt + (s - s_img);
+        const int rope_row = image ? s_txt + s : s - s_img;
+        const int width = heads * 128;
+        const int col = h * 128 + sub * 8;
 
-    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (active) {
-        float bv[8];
-        load8((image ? x_img : x_txt) + (long long)src_row * width + col, v);
-        load8((image ? bias_img : bias_txt) + col, bv);
+        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (active) {
+            float bv[8];
+            load8((image ? x_img : x_txt) + (long long)src_row * width + col, v);
+            load8((image ? bias_img : bias_txt) + col, bv);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] += bv[i];
-    }
-    if (flags & 1) {
-        float ss = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);  // within the half-warp
-        const float r = rsqrtf(ss / 128.f + eps);
-        const float *w = (image ? w_img : w_txt) + sub * 8;
-        const float4 w0 = *reinterpret_cast<const float4 *>(w), w1 = *reinterpret_cast<const float4 *>(w + 4);
-        const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = v[i] * r * wv[i];
-    }
-    if (flags & 2) {
-        const float4 c = *reinterpret_cast<const float4 *>(cos_t + (long long)rope_row * 64 + sub * 4);
-        const float4 sn = *reinterpret_cast<const float4 *>(sin_t + (long long)rope_row * 64 + sub * 4);
-        const float cv[4] = {c.x, c.y, c.z, c.w}, sv[4] = {sn.x, sn.y, sn.z, sn.w};
-#pragma unroll
-        for (int p = 0; p < 4; ++p) {
-            const float re = v[2 * p], im = v[2 * p + 1];
-            v[2 * p] = re * cv[p] - im * sv[p];
-            v[2 * p + 1] = re * sv[p] + im * cv[p];
+            for (int i = 0; i < 8; ++i) v[i] += bv[i];
         }
+        if (flags & 1) {
+            float ss = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += v[i] * v[i];
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);  // within the half-warp
+            const float r = rsqrtf(ss / 128.f + eps);
+            const float *w = (image ? w_img : w_txt) + sub * 8;
+            const float4 w0 = *reinterpret_cast<const float4 *>(w), w1 = *reinterpret_cast<const float4 *>(w + 4);
+            const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = v[i] * r * wv[i];
+        }
+        if (flags & 2) {
+            const float4 c = *reinterpret_cast<const float4 *>(cos_t + (long long)rope_row * 64 + sub * 4);
+            const float4 sn = *reinterpret_cast<const float4 *>(sin_t + (long long)rope_row * 64 + sub * 4);
+            const float cv[4] = {c.x, c.y, c.z, c.w}, sv[4] = {sn.x, sn.y, sn.z, sn.w};
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+                const float re = v[2 * p], im = v[2 * p + 1];
+                v[2 * p] = re * cv[p] - im * sv[p];
+                v[2 * p + 1] = re * sv[p] + im * cv[p];
+            }
+        }
+        if (active) store8(out + (long long)token * width + col, v);
     }
-    if (active) store8(out + (long long)token * width + col, v);
 }
