@@ -67,6 +67,15 @@ for res in (640, 1024):
         get(ours, o, "achieved_tflops"), get(theirs, d, "achieved_tflops"), "TF")
     row(f"  peak VRAM {res}²", get(ours, o, "peak_gib"), get(theirs, d, "peak_gib"), "GiB")
 
+# Issue 11's variants of the 640² step, against the same diffusers step.
+d640 = "diffusers_dit_step_640_L4_cfg"
+for suffix, label in (("_own_attention", "our flash kernel instead of cuDNN"),
+                      ("_cudnn_tuned", "cuDNN plans auto-tuned"),
+                      ("_plain", "plain candle path (before issue 11)")):
+    v = get(ours, f"ours_dit_step_640_L4_cfg{suffix}", "median_s")
+    if v is not None:
+        row(f"  640² step, {label}", v, get(theirs, d640, "median_s"), "s")
+
 o, d = "ours_dit_step_640_L4_cfg_offload", "diffusers_group_offload_step_640_L4_cfg"
 row("Offload step 640², 4 layers, CFG", get(ours, o, "median_s"), get(theirs, d, "median_s"), "s")
 row("  peak VRAM (offload)", get(ours, o, "peak_gib"), get(theirs, d, "peak_gib"), "GiB")
