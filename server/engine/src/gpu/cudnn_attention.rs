@@ -97,12 +97,20 @@ mod ffi {
     pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
         let (b, s, h, d) = q.dims4()?;
         if k.dims() != q.dims() || v.dims() != q.dims() || split > s || kv_len.dims() != [b] {
-            bail!("cudnn attention: q {:?}, k {:?}, v {:?}, kv_len {:?}, split {split}", q.dims(), k.dims(), v.dims(), kv_len.dims());
+            bail!(
+                "cudnn attention: q {:?}, k {:?}, v {:?}, kv_len {:?}, split {split}",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                kv_len.dims()
+            );
         }
         if [q.dtype(), k.dtype(), v.dtype()] != [DType::BF16; 3] || kv_len.dtype() != DType::U32 {
             bail!("cudnn attention: bf16 q/k/v and u32 kv_len expected");
         }
-        let Device::Cuda(dev) = q.device() else { bail!("cudnn attention: not on CUDA") };
+        let Device::Cuda(dev) = q.device() else {
+            bail!("cudnn attention: not on CUDA")
+        };
         let scale = 1.0 / (d as f32).sqrt();
         let autotune = c_int::from(super::autotune());
         let mut err = [0u8; 1024];
@@ -138,7 +146,11 @@ mod ffi {
         let ((q0, q1), (k0, k1), (v0, v1)) = (range(ql)?, range(kl)?, range(vl)?);
         let ((l0, l1), (s0, s1)) = (range(ll)?, range(sl)?);
         let (slice16, slice32) = (cuda_slice::<bf16>, cuda_slice::<u32>);
-        let (qv, kv, vv) = (slice16(&qs)?.slice(q0..q1), slice16(&ks)?.slice(k0..k1), slice16(&vs)?.slice(v0..v1));
+        let (qv, kv, vv) = (
+            slice16(&qs)?.slice(q0..q1),
+            slice16(&ks)?.slice(k0..k1),
+            slice16(&vs)?.slice(v0..v1),
+        );
         let (lv, sv) = (slice32(&ls)?.slice(l0..l1), slice32(&sq)?.slice(s0..s1));
         // The guards order these buffers' uses on candle's stream (event tracking) until dropped.
         let (qp, _g1) = qv.device_ptr(&stream);
@@ -183,6 +195,9 @@ mod ffi {
             BackpropOp::none(),
             false,
         );
-        Ok((o.narrow(1, 0, split)?.contiguous()?, o.narrow(1, split, s - split)?.contiguous()?))
+        Ok((
+            o.narrow(1, 0, split)?.contiguous()?,
+            o.narrow(1, split, s - split)?.contiguous()?,
+        ))
     }
 }

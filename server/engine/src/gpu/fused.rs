@@ -189,7 +189,13 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, spli
 }
 
 /// [`flash_attention`] through our own kernel only.
-pub fn own_flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
+pub fn own_flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: &Tensor,
+    split: usize,
+) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     return cuda::flash_attention(q, k, v, kv_len, split, flash_kernel());
     #[cfg(not(feature = "cuda"))]
@@ -203,7 +209,7 @@ fn no_cuda<T, A>(_args: A) -> Result<T> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
     use candle_core::op::BackpropOp;
     use candle_core::{bail, DType, Device, Layout, Result, Shape, Storage, Tensor};
@@ -233,15 +239,21 @@ mod cuda {
 
     /// A contiguous tensor's elements as a CUDA view (borrowing the storage's read guard).
     fn view<'a, T: CudaDType>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-        let Storage::Cuda(s) = storage else { bail!("fused kernel: {what} is not on CUDA") };
-        let Some((start, end)) = layout.contiguous_offsets() else { bail!("fused kernel: {what} is not contiguous") };
+        let Storage::Cuda(s) = storage else {
+            bail!("fused kernel: {what} is not on CUDA")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("fused kernel: {what} is not contiguous")
+        };
         Ok(s.as_cuda_slice::<T>()?.slice(start..end))
     }
 
     /// A `[B, D]` tensor whose rows may be `stride` elements apart (a column slice of a wider
     /// contiguous tensor): the view from its first element, and the stride.
     fn rows_view<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<(CudaView<'a, bf16>, i64)> {
-        let Storage::Cuda(s) = storage else { bail!("fused kernel: {what} is not on CUDA") };
+        let Storage::Cuda(s) = storage else {
+            bail!("fused kernel: {what} is not on CUDA")
+        };
         let (dims, stride) = (layout.dims(), layout.stride());
         if dims.len() != 2 || stride[1] != 1 {
             bail!("fused kernel: {what} must be [B, D] with unit column stride, got {dims:?} / {stride:?}");
@@ -249,6 +261,39 @@ mod cuda {
         let start = layout.start_offset();
         let end = start + (dims[0].max(1) - 1) * stride[0] + dims[1];
         Ok((s.as_cuda_slice::<bf16>()?.slice(start..end), stride[0] as i64))
+    }
+
+    /// `let $v = <CUDA view of the contiguous tensor $t>;`, its storage's read guard held (under a
+    /// hygienic name) until the end of the enclosing block.
+    macro_rules! cuda_view {
+        ($v:ident: $ty:ty = $t:expr) => {
+            let guard = $t.storage_and_layout();
+            let $v = view::<$ty>(&guard.0, guard.1, stringify!($t))?;
+        };
+    }
+
+    /// `let ($v, $stride) = <view of the row-strided [B, D] tensor $t>;`, guard held likewise.
+    macro_rules! cuda_rows {
+        ($v:ident, $stride:ident = $t:expr) => {
+            let guard = $t.storage_and_layout();
+            let ($v, $stride) = rows_view(&guard.0, guard.1, stringify!($t))?;
+        };
+    }
+
+    /// Launches `grid` blocks of `threads` threads on candle's stream and counts the launch.
+    ///
+    /// # Safety
+    /// The kernel's reads and writes must stay within the buffers passed to `builder`.
+    unsafe fn launch(builder: &mut LaunchArgs<'_>, grid: (u32, u32, u32), threads: u32) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { builder.launch(cfg) }.w()?;
+        count_launch();
+        Ok(())
     }
 
     fn output<T: CudaDType>(dev: &CudaDevice, slice: CudaSlice<T>, shape: impl Into<Shape>) -> Tensor {
@@ -268,19 +313,21 @@ mod cuda {
     pub fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         if d % 8 != 0 || d > MAX_LN_DIM || shift.dims() != [b, d] || scale.dims() != [b, d] {
-            bail!("ln_modulate: x {:?}, shift {:?}, scale {:?} unsupported", x.dims(), shift.dims(), scale.dims());
+            bail!(
+                "ln_modulate: x {:?}, shift {:?}, scale {:?} unsupported",
+                x.dims(),
+                shift.dims(),
+                scale.dims()
+            );
         }
         for (t, w) in [(x, "x"), (shift, "shift"), (scale, "scale")] {
             check_dtype(t, DType::BF16, w)?;
         }
         let dev = cuda_device(x)?;
         let x = x.contiguous()?;
-        let (xs, xl) = x.storage_and_layout();
-        let xv = view::<bf16>(&xs, xl, "x")?;
-        let (shs, shl) = shift.storage_and_layout();
-        let (shv, sh_stride) = rows_view(&shs, shl, "shift")?;
-        let (scs, scl) = scale.storage_and_layout();
-        let (scv, sc_stride) = rows_view(&scs, scl, "scale")?;
+        cuda_view!(xv: bf16 = x);
+        cuda_rows!(shv, sh_stride = shift);
+        cuda_rows!(scv, sc_stride = scale);
         if sh_stride != sc_stride {
             bail!("ln_modulate: shift and scale rows must share a stride");
         }
@@ -293,10 +340,8 @@ mod cuda {
             let (rows_per_batch, dim, eps) = (s as i32, d as i32, eps as f32);
             builder.arg(&xv).arg(&shv).arg(&scv).arg(&sh_stride).arg(&mut out);
             builder.arg(&rows_per_batch).arg(&dim).arg(&eps);
-            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads rows × d of x and b rows of shift/scale, writes rows × d of out.
-            unsafe { builder.launch(cfg) }.w()?;
-            count_launch();
+            unsafe { launch(&mut builder, (rows as u32, 1, 1), THREADS) }?;
         }
         Ok(output(&dev, out, (b, s, d)))
     }
@@ -317,14 +362,10 @@ mod cuda {
         }
         let dev = cuda_device(x)?;
         let (x, y, bias) = (x.contiguous()?, y.contiguous()?, bias.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let xv = view::<bf16>(&xs, xl, "x")?;
-        let (ys, yl) = y.storage_and_layout();
-        let yv = view::<bf16>(&ys, yl, "y")?;
-        let (bs, bl) = bias.storage_and_layout();
-        let bv = view::<bf16>(&bs, bl, "bias")?;
-        let (gs, gl) = gate.storage_and_layout();
-        let (gv, g_stride) = rows_view(&gs, gl, "gate")?;
+        cuda_view!(xv: bf16 = x);
+        cuda_view!(yv: bf16 = y);
+        cuda_view!(bv: bf16 = bias);
+        cuda_rows!(gv, g_stride = gate);
         let n = b * s * d;
         // SAFETY: the grid-stride loop writes every element.
         let mut out = unsafe { dev.alloc::<bf16>(n.max(1))? };
@@ -334,10 +375,8 @@ mod cuda {
             let (rows_per_batch, dim, vecs) = (s as i64, d as i32, (n / 8) as i64);
             builder.arg(&xv).arg(&yv).arg(&bv).arg(&gv).arg(&g_stride).arg(&mut out);
             builder.arg(&rows_per_batch).arg(&dim).arg(&vecs);
-            let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads n elements of x and y, d of bias, b rows of gate; writes n of out.
-            unsafe { builder.launch(cfg) }.w()?;
-            count_launch();
+            unsafe { launch(&mut builder, (grid_for(n / 8), 1, 1), THREADS) }?;
         }
         Ok(output(&dev, out, (b, s, d)))
     }
@@ -351,10 +390,8 @@ mod cuda {
         check_dtype(bias, DType::BF16, "bias")?;
         let dev = cuda_device(y)?;
         let (y, bias) = (y.contiguous()?, bias.contiguous()?);
-        let (ys, yl) = y.storage_and_layout();
-        let yv = view::<bf16>(&ys, yl, "y")?;
-        let (bs, bl) = bias.storage_and_layout();
-        let bv = view::<bf16>(&bs, bl, "bias")?;
+        cuda_view!(yv: bf16 = y);
+        cuda_view!(bv: bf16 = bias);
         let n = y.elem_count();
         // SAFETY: the grid-stride loop writes every element.
         let mut out = unsafe { dev.alloc::<bf16>(n.max(1))? };
@@ -363,10 +400,8 @@ mod cuda {
             let mut builder = func.builder();
             let (dim, vecs) = (d as i32, (n / 8) as i64);
             builder.arg(&yv).arg(&bv).arg(&mut out).arg(&dim).arg(&vecs);
-            let cfg = LaunchConfig { grid_dim: (grid_for(n / 8), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads n elements of y and d of bias, writes n of out.
-            unsafe { builder.launch(cfg) }.w()?;
-            count_launch();
+            unsafe { launch(&mut builder, (grid_for(n / 8), 1, 1), THREADS) }?;
         }
         Ok(output(&dev, out, y.shape().clone()))
     }
@@ -382,15 +417,28 @@ mod cuda {
         let (b, s_img, width) = x_img.dims3()?;
         let (b2, s_txt, width2) = x_txt.dims3()?;
         if b2 != b || width2 != width || width % FLASH_HEAD_DIM != 0 {
-            bail!("joint_qkv: image {:?} and text {:?} projections don't match", x_img.dims(), x_txt.dims());
+            bail!(
+                "joint_qkv: image {:?} and text {:?} projections don't match",
+                x_img.dims(),
+                x_txt.dims()
+            );
         }
         let heads = width / FLASH_HEAD_DIM;
         let seq = s_img + s_txt;
-        for (t, w) in [(x_img, "x_img"), (x_txt, "x_txt"), (bias_img, "bias_img"), (bias_txt, "bias_txt")] {
+        for (t, w) in [
+            (x_img, "x_img"),
+            (x_txt, "x_txt"),
+            (bias_img, "bias_img"),
+            (bias_txt, "bias_txt"),
+        ] {
             check_dtype(t, DType::BF16, w)?;
         }
         if bias_img.dims() != [width] || bias_txt.dims() != [width] {
-            bail!("joint_qkv: biases {:?} / {:?}, expected [{width}]", bias_img.dims(), bias_txt.dims());
+            bail!(
+                "joint_qkv: biases {:?} / {:?}, expected [{width}]",
+                bias_img.dims(),
+                bias_txt.dims()
+            );
         }
         if let Some(n) = norms {
             if n.image.dims() != [FLASH_HEAD_DIM] || n.text.dims() != [FLASH_HEAD_DIM] {
@@ -401,12 +449,20 @@ mod cuda {
         }
         if let Some(r) = rope {
             if r.cos.dims() != [seq, FLASH_HEAD_DIM / 2] || r.txt_len != s_txt {
-                bail!("joint_qkv: RoPE tables {:?} (text {}) for {s_txt} text + {s_img} image tokens", r.cos.dims(), r.txt_len);
+                bail!(
+                    "joint_qkv: RoPE tables {:?} (text {}) for {s_txt} text + {s_img} image tokens",
+                    r.cos.dims(),
+                    r.txt_len
+                );
             }
         }
         let dev = cuda_device(x_img)?;
-        let (x_img, x_txt, bias_img, bias_txt) =
-            (x_img.contiguous()?, x_txt.contiguous()?, bias_img.contiguous()?, bias_txt.contiguous()?);
+        let (x_img, x_txt, bias_img, bias_txt) = (
+            x_img.contiguous()?,
+            x_txt.contiguous()?,
+            bias_img.contiguous()?,
+            bias_txt.contiguous()?,
+        );
         // Absent norms/RoPE: the kernel ignores those pointers; any valid f32 buffer stands in.
         let placeholder = Tensor::zeros(1, DType::F32, x_img.device())?;
         let (w_img, w_txt, eps) = match norms {
@@ -419,22 +475,14 @@ mod cuda {
         };
         let flags = i32::from(norms.is_some()) | (i32::from(rope.is_some()) << 1);
 
-        let (s1, l1) = x_img.storage_and_layout();
-        let xi = view::<bf16>(&s1, l1, "x_img")?;
-        let (s2, l2) = x_txt.storage_and_layout();
-        let xt = view::<bf16>(&s2, l2, "x_txt")?;
-        let (s3, l3) = bias_img.storage_and_layout();
-        let bi = view::<bf16>(&s3, l3, "bias_img")?;
-        let (s4, l4) = bias_txt.storage_and_layout();
-        let bt = view::<bf16>(&s4, l4, "bias_txt")?;
-        let (s5, l5) = w_img.storage_and_layout();
-        let wi = view::<f32>(&s5, l5, "w_img")?;
-        let (s6, l6) = w_txt.storage_and_layout();
-        let wt = view::<f32>(&s6, l6, "w_txt")?;
-        let (s7, l7) = cos.storage_and_layout();
-        let cv = view::<f32>(&s7, l7, "cos")?;
-        let (s8, l8) = sin.storage_and_layout();
-        let sv = view::<f32>(&s8, l8, "sin")?;
+        cuda_view!(xi: bf16 = x_img);
+        cuda_view!(xt: bf16 = x_txt);
+        cuda_view!(bi: bf16 = bias_img);
+        cuda_view!(bt: bf16 = bias_txt);
+        cuda_view!(wi: f32 = w_img);
+        cuda_view!(wt: f32 = w_txt);
+        cuda_view!(cv: f32 = cos);
+        cuda_view!(sv: f32 = sin);
 
         let tokens = b * seq;
         if tokens * width > i32::MAX as usize {
@@ -446,17 +494,21 @@ mod cuda {
             let func = dev.get_or_load_custom_func("engine_joint_qkv_bf16", "engine_fused", FUSED_PTX)?;
             let mut builder = func.builder();
             let (bb, si, st, hh) = (b as i32, s_img as i32, s_txt as i32, heads as i32);
-            builder.arg(&xi).arg(&xt).arg(&bi).arg(&bt).arg(&wi).arg(&wt).arg(&cv).arg(&sv).arg(&mut out);
+            builder
+                .arg(&xi)
+                .arg(&xt)
+                .arg(&bi)
+                .arg(&bt)
+                .arg(&wi)
+                .arg(&wt)
+                .arg(&cv)
+                .arg(&sv)
+                .arg(&mut out);
             builder.arg(&bb).arg(&si).arg(&st).arg(&hh).arg(&eps).arg(&flags);
-            let cfg = LaunchConfig {
-                grid_dim: ((tokens * heads.div_ceil(2)).div_ceil(8).clamp(1, 132 * 16) as u32, 1, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let grid = (tokens * heads.div_ceil(2)).div_ceil(8).clamp(1, 132 * 16) as u32;
             // SAFETY: reads the two projections, biases, weights and tables within their shapes
             // (checked above); writes b × seq × heads × 128 elements.
-            unsafe { builder.launch(cfg) }.w()?;
-            count_launch();
+            unsafe { launch(&mut builder, (grid, 1, 1), THREADS) }?;
         }
         Ok(output(&dev, out, (b, seq, heads, FLASH_HEAD_DIM)))
     }
@@ -471,7 +523,12 @@ mod cuda {
     ) -> Result<(Tensor, Tensor)> {
         let (b, seq, heads, dh) = q.dims4()?;
         if dh != FLASH_HEAD_DIM || k.dims() != q.dims() || v.dims() != q.dims() || split > seq {
-            bail!("flash_attention: q {:?}, k {:?}, v {:?}, split {split} unsupported", q.dims(), k.dims(), v.dims());
+            bail!(
+                "flash_attention: q {:?}, k {:?}, v {:?}, split {split} unsupported",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
         }
         for (t, w) in [(q, "q"), (k, "k"), (v, "v")] {
             check_dtype(t, DType::BF16, w)?;
@@ -482,14 +539,10 @@ mod cuda {
         }
         let dev = cuda_device(q)?;
         let (q, k, v, kv_len) = (q.contiguous()?, k.contiguous()?, v.contiguous()?, kv_len.contiguous()?);
-        let (qs, ql) = q.storage_and_layout();
-        let qv = view::<bf16>(&qs, ql, "q")?;
-        let (ks, kl) = k.storage_and_layout();
-        let kv = view::<bf16>(&ks, kl, "k")?;
-        let (vs, vl) = v.storage_and_layout();
-        let vv = view::<bf16>(&vs, vl, "v")?;
-        let (ls, ll) = kv_len.storage_and_layout();
-        let lv = view::<u32>(&ls, ll, "kv_len")?;
+        cuda_view!(qv: bf16 = q);
+        cuda_view!(kv: bf16 = k);
+        cuda_view!(vv: bf16 = v);
+        cuda_view!(lv: u32 = kv_len);
         let width = heads * dh;
         // SAFETY: every query row of every head is written (rows past `seq` are skipped).
         let mut out0 = unsafe { dev.alloc::<bf16>((b * split * width).max(1))? };
@@ -499,19 +552,23 @@ mod cuda {
             let mut builder = func.builder();
             let (s, h, sp) = (seq as i32, heads as i32, split as i32);
             let scale_log2 = std::f32::consts::LOG2_E / (dh as f32).sqrt();
-            builder.arg(&qv).arg(&kv).arg(&vv).arg(&mut out0).arg(&mut out1).arg(&lv);
+            builder
+                .arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(&mut out0)
+                .arg(&mut out1)
+                .arg(&lv);
             builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
             let (threads, rows_per_block) = kernel.block();
-            let cfg = LaunchConfig {
-                grid_dim: (seq.div_ceil(rows_per_block) as u32, heads as u32, b as u32),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let grid = (seq.div_ceil(rows_per_block) as u32, heads as u32, b as u32);
             // SAFETY: q, k, v are [b, seq, heads, 128] (checked); kv_len has b entries; the
             // outputs hold b × split and b × (seq − split) rows of heads × 128.
-            unsafe { builder.launch(cfg) }.w()?;
-            count_launch();
+            unsafe { launch(&mut builder, grid, threads) }?;
         }
-        Ok((output(&dev, out0, (b, split, width)), output(&dev, out1, (b, seq - split, width))))
+        Ok((
+            output(&dev, out0, (b, split, width)),
+            output(&dev, out1, (b, seq - split, width)),
+        ))
     }
 }

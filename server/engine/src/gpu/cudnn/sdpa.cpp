@@ -145,34 +145,39 @@ Entry *graph_for(State &st, int64_t b, int64_t h, int64_t s, int64_t d, float sc
     return &st.graphs.emplace(key, Entry{graph, several}).first->second;
 }
 
-}  // namespace
-
-// Builds (or finds) the graph for this shape and reports the workspace it needs. 0 = ok.
-extern "C" int engine_cudnn_sdpa_prepare(int64_t b, int64_t h, int64_t s, int64_t d, float scale, int autotune,
-                                         int64_t *workspace_bytes, char *err, int64_t err_len) {
+// Runs `body(entry)` on the graph for this shape under the state's lock, turning every failure
+// (building the graph, a bad status, a frontend exception) into 1 and a message in `err`.
+template <class Body>
+int with_graph(int64_t b, int64_t h, int64_t s, int64_t d, float scale, int autotune, char *err, int64_t err_len,
+               Body body) {
     State &st = state();
     std::lock_guard<std::mutex> guard(st.lock);
     std::string error;
     try {
         Entry *entry = graph_for(st, b, h, s, d, scale, autotune != 0, error);
-        if (!entry) {
-            write_error(err, err_len, error);
-            return 1;
-        }
-        int64_t bytes = 0;
-        auto status = entry->graph->get_workspace_size(bytes);
-        if (status.is_bad()) {
-            write_error(err, err_len, "get_workspace_size: " + status.get_message());
-            return 1;
-        }
-        // The tuning run tries every plan: it needs the largest plan's workspace.
-        if (entry->needs_tuning) bytes = std::max(bytes, entry->graph->get_autotune_workspace_size());
-        *workspace_bytes = bytes;
-        return 0;
+        if (entry) error = body(st, *entry);
+        if (error.empty()) return 0;
     } catch (const std::exception &e) {
-        write_error(err, err_len, std::string("cuDNN frontend: ") + e.what());
-        return 1;
+        error = std::string("cuDNN frontend: ") + e.what();
     }
+    write_error(err, err_len, error);
+    return 1;
+}
+
+}  // namespace
+
+// Builds (or finds) the graph for this shape and reports the workspace it needs. 0 = ok.
+extern "C" int engine_cudnn_sdpa_prepare(int64_t b, int64_t h, int64_t s, int64_t d, float scale, int autotune,
+                                         int64_t *workspace_bytes, char *err, int64_t err_len) {
+    return with_graph(b, h, s, d, scale, autotune, err, err_len, [&](State &, Entry &entry) -> std::string {
+        int64_t bytes = 0;
+        auto status = entry.graph->get_workspace_size(bytes);
+        if (status.is_bad()) return "get_workspace_size: " + status.get_message();
+        // The tuning run tries every plan: it needs the largest plan's workspace.
+        if (entry.needs_tuning) bytes = std::max(bytes, entry.graph->get_autotune_workspace_size());
+        *workspace_bytes = bytes;
+        return "";
+    });
 }
 
 // Runs the attention on `stream` (a CUstream / cudaStream_t). 0 = ok.
@@ -180,40 +185,25 @@ extern "C" int engine_cudnn_sdpa_run(void *stream, const void *q, const void *k,
                                      const int32_t *seq_q, const int32_t *seq_kv, int64_t b, int64_t h, int64_t s,
                                      int64_t d, float scale, int autotune, void *workspace, char *err,
                                      int64_t err_len) {
-    State &st = state();
-    std::lock_guard<std::mutex> guard(st.lock);
-    std::string error;
-    try {
-        Entry *entry = graph_for(st, b, h, s, d, scale, autotune != 0, error);
-        if (!entry) {
-            write_error(err, err_len, error);
-            return 1;
-        }
-        auto &graph = entry->graph;
+    return with_graph(b, h, s, d, scale, autotune, err, err_len, [&](State &st, Entry &entry) -> std::string {
         auto status = fe::detail::set_stream(st.handle, static_cast<cudaStream_t>(stream));
-        if (status != CUDNN_STATUS_SUCCESS) {
-            write_error(err, err_len, std::string("cudnnSetStream: ") + fe::detail::get_error_string(status));
-            return 1;
-        }
+        if (status != CUDNN_STATUS_SUCCESS) return std::string("cudnnSetStream: ") + fe::detail::get_error_string(status);
         std::unordered_map<int64_t, void *> pack = {
-            {UID_Q, const_cast<void *>(q)},       {UID_K, const_cast<void *>(k)},
-            {UID_V, const_cast<void *>(v)},       {UID_O, o},
-            {UID_SEQ_Q, const_cast<int32_t *>(seq_q)}, {UID_SEQ_KV, const_cast<int32_t *>(seq_kv)},
+            {UID_Q, const_cast<void *>(q)},
+            {UID_K, const_cast<void *>(k)},
+            {UID_V, const_cast<void *>(v)},
+            {UID_O, o},
+            {UID_SEQ_Q, const_cast<int32_t *>(seq_q)},
+            {UID_SEQ_KV, const_cast<int32_t *>(seq_kv)},
         };
-        if (entry->needs_tuning) {
+        if (entry.needs_tuning) {
             // Times every plan on these buffers and makes the fastest the candidate; a failed
             // tuning keeps the heuristic's first plan.
-            entry->needs_tuning = false;
-            (void)graph->autotune(st.handle, pack, workspace);
+            entry.needs_tuning = false;
+            (void)entry.graph->autotune(st.handle, pack, workspace);
         }
-        auto result = graph->execute(st.handle, pack, workspace);
-        if (result.is_bad()) {
-            write_error(err, err_len, "execute: " + result.get_message());
-            return 1;
-        }
-        return 0;
-    } catch (const std::exception &e) {
-        write_error(err, err_len, std::string("cuDNN frontend: ") + e.what());
-        return 1;
-    }
+        auto result = entry.graph->execute(st.handle, pack, workspace);
+        if (result.is_bad()) return "execute: " + result.get_message();
+        return "";
+    });
 }
