@@ -149,30 +149,20 @@ impl JointAttention {
             text: self.norm_added_k.weight(),
             eps: self.norm_k.eps(),
         };
-        let q = joint_qkv(
-            &project(img, &self.to_q)?,
-            &project(txt, &self.add_q_proj)?,
-            bias_of(&self.to_q)?,
-            bias_of(&self.add_q_proj)?,
-            Some(&q_norms),
-            Some(rope),
-        )?;
-        let k = joint_qkv(
-            &project(img, &self.to_k)?,
-            &project(txt, &self.add_k_proj)?,
-            bias_of(&self.to_k)?,
-            bias_of(&self.add_k_proj)?,
-            Some(&k_norms),
-            Some(rope),
-        )?;
-        let v = joint_qkv(
-            &project(img, &self.to_v)?,
-            &project(txt, &self.add_v_proj)?,
-            bias_of(&self.to_v)?,
-            bias_of(&self.add_v_proj)?,
-            None,
-            None,
-        )?;
+        // One joint buffer from the two streams' projections (`image_proj`, `text_proj`).
+        let joint = |image_proj: &Linear, text_proj: &Linear, norms: Option<&HeadNorms>, rope: Option<&RopeTables>| {
+            joint_qkv(
+                &project(img, image_proj)?,
+                &project(txt, text_proj)?,
+                bias_of(image_proj)?,
+                bias_of(text_proj)?,
+                norms,
+                rope,
+            )
+        };
+        let q = joint(&self.to_q, &self.add_q_proj, Some(&q_norms), Some(rope))?;
+        let k = joint(&self.to_k, &self.add_k_proj, Some(&k_norms), Some(rope))?;
+        let v = joint(&self.to_v, &self.add_v_proj, None, None)?;
         let (img_attn, txt_attn) = flash_attention(&q, &k, &v, kv_len, s_img)?;
         Ok((
             matmul_without_bias(&img_attn, &self.to_out)?,
