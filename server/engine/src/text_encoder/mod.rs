@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod generate;
+mod layers;
 pub mod multimodal;
 pub mod processor;
 pub mod prompt;

@@ -19,34 +19,12 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::{Config, TextConfig};
+use super::layers::{apply_rope, RmsNorm};
 use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use crate::weights::ModelDir;
 
 /// Prefixes under which checkpoints keep the language model, newest first.
 const LANGUAGE_MODEL_PREFIXES: [&str; 2] = ["model.language_model", "model"];
-
-/// RMSNorm as Qwen2 computes it: statistics in f32, scaled by the weight in the model dtype.
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
-    }
-}
 
 /// M-RoPE tables: inverse frequencies and which position axis drives each frequency slot.
 #[derive(Debug, Clone)]
@@ -97,18 +75,6 @@ impl MultimodalRope {
         let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
         Ok((angles.cos()?, angles.sin()?))
     }
-}
-
-/// `q*cos + rotate_half(q)*sin` with `rotate_half([a, b]) = [-b, a]`, computed in f32.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let half = x.dim(D::Minus1)? / 2;
-    let rotated = Tensor::cat(
-        &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
-        D::Minus1,
-    )?;
-    (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
 #[derive(Debug, Clone)]

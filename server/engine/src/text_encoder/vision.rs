@@ -16,38 +16,16 @@
 //!
 //! Norm statistics, softmax and RoPE run in f32 whatever the weights' dtype.
 
-use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::{Config, VisionConfig};
+use super::layers::{apply_rope, RmsNorm};
 use super::processor::{ImageProcessorConfig, ProcessedImage};
 use crate::weights::ModelDir;
 
 /// Prefixes under which checkpoints keep the vision tower, saved layout first.
 const VISUAL_PREFIXES: [&str; 2] = ["visual", "model.visual"];
-
-/// RMSNorm with f32 statistics (as Qwen2.5-VL's).
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
-        x.broadcast_mul(&inv_rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
-    }
-}
 
 /// Which rows attend to each other: consecutive segments of the (window-ordered) sequence,
 /// batched by padding every segment to the longest one.
@@ -144,18 +122,6 @@ impl VisionAttention {
         let out = out.index_select(&segments.scatter, 0)?;
         self.proj.forward(&out)
     }
-}
-
-/// `x·cos + rotate_half(x)·sin` in f32; `x` `[N, H, hd]`, `cos`/`sin` `[N, 1, hd]`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let half = x.dim(D::Minus1)? / 2;
-    let rotated = Tensor::cat(
-        &[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?],
-        D::Minus1,
-    )?;
-    (x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
 #[derive(Debug, Clone)]
