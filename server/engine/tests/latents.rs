@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use engine::latents::{pack, pack_layered, unpack, unpack_layered};
+use test_support as ts;
 
 fn arange(shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
@@ -58,27 +59,13 @@ fn unpack_inverts_pack() {
     let x = arange(&[2, 3, 16, 4, 6]);
     let back = unpack_layered(&pack_layered(&x).unwrap(), 3, 4, 6).unwrap();
     assert_eq!(back.dims(), x.dims());
-    let diff = (back - &x)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = ts::max_abs_diff(&back, &x);
     assert_eq!(diff, 0.0);
 
     let y = arange(&[1, 16, 1, 8, 2]);
     let back = unpack(&pack(&y).unwrap(), 8, 2).unwrap();
     assert_eq!(back.dims(), y.dims());
-    let diff = (back - &y)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = ts::max_abs_diff(&back, &y);
     assert_eq!(diff, 0.0);
 }
 
@@ -115,31 +102,19 @@ fn reference() -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn packing_matches_the_fixtures_exactly() {
     let r = reference();
     let packed = pack_layered(&r["layered/unpacked"]).unwrap();
-    let d1 = max_abs_diff(&packed, &r["layered/packed"]);
+    let d1 = ts::max_abs_diff(&packed, &r["layered/packed"]);
     // The reference unpack returns (B, C, frames, h, w); ours (B, frames, C, h, w).
     let unpacked = unpack_layered(&r["layered/packed"], 3, 4, 6)
         .unwrap()
         .permute((0, 2, 1, 3, 4))
         .unwrap();
-    let d2 = max_abs_diff(&unpacked, &r["layered/unpacked_bcfhw"]);
-    let d3 = max_abs_diff(&pack(&r["edit/unpacked"]).unwrap(), &r["edit/packed"]);
-    let d4 = max_abs_diff(&unpack(&r["edit/packed"], 4, 6).unwrap(), &r["edit/unpacked_back"]);
+    let d2 = ts::max_abs_diff(&unpacked, &r["layered/unpacked_bcfhw"]);
+    let d3 = ts::max_abs_diff(&pack(&r["edit/unpacked"]).unwrap(), &r["edit/packed"]);
+    let d4 = ts::max_abs_diff(&unpack(&r["edit/packed"], 4, 6).unwrap(), &r["edit/unpacked_back"]);
     println!("pack/unpack max abs err: layered {d1:e} / {d2:e}, edit {d3:e} / {d4:e}");
     assert_eq!([d1, d2, d3, d4], [0.0; 4]);
 }

@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use engine::scheduler::{layered_mu, linspace, FlowMatchEulerScheduler, SchedulerConfig, TimeShiftType};
+use test_support as ts;
 
 const LAYERED_JSON: &str = r#"{
   "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.36.0.dev0",
@@ -289,14 +290,7 @@ fn euler_step_matches_the_fixture() {
     let mut s = checkpoint_scheduler("tiny-qwen-image-layered");
     s.set_timesteps(3, Some(2.5)).unwrap();
     let out = s.step(&r["step/sample"], &r["step/model_output"], 0).unwrap();
-    let err = (out - &r["step/prev_sample"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = ts::max_abs_diff(&out, &r["step/prev_sample"]);
     println!("step: max abs err {err:e}");
     assert_eq!(err, 0.0);
 }
@@ -358,14 +352,7 @@ fn the_edit_runs_euler_steps_match_the_fixture() {
     for i in 0..2 {
         latents = s.step(&latents, &r[&format!("step{i}/v_guided")], i).unwrap();
         let want = &r[&format!("step{i}/latents_after")];
-        let err = (&latents - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = ts::max_abs_diff(&latents, &want);
         println!("edit_plus step {i}: latents max abs err {err:e}");
         assert_eq!(err, 0.0, "step {i}");
     }

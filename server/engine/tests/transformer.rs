@@ -12,6 +12,7 @@ use engine::transformer::cfg::{combine, pad_and_stack, split_cond_uncond};
 use engine::transformer::embeddings::timestep_sinusoid;
 use engine::transformer::{Config, QwenImageTransformer, RopeVariant};
 use engine::weights::ModelDir;
+use test_support as ts;
 
 /// Relative tolerance of the issue: max |ours − ref| ≤ 1e-4 · max |ref|.
 const RTOL: f32 = 1e-4;
@@ -35,14 +36,7 @@ fn model(checkpoint: &str) -> QwenImageTransformer {
 fn check(name: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     assert_eq!(ours.dims(), reference.dims(), "{name}: shape");
     let ours = ours.to_dtype(DType::F32).unwrap();
-    let abs = (&ours - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let abs = ts::max_abs_diff(&ours, &reference);
     let scale = reference
         .abs()
         .unwrap()
@@ -296,17 +290,7 @@ fn batched_cfg_equals_two_separate_forwards() {
             .unwrap();
         let (vc, vu) = split_cond_uncond(&both).unwrap();
 
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let (dc, du) = (max_diff(&vc, &alone_c), max_diff(&vu, &alone_u));
+        let (dc, du) = (ts::max_abs_diff(&vc, &alone_c), ts::max_abs_diff(&vu, &alone_u));
         println!("{}: batched CFG vs separate: cond {dc:.3e}, uncond {du:.3e}", case.tag);
         assert!(dc <= 1e-5 && du <= 1e-5, "{}: cond {dc:e}, uncond {du:e}", case.tag);
         // And the padding mattered: without the mask the uncond row changes.
@@ -315,7 +299,7 @@ fn batched_cfg_equals_two_separate_forwards() {
             .unwrap();
         let (_, vu_unmasked) = split_cond_uncond(&unmasked).unwrap();
         assert!(
-            max_diff(&vu_unmasked, &alone_u) > 1e-3,
+            ts::max_abs_diff(&vu_unmasked, &alone_u) > 1e-3,
             "{}: the key mask had no effect",
             case.tag
         );
@@ -477,14 +461,7 @@ fn bf16_matches_diffusers_bf16() {
         assert_eq!(out.dtype(), DType::BF16);
         let out = out.to_dtype(DType::F32).unwrap();
         let rel = |reference: &Tensor| {
-            let abs = (&out - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let abs = ts::max_abs_diff(&out, &reference);
             abs / reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
         };
         let vs_bf16 = rel(&extra[&format!("{}/output_bf16", case.tag)]);

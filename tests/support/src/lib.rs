@@ -261,6 +261,14 @@ fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
     idx
 }
 
+/// max |a − b| over all elements (computed in f32 on the tensors' device), after checking that
+/// the shapes match: for results that must be equal or within a plain absolute bound.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "max_abs_diff: shapes differ");
+    let (a, b) = (a.to_dtype(DType::F32).unwrap(), b.to_dtype(DType::F32).unwrap());
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 /// Compares two tensors of the same shape (panics on a shape mismatch) without judging.
 pub fn compare(actual: &Tensor, expected: &Tensor) -> Errors {
     assert_eq!(

@@ -294,14 +294,7 @@ mod tests {
         .unwrap();
         let want = w.i((.., .., 2)).unwrap();
         assert_eq!(conv.weight().dims(), &[2, 3, 3, 3]);
-        let diff = (conv.weight() - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = test_support::max_abs_diff(&conv.weight(), &want);
         assert_eq!(diff, 0.0);
         // Not the first or middle tap: element [0,0,·,0,0] is 0, 9, 18 for taps 0, 1, 2.
         assert_eq!(conv.weight().i((0, 0, 0, 0)).unwrap().to_scalar::<f32>().unwrap(), 18.0);
@@ -437,14 +430,7 @@ mod tests {
         let whole = attention(&q, &k_t, &v, 7).unwrap();
         let chunked = attention(&q, &k_t, &v, 3).unwrap();
         assert_eq!(whole.dims(), &[2, 7, 3]);
-        let diff = (whole - chunked)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = test_support::max_abs_diff(&whole, &chunked);
         assert!(diff < 1e-6, "{diff}");
     }
 }
