@@ -2,15 +2,14 @@
 //! recorded by `tests/reference/extra_image_proc.py` (`tests/fixtures/extra/image_proc_resize.safetensors`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use engine::image_proc::{self, Filter};
 use image::{RgbImage, RgbaImage};
+use test_support as ts;
 
 fn resize_fixture() -> HashMap<String, Tensor> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/extra/image_proc_resize.safetensors");
+    let path = ts::fixtures_dir().join("extra/image_proc_resize.safetensors");
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -97,9 +97,7 @@ fn odd_sizes_and_wrong_token_counts_are_clear_errors() {
 // ---- against tests/fixtures/reference/latents.safetensors (generate.py, record_packing) ----
 
 fn reference() -> std::collections::HashMap<String, Tensor> {
-    let path =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/latents.safetensors");
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    ts::load_reference("latents.safetensors")
 }
 
 #[test]

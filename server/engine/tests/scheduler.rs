@@ -226,16 +226,12 @@ fn euler_step_and_model_sigma() {
 
 // ---- against tests/fixtures/reference/scheduler.safetensors (generate.py, record_scheduler) ----
 
-fn fixtures() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn reference() -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("reference/scheduler.safetensors"), &Device::Cpu).unwrap()
+    ts::load_reference("scheduler.safetensors")
 }
 
 fn checkpoint_scheduler(checkpoint: &str) -> FlowMatchEulerScheduler {
-    let dir = engine::weights::ModelDir::open(fixtures().join(checkpoint)).unwrap();
+    let dir = engine::weights::ModelDir::open(ts::fixtures_dir().join(checkpoint)).unwrap();
     FlowMatchEulerScheduler::new(dir.read_json("scheduler", "scheduler_config.json").unwrap()).unwrap()
 }
 
@@ -299,7 +295,7 @@ fn euler_step_matches_the_fixture() {
 fn the_runs_schedules_match_the_fixture_manifest() {
     // The sigmas and transformer inputs (timestep/1000) the recorded pipeline runs used.
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference/manifest.json")).unwrap()).unwrap();
     for (run, checkpoint) in [
         ("layered_l2_cfgnorm", "tiny-qwen-image-layered"),
         ("layered_wide_nocfg", "tiny-qwen-image-layered"),
@@ -345,7 +341,7 @@ fn the_edit_runs_euler_steps_match_the_fixture() {
     // runs/edit_plus stores every step tensor in full: pack the recorded noise, then apply the
     // recorded guided velocities with our schedule; both steps must land on the reference latents.
     let r =
-        candle_core::safetensors::load(fixtures().join("reference/runs/edit_plus.safetensors"), &Device::Cpu).unwrap();
+        candle_core::safetensors::load(ts::fixtures_dir().join("reference/runs/edit_plus.safetensors"), &Device::Cpu).unwrap();
     let mut s = checkpoint_scheduler("tiny-qwen-image-edit-2509");
     s.set_timesteps(2, Some(s.edit_mu(384))).unwrap();
     let mut latents = engine::latents::pack(&r["noise"].squeeze(1).unwrap()).unwrap();

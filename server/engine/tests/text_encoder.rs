@@ -3,7 +3,6 @@
 //! `text_encoder.safetensors` and the pipeline runs), f32 on CPU.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
@@ -12,16 +11,13 @@ use engine::text_encoder::{encode_prompt, text_position_ids, Config, Qwen25VLTex
 use engine::tokenizer::{PromptTemplate, QwenTokenizer};
 use engine::weights::ModelDir;
 use serde_json::Value;
+use test_support as ts;
 
 /// Worst error allowed, relative to the reference tensor's largest magnitude.
 const TOLERANCE: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn model_dir() -> ModelDir {
-    ModelDir::open(fixtures().join("tiny-qwen-image-layered")).unwrap()
+    ModelDir::open(ts::fixtures_dir().join("tiny-qwen-image-layered")).unwrap()
 }
 
 struct Fixture {
@@ -40,10 +36,10 @@ fn fixture() -> &'static Fixture {
         let (config, model) = Qwen25VLTextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
         let tokenizer = QwenTokenizer::from_model_dir(&dir).unwrap();
         let reference =
-            candle_core::safetensors::load(fixtures().join("reference/text_encoder.safetensors"), &Device::Cpu)
+            candle_core::safetensors::load(ts::fixtures_dir().join("reference/text_encoder.safetensors"), &Device::Cpu)
                 .unwrap();
         let read = |f: &str| -> Value {
-            serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference").join(f)).unwrap()).unwrap()
+            serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference").join(f)).unwrap()).unwrap()
         };
         Fixture {
             config,
@@ -223,7 +219,7 @@ fn pipeline_prompt_and_negative_prompt_embeds_match() {
     for run in ["layered_l2_cfgnorm", "layered_l3_cfg", "layered_wide_nocfg"] {
         let case = &f.manifest["cases"][format!("run/{run}")];
         let tensors = candle_core::safetensors::load(
-            fixtures().join(format!("reference/runs/{run}.safetensors")),
+            ts::fixtures_dir().join(format!("reference/runs/{run}.safetensors")),
             &Device::Cpu,
         )
         .unwrap();

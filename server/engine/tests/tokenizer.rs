@@ -2,7 +2,6 @@
 //! transformers 5.24's `Qwen2Tokenizer` produced on the tiny checkpoint's tokenizer, which is the
 //! real Qwen2 vocabulary), through both on-disk layouts.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engine::text_encoder::{check_prompt_lengths, PromptBatch};
@@ -12,15 +11,12 @@ use engine::tokenizer::{
 };
 use engine::weights::ModelDir;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use test_support as ts;
 
 fn tokens_json() -> &'static Value {
     static TOKENS: OnceLock<Value> = OnceLock::new();
     TOKENS.get_or_init(|| {
-        let text = std::fs::read_to_string(fixtures().join("reference/tokens.json")).unwrap();
+        let text = std::fs::read_to_string(ts::fixtures_dir().join("reference/tokens.json")).unwrap();
         serde_json::from_str(&text).unwrap()
     })
 }
@@ -30,7 +26,7 @@ fn tokens_json() -> &'static Value {
 fn both_layouts() -> &'static [(&'static str, QwenTokenizer); 2] {
     static BOTH: OnceLock<[(&str, QwenTokenizer); 2]> = OnceLock::new();
     BOTH.get_or_init(|| {
-        let root = fixtures().join("tiny-qwen-image-layered");
+        let root = ts::fixtures_dir().join("tiny-qwen-image-layered");
         let json = QwenTokenizer::from_tokenizer_json(&root.join("processor/tokenizer.json")).unwrap();
         let built = QwenTokenizer::from_vocab_merges(&root.join("tokenizer")).unwrap();
         [
@@ -175,7 +171,7 @@ fn decode_skips_only_special_tokens() {
 
 #[test]
 fn model_dir_prefers_tokenizer_json_and_falls_back_to_vocab_merges() {
-    let model = ModelDir::open(fixtures().join("tiny-qwen-image-layered")).unwrap();
+    let model = ModelDir::open(ts::fixtures_dir().join("tiny-qwen-image-layered")).unwrap();
     let tok = QwenTokenizer::from_model_dir(&model).unwrap();
     assert!(format!("{tok:?}").contains("processor/tokenizer.json"), "{tok:?}");
 
@@ -185,7 +181,7 @@ fn model_dir_prefers_tokenizer_json_and_falls_back_to_vocab_merges() {
     std::fs::write(dir.join("model_index.json"), "{}").unwrap();
     let link = dir.join("tokenizer");
     if !link.exists() {
-        std::os::unix::fs::symlink(fixtures().join("tiny-qwen-image-layered/tokenizer"), &link).unwrap();
+        std::os::unix::fs::symlink(ts::fixtures_dir().join("tiny-qwen-image-layered/tokenizer"), &link).unwrap();
     }
     let tok = QwenTokenizer::from_model_dir(&ModelDir::open(&dir).unwrap()).unwrap();
     assert!(format!("{tok:?}").contains("tokenizer\""), "{tok:?}");
@@ -287,7 +283,7 @@ fn left_padding_keeps_each_rows_offset() {
     let json = dir.join("tokenizer.json");
     if !json.exists() {
         std::os::unix::fs::symlink(
-            fixtures().join("tiny-qwen-image-layered/processor/tokenizer.json"),
+            ts::fixtures_dir().join("tiny-qwen-image-layered/processor/tokenizer.json"),
             &json,
         )
         .unwrap();

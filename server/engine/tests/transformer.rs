@@ -5,7 +5,6 @@
 //! forwards; and the shape errors a caller can make.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use engine::transformer::cfg::{combine, pad_and_stack, split_cond_uncond};
@@ -17,16 +16,12 @@ use test_support as ts;
 /// Relative tolerance of the issue: max |ours − ref| ≤ 1e-4 · max |ref|.
 const RTOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn reference(file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join("reference").join(file), &Device::Cpu).unwrap()
+    ts::load_reference(file)
 }
 
 fn model(checkpoint: &str) -> QwenImageTransformer {
-    let dir = ModelDir::open(fixtures().join(checkpoint)).unwrap();
+    let dir = ModelDir::open(ts::fixtures_dir().join(checkpoint)).unwrap();
     let cfg: Config = dir.read_json("transformer", "config.json").unwrap();
     let vb = dir.var_builder("transformer", DType::F32, &Device::Cpu).unwrap();
     QwenImageTransformer::new(&cfg, vb).unwrap()
@@ -436,7 +431,7 @@ fn bf16_matches_diffusers_bf16() {
     // round the timestep to bf16 first, which alone moves the tiny model's output ~8% from f32, so
     // this fails if that cast is dropped.
     let extra = candle_core::safetensors::load(
-        fixtures().join("reference/extra/transformer_bf16.safetensors"),
+        ts::fixtures_dir().join("reference/extra/transformer_bf16.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
@@ -444,7 +439,7 @@ fn bf16_matches_diffusers_bf16() {
         (Case::layered(), "tiny-qwen-image-layered"),
         (Case::edit(), "tiny-qwen-image-edit-2509"),
     ] {
-        let dir = ModelDir::open(fixtures().join(checkpoint)).unwrap();
+        let dir = ModelDir::open(ts::fixtures_dir().join(checkpoint)).unwrap();
         let cfg: Config = dir.read_json("transformer", "config.json").unwrap();
         let m = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", DType::BF16, &Device::Cpu).unwrap())
             .unwrap();

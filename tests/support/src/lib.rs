@@ -35,6 +35,12 @@ pub fn reference_dir() -> PathBuf {
     fixtures_dir().join("reference")
 }
 
+/// Every tensor of `tests/fixtures/reference/<file>` (a safetensors file), on the CPU.
+pub fn load_reference(file: &str) -> std::collections::HashMap<String, Tensor> {
+    let path = reference_dir().join(file);
+    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The tiny Qwen-Image-Layered checkpoint (diffusers folder layout).
 pub fn layered_checkpoint() -> PathBuf {
     fixtures_dir().join("tiny-qwen-image-layered")
