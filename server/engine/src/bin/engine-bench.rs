@@ -57,6 +57,15 @@ struct Args {
     cudnn_autotune: bool,
 }
 
+/// An `on|off` flag's value.
+fn on_off(flag: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{flag} {other}: on or off")),
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         model: None,
@@ -102,13 +111,7 @@ fn parse_args() -> Result<Args, String> {
             "--steps" => a.steps = num(value("--steps")?, "--steps")?.max(1),
             "--warmup" => a.warmup = num(value("--warmup")?, "--warmup")?,
             "--phases" => a.phases = value("--phases")?.split(',').map(str::to_string).collect(),
-            "--offload" => {
-                a.offload = match value("--offload")?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--offload {other}: on or off")),
-                }
-            }
+            "--offload" => a.offload = on_off("--offload", &value("--offload")?)?,
             "--vram-budget-gb" => {
                 let v = value("--vram-budget-gb")?;
                 a.vram_budget_gb = Some(v.parse().map_err(|_| format!("--vram-budget-gb: not a number: {v}"))?);
@@ -117,13 +120,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-pin" => a.pin = false,
             "--check-finite" => a.check_finite = true,
             "--tag" => a.tag = value("--tag")?,
-            "--fused" => {
-                a.fused = match value("--fused")?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--fused {other}: on or off")),
-                }
-            }
+            "--fused" => a.fused = on_off("--fused", &value("--fused")?)?,
             "--attention" => {
                 a.cudnn_attention = match value("--attention")?.as_str() {
                     "cudnn" => true,
@@ -131,13 +128,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--attention {other}: cudnn or own")),
                 }
             }
-            "--cudnn-autotune" => {
-                a.cudnn_autotune = match value("--cudnn-autotune")?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--cudnn-autotune {other}: on or off")),
-                }
-            }
+            "--cudnn-autotune" => a.cudnn_autotune = on_off("--cudnn-autotune", &value("--cudnn-autotune")?)?,
             "--flash-kernel" => {
                 let v = value("--flash-kernel")?;
                 a.flash_kernel = engine::gpu::fused::FlashKernel::parse(&v)
