@@ -31,7 +31,7 @@ use engine::weights::ModelDir;
 const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
   [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
-  [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel w4|w8|w4m2]";
+  [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel sm90|w4|w8|w4m2]";
 
 struct Args {
     model: Option<String>,
@@ -84,7 +84,7 @@ fn parse_args() -> Result<Args, String> {
         check_finite: false,
         tag: String::new(),
         fused: true,
-        flash_kernel: engine::gpu::fused::FlashKernel::W4,
+        flash_kernel: engine::gpu::fused::FlashKernel::ALL[0],
         cudnn_attention: true,
         cudnn_autotune: false,
     };
@@ -422,6 +422,9 @@ fn dit_phase(
         s.reset_peak();
     }
     let mut times = Vec::new();
+    // When the host had queued the whole step: near the step time means the GPU waited on the
+    // host (launch overhead, a hidden sync); far below it, the GPU is the bottleneck.
+    let mut queued = Vec::new();
     let uploaded_before = model.offload_stats().map(|s| s.uploaded_bytes).unwrap_or(0);
     for rep in 0..args.warmup + args.steps {
         sync(device)?;
@@ -431,10 +434,12 @@ fn dit_phase(
         let out = out.narrow(1, 0, (layers + 1) * grid * grid)?;
         let (c, u) = cfg::split_cond_uncond(&out)?;
         let v = cfg::combine(&c, &u, 4.0, true)?;
+        let queued_s = t.elapsed().as_secs_f64();
         sync(device)?;
         let dt = t.elapsed().as_secs_f64();
         if rep >= args.warmup {
             times.push(dt);
+            queued.push(queued_s);
         }
         if rep == 0 {
             check_finite(args, &format!("dit_velocity_{res}"), &v)?;
@@ -447,7 +452,7 @@ fn dit_phase(
     emit(serde_json::json!({
         "run": format!("ours_dit_step_{res}_L{layers}_cfg{}{}", if args.offload { "_offload" } else { "" }, variant_suffix(args)),
         "tag": args.tag,
-        "median_s": med, "all_s": times,
+        "median_s": med, "all_s": times, "queued_s": median(queued),
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
         "weights_resident_gib": after_build,
         "tflops_per_step": step_flops / 1e12, "achieved_tflops": step_flops / med / 1e12,

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 
 /// softmax(q·kᵀ/√d)·v for joint buffers `[B, S, H, D]` (bf16) where batch row `b` attends to its
 /// first `kv_len[b]` keys (u32 `[B]` on the device); returns `[B, split, H·D]` and
-/// `[B, S − split, H·D]` as the flash kernel does.
+/// `[B, S − split, H·D]` as the flash kernel does, but as row-strided views of one buffer.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cudnn-attention")]
     return ffi::attention(q, k, v, kv_len, split);
@@ -195,9 +195,8 @@ mod ffi {
             BackpropOp::none(),
             false,
         );
-        Ok((
-            o.narrow(1, 0, split)?.contiguous()?,
-            o.narrow(1, split, s - split)?.contiguous()?,
-        ))
+        // Row-strided views, not copies: the output projections read them as they are
+        // (`matmul_without_bias` takes a batch stride), which saves a pass over the output.
+        Ok((o.narrow(1, 0, split)?, o.narrow(1, split, s - split)?))
     }
 }

@@ -1,5 +1,6 @@
-//! The DiT block's fused CUDA kernels (bf16): flash attention (`kernels/attention.cu`) and the
-//! element-wise passes around it (`kernels/fused.cu`). The transformer uses them when
+//! The DiT block's fused CUDA kernels (bf16): flash attention (`kernels/attention_sm90.cu` on
+//! Hopper, `kernels/attention.cu` elsewhere) and the element-wise passes around it
+//! (`kernels/fused.cu`). The transformer uses them when
 //! [`applies_to`] says so and keeps its plain candle path for the CPU, f32 (the parity path) and
 //! any shape the kernels don't cover; tests check each kernel against that plain path.
 //!
@@ -18,9 +19,14 @@ static USE_CUDNN: AtomicBool = AtomicBool::new(true);
 /// Set once cuDNN failed on this machine (no libcudnn, unsupported shape): our kernel from then on.
 static CUDNN_FAILED: AtomicBool = AtomicBool::new(false);
 
-/// The flash-attention kernel's shapes (all in `kernels/attention.cu`), chosen by measurement.
+/// The flash-attention kernels, chosen by measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashKernel {
+    /// Hopper (compute capability 9.0) only, `kernels/attention_sm90.cu`: wgmma and TMA, a
+    /// producer warpgroup and two consumer warpgroups of 64 query rows, 128-key tiles. On any
+    /// other GPU [`FlashKernel::W4`] runs in its place.
+    Sm90,
+    // The mma.sync kernels of `kernels/attention.cu` (sm_80 and later):
     /// 4 warps × 16 query rows, 64-key tiles.
     W4,
     /// 8 warps × 16 rows: each K/V tile serves 128 queries.
@@ -30,10 +36,12 @@ pub enum FlashKernel {
 }
 
 impl FlashKernel {
-    pub const ALL: [FlashKernel; 3] = [FlashKernel::W4, FlashKernel::W8, FlashKernel::W4M2];
+    /// The first is the default.
+    pub const ALL: [FlashKernel; 4] = [FlashKernel::Sm90, FlashKernel::W4, FlashKernel::W8, FlashKernel::W4M2];
 
     pub fn name(self) -> &'static str {
         match self {
+            FlashKernel::Sm90 => "sm90",
             FlashKernel::W4 => "w4",
             FlashKernel::W8 => "w8",
             FlashKernel::W4M2 => "w4m2",
@@ -47,6 +55,7 @@ impl FlashKernel {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn entry(self) -> &'static str {
         match self {
+            FlashKernel::Sm90 => "engine_flash_attention_sm90",
             FlashKernel::W4 => "engine_flash_attn_hd128_w4",
             FlashKernel::W8 => "engine_flash_attn_hd128_w8",
             FlashKernel::W4M2 => "engine_flash_attn_hd128_w4_m2",
@@ -57,6 +66,7 @@ impl FlashKernel {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fn block(self) -> (u32, usize) {
         match self {
+            FlashKernel::Sm90 => (384, 128),
             FlashKernel::W4 => (128, 64),
             FlashKernel::W8 => (256, 128),
             FlashKernel::W4M2 => (128, 128),
@@ -105,6 +115,17 @@ pub fn set_flash_kernel(kernel: FlashKernel) {
 
 pub fn flash_kernel() -> FlashKernel {
     FlashKernel::ALL[FLASH_KERNEL.load(Ordering::Relaxed) % FlashKernel::ALL.len()]
+}
+
+/// Whether [`FlashKernel::Sm90`] runs on `device` (a CUDA build for compute capability 9.0 on a
+/// Hopper GPU); elsewhere [`FlashKernel::W4`] stands in for it.
+pub fn sm90_available(device: &candle_core::Device) -> bool {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        return cuda::sm90::available(dev);
+    }
+    let _ = device;
+    false
 }
 
 /// Whether the fused kernels serve `x`: a CUDA build, switched on, `x` a bf16 tensor on a GPU.
@@ -209,6 +230,7 @@ fn no_cuda<T, A>(_args: A) -> Result<T> {
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
     use candle_core::op::BackpropOp;
@@ -220,6 +242,8 @@ mod cuda {
 
     const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+    /// Empty when the build targets a GPU other than Hopper (build.rs).
+    const ATTENTION_SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx"));
     /// Threads per block of the element-wise kernels.
     const THREADS: u32 = 256;
 
@@ -285,10 +309,24 @@ mod cuda {
     /// # Safety
     /// The kernel's reads and writes must stay within the buffers passed to `builder`.
     unsafe fn launch(builder: &mut LaunchArgs<'_>, grid: (u32, u32, u32), threads: u32) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { launch_with_smem(builder, grid, threads, 0) }
+    }
+
+    /// [`launch`] with `smem` bytes of dynamic shared memory per block.
+    ///
+    /// # Safety
+    /// As for [`launch`].
+    unsafe fn launch_with_smem(
+        builder: &mut LaunchArgs<'_>,
+        grid: (u32, u32, u32),
+        threads: u32,
+        smem: u32,
+    ) -> Result<()> {
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         // SAFETY: forwarded to the caller.
         unsafe { builder.launch(cfg) }.w()?;
@@ -547,28 +585,133 @@ mod cuda {
         // SAFETY: every query row of every head is written (rows past `seq` are skipped).
         let mut out0 = unsafe { dev.alloc::<bf16>((b * split * width).max(1))? };
         let mut out1 = unsafe { dev.alloc::<bf16>((b * (seq - split) * width).max(1))? };
+        let kernel = if kernel == FlashKernel::Sm90 && !sm90::usable(&dev, [&qv, &kv, &vv])? {
+            FlashKernel::W4
+        } else {
+            kernel
+        };
         if b * seq * heads > 0 {
-            let func = dev.get_or_load_custom_func(kernel.entry(), "engine_attention", ATTENTION_PTX)?;
-            let mut builder = func.builder();
             let (s, h, sp) = (seq as i32, heads as i32, split as i32);
             let scale_log2 = std::f32::consts::LOG2_E / (dh as f32).sqrt();
-            builder
-                .arg(&qv)
-                .arg(&kv)
-                .arg(&vv)
-                .arg(&mut out0)
-                .arg(&mut out1)
-                .arg(&lv);
-            builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
             let (threads, rows_per_block) = kernel.block();
             let grid = (seq.div_ceil(rows_per_block) as u32, heads as u32, b as u32);
-            // SAFETY: q, k, v are [b, seq, heads, 128] (checked); kv_len has b entries; the
-            // outputs hold b × split and b × (seq − split) rows of heads × 128.
-            unsafe { launch(&mut builder, grid, threads) }?;
+            if kernel == FlashKernel::Sm90 {
+                let stream = dev.cuda_stream();
+                let maps = [&qv, &kv, &vv].map(|t| sm90::tensor_map(t, &stream, b, seq, heads));
+                let [map_q, map_k, map_v] = maps;
+                let (map_q, map_k, map_v) = (map_q?, map_k?, map_v?);
+                let func = dev.get_or_load_custom_func(kernel.entry(), "engine_attention_sm90", ATTENTION_SM90_PTX)?;
+                func.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    sm90::SMEM_BYTES as i32,
+                )
+                .w()?;
+                let mut builder = func.builder();
+                builder.arg(&map_q).arg(&map_k).arg(&map_v).arg(&lv).arg(&mut out0).arg(&mut out1);
+                builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
+                // SAFETY: the tensor maps cover q, k, v ([b, seq, heads, 128], checked; the copy
+                // engine zero-fills past their ends); kv_len has b entries; the outputs hold
+                // b × split and b × (seq − split) rows of heads × 128.
+                unsafe { launch_with_smem(&mut builder, grid, threads, sm90::SMEM_BYTES) }?;
+            } else {
+                let func = dev.get_or_load_custom_func(kernel.entry(), "engine_attention", ATTENTION_PTX)?;
+                let mut builder = func.builder();
+                builder
+                    .arg(&qv)
+                    .arg(&kv)
+                    .arg(&vv)
+                    .arg(&mut out0)
+                    .arg(&mut out1)
+                    .arg(&lv);
+                builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
+                // SAFETY: q, k, v are [b, seq, heads, 128] (checked); kv_len has b entries; the
+                // outputs hold b × split and b × (seq − split) rows of heads × 128.
+                unsafe { launch(&mut builder, grid, threads) }?;
+            }
         }
         Ok((
             output(&dev, out0, (b, split, width)),
             output(&dev, out1, (b, seq - split, width)),
         ))
+    }
+
+    /// What the Hopper kernel needs from the host: its shared-memory size and the copy engine's
+    /// tensor maps (descriptors of q, k, v that the kernel's TMA loads read).
+    pub(super) mod sm90 {
+        use std::ffi::c_void;
+
+        use candle_core::cuda_backend::cudarc::driver::sys::{
+            self, CUresult, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+            CUtensorMapL2promotion, CUtensorMapSwizzle,
+        };
+        use candle_core::cuda_backend::cudarc::driver::{CudaStream, CudaView, DevicePtr, DeviceRepr};
+        use candle_core::cuda_backend::CudaDevice;
+        use candle_core::{bail, Result};
+        use half::bf16;
+
+        /// `sm90::SMEM_BYTES` of the kernel: Q, two stages of K and V (32 KB each), the
+        /// barriers, and 1 KB to align the tiles to the swizzle pattern.
+        pub const SMEM_BYTES: u32 = 32768 * 5 + 128 + 1024;
+
+        /// A `CUtensorMap` passed to the kernel by value (`__grid_constant__`).
+        #[repr(transparent)]
+        pub struct TensorMap(sys::CUtensorMap);
+
+        // SAFETY: plain bytes the driver copies into the kernel's parameter space.
+        unsafe impl DeviceRepr for TensorMap {}
+
+        /// Whether this build has the kernel's PTX and the GPU is compute capability 9.x.
+        pub fn available(dev: &CudaDevice) -> bool {
+            !super::ATTENTION_SM90_PTX.is_empty()
+                && matches!(dev.cuda_stream().context().compute_capability(), Ok((9, _)))
+        }
+
+        /// Whether the kernel can run on these inputs: [`available`], and the inputs start
+        /// 16-byte aligned (the copy engine's rule).
+        pub fn usable(dev: &CudaDevice, inputs: [&CudaView<'_, bf16>; 3]) -> Result<bool> {
+            let stream = dev.cuda_stream();
+            Ok(available(dev) && inputs.iter().all(|v| v.device_ptr(&stream).0 % 16 == 0))
+        }
+
+        /// The tensor map of a `[batch, seq, heads, 128]` bf16 tensor as boxes of 64 dims × 1
+        /// head × 128 tokens, 128-byte swizzled (the layout the kernel's wgmma descriptors read).
+        pub fn tensor_map(
+            t: &CudaView<'_, bf16>,
+            stream: &CudaStream,
+            batch: usize,
+            seq: usize,
+            heads: usize,
+        ) -> Result<TensorMap> {
+            let row = 128 * std::mem::size_of::<bf16>() as u64;
+            let dims = [128, heads as u64, seq as u64, batch as u64];
+            let strides = [row, heads as u64 * row, (seq * heads) as u64 * row];
+            let boxes = [64u32, 1, 128, 1];
+            let steps = [1u32; 4];
+            let (ptr, _sync) = t.device_ptr(stream);
+            let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+            // SAFETY: the arrays hold the 4 (3 for strides) entries a rank-4 map reads; `ptr`
+            // addresses `batch · seq · heads · 128` elements (the caller's checked shape).
+            let status = unsafe {
+                sys::cuTensorMapEncodeTiled(
+                    map.as_mut_ptr(),
+                    CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                    4,
+                    ptr as *mut c_void,
+                    dims.as_ptr(),
+                    strides.as_ptr(),
+                    boxes.as_ptr(),
+                    steps.as_ptr(),
+                    CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                    CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                )
+            };
+            if status != CUresult::CUDA_SUCCESS {
+                bail!("flash_attention: cuTensorMapEncodeTiled failed ({status:?}) for [{batch}, {seq}, {heads}, 128]");
+            }
+            // SAFETY: initialised by the successful call above.
+            Ok(TensorMap(unsafe { map.assume_init() }))
+        }
     }
 }

@@ -107,6 +107,11 @@ impl JointAttention {
 pub(crate) fn matmul_without_bias(x: &Tensor, linear: &Linear) -> Result<Tensor> {
     let (b, s, d_in) = x.dims3()?;
     let w = linear.weight();
+    if !x.is_contiguous() {
+        // A row-strided view (one stream's rows of a joint attention output): a batched GEMM
+        // reads it in place instead of copying it to flatten the batch.
+        return x.broadcast_matmul(&w.t()?);
+    }
     let y = x.reshape((b * s, d_in))?.matmul(&w.t()?)?;
     y.reshape((b, s, w.dim(0)?))
 }
