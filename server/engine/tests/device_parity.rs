@@ -477,6 +477,26 @@ fn fused_elementwise_kernels_match_f32() {
     println!("bias_gelu: {err}");
     assert!(err.rel <= FUSED_ELEMENTWISE, "bias_gelu differs: {err}");
 
+    // The MLP input projection with bias + GELU in cuBLASLt's epilogue, against f32 GEMM + tanh
+    // GELU on the same bf16 inputs (k = d, n = 4d as in the DiT).
+    let w_in = randn_bf16(&[4 * d, d], 1.0 / (d as f64).sqrt(), &device);
+    let b_in = randn_bf16(&[4 * d], 0.5, &device);
+    let got = engine::gpu::gemm_gelu::linear_bias_gelu(&y, &w_in, &b_in).unwrap();
+    let want = f32_cpu(&y)
+        .reshape((b * s, d))
+        .unwrap()
+        .matmul(&f32_cpu(&w_in).t().unwrap())
+        .unwrap()
+        .broadcast_add(&f32_cpu(&b_in))
+        .unwrap()
+        .gelu()
+        .unwrap()
+        .reshape((b, s, 4 * d))
+        .unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("linear_bias_gelu (cuBLASLt epilogue): {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "linear_bias_gelu differs: {err}");
+
     // q/k/v preparation: [image, text] order, bias, RMSNorm, RoPE; and v (bias only).
     use engine::transformer::norm::RmsNorm;
     use engine::transformer::rope::{apply_rope, Rope, RopeVariant};

@@ -31,7 +31,8 @@ use engine::weights::ModelDir;
 const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir DIR] [--device cuda|cpu]
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
   [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
-  [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel sm90|w4|w8|w4m2]";
+  [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel sm90|w4|w8|w4m2]
+  [--gemm-epilogue on|off]";
 
 struct Args {
     model: Option<String>,
@@ -55,6 +56,8 @@ struct Args {
     /// cuDNN's SDPA for the joint attention where compiled in (else our kernel).
     cudnn_attention: bool,
     cudnn_autotune: bool,
+    /// The MLP's bias + GELU in the cuBLASLt GEMM epilogue (else a separate kernel).
+    gemm_epilogue: bool,
 }
 
 /// An `on|off` flag's value.
@@ -87,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         flash_kernel: engine::gpu::fused::FlashKernel::ALL[0],
         cudnn_attention: true,
         cudnn_autotune: false,
+        gemm_epilogue: true,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -129,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--cudnn-autotune" => a.cudnn_autotune = on_off("--cudnn-autotune", &value("--cudnn-autotune")?)?,
+            "--gemm-epilogue" => a.gemm_epilogue = on_off("--gemm-epilogue", &value("--gemm-epilogue")?)?,
             "--flash-kernel" => {
                 let v = value("--flash-kernel")?;
                 a.flash_kernel = engine::gpu::fused::FlashKernel::parse(&v)
@@ -233,6 +238,7 @@ fn run(args: &Args) -> engine::Result<()> {
     engine::gpu::fused::set_flash_kernel(args.flash_kernel);
     engine::gpu::fused::set_cudnn_attention(args.cudnn_attention);
     engine::gpu::cudnn_attention::set_autotune(args.cudnn_autotune);
+    engine::gpu::fused::set_gemm_epilogue(args.gemm_epilogue);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random,
@@ -463,7 +469,7 @@ fn dit_phase(
             "uploaded_gib_per_step": gib(s.uploaded_bytes - uploaded_before) / passes,
         })),
         "img_tokens": img_tokens, "batch": 2, "gpu": gpu, "fused": args.fused, "flash_kernel": args.flash_kernel.name(),
-        "cudnn_autotune": args.cudnn_autotune,
+        "cudnn_autotune": args.cudnn_autotune, "gemm_epilogue": args.gemm_epilogue,
         "attention": if !args.fused { "plain" } else if engine::gpu::fused::cudnn_attention_active() { "cudnn" } else { "own" },
     }));
     Ok(())
@@ -476,6 +482,8 @@ fn variant_suffix(args: &Args) -> &'static str {
         "_plain"
     } else if !args.cudnn_attention {
         "_own_attention"
+    } else if !args.gemm_epilogue {
+        "_separate_gelu"
     } else if args.cudnn_autotune {
         "_cudnn_tuned"
     } else {
@@ -681,15 +689,19 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         let t = time_op(device, reps, || Ok(x2.matmul(&wq.t()?)?))?;
         report("fused: GEMM D→D without bias (q,k,v,out)", t, 4.0, 2.0 * (2 * s_img * d * d) as f64, 0.0);
         let wu = randn(&[4 * d, d])?;
+        let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
         let t = time_op(device, reps, || Ok(x2.matmul(&wu.t()?)?))?;
-        report("fused: GEMM D→4D without bias (mlp in)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+        report("fused: GEMM D→4D without bias (mlp in)", t, separate, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
         let h2 = randn(&[2 * s_img, 4 * d])?;
         let t = time_op(device, reps, || Ok(h2.matmul(&wu)?))?;
         report("fused: GEMM 4D→D without bias (mlp out)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
         let bias4 = randn(&[4 * d])?;
         let h3 = h2.reshape((2, s_img, 4 * d))?;
         let t = time_op(device, reps, || Ok(fused::bias_gelu(&h3, &bias4)?))?;
-        report("fused: bias + GELU", t, 1.0, 0.0, 2.0 * 4.0 * x_bytes);
+        report("fused: bias + GELU", t, separate, 0.0, 2.0 * 4.0 * x_bytes);
+        let t = time_op(device, reps, || Ok(engine::gpu::gemm_gelu::linear_bias_gelu(&x, &wu, &bias4)?))?;
+        let mlp_in_flops = 2.0 * (2 * s_img * d * 4 * d) as f64;
+        report("fused: cuBLASLt GEMM D→4D + bias + GELU epilogue", t, 1.0 - separate, mlp_in_flops, 0.0);
         drop((h2, h3));
         let params = randn(&[2, 6 * d])?;
         let (p0, p1) = (params.narrow(1, 0, d)?, params.narrow(1, d, d)?);

@@ -13,6 +13,7 @@ use candle_core::{DType, Result, Tensor};
 use crate::transformer::rope::RopeTables;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+static GEMM_EPILOGUE: AtomicBool = AtomicBool::new(true);
 static FLASH_KERNEL: AtomicUsize = AtomicUsize::new(0);
 /// Use cuDNN's SDPA where this build has it (the `cudnn-attention` feature) and it works.
 static USE_CUDNN: AtomicBool = AtomicBool::new(true);
@@ -94,6 +95,17 @@ pub fn set_enabled(on: bool) {
 
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the MLP's input projection applies its bias and GELU in the cuBLASLt GEMM's epilogue
+/// ([`super::gemm_gelu`], the default) or in the separate [`bias_gelu`] kernel; process-wide,
+/// for the bench.
+pub fn set_gemm_epilogue(on: bool) {
+    GEMM_EPILOGUE.store(on, Ordering::Relaxed);
+}
+
+pub fn gemm_epilogue() -> bool {
+    GEMM_EPILOGUE.load(Ordering::Relaxed)
 }
 
 /// Whether the joint attention goes through cuDNN's SDPA (when compiled in) or our own kernel;

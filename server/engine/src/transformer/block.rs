@@ -38,10 +38,14 @@ impl FeedForward {
         self.proj_out.forward(&self.proj_in.forward(x)?.gelu()?)
     }
 
-    /// The fused CUDA path: `proj_in` with its bias and GELU in one kernel; returns the output
-    /// projection **without** its bias (the gated residual adds it), and that bias.
+    /// The fused CUDA path: `proj_in` with its bias and GELU in the GEMM's epilogue; returns the
+    /// output projection **without** its bias (the gated residual adds it), and that bias.
     fn forward_fused_without_out_bias(&self, x: &Tensor) -> Result<(Tensor, &Tensor)> {
-        let hidden = crate::gpu::fused::bias_gelu(&matmul_without_bias(x, &self.proj_in)?, bias_of(&self.proj_in)?)?;
+        let hidden = if crate::gpu::fused::gemm_epilogue() {
+            crate::gpu::gemm_gelu::linear_bias_gelu(x, self.proj_in.weight(), bias_of(&self.proj_in)?)?
+        } else {
+            crate::gpu::fused::bias_gelu(&matmul_without_bias(x, &self.proj_in)?, bias_of(&self.proj_in)?)?
+        };
         Ok((matmul_without_bias(&hidden, &self.proj_out)?, bias_of(&self.proj_out)?))
     }
 }
