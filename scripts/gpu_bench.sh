@@ -79,8 +79,9 @@ if has ours; then
   TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --check-finite --phases text,dit,profile,vae
   # The same step through our own flash kernel (no cuDNN), cuDNN with its plans auto-tuned, and
   # the plain (unfused) path: the before/after of issue 11 in the same call.
-  TIMEOUT=120 run_ours 640_own_attention --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --attention own --phases dit
-  TIMEOUT=120 run_ours 640_cudnn_tuned --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --cudnn-autotune on --phases dit
+  TIMEOUT=120 run_ours 640_cudnn --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --attention cudnn --phases dit
+  TIMEOUT=120 run_ours 640_mma_sync --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --flash-kernel w4 --phases dit
+  TIMEOUT=120 run_ours 640_separate_epilogues --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --gemm-epilogue off --phases dit
   TIMEOUT=120 run_ours 640_plain --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --fused off --phases dit
   TIMEOUT=240 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --offload on --phases ${OFFLOAD_PHASES:-text,dit}
   TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite

@@ -69,8 +69,9 @@ for res in (640, 1024):
 
 # Issue 11's variants of the 640² step, against the same diffusers step.
 d640 = "diffusers_dit_step_640_L4_cfg"
-for suffix, label in (("_own_attention", "our flash kernel instead of cuDNN"),
-                      ("_cudnn_tuned", "cuDNN plans auto-tuned"),
+for suffix, label in (("_cudnn", "cuDNN SDPA instead of our Hopper kernel"),
+                      ("_mma_sync_attention", "our mma.sync kernel (w4) instead of the Hopper one"),
+                      ("_separate_epilogues", "bias/GELU passes instead of GEMM epilogues"),
                       ("_plain", "plain candle path (before issue 11)")):
     v = get(ours, f"ours_dit_step_640_L4_cfg{suffix}", "median_s")
     if v is not None:

@@ -414,7 +414,7 @@ fn fused_flash_attention_matches_f32() {
             .unwrap()
         };
         let mut results = vec![(format!("kernel {}", kernel.name()), joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split).unwrap()))];
-        if fused::cudnn_attention_active() {
+        if cfg!(feature = "cudnn-attention") {
             // cuDNN is optional at run time (the engine falls back to its kernel); where it
             // runs, it must compute the same function.
             match engine::gpu::cudnn_attention::attention(&q, &k, &v, &kv_len, split) {
@@ -481,7 +481,7 @@ fn fused_elementwise_kernels_match_f32() {
     // GELU on the same bf16 inputs (k = d, n = 4d as in the DiT).
     let w_in = randn_bf16(&[4 * d, d], 1.0 / (d as f64).sqrt(), &device);
     let b_in = randn_bf16(&[4 * d], 0.5, &device);
-    let got = engine::gpu::gemm_gelu::linear_bias_gelu(&y, &w_in, &b_in).unwrap();
+    let got = engine::gpu::gemm_epilogue::linear_bias_gelu(&y, &w_in, &b_in).unwrap();
     let want = f32_cpu(&y)
         .reshape((b * s, d))
         .unwrap()
@@ -496,6 +496,22 @@ fn fused_elementwise_kernels_match_f32() {
     let err = ts::compare(&f32_cpu(&got), &want);
     println!("linear_bias_gelu (cuBLASLt epilogue): {err}");
     assert!(err.rel <= FUSED_ELEMENTWISE, "linear_bias_gelu differs: {err}");
+
+    // v straight into the joint buffer: both streams' GEMMs with their biases (cuBLASLt
+    // epilogue), image rows then text rows of each batch row.
+    let (rows_img, rows_txt) = (29usize, 5usize);
+    let x_img = randn_bf16(&[b, rows_img, d], 1.0, &device);
+    let x_txt = randn_bf16(&[b, rows_txt, d], 1.0, &device);
+    let (w_img, w_txt) = (randn_bf16(&[d, d], 0.05, &device), randn_bf16(&[d, d], 0.05, &device));
+    let (b_img, b_txt) = (randn_bf16(&[d], 0.5, &device), randn_bf16(&[d], 0.5, &device));
+    let got = engine::gpu::gemm_epilogue::joint_linear(&x_img, &w_img, &b_img, &x_txt, &w_txt, &b_txt).unwrap();
+    let project = |x: &Tensor, w: &Tensor, bias: &Tensor| {
+        f32_cpu(x).broadcast_matmul(&f32_cpu(w).t().unwrap()).unwrap().broadcast_add(&f32_cpu(bias)).unwrap()
+    };
+    let want = Tensor::cat(&[project(&x_img, &w_img, &b_img), project(&x_txt, &w_txt, &b_txt)], 1).unwrap();
+    let err = ts::compare(&f32_cpu(&got), &want);
+    println!("joint_linear (cuBLASLt bias epilogue): {err}");
+    assert!(err.rel <= FUSED_ELEMENTWISE, "joint_linear differs: {err}");
 
     // q/k/v preparation: [image, text] order, bias, RMSNorm, RoPE; and v (bias only).
     use engine::transformer::norm::RmsNorm;

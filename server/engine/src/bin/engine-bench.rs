@@ -88,7 +88,7 @@ fn parse_args() -> Result<Args, String> {
         tag: String::new(),
         fused: true,
         flash_kernel: engine::gpu::fused::FlashKernel::ALL[0],
-        cudnn_attention: true,
+        cudnn_attention: false,
         cudnn_autotune: false,
         gemm_epilogue: true,
     };
@@ -480,12 +480,14 @@ fn dit_phase(
 fn variant_suffix(args: &Args) -> &'static str {
     if !args.fused {
         "_plain"
-    } else if !args.cudnn_attention {
-        "_own_attention"
-    } else if !args.gemm_epilogue {
-        "_separate_gelu"
-    } else if args.cudnn_autotune {
+    } else if args.cudnn_attention && args.cudnn_autotune {
         "_cudnn_tuned"
+    } else if args.cudnn_attention {
+        "_cudnn"
+    } else if args.flash_kernel != engine::gpu::fused::FlashKernel::ALL[0] {
+        "_mma_sync_attention"
+    } else if !args.gemm_epilogue {
+        "_separate_epilogues"
     } else {
         ""
     }
@@ -687,7 +689,8 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         let wq = randn(&[d, d])?;
         let x2 = x.reshape((2 * s_img, d))?;
         let t = time_op(device, reps, || Ok(x2.matmul(&wq.t()?)?))?;
-        report("fused: GEMM D→D without bias (q,k,v,out)", t, 4.0, 2.0 * (2 * s_img * d * d) as f64, 0.0);
+        let d_to_d_uses = if fused::gemm_epilogue() { 3.0 } else { 4.0 };
+        report("fused: GEMM D→D without bias (q,k,v,out)", t, d_to_d_uses, 2.0 * (2 * s_img * d * d) as f64, 0.0);
         let wu = randn(&[4 * d, d])?;
         let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
         let t = time_op(device, reps, || Ok(x2.matmul(&wu.t()?)?))?;
@@ -699,7 +702,7 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         let h3 = h2.reshape((2, s_img, 4 * d))?;
         let t = time_op(device, reps, || Ok(fused::bias_gelu(&h3, &bias4)?))?;
         report("fused: bias + GELU", t, separate, 0.0, 2.0 * 4.0 * x_bytes);
-        let t = time_op(device, reps, || Ok(engine::gpu::gemm_gelu::linear_bias_gelu(&x, &wu, &bias4)?))?;
+        let t = time_op(device, reps, || Ok(engine::gpu::gemm_epilogue::linear_bias_gelu(&x, &wu, &bias4)?))?;
         let mlp_in_flops = 2.0 * (2 * s_img * d * 4 * d) as f64;
         report("fused: cuBLASLt GEMM D→4D + bias + GELU epilogue", t, 1.0 - separate, mlp_in_flops, 0.0);
         drop((h2, h3));
@@ -717,7 +720,12 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, Some(&norms), Some(&tables))?))?;
         report("fused: joint q/k (bias, RMSNorm, RoPE)", t, 2.0, 0.0, 2.0 * x_bytes);
         let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, None, None)?))?;
-        report("fused: joint v (bias)", t, 1.0, 0.0, 2.0 * x_bytes);
+        report("fused: joint v (bias)", t, separate, 0.0, 2.0 * x_bytes);
+        let txt_in = randn(&[2, s_txt, d])?;
+        let t = time_op(device, reps, || {
+            Ok(engine::gpu::gemm_epilogue::joint_linear(&x, &wq, &bias, &txt_in, &wq, &bias)?)
+        })?;
+        report("fused: cuBLASLt joint v GEMMs + bias epilogue", t, 1.0 - separate, 2.0 * (2 * s * d * d) as f64, 0.0);
         let (jq, jk, jv) = (randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?);
         let kv_len = Tensor::new(&[s as u32, (s_img + 6) as u32], device)?;
         let cudnn = fused::cudnn_attention_active();

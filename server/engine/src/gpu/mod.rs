@@ -9,7 +9,7 @@ pub mod cudnn_attention;
 pub mod errors;
 pub mod flops;
 pub mod fused;
-pub mod gemm_gelu;
+pub mod gemm_epilogue;
 pub mod memory;
 pub mod offload;
 pub mod random_weights;

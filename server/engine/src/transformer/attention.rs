@@ -167,7 +167,22 @@ impl JointAttention {
         };
         let q = joint(&self.to_q, &self.add_q_proj, Some(&q_norms), Some(rope))?;
         let k = joint(&self.to_k, &self.add_k_proj, Some(&k_norms), Some(rope))?;
-        let v = joint(&self.to_v, &self.add_v_proj, None, None)?;
+        let v = if crate::gpu::fused::gemm_epilogue() {
+            // v needs no norm or rotation: both projections, with their biases, go straight
+            // into the joint buffer.
+            let (b, seq) = (img.dim(0)?, s_img + txt.dim(1)?);
+            crate::gpu::gemm_epilogue::joint_linear(
+                img,
+                self.to_v.weight(),
+                bias_of(&self.to_v)?,
+                txt,
+                self.add_v_proj.weight(),
+                bias_of(&self.add_v_proj)?,
+            )?
+            .reshape((b, seq, self.heads, self.head_dim))?
+        } else {
+            joint(&self.to_v, &self.add_v_proj, None, None)?
+        };
         let (img_attn, txt_attn) = flash_attention(&q, &k, &v, kv_len, s_img)?;
         Ok((
             matmul_without_bias(&img_attn, &self.to_out)?,

@@ -42,7 +42,7 @@ impl FeedForward {
     /// output projection **without** its bias (the gated residual adds it), and that bias.
     fn forward_fused_without_out_bias(&self, x: &Tensor) -> Result<(Tensor, &Tensor)> {
         let hidden = if crate::gpu::fused::gemm_epilogue() {
-            crate::gpu::gemm_gelu::linear_bias_gelu(x, self.proj_in.weight(), bias_of(&self.proj_in)?)?
+            crate::gpu::gemm_epilogue::linear_bias_gelu(x, self.proj_in.weight(), bias_of(&self.proj_in)?)?
         } else {
             crate::gpu::fused::bias_gelu(&matmul_without_bias(x, &self.proj_in)?, bias_of(&self.proj_in)?)?
         };
