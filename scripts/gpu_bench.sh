@@ -65,6 +65,25 @@ if has parity; then
   done
 fi
 
+# SM clock and power draw every 250 ms during a stage: a card at its power limit lowers its clock,
+# which shows in every number of that stage (ours and diffusers' alike).
+sample_clocks() {
+  nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 250 > "$OUT/clocks_$1.csv" &
+  SAMPLER=$!
+}
+stop_clocks() {
+  kill "$SAMPLER" 2>/dev/null
+  python3 - "$OUT/clocks_$1.csv" "$1" <<'PY' | tee -a "$OUT/clocks.txt"
+import statistics, sys
+rows = [l.split(",") for l in open(sys.argv[1]) if l.count(",") == 1]
+busy = [(float(c), float(p)) for c, p in rows if float(p) > 300]  # samples under load
+if busy:
+    clocks, power = [c for c, _ in busy], [p for _, p in busy]
+    print(f"clocks {sys.argv[2]}: {len(busy)} loaded samples, SM clock median {statistics.median(clocks):.0f} MHz "
+          f"(min {min(clocks):.0f}, max {max(clocks):.0f}), power median {statistics.median(power):.0f} W (max {max(power):.0f})")
+PY
+}
+
 B="$BIN/engine-bench"
 touch "$OUT/ours.jsonl"
 run_ours() {
@@ -76,6 +95,7 @@ run_ours() {
   grep -v '^{"check"' "$OUT/ours_$name.log" | cut -c1-400
 }
 if has ours; then
+  sample_clocks ours
   TIMEOUT=240 run_ours 640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --check-finite --phases text,dit,profile,vae
   # The same step through our own flash kernel (no cuDNN), cuDNN with its plans auto-tuned, and
   # the plain (unfused) path: the before/after of issue 11 in the same call.
@@ -85,6 +105,7 @@ if has ours; then
   TIMEOUT=120 run_ours 640_plain --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --fused off --phases dit
   TIMEOUT=240 run_ours 640_offload --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 --offload on --phases ${OFFLOAD_PHASES:-text,dit}
   TIMEOUT=240 run_ours 1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases dit,vae --check-finite
+  stop_clocks ours
 fi
 
 if has extra; then
@@ -109,9 +130,11 @@ fi
 
 if has anchor; then
   log "diffusers anchor"
+  sample_clocks anchor
   PYTHONPATH=/tmp/site timeout 420 python3 "$G/diffusers_anchor.py" dit640 dit1024 offload640 vae640 \
     > "$OUT/anchor.log" 2>&1
   echo "exit $?"
+  stop_clocks anchor
   grep '^{' "$OUT/anchor.log" > "$OUT/anchor.jsonl"
   grep -v '^{' "$OUT/anchor.log" | tail -5
   cat "$OUT/anchor.jsonl" | cut -c1-300
@@ -119,6 +142,6 @@ fi
 
 log "table"
 python3 "$G/gpu_compare.py" "$OUT/ours.jsonl" "$OUT/anchor.jsonl" "$OUT/gpu.txt" | tee "$OUT/table.md"
-cp "$OUT/table.md" "$OUT/ours.jsonl" "$RESULTS/" 2>/dev/null
+cp "$OUT/table.md" "$OUT/ours.jsonl" "$OUT/clocks.txt" "$RESULTS/" 2>/dev/null
 [ -f "$OUT/anchor.jsonl" ] && cp "$OUT/anchor.jsonl" "$RESULTS/"
 tar czf "$RESULTS/logs.tgz" -C /tmp gpu-logs

@@ -30,7 +30,10 @@ namespace sm90 {
 constexpr int HD = 128;            // head dimension
 constexpr int BM = 128;            // query rows per block (2 consumer warpgroups × 64)
 constexpr int BN = 128;            // keys per tile
-constexpr int STAGES = 2;          // K/V ring depth
+#ifndef KV_STAGES
+#define KV_STAGES 2
+#endif
+constexpr int STAGES = KV_STAGES;  // K/V ring depth
 constexpr int CONSUMERS = 256;     // consumer threads (warpgroups 0 and 1)
 constexpr int THREADS = CONSUMERS + 128;  // + the producer warpgroup
 // Register split (setmaxnreg): the producer needs few, the consumers hold two 64×128 f32
