@@ -2,6 +2,10 @@
 
 usage: python3 check.py LIB.so [LIB2.so ...]   (each a build of host.cu, e.g. with -D variants)
 
+Build (here, with the CUDA toolchain of shared/cuda, or on the GPU machine):
+    nvcc -O3 -shared -Xcompiler -fPIC -gencode=arch=compute_90a,code=sm_90a \
+        -o v.so scripts/flash_sm90/host.cu -lcuda [-DPINGPONG=0] [-DKV_STAGES=3]
+
 For each library: relative error against PyTorch's attention in f32 on random inputs (odd lengths,
 padded keys, the 640² bench shape), then the median time at the bench shapes next to PyTorch's
 bf16 SDPA backends. Prints one line per check and a table last.

@@ -9,18 +9,24 @@
 // wgmma issues 64×128×16 products per warpgroup from shared memory without register staging, and
 // TMA moves whole tiles with one instruction while the math warps keep computing.
 //
-// Scheme (FlashAttention-3's, without its pingpong scheduling):
-// - a block owns 128 query rows of one (batch, head); warps 0–3 and 4–7 are two consumer
-//   warpgroups of 64 rows each, warp 8 the producer;
-// - the producer's lane 0 loads Q once, then streams K and V tiles of 128 keys through a
+// Scheme (FlashAttention-3's):
+// - a block owns 128 query rows of one (batch, head); warpgroups 0 and 1 are consumers of 64
+//   rows each, warpgroup 2 the producer (setmaxnreg moves registers from it to the consumers);
+// - the producer's first lane loads Q once, then streams K and V tiles of 128 keys through a
 //   two-stage ring in shared memory with TMA; each stage has "full" mbarriers (the copy engine
-//   counts the bytes in) and an "empty" one (every consumer thread arrives when done with it);
+//   counts the bytes in) and "free" ones (every consumer thread arrives when done with a tile);
 // - consumers compute S = Q·Kᵀ with wgmma (both operands in shared memory), do the online
 //   softmax in registers (exp2 domain), and O += P·V with P straight from the S accumulators
 //   (the f32 accumulator layout of one 64×16 slice is wgmma's A-register layout, so the
 //   conversion is a bf16 pack), V from shared memory read transposed (MN-major);
+// - the softmax of tile j runs while the tensor cores still compute P_{j−1}·V_{j−1}
+//   (intra-warpgroup overlap), and the two consumer warpgroups take turns issuing their GEMMs
+//   (pingpong, named barriers);
 // - tiles are 128-byte swizzled: the TMA writes them in the layout the wgmma descriptors read.
 //   Each 128-row tile is stored as two halves of 64 head dims (128 bytes per row each).
+//
+// Measured in docs/benchmarks.md; scripts/flash_sm90/ checks and times it against PyTorch
+// (PINGPONG and KV_STAGES are compile-time switches for that harness).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -44,6 +50,7 @@ constexpr int HALF_BYTES = 128 * 128;           // one 128-row × 64-dim half ti
 constexpr int TILE_BYTES = 2 * HALF_BYTES;      // 32 KB
 // Shared memory: Q, K[STAGES], V[STAGES], then the mbarriers; +1 KB to align the base to 1024.
 constexpr int SMEM_BYTES = TILE_BYTES * (1 + 2 * STAGES) + 128 + 1024;
+static_assert(SMEM_BYTES <= 227 * 1024, "more shared memory than a Hopper block can have");
 
 #ifndef PINGPONG
 #define PINGPONG 1
@@ -308,97 +315,97 @@ extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)
             }
         }
     } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS));
-    // Consumers. Accumulator layout (wgmma m64n128, f32): register 4n + 2i + e holds row
-    // warp·16 + lane/4 + 8i, column 8n + 2·(lane%4) + e.
-    //
-    // Software pipeline (FlashAttention-3's intra-warpgroup overlap): iteration j issues
-    // S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} back to back, waits for S_j only, and runs the
-    // softmax of tile j (exp2 on the SFU) while the tensor cores still work on P_{j−1}·V_{j−1}.
-    // O holds Σ_{t<j} P_t·V_t relative to the running max of tile j − 1 until it is rescaled.
-    const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-    float o[64], s[64];
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS));
+        // Consumers. Accumulator layout (wgmma m64n128, f32): register 4n + 2i + e holds row
+        // warp·16 + lane/4 + 8i, column 8n + 2·(lane%4) + e.
+        //
+        // Software pipeline (FlashAttention-3's intra-warpgroup overlap): iteration j issues
+        // S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} back to back, waits for S_j only, and runs the
+        // softmax of tile j (exp2 on the SFU) while the tensor cores still work on P_{j−1}·V_{j−1}.
+        // O holds Σ_{t<j} P_t·V_t relative to the running max of tile j − 1 until it is rescaled.
+        const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+        float o[64], s[64];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) o[i] = 0.f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, corr[2];
-    uint32_t p[8][4];
-    const uint32_t q_rows = s_q + wg * 64 * 128;  // this warpgroup's 64 rows in each half
+        for (int i = 0; i < 64; ++i) o[i] = 0.f;
+        float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f}, corr[2];
+        uint32_t p[8][4];
+        const uint32_t q_rows = s_q + wg * 64 * 128;  // this warpgroup's 64 rows in each half
 
-    if (tiles > 0) {  // (a row with no keys at all gets zeros)
-        if (wg == 1) turn_pass(1);  // warpgroup 0 goes first
-        mbar_wait(bar_q, 0);
-        mbar_wait(bar_k_full(0), 0);
-        turn_wait(wg);
-        qk_issue(s, q_rows, s_k);
-        wgmma_commit();
-        turn_pass(wg);
-        wgmma_wait<0>();
-        fence_regs(s);
-        mbar_arrive(bar_k_free(0));
-        softmax_tile(s, 0, keys, lane, scale_log2, row_max, row_sum, corr, p);
-        for (int j = 1; j < tiles; ++j) {
-            const int st = j % STAGES, prev = (j - 1) % STAGES;
-            mbar_wait(bar_k_full(st), (j / STAGES) & 1);
-            mbar_wait(bar_v_full(prev), ((j - 1) / STAGES) & 1);
+        if (tiles > 0) {  // (a row with no keys at all gets zeros)
+            if (wg == 1) turn_pass(1);  // warpgroup 0 goes first
+            mbar_wait(bar_q, 0);
+            mbar_wait(bar_k_full(0), 0);
             turn_wait(wg);
-            qk_issue(s, q_rows, s_k + st * TILE_BYTES);
-            wgmma_commit();
-            pv_issue(o, p, s_v + prev * TILE_BYTES);
+            qk_issue(s, q_rows, s_k);
             wgmma_commit();
             turn_pass(wg);
-            wgmma_wait<1>();  // S_j is in; P_{j−1}·V_{j−1} may still run
-            fence_regs(s);
-            mbar_arrive(bar_k_free(st));
-            uint32_t p_next[8][4];
-            softmax_tile(s, j * BN, keys, lane, scale_log2, row_max, row_sum, corr, p_next);
             wgmma_wait<0>();
-            fence_regs(o);
-            fence_frags(p);  // p stays live (unclobbered) until the wgmma reading it is done
-            mbar_arrive(bar_v_free(prev));
+            fence_regs(s);
+            mbar_arrive(bar_k_free(0));
+            softmax_tile(s, 0, keys, lane, scale_log2, row_max, row_sum, corr, p);
+            for (int j = 1; j < tiles; ++j) {
+                const int st = j % STAGES, prev = (j - 1) % STAGES;
+                mbar_wait(bar_k_full(st), (j / STAGES) & 1);
+                mbar_wait(bar_v_full(prev), ((j - 1) / STAGES) & 1);
+                turn_wait(wg);
+                qk_issue(s, q_rows, s_k + st * TILE_BYTES);
+                wgmma_commit();
+                pv_issue(o, p, s_v + prev * TILE_BYTES);
+                wgmma_commit();
+                turn_pass(wg);
+                wgmma_wait<1>();  // S_j is in; P_{j−1}·V_{j−1} may still run
+                fence_regs(s);
+                mbar_arrive(bar_k_free(st));
+                uint32_t p_next[8][4];
+                softmax_tile(s, j * BN, keys, lane, scale_log2, row_max, row_sum, corr, p_next);
+                wgmma_wait<0>();
+                fence_regs(o);
+                fence_frags(p);  // p stays live (unclobbered) until the wgmma reading it is done
+                mbar_arrive(bar_v_free(prev));
+#pragma unroll
+                for (int n = 0; n < 16; ++n) {
+                    o[4 * n + 0] *= corr[0];
+                    o[4 * n + 1] *= corr[0];
+                    o[4 * n + 2] *= corr[1];
+                    o[4 * n + 3] *= corr[1];
+                }
+#pragma unroll
+                for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) p[kk][r] = p_next[kk][r];
+            }
+            {
+                const int last = (tiles - 1) % STAGES;
+                mbar_wait(bar_v_full(last), ((tiles - 1) / STAGES) & 1);
+                turn_wait(wg);
+                pv_issue(o, p, s_v + last * TILE_BYTES);
+                wgmma_commit();
+                turn_pass(wg);
+                if (wg == 0) turn_wait(0);  // takes warpgroup 1's last hand-over: no arrival left pending
+                wgmma_wait<0>();
+                fence_regs(o);
+                fence_frags(p);
+            }
+        }
+
+        // Normalise and store: each lane writes pairs of columns of its two rows.
+        const int width = heads * HD;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float sum = row_sum[i];
+            sum += __shfl_xor_sync(0xffffffff, sum, 1);
+            sum += __shfl_xor_sync(0xffffffff, sum, 2);
+            const float inv = sum > 0.f ? 1.f / sum : 0.f;
+            const int row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * i;
+            if (row >= seq) continue;
+            __nv_bfloat16 *dst = row < split ? out0 + (static_cast<long long>(b) * split + row) * width
+                                             : out1 + (static_cast<long long>(b) * (seq - split) + row - split) * width;
+            dst += h * HD + 2 * (lane % 4);
 #pragma unroll
             for (int n = 0; n < 16; ++n) {
-                o[4 * n + 0] *= corr[0];
-                o[4 * n + 1] *= corr[0];
-                o[4 * n + 2] *= corr[1];
-                o[4 * n + 3] *= corr[1];
+                const uint32_t v = pack_bf16(o[4 * n + 2 * i] * inv, o[4 * n + 2 * i + 1] * inv);
+                *reinterpret_cast<uint32_t *>(dst + 8 * n) = v;
             }
-#pragma unroll
-            for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) p[kk][r] = p_next[kk][r];
         }
-        {
-            const int last = (tiles - 1) % STAGES;
-            mbar_wait(bar_v_full(last), ((tiles - 1) / STAGES) & 1);
-            turn_wait(wg);
-            pv_issue(o, p, s_v + last * TILE_BYTES);
-            wgmma_commit();
-            turn_pass(wg);
-            if (wg == 0) turn_wait(0);  // takes warpgroup 1's last hand-over: no arrival left pending
-            wgmma_wait<0>();
-            fence_regs(o);
-            fence_frags(p);
-        }
-    }
-
-    // Normalise and store: each lane writes pairs of columns of its two rows.
-    const int width = heads * HD;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        float sum = row_sum[i];
-        sum += __shfl_xor_sync(0xffffffff, sum, 1);
-        sum += __shfl_xor_sync(0xffffffff, sum, 2);
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        const int row = m0 + wg * 64 + warp * 16 + lane / 4 + 8 * i;
-        if (row >= seq) continue;
-        __nv_bfloat16 *dst = row < split ? out0 + (static_cast<long long>(b) * split + row) * width
-                                         : out1 + (static_cast<long long>(b) * (seq - split) + row - split) * width;
-        dst += h * HD + 2 * (lane % 4);
-#pragma unroll
-        for (int n = 0; n < 16; ++n) {
-            const uint32_t v = pack_bf16(o[4 * n + 2 * i] * inv, o[4 * n + 2 * i + 1] * inv);
-            *reinterpret_cast<uint32_t *>(dst + 8 * n) = v;
-        }
-    }
     }
 }
