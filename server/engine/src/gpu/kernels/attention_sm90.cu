@@ -296,7 +296,9 @@ extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
         // Producer: one lane issues every copy. Tile j reuses the stage of tile j − STAGES once
         // the consumers have freed it (the n-th use of a stage waits for free phase n − 1).
-        if (tid == CONSUMERS) {
+        // With no keys at all the consumers wait for nothing, so nothing is loaded either (a
+        // copy still in flight when the block exits would write into a later block's memory).
+        if (tid == CONSUMERS && tiles > 0) {
             mbar_expect_tx(bar_q, TILE_BYTES);
             tma_load(s_q, &map_q, bar_q, 0, h, m0, b);
             tma_load(s_q + HALF_BYTES, &map_q, bar_q, 64, h, m0, b);
