@@ -99,9 +99,10 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Whether the MLP's input projection applies its bias and GELU in the cuBLASLt GEMM's epilogue
-/// ([`super::gemm_epilogue`], the default) or in the separate [`bias_gelu`] kernel; process-wide,
-/// for the bench.
+/// Whether GEMMs carry work in their cuBLASLt epilogue ([`super::gemm_epilogue`], the default):
+/// the MLP input projection its bias and GELU (else the separate [`bias_gelu`] kernel), the v
+/// projections their biases and the joint layout (else [`joint_qkv`]). Process-wide, for the
+/// bench.
 pub fn set_gemm_epilogue(on: bool) {
     GEMM_EPILOGUE.store(on, Ordering::Relaxed);
 }
@@ -611,9 +612,9 @@ mod cuda {
             let grid = (seq.div_ceil(rows_per_block) as u32, heads as u32, b as u32);
             if kernel == FlashKernel::Sm90 {
                 let stream = dev.cuda_stream();
-                let maps = [&qv, &kv, &vv].map(|t| sm90::tensor_map(t, &stream, b, seq, heads));
-                let [map_q, map_k, map_v] = maps;
-                let (map_q, map_k, map_v) = (map_q?, map_k?, map_v?);
+                let map_q = sm90::tensor_map(&qv, &stream, b, seq, heads)?;
+                let map_k = sm90::tensor_map(&kv, &stream, b, seq, heads)?;
+                let map_v = sm90::tensor_map(&vv, &stream, b, seq, heads)?;
                 let func = dev.get_or_load_custom_func(kernel.entry(), "engine_attention_sm90", ATTENTION_SM90_PTX)?;
                 func.set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
