@@ -243,8 +243,10 @@ fn no_cuda<T, A>(_args: A) -> Result<T> {
     candle_core::bail!("the fused kernels need a build with the `cuda` feature")
 }
 
+/// The CUDA side; its tensor helpers (`cuda_device`, `check_dtype`, `view`, `output`) also serve
+/// `gemm_epilogue`.
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
@@ -262,14 +264,14 @@ mod cuda {
     /// Threads per block of the element-wise kernels.
     const THREADS: u32 = 256;
 
-    fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+    pub(crate) fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
         match t.device() {
             Device::Cuda(d) => Ok(d.clone()),
             _ => bail!("fused kernel: tensor is not on a CUDA device"),
         }
     }
 
-    fn check_dtype(t: &Tensor, dtype: DType, what: &str) -> Result<()> {
+    pub(crate) fn check_dtype(t: &Tensor, dtype: DType, what: &str) -> Result<()> {
         if t.dtype() != dtype {
             bail!("fused kernel: {what} is {:?}, expected {dtype:?}", t.dtype());
         }
@@ -277,7 +279,7 @@ mod cuda {
     }
 
     /// A contiguous tensor's elements as a CUDA view (borrowing the storage's read guard).
-    fn view<'a, T: CudaDType>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    pub(crate) fn view<'a, T: CudaDType>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
         let Storage::Cuda(s) = storage else {
             bail!("fused kernel: {what} is not on CUDA")
         };
@@ -349,7 +351,7 @@ mod cuda {
         Ok(())
     }
 
-    fn output<T: CudaDType>(dev: &CudaDevice, slice: CudaSlice<T>, shape: impl Into<Shape>) -> Tensor {
+    pub(crate) fn output<T: CudaDType>(dev: &CudaDevice, slice: CudaSlice<T>, shape: impl Into<Shape>) -> Tensor {
         Tensor::from_storage(
             Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
             shape,

@@ -48,11 +48,16 @@ mod cuda {
     use std::sync::{Arc, Mutex};
 
     use candle_core::cuda_backend::cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtrMut};
-    use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-    use candle_core::op::BackpropOp;
-    use candle_core::{bail, DType, Device, Layout, Result, Storage, Tensor};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtrMut};
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::{bail, DType, Result, Tensor};
     use half::bf16;
+
+    use crate::gpu::fused::cuda::{check_dtype, cuda_device, output, view};
+
+    fn check_bf16(tensors: &[(&Tensor, &str)]) -> Result<()> {
+        tensors.iter().try_for_each(|(t, what)| check_dtype(t, DType::BF16, what))
+    }
 
     /// One cuBLASLt handle (and its 32 MB workspace) per CUDA stream, made on first use.
     static HANDLES: Mutex<Vec<(usize, Arc<CudaBlasLT>)>> = Mutex::new(Vec::new());
@@ -69,43 +74,8 @@ mod cuda {
         Ok(h)
     }
 
-    fn view<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, bf16>> {
-        let Storage::Cuda(s) = storage else {
-            bail!("cuBLASLt GEMM: {what} is not on CUDA")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("cuBLASLt GEMM: {what} is not contiguous")
-        };
-        Ok(s.as_cuda_slice::<bf16>()?.slice(start..end))
-    }
-
     fn lt_error(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
         candle_core::Error::Msg(format!("cuBLASLt {what}: {e:?}"))
-    }
-
-    fn check_bf16(tensors: &[(&Tensor, &str)], op: &str) -> Result<()> {
-        for (t, what) in tensors {
-            if t.dtype() != DType::BF16 {
-                bail!("{op}: {what} is {:?}, expected bf16", t.dtype());
-            }
-        }
-        Ok(())
-    }
-
-    fn cuda_device<'a>(t: &'a Tensor, op: &str) -> Result<&'a CudaDevice> {
-        match t.device() {
-            Device::Cuda(dev) => Ok(dev),
-            _ => bail!("{op}: input is not on a CUDA device"),
-        }
-    }
-
-    fn output(dev: &CudaDevice, out: CudaSlice<bf16>, shape: (usize, usize, usize)) -> Tensor {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone())),
-            shape,
-            BackpropOp::none(),
-            false,
-        )
     }
 
     /// `out_b = x_b · Wᵀ (+ bias, + GELU)` for `batch` row blocks of `rows` rows: x blocks
@@ -160,11 +130,11 @@ mod cuda {
         if k_w != k || bias.dims() != [n] {
             bail!("{OP}: x {:?}, weight {:?}, bias {:?} don't match", x.dims(), weight.dims(), bias.dims());
         }
-        check_bf16(&[(x, "x"), (weight, "weight"), (bias, "bias")], OP)?;
-        let dev = cuda_device(x, OP)?;
+        check_bf16(&[(x, "x"), (weight, "weight"), (bias, "bias")])?;
+        let dev = &cuda_device(x)?;
         let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
         let (xg, wg, bg) = (x.storage_and_layout(), weight.storage_and_layout(), bias.storage_and_layout());
-        let (xv, wv, bv) = (view(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "weight")?, view(&bg.0, bg.1, "bias")?);
+        let (xv, wv, bv) = (view::<bf16>(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "weight")?, view(&bg.0, bg.1, "bias")?);
         // SAFETY: the GEMM writes all b·s × n outputs.
         let mut out = unsafe { dev.alloc::<bf16>((b * s * n).max(1))? };
         // All rows as one matrix (contiguous x).
@@ -197,15 +167,15 @@ mod cuda {
             );
         }
         let inputs = [(x_img, "x_img"), (w_img, "w_img"), (b_img, "b_img"), (x_txt, "x_txt"), (w_txt, "w_txt"), (b_txt, "b_txt")];
-        check_bf16(&inputs, OP)?;
-        let dev = cuda_device(x_img, OP)?;
+        check_bf16(&inputs)?;
+        let dev = &cuda_device(x_img)?;
         let seq = s_img + s_txt;
         // SAFETY: the two GEMMs write every row of every batch row (image rows, then text rows).
         let mut out = unsafe { dev.alloc::<bf16>((b * seq * n).max(1))? };
         for (x, w, bias, rows, first_row) in [(x_img, w_img, b_img, s_img, 0), (x_txt, w_txt, b_txt, s_txt, s_img)] {
             let (x, w, bias) = (x.contiguous()?, w.contiguous()?, bias.contiguous()?);
             let (xg, wg, bg) = (x.storage_and_layout(), w.storage_and_layout(), bias.storage_and_layout());
-            let (xv, wv, bv) = (view(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "w")?, view(&bg.0, bg.1, "bias")?);
+            let (xv, wv, bv) = (view::<bf16>(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "w")?, view(&bg.0, bg.1, "bias")?);
             if rows == 0 {
                 continue;
             }
