@@ -689,10 +689,12 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         let wq = randn(&[d, d])?;
         let x2 = x.reshape((2 * s_img, d))?;
         let t = time_op(device, reps, || Ok(x2.matmul(&wq.t()?)?))?;
-        let d_to_d_uses = if fused::gemm_epilogue() { 3.0 } else { 4.0 };
+        // Uses per block of the separate passes the epilogues replace (1 or 0), and of the
+        // bias-free D→D GEMM (v's goes to the epilogue GEMM when on).
+        let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
+        let d_to_d_uses = 3.0 + separate;
         report("fused: GEMM D→D without bias (q,k,v,out)", t, d_to_d_uses, 2.0 * (2 * s_img * d * d) as f64, 0.0);
         let wu = randn(&[4 * d, d])?;
-        let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
         let t = time_op(device, reps, || Ok(x2.matmul(&wu.t()?)?))?;
         report("fused: GEMM D→4D without bias (mlp in)", t, separate, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
         let h2 = randn(&[2 * s_img, 4 * d])?;
