@@ -10,7 +10,8 @@
 # Writes logs and JSON lines under /tmp/gpu-logs, then the table, the JSON lines and a tarball
 # of the logs into $OUT (the device tool brings back at most 8 files); prints the table last.
 #
-# STAGES (env) selects parts: parity,ours,anchor (default); extra (opt-in: the profile alone,
+# STAGES (env) selects parts: parity,ours,anchor (default); init (opt-in: each side on the other's
+# random-weight distribution, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
 # and offload with a 20 GiB VRAM budget); load (opt-in: writes a 41 GB random checkpoint in the
 # released layout with diffusers, then times our loading of it). Each
 # part has its own timeout so one failure does not take the others down. PARITY_DTYPES (default
@@ -108,13 +109,36 @@ if has ours; then
   stop_clocks ours
 fi
 
+# cuBLASLt's candidate algorithms for the block's GEMMs, timed under sustained load.
+if has sweep; then
+  log "GEMM algorithm sweep"
+  timeout 300 "$G/gemm_sweep" > "$OUT/gemm_sweep.txt" 2>&1
+  echo "exit $?"
+  grep -E "^#|^best" "$OUT/gemm_sweep.txt"
+  cp "$OUT/gemm_sweep.txt" "$RESULTS/"
+fi
+
+# The same steps on the other side's weight distribution (see scripts/diffusers_same_init.py):
+# ours on the anchor's N(0, 0.02) weights, diffusers on engine-bench's fan-in weights. Clocks and
+# power per run, since the distributions differ in how much power the tensor cores draw.
+if has init; then
+  for res in 640 1024; do
+    sample_clocks "ours_${res}_fan_in"
+    TIMEOUT=150 run_ours "${res}_fan_in" --random-weights --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit
+    stop_clocks "ours_${res}_fan_in"
+    sample_clocks "ours_${res}_anchor_init"
+    TIMEOUT=150 run_ours "${res}_anchor_init" --random-weights --init anchor --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit --check-finite
+    stop_clocks "ours_${res}_anchor_init"
+  done
+fi
+
 if has extra; then
   TIMEOUT=150 run_ours extra_profile --random-weights --resolution 640 --layers 4 --phases profile
   TIMEOUT=240 run_ours extra_budget20 --random-weights --resolution 640 --layers 4 --steps 2 --warmup 1 \
     --offload on --vram-budget-gb 20 --phases dit
 fi
 
-if has anchor || has load; then
+if has anchor || has load || has init; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
 fi
@@ -135,9 +159,28 @@ if has anchor; then
     > "$OUT/anchor.log" 2>&1
   echo "exit $?"
   stop_clocks anchor
-  grep '^{' "$OUT/anchor.log" > "$OUT/anchor.jsonl"
+  grep '^{' "$OUT/anchor.log" >> "$OUT/anchor.jsonl"
   grep -v '^{' "$OUT/anchor.log" | tail -5
   cat "$OUT/anchor.jsonl" | cut -c1-300
+fi
+
+if has init; then
+  log "diffusers on engine-bench's fan-in weights, then on the anchor's own"
+  for what in dit640 dit1024; do
+    sample_clocks "diffusers_${what}_fan_in"
+    PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_same_init.py" $what > "$OUT/same_init_$what.log" 2>&1
+    echo "exit $?"
+    stop_clocks "diffusers_${what}_fan_in"
+    grep '^{' "$OUT/same_init_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
+    grep -v '^{' "$OUT/same_init_$what.log" | tail -3
+    if ! has anchor; then
+      sample_clocks "diffusers_${what}_anchor_init"
+      PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_anchor.py" $what > "$OUT/anchor_$what.log" 2>&1
+      echo "exit $?"
+      stop_clocks "diffusers_${what}_anchor_init"
+      grep '^{' "$OUT/anchor_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
+    fi
+  done
 fi
 
 log "table"

@@ -18,7 +18,10 @@ def load(path, tags=None):
                 if line.startswith("{"):
                     d = json.loads(line)
                     tag = str(d.get("tag", ""))
-                    keep = tag.startswith(tuple(tags)) if tags else not tag.startswith(("load", "extra"))
+                    if tags:
+                        keep = tag.startswith(tuple(tags)) or tag.endswith(tuple(tags))
+                    else:
+                        keep = not tag.startswith(("load", "extra")) and not tag.endswith(("_fan_in", "_anchor_init"))
                     if "run" in d and keep:
                         runs[d["run"]] = d
     except FileNotFoundError:
@@ -28,6 +31,8 @@ def load(path, tags=None):
 
 ours = load(sys.argv[1])
 loads = load(sys.argv[1], tags=["load", "extra"])
+# STAGES=init: each side on the other's weight distribution, keyed by tag (`640_fan_in`, ...).
+by_tag = {str(d.get("tag")): d for d in load(sys.argv[1], tags=["_fan_in", "_anchor_init"]).values()}
 theirs = load(sys.argv[2])
 gpu = open(sys.argv[3]).read().strip() if len(sys.argv) > 3 else ""
 
@@ -76,6 +81,15 @@ for suffix, label in (("_cudnn", "cuDNN SDPA instead of our Hopper kernel"),
     v = get(ours, f"ours_dit_step_640_L4_cfg{suffix}", "median_s")
     if v is not None:
         row(f"  640² step, {label}", v, get(theirs, d640, "median_s"), "s")
+
+# The same weight distribution on both sides (scripts/diffusers_same_init.py): the anchor's
+# N(0, 0.02) weights, and engine-bench's fan-in weights.
+for res in (640, 1024):
+    for init, theirs_run, label in (("anchor_init", f"diffusers_dit_step_{res}_L4_cfg", "both on the anchor's N(0, 0.02) weights"),
+                                    ("fan_in", f"diffusers_dit_step_{res}_L4_cfg_fan_in_init", "both on engine-bench's fan-in weights")):
+        mine = by_tag.get(f"{res}_{init}", {}).get("median_s")
+        if mine is not None or get(theirs, theirs_run, "median_s") is not None and init == "fan_in":
+            row(f"  {res}² step, {label}", mine, get(theirs, theirs_run, "median_s"), "s")
 
 o, d = "ours_dit_step_640_L4_cfg_offload", "diffusers_group_offload_step_640_L4_cfg"
 row("Offload step 640², 4 layers, CFG", get(ours, o, "median_s"), get(theirs, d, "median_s"), "s")

@@ -8,7 +8,9 @@ Build (here, with the CUDA toolchain of shared/cuda, or on the GPU machine):
 
 For each library: relative error against PyTorch's attention in f32 on random inputs (odd lengths,
 padded keys, the 640² bench shape), then the median time at the bench shapes next to PyTorch's
-bf16 SDPA backends. Prints one line per check and a table last.
+bf16 SDPA backends. Prints one line per check and a table last. SUSTAINED=1 adds a table at the
+sustained clock (2 s heat-up, then ~1.5 s back to back, nvidia-smi clock and power sampled) for
+our kernel, PyTorch's flash and cuDNN SDPA and, for scale, the DiT's MLP-out GEMM.
 """
 import ctypes
 import sys
@@ -64,6 +66,35 @@ def timed(fn, reps=20):
     return times[len(times) // 2]
 
 
+def sustained(fn, seconds):
+    """Mean seconds per call once the card has run `fn` back to back for 2 s (at its power limit,
+    the clock settles lower than in short bursts), over about `seconds` of back-to-back calls;
+    with the SM clock and power draw nvidia-smi sampled meanwhile (medians)."""
+    import statistics
+    import subprocess
+    import time
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < 2.0:
+        fn()
+        torch.cuda.synchronize()
+    one = timed(fn, reps=3)
+    reps = max(5, int(seconds / one))
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                            "-lms", "100"], stdout=subprocess.PIPE, text=True)
+    a, z = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(reps):
+        fn()
+    z.record()
+    z.synchronize()
+    smi.terminate()
+    samples = [l.split(",") for l in smi.communicate()[0].splitlines() if l.count(",") == 1]
+    clock = statistics.median(float(c) for c, _ in samples) if samples else float("nan")
+    power = statistics.median(float(p) for _, p in samples) if samples else float("nan")
+    return a.elapsed_time(z) / 1e3 / reps, clock, power
+
+
 SHAPES = [  # (batch, seq, heads, split, kv_len)
     (1, 37, 1, 30, [37]),
     (2, 300, 2, 270, [300, 281]),
@@ -103,6 +134,32 @@ for b, s, h, split, kv_len in TIMED:
             rows.append((name, s, t, flops / t / 1e12, 0.0))
         except Exception as e:  # noqa: BLE001 - a missing backend is reported, not fatal
             print(f"{name}: {e}")
+
+# SUSTAINED=1: each attention and, for scale, the DiT's largest GEMM, at the sustained clock.
+steady = []
+if __import__("os").environ.get("SUSTAINED"):
+    lib = ctypes.CDLL(sys.argv[1])
+    for b, s, h, split, kv_len in TIMED:
+        q, k, v = (torch.randn(b, s, h, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        flops = sum(4.0 * h * s * n * 128 for n in kv_len)
+        bufs = outputs(q, kv_len, split)
+        steady.append((f"ours ({sys.argv[1]})", s, flops, *sustained(lambda: run(lib, q, k, v, kv_len, split, bufs), 1.5)))
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        flops_full = 4.0 * b * h * s * s * 128
+        for name, backend in [("torch flash (no mask)", "FLASH_ATTENTION"), ("torch cuDNN (no mask)", "CUDNN_ATTENTION")]:
+            try:
+                with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
+                    steady.append((name, s, flops_full, *sustained(lambda: F.scaled_dot_product_attention(qt, kt, vt), 1.5)))
+            except Exception as e:  # noqa: BLE001
+                print(f"{name}: {e}")
+        del q, k, v, qt, kt, vt, bufs
+    x = torch.randn(19200, 12288, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(3072, 12288, device=dev, dtype=torch.bfloat16) / 12288 ** 0.5
+    steady.append(("torch GEMM 19200×12288 · (3072×12288)ᵀ (MLP out)", "—", 2.0 * 19200 * 12288 * 3072,
+                   *sustained(lambda: x @ w.t(), 1.5)))
+    print("\n| sustained | S | ms | TFLOP/s | SM clock (MHz) | power (W) |\n|---|---|---|---|---|---|")
+    for name, s, fl, t, clock, power in steady:
+        print(f"| {name} | {s} | {t * 1e3:.2f} | {fl / t / 1e12:.0f} | {clock:.0f} | {power:.0f} |")
 
 print("\n| kernel | S | ms | TFLOP/s | worst rel err |\n|---|---|---|---|---|")
 for name, s, t, tf, err in rows:

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use engine::gpu::memory::gib;
-use engine::gpu::{flops, OffloadOptions, RandomWeights, VramSampler};
+use engine::gpu::{flops, InitScheme, OffloadOptions, RandomWeights, VramSampler};
 use engine::text_encoder::{text_position_ids, Qwen25VLTextModel};
 use engine::transformer::{cfg, QwenImageTransformer};
 use engine::vae::AutoencoderKLQwenImage;
@@ -32,7 +32,7 @@ const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir
   [--dtype bf16|f32] [--resolution 640] [--layers 4] [--steps 3] [--warmup 1] [--phases text,dit,vae]
   [--offload on|off] [--vram-budget-gb G] [--resident-blocks K] [--no-pin] [--check-finite] [--tag NAME]
   [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel sm90|w4|w8|w4m2]
-  [--gemm-epilogue on|off]";
+  [--gemm-epilogue on|off] [--init fan-in|anchor]";
 
 struct Args {
     model: Option<String>,
@@ -58,6 +58,8 @@ struct Args {
     cudnn_autotune: bool,
     /// The MLP's bias + GELU in the cuBLASLt GEMM epilogue (else a separate kernel).
     gemm_epilogue: bool,
+    /// How random DiT weights are drawn (`anchor`: as diffusers' speed anchor draws them).
+    init: InitScheme,
 }
 
 /// An `on|off` flag's value.
@@ -91,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
         cudnn_attention: false,
         cudnn_autotune: false,
         gemm_epilogue: true,
+        init: InitScheme::FanIn,
     };
     let mut random = false;
     let mut it = std::env::args().skip(1);
@@ -134,6 +137,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--cudnn-autotune" => a.cudnn_autotune = on_off("--cudnn-autotune", &value("--cudnn-autotune")?)?,
             "--gemm-epilogue" => a.gemm_epilogue = on_off("--gemm-epilogue", &value("--gemm-epilogue")?)?,
+            "--init" => {
+                let v = value("--init")?;
+                a.init = InitScheme::parse(&v).ok_or_else(|| format!("--init {v}: fan-in or anchor"))?;
+            }
             "--flash-kernel" => {
                 let v = value("--flash-kernel")?;
                 a.flash_kernel = engine::gpu::fused::FlashKernel::parse(&v)
@@ -189,14 +196,18 @@ fn sync(device: &Device) -> engine::Result<()> {
 
 /// Where the weights come from.
 enum Source {
-    Random,
+    /// Random weights; the scheme applies to the DiT (the other models keep fan-in values).
+    Random(InitScheme),
     Model(ModelDir),
 }
 
 impl Source {
     fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> engine::Result<VarBuilder<'static>> {
         match self {
-            Source::Random => Ok(RandomWeights::var_builder(dtype, device)),
+            Source::Random(scheme) if component == "transformer" => {
+                Ok(RandomWeights::var_builder_with(*scheme, dtype, device))
+            }
+            Source::Random(_) => Ok(RandomWeights::var_builder(dtype, device)),
             Source::Model(m) => m.var_builder(component, dtype, device),
         }
     }
@@ -241,7 +252,7 @@ fn run(args: &Args) -> engine::Result<()> {
     engine::gpu::fused::set_gemm_epilogue(args.gemm_epilogue);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
-        None => Source::Random,
+        None => Source::Random(args.init),
     };
     let cfgs = configs(args)?;
     let sampler = VramSampler::start(&device, Duration::from_millis(2));
@@ -250,7 +261,7 @@ fn run(args: &Args) -> engine::Result<()> {
         "run": "ours_setup", "tag": args.tag, "gpu": gpu, "dtype": format!("{:?}", args.dtype),
         "device_total_gib": sampler.as_ref().map(|s| gib(s.total())),
         "baseline_used_gib": sampler.as_ref().map(|s| gib(s.baseline())),
-        "weights": if args.model.is_some() { "checkpoint" } else { "random" },
+        "weights": weights_name(args),
     }));
     let peak = |s: &Option<VramSampler>| s.as_ref().map(|s| gib(s.peak_above_baseline()));
 
@@ -326,7 +337,7 @@ fn text_phase(
     let vb = source.var_builder("text_encoder", args.dtype, device)?;
     let model = if args.offload {
         let host = match source {
-            Source::Random => vb.clone(),
+            Source::Random(_) => vb.clone(),
             Source::Model(m) => m.var_builder("text_encoder", args.dtype, &Device::Cpu)?,
         };
         let options = OffloadOptions { resident_blocks: 0, pin_memory: args.pin };
@@ -359,7 +370,7 @@ fn text_phase(
     }
     emit(serde_json::json!({
         "run": format!("ours_text_encode{}", if args.offload { "_offload" } else { "" }), "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
-        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random" },
+        "build_s": build_s, "weights_source": weights_name(args),
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())), "gpu": gpu,
     }));
     drop(model);
@@ -394,7 +405,7 @@ fn dit_phase(
         // Random weights are generated on the GPU and copied to host buffers block by block; a
         // checkpoint's blocks are read from its memory-mapped files on the CPU.
         let host = match source {
-            Source::Random => vb.clone(),
+            Source::Random(_) => vb.clone(),
             Source::Model(m) => m.var_builder("transformer", args.dtype, &Device::Cpu)?,
         };
         QwenImageTransformer::new_offloaded(tcfg, vb, &host, options)?
@@ -462,7 +473,7 @@ fn dit_phase(
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
         "weights_resident_gib": after_build,
         "tflops_per_step": step_flops / 1e12, "achieved_tflops": step_flops / med / 1e12,
-        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random" },
+        "build_s": build_s, "weights_source": weights_name(args),
         "offload": stats.as_ref().map(|s| serde_json::json!({
             "resident_blocks": s.resident_blocks, "blocks": s.blocks, "pinned": s.pinned,
             "block_gib": gib(s.block_bytes), "host_gib": gib(s.host_bytes),
@@ -477,8 +488,8 @@ fn dit_phase(
 
 /// The run-name suffix of a non-default DiT path, so the comparison table keeps the default runs
 /// apart from the variants timed beside them.
-fn variant_suffix(args: &Args) -> &'static str {
-    if !args.fused {
+fn variant_suffix(args: &Args) -> String {
+    let path = if !args.fused {
         "_plain"
     } else if args.cudnn_attention && args.cudnn_autotune {
         "_cudnn_tuned"
@@ -490,6 +501,16 @@ fn variant_suffix(args: &Args) -> &'static str {
         "_separate_epilogues"
     } else {
         ""
+    };
+    let init = if args.model.is_none() && args.init == InitScheme::Anchor { "_anchor_init" } else { "" };
+    format!("{path}{init}")
+}
+
+/// Where the weights came from: a checkpoint, or random values of which scheme.
+fn weights_name(args: &Args) -> String {
+    match args.model {
+        Some(_) => "checkpoint".into(),
+        None => format!("random ({})", args.init.name()),
     }
 }
 
@@ -747,7 +768,8 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     }
 
     // The whole block, for the sum check: the path the run uses, and the plain one.
-    let block = TransformerBlock::new(d, heads, dh, 0, RandomWeights::var_builder(dtype, device))?;
+    let block_vb = RandomWeights::var_builder_with(args.init, dtype, device);
+    let block = TransformerBlock::new(d, heads, dh, 0, block_vb.pp("transformer_blocks").pp(0))?;
     let txt_x = randn(&[2, s_txt, d])?;
     let temb = randn(&[2, d])?;
     let block_flops = flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0;

@@ -20,7 +20,7 @@ use candle_core::{DType, Device};
 pub use errors::describe_error;
 pub use memory::VramSampler;
 pub use offload::{Blocks, OffloadOptions, OffloadStats, StreamedBlocks};
-pub use random_weights::RandomWeights;
+pub use random_weights::{InitScheme, RandomWeights};
 
 /// Whether this build has CUDA support compiled in.
 pub const fn cuda_compiled() -> bool {
