@@ -173,6 +173,22 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+// 2^x on the SFU alone. exp2f without fast math is `ex2.approx.f32`, which keeps denormal
+// results by scaling around the SFU: a compare and two predicated multiplies per score. Softmax
+// probabilities below 2^-126 are zero once rounded to bf16 for P·V anyway, so flush them.
+#ifndef EX2_FTZ
+#define EX2_FTZ 1
+#endif
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if EX2_FTZ
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
@@ -228,14 +244,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], int key0, int keys,
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
         const float m_new = fmaxf(row_max[i], mx * scale_log2);
-        corr[i] = exp2f(row_max[i] - m_new);
+        corr[i] = exp2_ftz(row_max[i] - m_new);
         row_max[i] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int n = 0; n < 16; ++n)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const float v = exp2f(fmaf(s[4 * n + 2 * i + e], scale_log2, -m_new));
+                const float v = exp2_ftz(fmaf(s[4 * n + 2 * i + e], scale_log2, -m_new));
                 s[4 * n + 2 * i + e] = v;
                 sum += v;
             }
