@@ -13,8 +13,9 @@
 //!   (synchronised, median of several runs), with the GEMM and copy ceilings of the card, to see
 //!   where a step's time goes.
 //!
-//! Weights are random (`--random-weights`, no checkpoint needed; speed does not depend on the
-//! values) or read from a model folder (`--model DIR`, which also times loading). Built only
+//! Weights are random (`--random-weights`, no checkpoint needed; `--init anchor` draws the DiT's
+//! as diffusers' speed anchor does, since at the power limit their distribution moves a step by
+//! 1–2%) or read from a model folder (`--model DIR`, which also times loading). Built only
 //! with the `bench` feature: `cargo build --release -p engine --features cuda,bench --bin engine-bench`.
 
 use std::time::{Duration, Instant};
@@ -370,7 +371,7 @@ fn text_phase(
     }
     emit(serde_json::json!({
         "run": format!("ours_text_encode{}", if args.offload { "_offload" } else { "" }), "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
-        "build_s": build_s, "weights_source": weights_name(args),
+        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random (fan-in)" },
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())), "gpu": gpu,
     }));
     drop(model);
