@@ -206,6 +206,10 @@ static void sweep(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_size,
   int got = 0;
   LT(cublasLtMatmulAlgoGetHeuristic(lt, g.desc, g.a, g.b, g.c, g.c, pref, want, res.data(), &got));
   double flop = 2.0 * s.m * s.n * s.k;
+  if (got == 0) {
+    std::printf("\n## %s: cuBLASLt offers no algorithm\n", s.name);
+    return;
+  }
 
   // Heat the card with the first choice so every candidate is timed at the sustained clock.
   time_algo(g, res[0].algo, 2000);
@@ -217,9 +221,9 @@ static void sweep(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_size,
     std::printf("  heuristic %d: %s\n", i, describe(res[i].algo).c_str());
 
   // Every accepted configuration, timed briefly (cheap filter); the 6 fastest then race the
-  // heuristic's first choice in alternating sustained bursts.
-  // HEURISTIC_ONLY=1 skips the enumeration (whose cublasLtMatmulAlgoCheck calls take a minute or
-  // more per shape on the host) and races the heuristic's own candidates.
+  // heuristic's first choice in alternating sustained bursts. HEURISTIC_ONLY=1 skips the
+  // enumeration (its cublasLtMatmulAlgoCheck calls take a minute or more per shape on the host)
+  // and races the heuristic's own candidates.
   std::vector<cublasLtMatmulAlgo_t> all;
   if (!std::getenv("HEURISTIC_ONLY")) all = enumerate(g, g.ws_size);
   for (int i = 0; i < got; i++) all.push_back(res[i].algo);
