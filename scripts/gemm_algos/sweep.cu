@@ -201,6 +201,18 @@ static void sweep(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_size,
   cublasLtMatmulPreference_t pref;
   LT(cublasLtMatmulPreferenceCreate(&pref));
   LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size, sizeof(ws_size)));
+  // Everything this shape allocated, for both exits below.
+  auto release = [&] {
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(g.a);
+    cublasLtMatrixLayoutDestroy(g.b);
+    cublasLtMatrixLayoutDestroy(g.c);
+    cublasLtMatmulDescDestroy(g.desc);
+    CK(cudaFree((void*)g.w));
+    CK(cudaFree((void*)g.x));
+    CK(cudaFree((void*)g.bias));
+    CK(cudaFree(g.y));
+  };
   const int want = 64;
   std::vector<cublasLtMatmulHeuristicResult_t> res(want);
   int got = 0;
@@ -208,6 +220,7 @@ static void sweep(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_size,
   double flop = 2.0 * s.m * s.n * s.k;
   if (got == 0) {
     std::printf("\n## %s: cuBLASLt offers no algorithm\n", s.name);
+    release();
     return;
   }
 
@@ -244,15 +257,7 @@ static void sweep(cublasLtHandle_t lt, const Shape& s, void* ws, size_t ws_size,
                 flop / t_cand / 1e9, describe(cand).c_str());
   }
 
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(g.a);
-  cublasLtMatrixLayoutDestroy(g.b);
-  cublasLtMatrixLayoutDestroy(g.c);
-  cublasLtMatmulDescDestroy(g.desc);
-  CK(cudaFree((void*)g.w));
-  CK(cudaFree((void*)g.x));
-  CK(cudaFree((void*)g.bias));
-  CK(cudaFree(g.y));
+  release();
 }
 
 int main(int argc, char** argv) {
