@@ -11,7 +11,8 @@
 # of the logs into $OUT (the device tool brings back at most 8 files); prints the table last.
 #
 # STAGES (env) selects parts: parity,ours,anchor (default); init (opt-in: each side on the other's
-# random-weight distribution, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
+# random-weight distribution, clocks per run); quick (opt-in: our 640² and 1024² steps and
+# diffusers' alone, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
 # and offload with a 20 GiB VRAM budget); load (opt-in: writes a 41 GB random checkpoint in the
 # released layout with diffusers, then times our loading of it). Each
 # part has its own timeout so one failure does not take the others down. PARITY_DTYPES (default
@@ -114,13 +115,23 @@ if has sweep; then
   log "GEMM algorithm sweep"
   timeout 300 "$G/gemm_sweep" > "$OUT/gemm_sweep.txt" 2>&1
   echo "exit $?"
-  grep -E "^#|^best" "$OUT/gemm_sweep.txt"
+  grep -E "^#|A/B" "$OUT/gemm_sweep.txt"
   cp "$OUT/gemm_sweep.txt" "$RESULTS/"
 fi
 
 # The same steps on the other side's weight distribution (see scripts/diffusers_same_init.py):
 # ours on the anchor's N(0, 0.02) weights, diffusers on engine-bench's fan-in weights. Clocks and
 # power per run, since the distributions differ in how much power the tensor cores draw.
+# STAGES=quick: our 640² and 1024² steps alone, then (below) diffusers' at both sizes, clocks per
+# run: the issue-11 ratio in about 90 s of device time.
+if has quick; then
+  for res in 640 1024; do
+    sample_clocks "ours_$res"
+    TIMEOUT=150 run_ours "$res" --random-weights --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit
+    stop_clocks "ours_$res"
+  done
+fi
+
 if has init; then
   for res in 640 1024; do
     sample_clocks "ours_${res}_fan_in"
@@ -138,7 +149,7 @@ if has extra; then
     --offload on --vram-budget-gb 20 --phases dit
 fi
 
-if has anchor || has load || has init; then
+if has anchor || has load || has init || has quick; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
 fi
@@ -164,15 +175,18 @@ if has anchor; then
   cat "$OUT/anchor.jsonl" | cut -c1-300
 fi
 
-if has init; then
-  log "diffusers on engine-bench's fan-in weights, then on the anchor's own"
+if has init || has quick; then
+  log "diffusers per size (init: on engine-bench's fan-in weights too)"
   for what in dit640 dit1024; do
-    sample_clocks "diffusers_${what}_fan_in"
-    PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_same_init.py" $what > "$OUT/same_init_$what.log" 2>&1
-    echo "exit $?"
-    stop_clocks "diffusers_${what}_fan_in"
-    grep '^{' "$OUT/same_init_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
-    grep -v '^{' "$OUT/same_init_$what.log" | tail -3
+    if has init; then
+      sample_clocks "diffusers_${what}_fan_in"
+      PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_same_init.py" $what > "$OUT/same_init_$what.log" 2>&1
+      echo "exit $?"
+      stop_clocks "diffusers_${what}_fan_in"
+      grep '^{' "$OUT/same_init_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
+      grep -v '^{' "$OUT/same_init_$what.log" | tail -3
+    fi
+    # The anchor's own step at this size, unless the anchor stage already ran it.
     if ! has anchor; then
       sample_clocks "diffusers_${what}_anchor_init"
       PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_anchor.py" $what > "$OUT/anchor_$what.log" 2>&1

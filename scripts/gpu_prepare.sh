@@ -43,7 +43,7 @@ for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:dev
   strip -o "/tmp/$name.stripped" "$src"
   xz -6 -T2 -c "/tmp/$name.stripped" > "$DEST/$name.xz"
 done
-cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/gpu_write_checkpoint.py scripts/diffusers_same_init.py scripts/gpu_quick_compare.sh \
+cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/gpu_write_checkpoint.py scripts/diffusers_same_init.py \
   "$SHARED/bench/diffusers_anchor.py" "$DEST/"
 nvcc -O2 -std=c++17 -o "$DEST/gemm_sweep" scripts/gemm_algos/sweep.cu -lcublasLt
 echo "$ROOT" > "$DEST/compiled_at"
