@@ -13,7 +13,11 @@ sustained clock (2 s heat-up, then ~1.5 s back to back, nvidia-smi clock and pow
 our kernel, PyTorch's flash and cuDNN SDPA and, for scale, the DiT's MLP-out GEMM.
 """
 import ctypes
+import os
+import statistics
+import subprocess
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +74,6 @@ def sustained(fn, seconds):
     """Mean seconds per call once the card has run `fn` back to back for 2 s (at its power limit,
     the clock settles lower than in short bursts), over about `seconds` of back-to-back calls;
     with the SM clock and power draw nvidia-smi sampled meanwhile (medians)."""
-    import statistics
-    import subprocess
-    import time
-
     start = time.perf_counter()
     while time.perf_counter() - start < 2.0:
         fn()
@@ -101,6 +101,8 @@ SHAPES = [  # (batch, seq, heads, split, kv_len)
     (2, 1061, 3, 1000, [1061, 1006]),
     (2, 9636, 24, 9600, [9636, 9606]),
 ]
+# PyTorch's bf16 SDPA backends timed beside ours (flash = FlashAttention-2, diffusers' path).
+TORCH_BACKENDS = [("torch flash (no mask)", "FLASH_ATTENTION"), ("torch cuDNN (no mask)", "CUDNN_ATTENTION")]
 TIMED = [(2, 9636, 24, 9600, [9636, 9606]), (2, 24606, 24, 24576, [24606, 24582])]
 
 rows = []
@@ -127,7 +129,7 @@ for path in sys.argv[1:]:
 for b, s, h, split, kv_len in TIMED:
     q, k, v = (torch.randn(b, h, s, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
     flops = 4.0 * b * h * s * s * 128
-    for name, backend in [("torch flash (no mask)", "FLASH_ATTENTION"), ("torch cuDNN (no mask)", "CUDNN_ATTENTION")]:
+    for name, backend in TORCH_BACKENDS:
         try:
             with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
                 t = timed(lambda: F.scaled_dot_product_attention(q, k, v))
@@ -137,7 +139,7 @@ for b, s, h, split, kv_len in TIMED:
 
 # SUSTAINED=1: each attention and, for scale, the DiT's largest GEMM, at the sustained clock.
 steady = []
-if __import__("os").environ.get("SUSTAINED"):
+if os.environ.get("SUSTAINED"):
     libs = [(path, ctypes.CDLL(path)) for path in sys.argv[1:]]
     for b, s, h, split, kv_len in TIMED:
         q, k, v = (torch.randn(b, s, h, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -149,7 +151,7 @@ if __import__("os").environ.get("SUSTAINED"):
                 steady.append((f"ours ({path})", s, flops, *sustained(lambda: run(lib, q, k, v, kv_len, split, bufs), 1.5)))
         qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         flops_full = 4.0 * b * h * s * s * 128
-        for name, backend in [("torch flash (no mask)", "FLASH_ATTENTION"), ("torch cuDNN (no mask)", "CUDNN_ATTENTION")]:
+        for name, backend in TORCH_BACKENDS:
             try:
                 with torch.nn.attention.sdpa_kernel(getattr(torch.nn.attention.SDPBackend, backend)):
                     steady.append((name, s, flops_full, *sustained(lambda: F.scaled_dot_product_attention(qt, kt, vt), 1.5)))
