@@ -262,7 +262,7 @@ fn run(args: &Args) -> engine::Result<()> {
         "run": "ours_setup", "tag": args.tag, "gpu": gpu, "dtype": format!("{:?}", args.dtype),
         "device_total_gib": sampler.as_ref().map(|s| gib(s.total())),
         "baseline_used_gib": sampler.as_ref().map(|s| gib(s.baseline())),
-        "weights": weights_name(args),
+        "weights": weights_name(args, true),
     }));
     let peak = |s: &Option<VramSampler>| s.as_ref().map(|s| gib(s.peak_above_baseline()));
 
@@ -371,7 +371,7 @@ fn text_phase(
     }
     emit(serde_json::json!({
         "run": format!("ours_text_encode{}", if args.offload { "_offload" } else { "" }), "tag": args.tag, "tokens": [64, 40], "median_s": median(times.clone()), "all_s": times,
-        "build_s": build_s, "weights_source": if args.model.is_some() { "checkpoint" } else { "random (fan-in)" },
+        "build_s": build_s, "weights_source": weights_name(args, false),
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())), "gpu": gpu,
     }));
     drop(model);
@@ -474,7 +474,7 @@ fn dit_phase(
         "peak_gib": sampler.as_ref().map(|s| gib(s.peak_above_baseline())),
         "weights_resident_gib": after_build,
         "tflops_per_step": step_flops / 1e12, "achieved_tflops": step_flops / med / 1e12,
-        "build_s": build_s, "weights_source": weights_name(args),
+        "build_s": build_s, "weights_source": weights_name(args, true),
         "offload": stats.as_ref().map(|s| serde_json::json!({
             "resident_blocks": s.resident_blocks, "blocks": s.blocks, "pinned": s.pinned,
             "block_gib": gib(s.block_bytes), "host_gib": gib(s.host_bytes),
@@ -507,11 +507,12 @@ fn variant_suffix(args: &Args) -> String {
     format!("{path}{init}")
 }
 
-/// Where the weights came from: a checkpoint, or random values of which scheme.
-fn weights_name(args: &Args) -> String {
+/// Where a model's weights came from: a checkpoint, or random values of which scheme (`--init`
+/// applies to the DiT only; the other models are always fan-in).
+fn weights_name(args: &Args, dit: bool) -> String {
     match args.model {
         Some(_) => "checkpoint".into(),
-        None => format!("random ({})", args.init.name()),
+        None => format!("random ({})", if dit { args.init } else { InitScheme::FanIn }.name()),
     }
 }
 
