@@ -3,10 +3,10 @@
 # reference fixtures, the real server on a free port), then Playwright in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A clean build needs ~10 GB under target/; a full disk shows up as a linker crash, so say it first.
+# A clean clone needs ~8 GB once built and tested; a full disk shows up as a linker crash, so say it first.
 free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 if [ "$free_kb" -lt $((12 * 1024 * 1024)) ]; then
-  echo "warning: only $((free_kb / 1024 / 1024)) GB free here; a clean build needs ~10 GB (linking fails with a Bus error when the disk fills)" >&2
+  echo "warning: only $((free_kb / 1024 / 1024)) GB free here; a clean build needs ~8 GB (linking fails with a Bus error when the disk fills)" >&2
 fi
 scripts/setup.sh
 scripts/build.sh debug
