@@ -119,27 +119,27 @@ if has sweep; then
   cp "$OUT/gemm_sweep.txt" "$RESULTS/"
 fi
 
-# The same steps on the other side's weight distribution (see scripts/diffusers_same_init.py):
-# ours on the anchor's N(0, 0.02) weights, diffusers on engine-bench's fan-in weights. Clocks and
-# power per run, since the distributions differ in how much power the tensor cores draw.
+# One 640² or 1024² DiT step of ours with its own clock and power record (quick and init stages).
+ours_step() {
+  local name="$1" res="$2"; shift 2
+  sample_clocks "ours_$name"
+  TIMEOUT=150 run_ours "$name" --random-weights --resolution "$res" --layers 4 --steps 3 --warmup 1 --phases dit "$@"
+  stop_clocks "ours_$name"
+}
+
 # STAGES=quick: our 640² and 1024² steps alone, then (below) diffusers' at both sizes, clocks per
 # run: the issue-11 ratio in about 90 s of device time.
 if has quick; then
-  for res in 640 1024; do
-    sample_clocks "ours_$res"
-    TIMEOUT=150 run_ours "$res" --random-weights --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit
-    stop_clocks "ours_$res"
-  done
+  for res in 640 1024; do ours_step "$res" "$res"; done
 fi
 
+# The same steps on the other side's weight distribution (see scripts/diffusers_same_init.py):
+# ours on the anchor's N(0, 0.02) weights, diffusers on engine-bench's fan-in weights. Clocks and
+# power per run, since the distributions differ in how much power the tensor cores draw.
 if has init; then
   for res in 640 1024; do
-    sample_clocks "ours_${res}_fan_in"
-    TIMEOUT=150 run_ours "${res}_fan_in" --random-weights --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit
-    stop_clocks "ours_${res}_fan_in"
-    sample_clocks "ours_${res}_anchor_init"
-    TIMEOUT=150 run_ours "${res}_anchor_init" --random-weights --init anchor --resolution $res --layers 4 --steps 3 --warmup 1 --phases dit --check-finite
-    stop_clocks "ours_${res}_anchor_init"
+    ours_step "${res}_fan_in" "$res"
+    ours_step "${res}_anchor_init" "$res" --init anchor --check-finite
   done
 fi
 
@@ -175,25 +175,23 @@ if has anchor; then
   cat "$OUT/anchor.jsonl" | cut -c1-300
 fi
 
+# One diffusers step (SCRIPT dit640|dit1024) with its own clock record; JSON lines to anchor.jsonl.
+diffusers_step() {
+  local script="$1" what="$2" name="$3"
+  sample_clocks "$name"
+  PYTHONPATH=/tmp/site timeout 240 python3 "$G/$script" "$what" > "$OUT/$name.log" 2>&1
+  echo "exit $?"
+  stop_clocks "$name"
+  grep '^{' "$OUT/$name.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
+  grep -v '^{' "$OUT/$name.log" | tail -3
+}
+
 if has init || has quick; then
   log "diffusers per size (init: on engine-bench's fan-in weights too)"
   for what in dit640 dit1024; do
-    if has init; then
-      sample_clocks "diffusers_${what}_fan_in"
-      PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_same_init.py" $what > "$OUT/same_init_$what.log" 2>&1
-      echo "exit $?"
-      stop_clocks "diffusers_${what}_fan_in"
-      grep '^{' "$OUT/same_init_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
-      grep -v '^{' "$OUT/same_init_$what.log" | tail -3
-    fi
+    has init && diffusers_step diffusers_same_init.py "$what" "diffusers_${what}_fan_in"
     # The anchor's own step at this size, unless the anchor stage already ran it.
-    if ! has anchor; then
-      sample_clocks "diffusers_${what}_anchor_init"
-      PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_anchor.py" $what > "$OUT/anchor_$what.log" 2>&1
-      echo "exit $?"
-      stop_clocks "diffusers_${what}_anchor_init"
-      grep '^{' "$OUT/anchor_$what.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
-    fi
+    has anchor || diffusers_step diffusers_anchor.py "$what" "diffusers_${what}_anchor_init"
   done
 fi
 
