@@ -22,6 +22,12 @@ pub const MAX_STEPS: u32 = 200;
 pub const MAX_CFG_SCALE: f32 = 20.0;
 /// Longest accepted prompt / instruction, in characters (the encoder keeps ≤ 1024 tokens anyway).
 pub const MAX_PROMPT_CHARS: usize = 4000;
+/// Qwen-Image-Edit's schedule, stretched to end at sigma 0.02, needs at least two steps.
+pub const EDIT_MIN_STEPS: u32 = 2;
+/// The vision processor refuses images whose long side is this many times the short side or more.
+pub const MAX_ASPECT_RATIO: f64 = 200.0;
+/// Error messages quote at most this many characters of a bad value.
+pub const MAX_QUOTED_CHARS: usize = 64;
 
 /// HTTP status of a cancelled job's outcome (409 Conflict: the job ended by request).
 pub const CANCELLED_STATUS: u16 = 409;
@@ -86,11 +92,14 @@ pub struct DecomposeResponse {
     pub caption: Option<String>,
 }
 
+/// The seed's field names (`layer_image`, `instruction`); `image` and `prompt` are accepted too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EditLayerRequest {
     /// The RGBA layer to edit (data URL or bare base64).
+    #[serde(rename = "layer_image", alias = "image")]
     pub image: String,
     /// The edit instruction.
+    #[serde(rename = "instruction", alias = "prompt")]
     pub prompt: String,
     #[serde(default)]
     pub steps: Option<u32>,
@@ -157,9 +166,71 @@ fn internal() -> u16 {
     500
 }
 
+/// Cuts every `"…"` or `` `…` `` span of `msg` longer than [`MAX_QUOTED_CHARS`] to its prefix.
+fn shorten_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(1024));
+    let mut open: Option<(char, usize)> = None; // quote char, characters kept so far
+    for c in msg.chars() {
+        match open {
+            Some((q, _)) if c == q => {
+                open = None;
+                out.push(c);
+            }
+            Some((q, kept)) => {
+                if kept < MAX_QUOTED_CHARS {
+                    out.push(c);
+                } else if kept == MAX_QUOTED_CHARS {
+                    out.push('…');
+                }
+                open = Some((q, kept + 1));
+            }
+            None => {
+                if c == '"' || c == '`' {
+                    open = Some((c, 0));
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Server functions fail with the REST routes' error: the body is the same `{"error": …}` JSON,
+/// and an undecodable request is a 400, not the transport's generic 500.
+impl leptos::server_fn::error::FromServerFnError for ApiError {
+    type Encoder = leptos::server_fn::codec::JsonEncoding;
+
+    fn from_server_fn_error(value: leptos::server_fn::error::ServerFnErrorErr) -> Self {
+        use leptos::server_fn::error::ServerFnErrorErr as E;
+        let err = match value {
+            E::Args(m) | E::Deserialization(m) => Self::bad_request(format!("invalid JSON body: {m}")),
+            E::MissingArg(m) => Self::bad_request(format!("invalid JSON body: missing field `{m}`")),
+            E::Request(m) => Self::new(0, format!("The server could not be reached ({m}).")),
+            other => Self::internal(other.to_string()),
+        };
+        #[cfg(feature = "ssr")]
+        err.set_response_status();
+        err
+    }
+}
+
 impl ApiError {
+    /// In a server function: makes the HTTP status the REST route would use.
+    #[cfg(feature = "ssr")]
+    pub fn set_response_status(&self) {
+        if let (Some(resp), Ok(code)) =
+            (leptos::prelude::use_context::<leptos_axum::ResponseOptions>(), http::StatusCode::from_u16(self.status))
+        {
+            resp.set_status(code);
+        }
+    }
+}
+
+impl ApiError {
+    /// An error with `status`; quoted values in the message are cut to a short prefix, so a
+    /// megabyte-long bad field is never echoed back.
     pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Self { status, error: error.into(), retry_after: None }
+        Self { status, error: shorten_quoted(&error.into()), retry_after: None }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(400, msg)
@@ -275,6 +346,18 @@ fn validate_prompt(what: &str, p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses images the vision processor would refuse later, so the client hears before queueing.
+fn validate_aspect_ratio(image: &image::RgbaImage) -> Result<(), ApiError> {
+    let (w, h) = image.dimensions();
+    let ratio = f64::from(w.max(h)) / f64::from(w.min(h).max(1));
+    if ratio >= MAX_ASPECT_RATIO {
+        return Err(ApiError::unprocessable(format!(
+            "the image is {w}×{h}: its long side must be less than {MAX_ASPECT_RATIO} times its short side"
+        )));
+    }
+    Ok(())
+}
+
 impl DecomposeRequest {
     /// Resolves defaults, checks every field and decodes the image. `random_seed` is used when
     /// the request has none.
@@ -287,6 +370,7 @@ impl DecomposeRequest {
         let negative_prompt = self.negative_prompt.clone().unwrap_or_else(|| " ".into());
         validate_prompt("negative_prompt", &negative_prompt)?;
         let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
+        validate_aspect_ratio(&image)?;
         Ok(DecomposeJob {
             image,
             prompt: self.prompt.clone(),
@@ -311,12 +395,18 @@ impl DecomposeRequest {
 impl EditLayerRequest {
     pub fn validate(&self, limits: &Limits, random_seed: u64) -> Result<EditJob, ApiError> {
         if self.prompt.trim().is_empty() {
-            return Err(ApiError::unprocessable("prompt (the edit instruction) must not be empty"));
+            return Err(ApiError::unprocessable("instruction must not be empty"));
         }
-        validate_prompt("prompt", &self.prompt)?;
+        validate_prompt("instruction", &self.prompt)?;
         let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
+        if steps < EDIT_MIN_STEPS {
+            return Err(ApiError::unprocessable(format!(
+                "steps must be at least {EDIT_MIN_STEPS} for an edit (Qwen-Image-Edit's schedule), got {steps}"
+            )));
+        }
         let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
         let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
+        validate_aspect_ratio(&image)?;
         Ok(EditJob {
             image,
             prompt: self.prompt.clone(),
@@ -414,6 +504,47 @@ mod tests {
     }
 
     #[test]
+    fn edit_refuses_one_step_and_elongated_images_before_queueing() {
+        let r = EditLayerRequest {
+            image: tiny_png(),
+            prompt: "make it red".into(),
+            steps: Some(1),
+            cfg_scale: None,
+            seed: None,
+            keep_alpha: None,
+        };
+        let err = r.validate(&Limits::default(), 0).unwrap_err();
+        assert_eq!(err.status, 422);
+        assert!(err.error.contains("at least 2"), "{err}");
+        let thin = png_data_url(&encode_png(&image::RgbaImage::new(400, 2)).unwrap());
+        let err = EditLayerRequest { image: thin.clone(), steps: None, ..r }.validate(&Limits::default(), 0).unwrap_err();
+        assert!(err.error.contains("400×2"), "{err}");
+        let err = request(thin).validate(&Limits::default(), 0).unwrap_err();
+        assert_eq!(err.status, 422);
+    }
+
+    #[test]
+    fn the_seeds_edit_field_names_and_ours_both_parse() {
+        let seed: EditLayerRequest = serde_json::from_str(
+            r#"{"layer_image": "abc", "instruction": "make it red", "steps": 30, "cfg_scale": 4.0, "seed": 1}"#,
+        )
+        .unwrap();
+        let ours: EditLayerRequest = serde_json::from_str(r#"{"image": "abc", "prompt": "make it red", "steps": 30, "cfg_scale": 4.0, "seed": 1}"#).unwrap();
+        assert_eq!(seed, ours);
+        assert_eq!((seed.image.as_str(), seed.prompt.as_str()), ("abc", "make it red"));
+    }
+
+    #[test]
+    fn long_quoted_values_are_cut_in_errors() {
+        let bad = "x".repeat(1 << 20);
+        let e = ApiError::bad_request(format!("invalid type: string \"{bad}\", expected u32 at line 1 column 9"));
+        assert!(e.error.len() < 200, "{} bytes", e.error.len());
+        assert!(e.error.ends_with("expected u32 at line 1 column 9"), "{}", e.error);
+        assert!(e.error.contains(&format!("\"{}…\"", "x".repeat(MAX_QUOTED_CHARS))));
+        assert_eq!(ApiError::bad_request("keep `short` \"ones\"").error, "keep `short` \"ones\"");
+    }
+
+    #[test]
     fn error_serialises_as_error_field_only() {
         let json = serde_json::to_value(ApiError::bad_request("nope")).unwrap();
         assert_eq!(json, serde_json::json!({"error": "nope"}));
@@ -456,6 +587,27 @@ impl JobState {
         matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
     }
 }
+
+/// A finished decomposition kept on the server's disk, newest first in
+/// `GET /api/qwen-image/runs`; its result is `GET /api/qwen-image/jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    /// When it finished, in seconds since the Unix epoch.
+    pub finished_at: u64,
+    pub prompt: String,
+    pub layer_count: u32,
+    pub resolution: u32,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub generation_time: f64,
+}
+
+/// The `{"error": …}` of a request that lacks the API token (the web app asks for it on seeing it).
+pub const TOKEN_REQUIRED: &str = "missing or wrong API token (Authorization: Bearer …, or the page's sign-in)";
 
 /// Answer to starting a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,79 +1,93 @@
 //! Server functions: the web app's way to the backend. Each has a fixed endpoint under `/api/app/`
-//! so scripts can call it too; they take and return the same types as the REST routes.
+//! so scripts can call it too; they take and return the same types as the REST routes, and fail
+//! with the same `{"error": …}` JSON and HTTP status ([`ApiError`]).
 
 use leptos::prelude::*;
 use leptos::server_fn::codec::{GetUrl, Json};
 
 use crate::api::{
-    ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted, JobStatus,
-    StatusResponse,
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
+    JobStatus, RunSummary, StatusResponse,
 };
 
 #[cfg(feature = "ssr")]
-fn backend() -> Result<crate::backend::SharedBackend, ServerFnError> {
-    use_context::<crate::backend::SharedBackend>()
-        .ok_or_else(|| ServerFnError::new("the server did not provide a backend"))
+fn backend() -> Result<crate::backend::SharedBackend, ApiError> {
+    use_context::<crate::backend::SharedBackend>().ok_or_else(|| ApiError::internal("the server did not provide a backend"))
 }
 
-/// Turns an API error into a server-fn error and sets the HTTP status the REST route would use.
+/// Who is calling: the server's request policy put it in the request's extensions.
 #[cfg(feature = "ssr")]
-fn fail(err: crate::api::ApiError) -> ServerFnError {
-    if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
-        if let Ok(code) = axum_status(err.status) {
-            resp.set_status(code);
-        }
+fn caller() -> crate::backend::Caller {
+    use_context::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<crate::backend::Caller>().cloned())
+        .unwrap_or_default()
+}
+
+/// Sets the HTTP status of a failed call to the one the REST route would answer.
+#[cfg(feature = "ssr")]
+fn answer<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        e.set_response_status();
     }
-    ServerFnError::new(err.error)
-}
-
-#[cfg(feature = "ssr")]
-fn axum_status(code: u16) -> Result<http::StatusCode, ()> {
-    http::StatusCode::from_u16(code).map_err(|_| ())
+    result
 }
 
 #[server(prefix = "/api/app", endpoint = "config", input = GetUrl)]
-pub async fn get_config() -> Result<ConfigResponse, ServerFnError> {
-    Ok(backend()?.config())
+pub async fn get_config() -> Result<ConfigResponse, ApiError> {
+    answer(backend().map(|b| b.config()))
 }
 
 #[server(prefix = "/api/app", endpoint = "status", input = GetUrl)]
-pub async fn get_status() -> Result<StatusResponse, ServerFnError> {
-    Ok(backend()?.status())
+pub async fn get_status() -> Result<StatusResponse, ApiError> {
+    answer(backend().map(|b| b.status()))
 }
 
 #[server(prefix = "/api/app", endpoint = "decompose", input = Json)]
-pub async fn decompose(request: DecomposeRequest) -> Result<DecomposeResponse, ServerFnError> {
-    backend()?.decompose(request).await.map_err(fail)
+pub async fn decompose(request: DecomposeRequest) -> Result<DecomposeResponse, ApiError> {
+    let outcome = match backend() {
+        Ok(b) => b.decompose(request, caller()).await,
+        Err(e) => Err(e),
+    };
+    answer(outcome)
 }
 
 /// Queues a decomposition and returns its job id at once; follow it with [`get_job_status`].
 #[server(prefix = "/api/app", endpoint = "start_decompose", input = Json)]
-pub async fn start_decompose(request: DecomposeRequest) -> Result<JobStarted, ServerFnError> {
-    backend()?.start_decompose(request).map_err(fail)
+pub async fn start_decompose(request: DecomposeRequest) -> Result<JobStarted, ApiError> {
+    answer(backend().and_then(|b| b.start_decompose(request, &caller())))
 }
 
 #[server(prefix = "/api/app", endpoint = "job_status", input = Json)]
-pub async fn get_job_status(id: String) -> Result<JobStatus, ServerFnError> {
-    backend()?.job_status(&id).map_err(fail)
+pub async fn get_job_status(id: String) -> Result<JobStatus, ApiError> {
+    answer(backend().and_then(|b| b.job_status(&id, &caller())))
 }
 
 #[server(prefix = "/api/app", endpoint = "cancel_job", input = Json)]
-pub async fn cancel_job(id: String) -> Result<JobStatus, ServerFnError> {
-    backend()?.cancel_job(&id).map_err(fail)
+pub async fn cancel_job(id: String) -> Result<JobStatus, ApiError> {
+    answer(backend().and_then(|b| b.cancel_job(&id, &caller())))
+}
+
+/// This browser's finished runs kept on the server, newest first.
+#[server(prefix = "/api/app", endpoint = "runs", input = GetUrl)]
+pub async fn list_runs() -> Result<Vec<RunSummary>, ApiError> {
+    answer(backend().map(|b| b.list_runs(&caller())))
 }
 
 /// The edit model's state: "idle" (loads, and downloads, on the first edit), "ready" or
 /// "unavailable" with the reason.
 #[server(prefix = "/api/app", endpoint = "edit_status", input = GetUrl)]
-pub async fn get_edit_status() -> Result<EditStatusResponse, ServerFnError> {
-    Ok(backend()?.edit_status())
+pub async fn get_edit_status() -> Result<EditStatusResponse, ApiError> {
+    answer(backend().map(|b| b.edit_status()))
 }
 
 /// Edits one RGBA layer by an instruction (Qwen-Image-Edit-2509) and returns the edited layer,
 /// the same size, as a `data:image/png;base64,…` URL. With `keep_alpha` (default) the layer's
 /// alpha is kept exactly; `false` re-derives it for edits that change the shape.
 #[server(prefix = "/api/app", endpoint = "edit_layer", input = Json)]
-pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ServerFnError> {
-    let png = backend()?.edit_layer(request).await.map_err(fail)?;
-    Ok(crate::image_data::png_data_url(&png))
+pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ApiError> {
+    let outcome = match backend() {
+        Ok(b) => b.edit_layer(request).await,
+        Err(e) => Err(e),
+    };
+    answer(outcome.map(|png| crate::image_data::png_data_url(&png)))
 }

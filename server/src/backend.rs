@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use app::api::{
     ApiError, ConfigResponse, DecomposeJob, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse,
-    JobStarted, JobStatus, Limits, StatusResponse,
+    JobStarted, JobState, JobStatus, Limits, RunSummary, StatusResponse,
 };
-use app::backend::{Backend, BoxFuture};
+use app::backend::{Backend, BoxFuture, Caller};
 
 use crate::config::QwenImageSettings;
 use crate::engine_state::{EngineState, SharedEditState};
 use crate::job_registry::{JobHandle, JobRegistry};
 use crate::jobs::JobQueue;
+use crate::run_store::{unix_now, RunStore};
 
 /// Limits and identity of a running server, fixed at startup.
 #[derive(Debug, Clone)]
@@ -36,10 +37,40 @@ pub struct ServerBackend {
     unavailable: Option<String>,
     /// The edit model's state, kept current by the worker.
     edit: SharedEditState,
+    /// Finished results on disk.
+    store: Arc<RunStore>,
+}
+
+/// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
+/// client went away stops its job between steps.
+struct CancelOnDrop(Option<Arc<JobHandle>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.request_cancel();
+        }
+    }
+}
+
+/// The answer for a job that does not exist or belongs to someone else (the same, so ids of
+/// other people's jobs cannot be probed).
+fn no_such_job(id: &str) -> ApiError {
+    ApiError::new(404, format!("no job {id} (finished results are kept on the server for --keep-results-hours)"))
+}
+
+fn may_see(owner: Option<&str>, caller: &Caller) -> bool {
+    owner.is_none() || owner == caller.owner.as_deref()
 }
 
 impl ServerBackend {
-    pub fn new(options: ServerOptions, engine: EngineState) -> Arc<Self> {
+    pub fn new(options: ServerOptions, engine: EngineState, store: RunStore) -> Arc<Self> {
         let limits = Limits {
             default_layer_num: options.settings.layer_num,
             default_resolution: options.settings.resolution,
@@ -51,7 +82,8 @@ impl ServerBackend {
         let edit = engine.edit_state();
         let loaded = engine.loaded_flag();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
-        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit })
+        let store = Arc::new(store);
+        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit, store })
     }
 
     pub fn options(&self) -> &ServerOptions {
@@ -62,22 +94,48 @@ impl ServerBackend {
     fn enqueue_decompose(
         &self,
         request: DecomposeRequest,
+        caller: &Caller,
     ) -> Result<(Arc<JobHandle>, tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>), ApiError> {
         let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
         if let Some(reason) = &self.unavailable {
             return Err(ApiError::unavailable(reason.clone()));
         }
-        let handle = self.jobs.create(job.steps);
+        self.store.check_room()?;
+        let handle = self.jobs.create(job.steps, caller.owner.clone());
         let worker_handle = handle.clone();
+        let store = self.store.clone();
         let submitted = self.queue.submit(move |engine: &mut EngineState| {
             if worker_handle.is_cancelled_now() {
                 let out = Err(ApiError::cancelled());
-                worker_handle.finish(&out);
+                worker_handle.finish(&out, false);
                 return out;
             }
             worker_handle.start();
+            let (prompt, steps, cfg_scale) = (job.prompt.clone(), job.steps, job.cfg_scale);
             let out = engine.decompose(job, worker_handle.as_ref());
-            worker_handle.finish(&out);
+            let stored = match &out {
+                Ok(response) => {
+                    let summary = RunSummary {
+                        id: worker_handle.id.clone(),
+                        finished_at: unix_now(),
+                        prompt,
+                        layer_count: response.layer_count,
+                        resolution: response.resolution,
+                        width: response.width,
+                        height: response.height,
+                        seed: response.seed,
+                        steps,
+                        cfg_scale,
+                        generation_time: response.generation_time,
+                    };
+                    store
+                        .save(worker_handle.owner.as_deref(), &summary, response)
+                        .map_err(|e| tracing::error!("keeping the result in memory only: {e}"))
+                        .is_ok()
+                }
+                Err(_) => false,
+            };
+            worker_handle.finish(&out, stored);
             out
         });
         match submitted {
@@ -158,27 +216,55 @@ impl Backend for ServerBackend {
         }
     }
 
-    fn decompose(&self, request: DecomposeRequest) -> BoxFuture<Result<DecomposeResponse, ApiError>> {
-        let queued = self.enqueue_decompose(request);
+    fn decompose(&self, request: DecomposeRequest, caller: Caller) -> BoxFuture<Result<DecomposeResponse, ApiError>> {
+        let queued = self.enqueue_decompose(request, &caller);
         Box::pin(async move {
-            let (_, done) = queued?;
-            done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+            let (handle, done) = queued?;
+            let guard = CancelOnDrop(Some(handle));
+            let out = done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
+            guard.disarm();
+            out
         })
     }
 
-    fn start_decompose(&self, request: DecomposeRequest) -> Result<JobStarted, ApiError> {
-        let (handle, _) = self.enqueue_decompose(request)?;
+    fn start_decompose(&self, request: DecomposeRequest, caller: &Caller) -> Result<JobStarted, ApiError> {
+        let (handle, _) = self.enqueue_decompose(request, caller)?;
         Ok(JobStarted { id: handle.id.clone() })
     }
 
-    fn job_status(&self, id: &str) -> Result<JobStatus, ApiError> {
-        self.jobs.status(id)
+    fn job_status(&self, id: &str, caller: &Caller) -> Result<JobStatus, ApiError> {
+        if let Some(job) = self.jobs.find(id).filter(|j| may_see(j.owner.as_deref(), caller)) {
+            let mut status = self.jobs.status(&job);
+            if status.state == JobState::Done && status.result.is_none() {
+                status.result = self.store.load(id).map(|run| run.response);
+            }
+            return Ok(status);
+        }
+        // Finished before this server started, or long ago: from the store.
+        let run = self.store.load(id).filter(|r| may_see(r.owner.as_deref(), caller)).ok_or_else(|| no_such_job(id))?;
+        Ok(JobStatus {
+            id: id.to_string(),
+            state: JobState::Done,
+            phase: "done".into(),
+            step: run.summary.steps,
+            total_steps: run.summary.steps,
+            elapsed: run.summary.generation_time,
+            eta_seconds: None,
+            queue_position: None,
+            error: None,
+            result: Some(run.response),
+        })
     }
 
-    fn cancel_job(&self, id: &str) -> Result<JobStatus, ApiError> {
-        let job = self.jobs.get(id)?;
-        job.request_cancel();
-        self.jobs.status(id)
+    fn cancel_job(&self, id: &str, caller: &Caller) -> Result<JobStatus, ApiError> {
+        if let Some(job) = self.jobs.find(id).filter(|j| may_see(j.owner.as_deref(), caller)) {
+            job.request_cancel();
+        }
+        self.job_status(id, caller)
+    }
+
+    fn list_runs(&self, caller: &Caller) -> Vec<RunSummary> {
+        caller.owner.as_deref().map(|owner| self.store.list(owner)).unwrap_or_default()
     }
 
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {

@@ -73,9 +73,31 @@ pub struct ServerArgs {
     /// Largest input image, in pixels.
     #[arg(long, default_value_t = 36_000_000)]
     pub max_image_pixels: u64,
-    /// Require `Authorization: Bearer <token>` on /api/ routes.
+    /// Require the token on every /api/ route: `Authorization: Bearer <token>`, or the page's
+    /// sign-in form (kept in an HttpOnly cookie).
     #[arg(long, env = "QWEN_LAYERS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Host names (besides IP addresses and localhost) the API answers to; others get 403, so a
+    /// rebinding DNS name cannot reach it. Repeat or separate by commas.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub allowed_host: Vec<String>,
+    /// Seconds a client has to send its request headers, and separately its whole body.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+    /// Request bodies read at once (each up to --max-body-mb); more get 503.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_uploads: u32,
+    /// Where finished results are kept (default: $XDG_DATA_HOME/qwen-layers, else
+    /// ~/.local/share/qwen-layers).
+    #[arg(long, env = "QWEN_LAYERS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Hours a finished result is kept.
+    #[arg(long, default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub keep_results_hours: u64,
+    /// Size the kept results may fill, in MiB; beyond it new jobs are refused (507), never
+    /// results deleted early.
+    #[arg(long, default_value_t = 10_240)]
+    pub results_budget_mb: u64,
 }
 
 fn parse_cfg_scale(s: &str) -> Result<f32, String> {
@@ -89,6 +111,22 @@ fn parse_resolution(s: &str) -> Result<u32, String> {
 }
 
 impl ServerArgs {
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// `--data-dir`, else the per-user data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("qwen-layers")
+    }
+
     /// The profile's settings with the flags applied on top.
     pub fn settings(&self) -> Result<QwenImageSettings, config::ConfigError> {
         let mut s = match &self.config {

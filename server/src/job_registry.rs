@@ -1,6 +1,7 @@
-//! Jobs that clients can follow: each decomposition gets an id, a state, the engine's phase and
-//! step, an ETA, and a cancel flag the engine checks between steps. Finished jobs are kept for a
-//! while so a client polling late still gets its result.
+//! Jobs that clients can follow: each decomposition gets an unguessable id, its owner, a state,
+//! the engine's phase and step, an ETA, and a cancel flag the engine checks between steps.
+//! Finished jobs' records stay a while; their results live in the [`crate::run_store`], so
+//! however many other jobs finish, a result is not lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,10 +11,8 @@ use std::time::{Duration, Instant};
 use app::api::{ApiError, DecomposeResponse, JobState, JobStatus};
 use engine::pipeline::{Phase, Progress};
 
-/// How long a finished job's result stays available.
+/// How long a finished job's record (state, error) stays in memory; a stored result outlives it.
 const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
-/// At most this many finished jobs are kept (results can be large).
-const MAX_FINISHED: usize = 16;
 
 #[derive(Debug)]
 struct Record {
@@ -26,6 +25,7 @@ struct Record {
     denoise_started: Option<Instant>,
     finished: Option<Instant>,
     error: Option<String>,
+    /// The result, while it is not in the run store (it failed to save, say).
     result: Option<DecomposeResponse>,
 }
 
@@ -33,6 +33,8 @@ struct Record {
 #[derive(Debug)]
 pub struct JobHandle {
     pub id: String,
+    /// Who started it ([`app::backend::Caller::owner`]); `None`: whoever holds the id.
+    pub owner: Option<String>,
     seq: u64,
     record: Mutex<Record>,
     cancel: AtomicBool,
@@ -51,8 +53,8 @@ impl JobHandle {
         r.started = Some(Instant::now());
     }
 
-    /// Records the final outcome.
-    pub fn finish(&self, outcome: &Result<DecomposeResponse, ApiError>) {
+    /// Records the final outcome; `stored`: the result is in the run store, so it is not kept here.
+    pub fn finish(&self, outcome: &Result<DecomposeResponse, ApiError>, stored: bool) {
         let mut r = self.lock();
         r.finished = Some(Instant::now());
         match outcome {
@@ -60,7 +62,7 @@ impl JobHandle {
                 r.state = JobState::Done;
                 r.phase = "done";
                 r.step = r.total_steps;
-                r.result = Some(resp.clone());
+                r.result = (!stored).then(|| resp.clone());
             }
             Err(e) if self.cancel.load(Ordering::SeqCst) && e.status == app::api::CANCELLED_STATUS => {
                 r.state = JobState::Cancelled;
@@ -138,12 +140,13 @@ pub struct JobRegistry {
 }
 
 impl JobRegistry {
-    /// Registers a new queued job with `total_steps` denoising steps.
-    pub fn create(&self, total_steps: u32) -> Arc<JobHandle> {
+    /// Registers a new queued job of `owner` with `total_steps` denoising steps.
+    pub fn create(&self, total_steps: u32, owner: Option<String>) -> Arc<JobHandle> {
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
-        let id = format!("job-{seq}-{:08x}", crate::backend::random_seed() as u32);
+        let id = format!("job-{}", crate::door::random_id());
         let handle = Arc::new(JobHandle {
             id: id.clone(),
+            owner,
             seq,
             record: Mutex::new(Record {
                 state: JobState::Queued,
@@ -164,22 +167,16 @@ impl JobRegistry {
         handle
     }
 
+    /// Forgets records finished longer ago than [`KEEP_FINISHED`] (by age only: other jobs
+    /// finishing never push a record out).
     fn prune(jobs: &mut HashMap<String, Arc<JobHandle>>) {
         let now = Instant::now();
         jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < KEEP_FINISHED));
-        let mut finished: Vec<(Instant, String)> =
-            jobs.iter().filter_map(|(id, j)| j.lock().finished.map(|f| (f, id.clone()))).collect();
-        if finished.len() > MAX_FINISHED {
-            finished.sort();
-            for (_, id) in &finished[..finished.len() - MAX_FINISHED] {
-                jobs.remove(id);
-            }
-        }
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<JobHandle>, ApiError> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.get(id).cloned().ok_or_else(|| ApiError::new(404, format!("no job {id} (finished jobs are kept 15 minutes)")))
+    /// The job, if it is in memory.
+    pub fn find(&self, id: &str) -> Option<Arc<JobHandle>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     /// The job's status, with its place in the queue while waiting.
@@ -188,13 +185,12 @@ impl JobRegistry {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    pub fn status(&self, id: &str) -> Result<JobStatus, ApiError> {
-        let job = self.get(id)?;
+    pub fn status(&self, job: &JobHandle) -> JobStatus {
         let ahead = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             jobs.values().filter(|j| j.seq < job.seq && j.lock().state == JobState::Queued).count() as u32
         };
-        Ok(job.status(Some(ahead)))
+        job.status(Some(ahead))
     }
 }
 
@@ -220,52 +216,59 @@ mod tests {
     #[test]
     fn a_job_goes_from_queued_to_done_with_progress() {
         let reg = JobRegistry::default();
-        let a = reg.create(10);
-        let b = reg.create(10);
-        assert_eq!(reg.status(&b.id).unwrap().queue_position, Some(1));
-        let s = reg.status(&a.id).unwrap();
+        let a = reg.create(10, None);
+        let b = reg.create(10, Some("session:x".into()));
+        assert_eq!(reg.status(&b).queue_position, Some(1));
+        assert_eq!(reg.find(&b.id).unwrap().owner.as_deref(), Some("session:x"));
+        assert_eq!(a.id.len(), 4 + 32, "job- and 128 random bits: {}", a.id);
+        let s = reg.status(&a);
         assert_eq!((s.state, s.queue_position, s.eta_seconds), (JobState::Queued, Some(0), None));
         a.start();
         a.phase(Phase::Denoising);
         std::thread::sleep(Duration::from_millis(20));
         a.step(2, 10);
-        let s = reg.status(&a.id).unwrap();
+        let s = reg.status(&a);
         assert_eq!((s.state, s.phase.as_str(), s.step, s.total_steps), (JobState::Running, "denoising", 2, 10));
         let eta = s.eta_seconds.unwrap();
         assert!(eta > 0.05 && eta < 5.0, "eta {eta}: 8 steps left at ≥ 10 ms a step");
-        assert_eq!(reg.status(&b.id).unwrap().queue_position, Some(0));
-        a.finish(&Ok(response()));
-        let s = reg.status(&a.id).unwrap();
+        assert_eq!(reg.status(&b).queue_position, Some(0));
+        a.finish(&Ok(response()), false);
+        let s = reg.status(&a);
         assert_eq!((s.state, s.step), (JobState::Done, 10));
         assert_eq!(s.result.unwrap().layer_count, 2);
+        b.finish(&Ok(response()), true);
+        let s = reg.status(&b);
+        assert_eq!(s.state, JobState::Done);
+        assert!(s.result.is_none(), "a stored result is read from the store, not kept in memory");
     }
 
     #[test]
     fn cancel_and_failure_are_distinct_outcomes() {
         let reg = JobRegistry::default();
-        let a = reg.create(5);
+        let a = reg.create(5, None);
         assert!(!a.is_cancelled());
         a.request_cancel();
         assert!(a.is_cancelled());
-        a.finish(&Err(ApiError::cancelled()));
-        assert_eq!(reg.status(&a.id).unwrap().state, JobState::Cancelled);
-        let b = reg.create(5);
-        b.finish(&Err(ApiError::internal("engine failed")));
-        let s = reg.status(&b.id).unwrap();
+        a.finish(&Err(ApiError::cancelled()), false);
+        assert_eq!(reg.status(&a).state, JobState::Cancelled);
+        let b = reg.create(5, None);
+        b.finish(&Err(ApiError::internal("engine failed")), false);
+        let s = reg.status(&b);
         assert_eq!((s.state, s.error.as_deref()), (JobState::Failed, Some("engine failed")));
-        assert_eq!(reg.status("job-x").unwrap_err().status, 404);
+        assert!(reg.find("job-x").is_none());
     }
 
     #[test]
-    fn finished_jobs_beyond_the_cap_are_pruned() {
+    fn a_burst_of_other_jobs_does_not_push_a_finished_one_out() {
         let reg = JobRegistry::default();
-        let first = reg.create(1);
-        first.finish(&Ok(response()));
-        for _ in 0..MAX_FINISHED {
-            std::thread::sleep(Duration::from_millis(1));
-            reg.create(1).finish(&Ok(response()));
+        let first = reg.create(1, None);
+        first.finish(&Ok(response()), false);
+        for _ in 0..100 {
+            let j = reg.create(1, None);
+            j.request_cancel();
+            j.finish(&Err(ApiError::cancelled()), false);
         }
-        reg.create(1); // creating prunes
-        assert!(reg.get(&first.id).is_err());
+        reg.create(1, None); // creating prunes
+        assert_eq!(reg.status(&reg.find(&first.id).unwrap()).result.unwrap().layer_count, 2);
     }
 }

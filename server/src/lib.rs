@@ -4,12 +4,14 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod door;
 pub mod engine_state;
 pub mod job_registry;
 pub mod jobs;
 pub mod layers;
 pub mod openapi;
 pub mod routes;
+pub mod run_store;
 
 use std::sync::Arc;
 
@@ -22,7 +24,9 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 
 use crate::backend::{ServerBackend, ServerOptions};
 use crate::cli::{DeviceChoice, ModelType, ServerArgs};
+use crate::door::DoorPolicy;
 use crate::engine_state::{EngineState, Runtime};
+use crate::run_store::RunStore;
 
 /// Router state: the Leptos options (for SSR and static files) and the backend.
 #[derive(Clone)]
@@ -66,7 +70,14 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         settings: settings.clone(),
     };
     let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime);
-    let backend = ServerBackend::new(options, engine);
+    let data_dir = args.data_dir();
+    let store = RunStore::open(
+        &data_dir,
+        std::time::Duration::from_secs(args.keep_results_hours * 3600),
+        args.results_budget_mb.saturating_mul(1024 * 1024),
+    )
+    .with_context(|| format!("opening the results folder under {} (--data-dir)", data_dir.display()))?;
+    let backend = ServerBackend::new(options, engine, store);
 
     let site_root = std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into());
     let leptos_options = LeptosOptions::builder()
@@ -78,7 +89,18 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
     let state = AppState { leptos_options: leptos_options.clone(), backend: backend.clone() };
     let routes = generate_route_list(app::App);
     let shared: SharedBackend = backend.clone();
-    let api = routes::api_router(backend.clone(), args.api_token.clone(), options_body_limit(args));
+    let policy = Arc::new(DoorPolicy {
+        token: args.api_token.clone(),
+        allowed_hosts: args.allowed_host.clone(),
+        max_body_bytes: options_body_limit(args),
+        body_timeout: args.request_timeout(),
+        upload_slots: tokio::sync::Semaphore::new(args.max_uploads.max(1)),
+    });
+    let api = routes::api_router(backend.clone()).merge(
+        Router::new()
+            .route(door::SESSION_PATH, axum::routing::post(door::sign_in))
+            .with_state(policy.clone()),
+    );
     let router = Router::new()
         .leptos_routes_with_context(
             &state,
@@ -91,7 +113,9 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
         .with_state(state)
-        .merge(api);
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(options_body_limit(args)))
+        .layer(axum::middleware::from_fn_with_state(policy, door::guard));
     Ok((router, backend))
 }
 
@@ -111,10 +135,41 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let status = app::backend::Backend::status(backend.as_ref());
     println!("listening on http://{local}");
     println!("model: {} ({})", status.model, status.reason.as_deref().unwrap_or("available"));
-    axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    println!("results kept in {} for {} h", args.data_dir().join("runs").display(), args.keep_results_hours);
+    serve_connections(listener, router, args.request_timeout()).await;
     Ok(())
+}
+
+/// Accepts connections until Ctrl-C. Unlike `axum::serve`, a client must finish sending its
+/// request headers within `header_timeout` (a half-sent request does not hold a connection).
+async fn serve_connections(listener: tokio::net::TcpListener, router: Router, header_timeout: std::time::Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    // Let requests in flight finish, but not forever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
 }

@@ -1,16 +1,17 @@
 //! The REST API under `/api/qwen-image/` (the seed's contract; see `app::api`). Every error is
-//! JSON `{"error": …}` with a 4xx/5xx status, including malformed bodies and oversized requests.
+//! JSON `{"error": …}` with a 4xx/5xx status, including malformed bodies and paths. Limits,
+//! token and timeouts are the [`crate::door`]'s, shared with the server functions.
 
 use std::sync::Arc;
 
 use app::api::{ApiError, DecomposeRequest, EditLayerRequest};
-use app::backend::Backend;
+use app::backend::{Backend, Caller};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -52,12 +53,18 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// A job id from the path; an undecodable one (invalid UTF-8, say) is a JSON 400.
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id).map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
+}
+
 async fn decompose(
     State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: DecomposeRequest = parse_json(body)?;
-    let response = backend.decompose(request).await?;
+    let response = backend.decompose(request, caller).await?;
     Ok(Json(response).into_response())
 }
 
@@ -72,19 +79,32 @@ async fn edit_layer(
 
 async fn start_job(
     State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: DecomposeRequest = parse_json(body)?;
-    let started = backend.start_decompose(request)?;
+    let started = backend.start_decompose(request, &caller)?;
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
-async fn job_status(State(backend): State<Arc<ServerBackend>>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(backend.job_status(&id)?).into_response())
+async fn job_status(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(backend.job_status(&job_id(path)?, &caller)?).into_response())
 }
 
-async fn cancel_job(State(backend): State<Arc<ServerBackend>>, Path(id): Path<String>) -> ApiResult<Response> {
-    Ok(Json(backend.cancel_job(&id)?).into_response())
+async fn cancel_job(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(backend.cancel_job(&job_id(path)?, &caller)?).into_response())
+}
+
+async fn runs(State(backend): State<Arc<ServerBackend>>, Extension(caller): Extension<Caller>) -> Response {
+    Json(backend.list_runs(&caller)).into_response()
 }
 
 async fn config(State(backend): State<Arc<ServerBackend>>) -> Response {
@@ -111,28 +131,9 @@ async fn method_not_allowed() -> ErrorResponse {
     ErrorResponse(ApiError::new(405, "method not allowed on this endpoint"))
 }
 
-/// Requires `Authorization: Bearer <token>` when a token is configured.
-async fn require_token(State(token): State<Arc<str>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-        return next.run(request).await;
-    }
-    let mut resp = ErrorResponse(ApiError::new(401, "missing or wrong API token (Authorization: Bearer …)")).into_response();
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The `/api/qwen-image/*` routes with their body limit and optional token.
-pub fn api_router(backend: Arc<ServerBackend>, api_token: Option<String>, max_body_bytes: usize) -> Router {
-    let router = Router::new()
+/// The `/api/qwen-image/*` routes (the door's policy is layered on by the caller).
+pub fn api_router(backend: Arc<ServerBackend>) -> Router {
+    Router::new()
         .route("/api/qwen-image/decompose", post(decompose).fallback(method_not_allowed))
         .route("/api/qwen-image/edit-layer", post(edit_layer).fallback(method_not_allowed))
         .route("/api/qwen-image/config", get(config).fallback(method_not_allowed))
@@ -141,12 +142,8 @@ pub fn api_router(backend: Arc<ServerBackend>, api_token: Option<String>, max_bo
         .route("/api/qwen-image/jobs", post(start_job).fallback(method_not_allowed))
         .route("/api/qwen-image/jobs/{id}", get(job_status).fallback(method_not_allowed))
         .route("/api/qwen-image/jobs/{id}/cancel", post(cancel_job).fallback(method_not_allowed))
+        .route("/api/qwen-image/runs", get(runs).fallback(method_not_allowed))
         .route("/api/qwen-image/openapi.json", get(openapi).fallback(method_not_allowed))
         .route("/api/qwen-image/{*rest}", axum::routing::any(not_found))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        .with_state(backend);
-    match api_token {
-        Some(token) => router.layer(middleware::from_fn_with_state(Arc::<str>::from(token), require_token)),
-        None => router,
-    }
+        .with_state(backend)
 }

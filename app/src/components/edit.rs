@@ -166,7 +166,7 @@ fn run_edit(
                     });
                     applied
                 }),
-            Err(e) => Err(super::run::error_text(&e)),
+            Err(e) => Err(e.error),
         };
         busy.try_set(false);
         match outcome {

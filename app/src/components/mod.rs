@@ -28,7 +28,7 @@ pub use header::{Header, ModelMode};
 pub use layers::{layer_file_name, LayerPanel};
 pub use params::{FieldErrors, Params, ParamsPanel};
 pub use results::ResultsArea;
-pub use run::{duration, error_text, progress_view, ProgressView, RunPanel, RunState};
+pub use run::{duration, progress_view, run_label, ProgressView, RecentRuns, RunPanel, RunState};
 pub use upload::{file_size, inspect_upload, UploadArea, UploadedImage};
 
 /// The HTML document the server renders around the app.
@@ -85,6 +85,10 @@ pub struct AppState {
     pub run_info: RwSignal<Option<RunInfo>>,
     /// The last change, for screen readers (an aria-live region).
     pub announce: RwSignal<String>,
+    /// Bumped when a run finishes, so the list of recent runs is fetched again.
+    pub runs_changed: RwSignal<u32>,
+    /// The server wants its API token and this browser has not signed in.
+    pub needs_token: RwSignal<bool>,
 }
 
 impl AppState {
@@ -101,7 +105,26 @@ impl AppState {
             result: RwSignal::new(None),
             run_info: RwSignal::new(None),
             announce: RwSignal::new(String::new()),
+            runs_changed: RwSignal::new(0),
+            needs_token: RwSignal::new(false),
         }
+    }
+}
+
+/// Shown when the server requires its API token: a plain form, so the token goes straight to the
+/// server, which keeps it in an HttpOnly cookie (never readable by scripts on the page).
+#[component]
+fn TokenForm(needs_token: RwSignal<bool>) -> impl IntoView {
+    view! {
+        <Show when=move || needs_token.get()>
+            <form class="token-form card" method="post" action="/api/session">
+                <p>"This server requires its API token."</p>
+                <label>
+                    "API token " <input type="password" name="token" autocomplete="current-password" required=true/>
+                </label>
+                <button type="submit" class="primary">"Sign in"</button>
+            </form>
+        </Show>
     }
 }
 
@@ -120,6 +143,7 @@ fn HomePage() -> impl IntoView {
         edit_status,
         run,
         announce,
+        needs_token,
         ..
     } = state;
 
@@ -131,7 +155,8 @@ fn HomePage() -> impl IntoView {
                     params.update(|p| *p = p.with_defaults(&c));
                     config.set(Some(c));
                 }
-                Err(e) => leptos::logging::warn!("config: {}", error_text(&e)),
+                Err(e) if e.error == crate::api::TOKEN_REQUIRED => needs_token.set(true),
+                Err(e) => leptos::logging::warn!("config: {}", e.error),
             }
         });
         leptos::task::spawn_local(async move {
@@ -153,7 +178,9 @@ fn HomePage() -> impl IntoView {
             <section class="inputs" aria-label="Input">
                 <UploadArea image config/>
                 <ParamsPanel params errors=field_errors config disabled=busy/>
+                <TokenForm needs_token/>
                 <RunPanel/>
+                <RecentRuns/>
             </section>
             <ResultsArea/>
         </main>

@@ -4,7 +4,9 @@
 use leptos::prelude::*;
 
 use super::{AppState, ModelMode};
-use crate::api::{JobState, JobStatus};
+#[cfg(feature = "hydrate")]
+use crate::api::DecomposeResponse;
+use crate::api::{JobState, JobStatus, RunSummary};
 
 /// How often a running job is polled.
 #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
@@ -110,15 +112,6 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// The message of a server-function error, without the transport's prefix.
-pub fn error_text(e: &ServerFnError) -> String {
-    match e {
-        ServerFnError::ServerError(m) => m.clone(),
-        ServerFnError::Request(m) => format!("The server could not be reached ({m})."),
-        other => other.to_string(),
-    }
-}
-
 #[component]
 pub fn RunPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -165,7 +158,7 @@ pub fn RunPanel() -> impl IntoView {
             });
             leptos::task::spawn_local(async move {
                 if let Err(e) = crate::server_fns::cancel_job(id).await {
-                    leptos::logging::warn!("cancel failed: {}", error_text(&e));
+                    leptos::logging::warn!("cancel failed: {}", e.error);
                 }
             });
         }
@@ -338,17 +331,14 @@ fn ProgressBar(label: String, fraction: Option<f64>, detail: String) -> impl Int
 /// Starts a job and follows it until it ends; the result becomes the layer stack.
 #[cfg(feature = "hydrate")]
 fn start_run(state: AppState) {
-    use crate::layer_stack::{Decomposition, RunInfo};
     use crate::server_fns::{get_job_status, start_decompose};
 
     let AppState {
         image,
         params,
         run,
-        result,
-        run_info,
         announce,
-        status,
+        runs_changed,
         ..
     } = state;
     let Some(img) = image.get_untracked() else { return };
@@ -360,7 +350,7 @@ fn start_run(state: AppState) {
         let id = match start_decompose(request).await {
             Ok(started) => started.id,
             Err(e) => {
-                run.set(RunState::Failed(error_text(&e)));
+                run.set(RunState::Failed(e.error));
                 return;
             }
         };
@@ -380,7 +370,7 @@ fn start_run(state: AppState) {
                 Err(e) => {
                     failures += 1;
                     if failures >= MAX_POLL_FAILURES {
-                        run.set(RunState::Failed(format!("Lost track of the job: {}", error_text(&e))));
+                        run.set(RunState::Failed(format!("Lost track of the job: {}", e.error)));
                         return;
                     }
                     continue;
@@ -409,39 +399,108 @@ fn start_run(state: AppState) {
                         run.set(RunState::Failed("the job finished without a result".into()));
                         return;
                     };
-                    match Decomposition::from_response(&response) {
-                        Ok(d) => {
-                            let layers = d.stack.len() as u32;
-                            let model = status
-                                .with_untracked(|s| s.as_ref().map(|s| s.model.clone()))
-                                .unwrap_or_default();
-                            run_info.set(Some(RunInfo {
-                                model,
-                                prompt: p.prompt.trim().to_string(),
-                                seed: response.seed,
-                                layer_num: response.layer_count,
-                                resolution: response.resolution,
-                                steps: p.steps,
-                                cfg_scale: p.cfg_scale,
-                                generation_time: response.generation_time,
-                                caption: response.caption.clone(),
-                            }));
-                            result.set(Some(d));
-                            run.set(RunState::Done {
-                                seconds: response.generation_time,
-                                seed: response.seed,
-                                layers,
-                                caption: response.caption.clone(),
-                            });
-                            announce.set(format!("Done: {layers} layers."));
-                        }
-                        Err(e) => run.set(RunState::Failed(format!("The result could not be shown: {e}"))),
-                    }
+                    show_result(state, &response, p.prompt.trim(), p.steps, p.cfg_scale);
+                    runs_changed.update(|n| *n += 1);
                     return;
                 }
             }
         }
     });
+}
+
+/// Puts a finished decomposition on the page: the layer stack, its run info and the outcome line.
+#[cfg(feature = "hydrate")]
+fn show_result(state: AppState, response: &DecomposeResponse, prompt: &str, steps: u32, cfg_scale: f32) {
+    use crate::layer_stack::{Decomposition, RunInfo};
+    let AppState { run, result, run_info, announce, status, .. } = state;
+    match Decomposition::from_response(response) {
+        Ok(d) => {
+            let layers = d.stack.len() as u32;
+            let model = status.with_untracked(|s| s.as_ref().map(|s| s.model.clone())).unwrap_or_default();
+            run_info.set(Some(RunInfo {
+                model,
+                prompt: prompt.to_string(),
+                seed: response.seed,
+                layer_num: response.layer_count,
+                resolution: response.resolution,
+                steps,
+                cfg_scale,
+                generation_time: response.generation_time,
+                caption: response.caption.clone(),
+            }));
+            result.set(Some(d));
+            run.set(RunState::Done {
+                seconds: response.generation_time,
+                seed: response.seed,
+                layers,
+                caption: response.caption.clone(),
+            });
+            announce.set(format!("Done: {layers} layers."));
+        }
+        Err(e) => run.set(RunState::Failed(format!("The result could not be shown: {e}"))),
+    }
+}
+
+/// This browser's earlier runs, kept on the server: each can be opened again.
+#[component]
+pub fn RecentRuns() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let runs = RwSignal::new(Vec::<RunSummary>::new());
+    let runs_changed = state.runs_changed;
+    Effect::new(move |_| {
+        runs_changed.track();
+        #[cfg(feature = "hydrate")]
+        leptos::task::spawn_local(async move {
+            if let Ok(list) = crate::server_fns::list_runs().await {
+                runs.set(list);
+            }
+        });
+    });
+    let open = move |summary: RunSummary| {
+        if state.run.with_untracked(RunState::is_busy) {
+            return;
+        }
+        #[cfg(feature = "hydrate")]
+        leptos::task::spawn_local(async move {
+            match crate::server_fns::get_job_status(summary.id.clone()).await {
+                Ok(JobStatus { result: Some(response), .. }) => {
+                    show_result(state, &response, &summary.prompt, summary.steps, summary.cfg_scale)
+                }
+                Ok(_) => state.run.set(RunState::Failed("that run has no result".into())),
+                Err(e) => state.run.set(RunState::Failed(e.error)),
+            }
+        });
+        #[cfg(not(feature = "hydrate"))]
+        let _ = summary;
+    };
+    view! {
+        <Show when=move || runs.with(|r| !r.is_empty())>
+            <details class="recent-runs card">
+                <summary>"Recent runs (" {move || runs.with(Vec::len)} ")"</summary>
+                <ul>
+                    <For each=move || runs.get() key=|r| r.id.clone() let:r>
+                        {
+                            let label = run_label(&r);
+                            let id = r.id.clone();
+                            view! {
+                                <li>
+                                    <button type="button" class="link open-run" data-run=id on:click=move |_| open(r.clone())>
+                                        {label}
+                                    </button>
+                                </li>
+                            }
+                        }
+                    </For>
+                </ul>
+            </details>
+        </Show>
+    }
+}
+
+/// "4 layers · 640 · seed 7 · a cat on a sofa" (the prompt shortened).
+pub fn run_label(r: &RunSummary) -> String {
+    let (prompt, _) = shorten(if r.prompt.is_empty() { "(automatic caption)" } else { &r.prompt }, 40);
+    format!("{} layers · {} · seed {} · {prompt}", r.layer_count, r.resolution, r.seed)
 }
 
 #[cfg(test)]
@@ -517,11 +576,5 @@ mod tests {
         assert_eq!((s.as_str(), cut), ("one two…", true));
         let (s, cut) = shorten(&"x".repeat(50), 10);
         assert_eq!((s.chars().count(), cut), (11, true));
-    }
-
-    #[test]
-    fn server_errors_lose_the_transport_prefix() {
-        let e = ServerFnError::new("decomposition is not built into this server yet");
-        assert_eq!(error_text(&e), "decomposition is not built into this server yet");
     }
 }
