@@ -218,9 +218,10 @@ impl ApiError {
     /// In a server function: makes the HTTP status the REST route would use.
     #[cfg(feature = "ssr")]
     pub fn set_response_status(&self) {
-        if let (Some(resp), Ok(code)) =
-            (leptos::prelude::use_context::<leptos_axum::ResponseOptions>(), http::StatusCode::from_u16(self.status))
-        {
+        if let (Some(resp), Ok(code)) = (
+            leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
+            http::StatusCode::from_u16(self.status),
+        ) {
             resp.set_status(code);
         }
     }
@@ -230,7 +231,11 @@ impl ApiError {
     /// An error with `status`; quoted values in the message are cut to a short prefix, so a
     /// megabyte-long bad field is never echoed back.
     pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Self { status, error: shorten_quoted(&error.into()), retry_after: None }
+        Self {
+            status,
+            error: shorten_quoted(&error.into()),
+            retry_after: None,
+        }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(400, msg)
@@ -245,7 +250,11 @@ impl ApiError {
         Self::new(503, msg)
     }
     pub fn busy(msg: impl Into<String>, retry_after: u32) -> Self {
-        Self { status: 429, error: msg.into(), retry_after: Some(retry_after) }
+        Self {
+            status: 429,
+            error: msg.into(),
+            retry_after: Some(retry_after),
+        }
     }
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(500, msg)
@@ -307,7 +316,9 @@ pub struct EditJob {
 
 pub fn validate_steps(steps: u32) -> Result<u32, ApiError> {
     if steps == 0 || steps > MAX_STEPS {
-        return Err(ApiError::unprocessable(format!("steps must be between 1 and {MAX_STEPS}, got {steps}")));
+        return Err(ApiError::unprocessable(format!(
+            "steps must be between 1 and {MAX_STEPS}, got {steps}"
+        )));
     }
     Ok(steps)
 }
@@ -334,14 +345,18 @@ pub fn validate_layer_num(n: u32) -> Result<u32, ApiError> {
 
 pub fn validate_resolution(r: u32) -> Result<u32, ApiError> {
     if !RESOLUTIONS.contains(&r) {
-        return Err(ApiError::unprocessable(format!("resolution must be 640 or 1024, got {r}")));
+        return Err(ApiError::unprocessable(format!(
+            "resolution must be 640 or 1024, got {r}"
+        )));
     }
     Ok(r)
 }
 
 fn validate_prompt(what: &str, p: &str) -> Result<(), ApiError> {
     if p.chars().count() > MAX_PROMPT_CHARS {
-        return Err(ApiError::unprocessable(format!("{what} is longer than {MAX_PROMPT_CHARS} characters")));
+        return Err(ApiError::unprocessable(format!(
+            "{what} is longer than {MAX_PROMPT_CHARS} characters"
+        )));
     }
     Ok(())
 }
@@ -385,7 +400,9 @@ impl DecomposeRequest {
                 None | Some("en") => false,
                 Some("cn" | "zh") => true,
                 Some(other) => {
-                    return Err(ApiError::unprocessable(format!("caption_language must be \"en\" or \"cn\", got {other:?}")))
+                    return Err(ApiError::unprocessable(format!(
+                        "caption_language must be \"en\" or \"cn\", got {other:?}"
+                    )))
                 }
             },
         })
@@ -401,7 +418,7 @@ impl EditLayerRequest {
         let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
         if steps < EDIT_MIN_STEPS {
             return Err(ApiError::unprocessable(format!(
-                "steps must be at least {EDIT_MIN_STEPS} for an edit (Qwen-Image-Edit's schedule), got {steps}"
+                "an edit needs at least {EDIT_MIN_STEPS} inference steps (Qwen-Image-Edit's schedule), got steps = {steps}"
             )));
         }
         let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
@@ -484,7 +501,10 @@ mod tests {
         r.cfg_scale = Some(1.0);
         r.seed = Some(u64::MAX);
         let job = r.validate(&Limits::default(), 0).unwrap();
-        assert_eq!((job.layer_num, job.resolution, job.steps, job.seed), (10, 1024, 1, u64::MAX));
+        assert_eq!(
+            (job.layer_num, job.resolution, job.steps, job.seed),
+            (10, 1024, 1, u64::MAX)
+        );
     }
 
     #[test]
@@ -499,7 +519,12 @@ mod tests {
         };
         let err = r.validate(&Limits::default(), 0).unwrap_err();
         assert_eq!(err.status, 422);
-        let ok = EditLayerRequest { prompt: "make it red".into(), ..r }.validate(&Limits::default(), 0).unwrap();
+        let ok = EditLayerRequest {
+            prompt: "make it red".into(),
+            ..r
+        }
+        .validate(&Limits::default(), 0)
+        .unwrap();
         assert!(ok.keep_alpha);
     }
 
@@ -517,7 +542,13 @@ mod tests {
         assert_eq!(err.status, 422);
         assert!(err.error.contains("at least 2"), "{err}");
         let thin = png_data_url(&encode_png(&image::RgbaImage::new(400, 2)).unwrap());
-        let err = EditLayerRequest { image: thin.clone(), steps: None, ..r }.validate(&Limits::default(), 0).unwrap_err();
+        let err = EditLayerRequest {
+            image: thin.clone(),
+            steps: None,
+            ..r
+        }
+        .validate(&Limits::default(), 0)
+        .unwrap_err();
         assert!(err.error.contains("400×2"), "{err}");
         let err = request(thin).validate(&Limits::default(), 0).unwrap_err();
         assert_eq!(err.status, 422);
@@ -529,7 +560,10 @@ mod tests {
             r#"{"layer_image": "abc", "instruction": "make it red", "steps": 30, "cfg_scale": 4.0, "seed": 1}"#,
         )
         .unwrap();
-        let ours: EditLayerRequest = serde_json::from_str(r#"{"image": "abc", "prompt": "make it red", "steps": 30, "cfg_scale": 4.0, "seed": 1}"#).unwrap();
+        let ours: EditLayerRequest = serde_json::from_str(
+            r#"{"image": "abc", "prompt": "make it red", "steps": 30, "cfg_scale": 4.0, "seed": 1}"#,
+        )
+        .unwrap();
         assert_eq!(seed, ours);
         assert_eq!((seed.image.as_str(), seed.prompt.as_str()), ("abc", "make it red"));
     }
@@ -537,11 +571,16 @@ mod tests {
     #[test]
     fn long_quoted_values_are_cut_in_errors() {
         let bad = "x".repeat(1 << 20);
-        let e = ApiError::bad_request(format!("invalid type: string \"{bad}\", expected u32 at line 1 column 9"));
+        let e = ApiError::bad_request(format!(
+            "invalid type: string \"{bad}\", expected u32 at line 1 column 9"
+        ));
         assert!(e.error.len() < 200, "{} bytes", e.error.len());
         assert!(e.error.ends_with("expected u32 at line 1 column 9"), "{}", e.error);
         assert!(e.error.contains(&format!("\"{}…\"", "x".repeat(MAX_QUOTED_CHARS))));
-        assert_eq!(ApiError::bad_request("keep `short` \"ones\"").error, "keep `short` \"ones\"");
+        assert_eq!(
+            ApiError::bad_request("keep `short` \"ones\"").error,
+            "keep `short` \"ones\""
+        );
     }
 
     #[test]

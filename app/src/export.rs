@@ -50,7 +50,13 @@ pub struct ExportError(String);
 fn layer_file_name(position: usize, name: &str) -> String {
     let slug: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .split('-')
         .filter(|s| !s.is_empty())
@@ -111,19 +117,41 @@ mod tests {
     #[test]
     fn zip_holds_layers_in_stack_order_and_a_manifest() {
         let layers = [
-            ExportLayer { name: "Layer 1", png: b"bottom", visible: true, opacity: 1.0 },
-            ExportLayer { name: "Sky & sun!", png: b"top", visible: false, opacity: 0.5 },
+            ExportLayer {
+                name: "Layer 1",
+                png: b"bottom",
+                visible: true,
+                opacity: 1.0,
+            },
+            ExportLayer {
+                name: "Sky & sun!",
+                png: b"top",
+                visible: false,
+                opacity: 0.5,
+            },
         ];
-        let (bytes, manifest) =
-            build_zip(4, 3, b"comp", &layers, Some(serde_json::json!({"seed": 42}))).unwrap();
+        let (bytes, manifest) = build_zip(4, 3, b"comp", &layers, Some(serde_json::json!({"seed": 42}))).unwrap();
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
-        let names: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().unwrap().to_string()).collect();
-        assert_eq!(names, ["composite.png", "01_layer-1.png", "02_sky-sun.png", "manifest.json"]);
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["composite.png", "01_layer-1.png", "02_sky-sun.png", "manifest.json"]
+        );
         let mut top = Vec::new();
-        archive.by_name("02_sky-sun.png").unwrap().read_to_end(&mut top).unwrap();
+        archive
+            .by_name("02_sky-sun.png")
+            .unwrap()
+            .read_to_end(&mut top)
+            .unwrap();
         assert_eq!(top, b"top");
         let mut json = String::new();
-        archive.by_name("manifest.json").unwrap().read_to_string(&mut json).unwrap();
+        archive
+            .by_name("manifest.json")
+            .unwrap()
+            .read_to_string(&mut json)
+            .unwrap();
         let parsed: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed, manifest);
         assert_eq!(parsed.layer_order, "bottom-to-top");

@@ -11,8 +11,11 @@ use crate::api::ApiError;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Accepted input formats.
-const FORMATS: [(ImageFormat, &str); 3] =
-    [(ImageFormat::Png, "png"), (ImageFormat::Jpeg, "jpeg"), (ImageFormat::WebP, "webp")];
+const FORMATS: [(ImageFormat, &str); 3] = [
+    (ImageFormat::Png, "png"),
+    (ImageFormat::Jpeg, "jpeg"),
+    (ImageFormat::WebP, "webp"),
+];
 
 /// Strips an optional `data:<mime>;base64,` prefix and decodes the base64 payload.
 pub fn decode_base64_payload(input: &str) -> Result<Vec<u8>, ApiError> {
@@ -32,7 +35,8 @@ pub fn decode_base64_payload(input: &str) -> Result<Vec<u8>, ApiError> {
     if cleaned.is_empty() {
         return Err(ApiError::bad_request("image is empty"));
     }
-    B64.decode(cleaned.as_bytes()).map_err(|e| ApiError::bad_request(format!("image: invalid base64: {e}")))
+    B64.decode(cleaned.as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("image: invalid base64: {e}")))
 }
 
 /// Decodes a PNG/JPEG/WebP image given as a data URL or bare base64, refusing images over
@@ -65,7 +69,9 @@ pub fn decode_image_bytes(bytes: &[u8], max_pixels: u64) -> Result<RgbaImage, Ap
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| ApiError::unprocessable(format!("image could not be decoded: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| ApiError::unprocessable(format!("image could not be decoded: {e}")))?;
     Ok(img.into_rgba8())
 }
 
@@ -90,7 +96,10 @@ mod tests {
     use super::*;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        encode_png(&RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 7, 200]))).unwrap()
+        encode_png(&RgbaImage::from_fn(w, h, |x, y| {
+            image::Rgba([x as u8, y as u8, 7, 200])
+        }))
+        .unwrap()
     }
 
     #[test]

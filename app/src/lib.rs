@@ -5,8 +5,8 @@
 pub mod api;
 #[cfg(feature = "hydrate")]
 pub mod browser;
-pub mod compose;
 pub mod components;
+pub mod compose;
 pub mod export;
 pub mod image_data;
 pub mod layer_stack;

@@ -12,7 +12,8 @@ use crate::api::{
 
 #[cfg(feature = "ssr")]
 fn backend() -> Result<crate::backend::SharedBackend, ApiError> {
-    use_context::<crate::backend::SharedBackend>().ok_or_else(|| ApiError::internal("the server did not provide a backend"))
+    use_context::<crate::backend::SharedBackend>()
+        .ok_or_else(|| ApiError::internal("the server did not provide a backend"))
 }
 
 /// Who is calling: the server's request policy put it in the request's extensions.

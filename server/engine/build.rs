@@ -41,7 +41,9 @@ fn main() {
             .arg(&ptx)
             .arg(format!("src/gpu/kernels/{k}.cu"))
             .status()
-            .unwrap_or_else(|e| panic!("running {nvcc} for src/gpu/kernels/{k}.cu: {e} (source setup_cuda_toolchain.sh)"));
+            .unwrap_or_else(|e| {
+                panic!("running {nvcc} for src/gpu/kernels/{k}.cu: {e} (source setup_cuda_toolchain.sh)")
+            });
         assert!(status.success(), "nvcc failed on src/gpu/kernels/{k}.cu");
     }
     #[cfg(feature = "cudnn-attention")]
@@ -55,9 +57,8 @@ fn build_cudnn_shim() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let need = |var: &str| {
-        std::env::var(var).unwrap_or_else(|_| {
-            panic!("the cudnn-attention feature needs {var} (scripts/gpu_prepare.sh sets it up)")
-        })
+        std::env::var(var)
+            .unwrap_or_else(|_| panic!("the cudnn-attention feature needs {var} (scripts/gpu_prepare.sh sets it up)"))
     };
     let cuda_root = need("CUDA_ROOT");
     cc::Build::new()

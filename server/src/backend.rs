@@ -62,7 +62,10 @@ impl Drop for CancelOnDrop {
 /// The answer for a job that does not exist or belongs to someone else (the same, so ids of
 /// other people's jobs cannot be probed).
 fn no_such_job(id: &str) -> ApiError {
-    ApiError::new(404, format!("no job {id} (finished results are kept on the server for --keep-results-hours)"))
+    ApiError::new(
+        404,
+        format!("no job {id} (finished results are kept on the server for --keep-results-hours)"),
+    )
 }
 
 fn may_see(owner: Option<&str>, caller: &Caller) -> bool {
@@ -83,7 +86,16 @@ impl ServerBackend {
         let loaded = engine.loaded_flag();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
         let store = Arc::new(store);
-        Arc::new(Self { options, limits, queue, loaded, jobs: JobRegistry::default(), unavailable, edit, store })
+        Arc::new(Self {
+            options,
+            limits,
+            queue,
+            loaded,
+            jobs: JobRegistry::default(),
+            unavailable,
+            edit,
+            store,
+        })
     }
 
     pub fn options(&self) -> &ServerOptions {
@@ -95,7 +107,13 @@ impl ServerBackend {
         &self,
         request: DecomposeRequest,
         caller: &Caller,
-    ) -> Result<(Arc<JobHandle>, tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>), ApiError> {
+    ) -> Result<
+        (
+            Arc<JobHandle>,
+            tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>,
+        ),
+        ApiError,
+    > {
         let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
         if let Some(reason) = &self.unavailable {
             return Err(ApiError::unavailable(reason.clone()));
@@ -160,7 +178,11 @@ impl ServerBackend {
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     // Keep seeds within 2^53 so JavaScript clients can hold them exactly.
     h.finish() & ((1 << 53) - 1)
 }
@@ -221,7 +243,9 @@ impl Backend for ServerBackend {
         Box::pin(async move {
             let (handle, done) = queued?;
             let guard = CancelOnDrop(Some(handle));
-            let out = done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
+            let out = done
+                .await
+                .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
             guard.disarm();
             out
         })
@@ -241,7 +265,11 @@ impl Backend for ServerBackend {
             return Ok(status);
         }
         // Finished before this server started, or long ago: from the store.
-        let run = self.store.load(id).filter(|r| may_see(r.owner.as_deref(), caller)).ok_or_else(|| no_such_job(id))?;
+        let run = self
+            .store
+            .load(id)
+            .filter(|r| may_see(r.owner.as_deref(), caller))
+            .ok_or_else(|| no_such_job(id))?;
         Ok(JobStatus {
             id: id.to_string(),
             state: JobState::Done,
@@ -264,7 +292,11 @@ impl Backend for ServerBackend {
     }
 
     fn list_runs(&self, caller: &Caller) -> Vec<RunSummary> {
-        caller.owner.as_deref().map(|owner| self.store.list(owner)).unwrap_or_default()
+        caller
+            .owner
+            .as_deref()
+            .map(|owner| self.store.list(owner))
+            .unwrap_or_default()
     }
 
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {

@@ -25,7 +25,11 @@ pub enum DeviceChoice {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "server", version, about = "Qwen Layers: the web app and REST API for layered image decomposition")]
+#[command(
+    name = "server",
+    version,
+    about = "Qwen Layers: the web app and REST API for layered image decomposition"
+)]
 pub struct ServerArgs {
     /// Settings file (default: ./config.toml when it exists, else built-in defaults).
     #[arg(long, value_name = "PATH")]
@@ -189,7 +193,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("server-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("c.toml");
-        std::fs::write(&cfg, "[default.qwen_image]\nlayer_num = 3\nresolution = 1024\n[big.qwen_image]\nlayer_num = 8\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "[default.qwen_image]\nlayer_num = 3\nresolution = 1024\n[big.qwen_image]\nlayer_num = 8\n",
+        )
+        .unwrap();
         let a = parse(&[
             "--config",
             cfg.to_str().unwrap(),
@@ -206,7 +214,14 @@ mod tests {
         assert_eq!((s.layer_num, s.resolution, s.num_inference_steps), (8, 1024, 20));
         assert!(s.cpu_offload);
         assert_eq!(s.model_path, "/models/layered");
-        let a = parse(&["--config", cfg.to_str().unwrap(), "--qwen-image-cpu-offload=false", "--qwen-image-layers", "5"]).unwrap();
+        let a = parse(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--qwen-image-cpu-offload=false",
+            "--qwen-image-layers",
+            "5",
+        ])
+        .unwrap();
         let s = a.settings().unwrap();
         assert!(!s.cpu_offload);
         assert_eq!(s.layer_num, 5);

@@ -158,12 +158,19 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} has no profile `{profile}` (profiles: {available})")]
-    UnknownProfile { path: PathBuf, profile: String, available: String },
+    UnknownProfile {
+        path: PathBuf,
+        profile: String,
+        available: String,
+    },
 }
 
 /// Reads `path` and returns the settings of `profile` (merged over `default`).
 pub fn load_profile(path: &Path, profile: &str) -> Result<QwenImageSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     parse_profile(&text, path, profile)
 }
 
@@ -253,7 +260,11 @@ resolution = 1024
         for (text, key, line) in [
             ("[default.qwen_image]\nresolution = 800\n", "resolution", "line 2"),
             ("[default.qwen_image]\n\nlayer_num = 11\n", "layer_num", "line 3"),
-            ("[default.qwen_image]\nnum_inference_steps = 0\n", "num_inference_steps", "line 2"),
+            (
+                "[default.qwen_image]\nnum_inference_steps = 0\n",
+                "num_inference_steps",
+                "line 2",
+            ),
             ("[default.qwen_image]\ncfg_scale = nan\n", "cfg_scale", "line 2"),
             ("[default.qwen_image]\ncpu_offload = \"yes\"\n", "cpu_offload", "line 2"),
         ] {

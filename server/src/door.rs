@@ -60,7 +60,10 @@ impl DoorPolicy {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.as_bytes().to_vec());
         let cookie = cookie(headers, TOKEN_COOKIE).and_then(from_hex);
-        [bearer, cookie].into_iter().flatten().any(|p| constant_time_eq(&p, token.as_bytes()))
+        [bearer, cookie]
+            .into_iter()
+            .flatten()
+            .any(|p| constant_time_eq(&p, token.as_bytes()))
     }
 }
 
@@ -96,7 +99,10 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// 128 random bits from the operating system, as hex: session and job ids nobody can guess.
@@ -108,8 +114,7 @@ pub fn random_id() -> String {
 
 /// `Set-Cookie` for an HttpOnly, SameSite=Strict cookie on the whole site.
 pub fn set_cookie(name: &str, value: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict"))
-        .expect("cookie values are hex")
+    HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict")).expect("cookie values are hex")
 }
 
 fn refuse(status: u16, message: impl Into<String>) -> Response {
@@ -155,7 +160,9 @@ pub async fn guard(State(policy): State<Arc<DoorPolicy>>, request: Request, next
         next.run(request).await
     };
     if session.is_none() {
-        response.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &random_id()));
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &random_id()));
     }
     response
 }
@@ -163,11 +170,17 @@ pub async fn guard(State(policy): State<Arc<DoorPolicy>>, request: Request, next
 /// Checks one API request and buffers its body; the refusal is the response otherwise.
 async fn admit(policy: &DoorPolicy, request: Request, session: Option<String>) -> Result<Request, Response> {
     let headers = request.headers();
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(request.uri().authority().map(|a| a.as_str()));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(request.uri().authority().map(|a| a.as_str()));
     match host {
         Some(h) if policy.is_own_host(h) => {}
         Some(h) => {
-            return Err(refuse(403, format!("this server does not answer to the host name `{h}` (see --allowed-host)")))
+            return Err(refuse(
+                403,
+                format!("this server does not answer to the host name `{h}` (see --allowed-host)"),
+            ))
         }
         None => return Err(refuse(400, "the request has no Host header")),
     }
@@ -178,7 +191,10 @@ async fn admit(policy: &DoorPolicy, request: Request, session: Option<String>) -
             .and_then(|o| o.split_once("://"))
             .is_some_and(|(_, authority)| policy.is_own_host(authority));
         if !own {
-            return Err(refuse(403, "requests from other web sites are refused (the Origin is not this server)"));
+            return Err(refuse(
+                403,
+                "requests from other web sites are refused (the Origin is not this server)",
+            ));
         }
     }
     let path = request.uri().path().to_string();
@@ -188,11 +204,14 @@ async fn admit(policy: &DoorPolicy, request: Request, session: Option<String>) -
     };
     if policy.token.is_some() && !token_ok && path != SESSION_PATH {
         let mut resp = refuse(401, TOKEN_REQUIRED);
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Err(resp);
     }
     let caller = Caller {
-        owner: session.map(|s| format!("session:{s}")).or_else(|| token_ok.then(|| "token".to_string())),
+        owner: session
+            .map(|s| format!("session:{s}"))
+            .or_else(|| token_ok.then(|| "token".to_string())),
     };
     let mut request = read_body(policy, request, &path).await?;
     request.extensions_mut().insert(caller);
@@ -206,9 +225,15 @@ async fn read_body(policy: &DoorPolicy, request: Request, path: &str) -> Result<
         return Ok(request);
     }
     if !is_json(headers) && !(path == SESSION_PATH && is_form(headers)) {
-        return Err(refuse(415, "the request body must be JSON (Content-Type: application/json)"));
+        return Err(refuse(
+            415,
+            "the request body must be JSON (Content-Type: application/json)",
+        ));
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > policy.max_body_bytes as u64) {
         return Err(too_large());
     }
@@ -218,17 +243,21 @@ async fn read_body(policy: &DoorPolicy, request: Request, path: &str) -> Result<
         return Err(resp);
     };
     let (parts, body) = request.into_parts();
-    let bytes: Bytes = match tokio::time::timeout(policy.body_timeout, axum::body::to_bytes(body, policy.max_body_bytes)).await {
-        Err(_) => {
-            return Err(refuse(
-                408,
-                format!("the request body did not arrive within {} s (--request-timeout-secs)", policy.body_timeout.as_secs()),
-            ))
-        }
-        Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
-        Ok(Err(e)) => return Err(refuse(400, format!("could not read the request body: {e}"))),
-        Ok(Ok(bytes)) => bytes,
-    };
+    let bytes: Bytes =
+        match tokio::time::timeout(policy.body_timeout, axum::body::to_bytes(body, policy.max_body_bytes)).await {
+            Err(_) => {
+                return Err(refuse(
+                    408,
+                    format!(
+                        "the request body did not arrive within {} s (--request-timeout-secs)",
+                        policy.body_timeout.as_secs()
+                    ),
+                ))
+            }
+            Ok(Err(e)) if is_length_limit(&e) => return Err(too_large()),
+            Ok(Err(e)) => return Err(refuse(400, format!("could not read the request body: {e}"))),
+            Ok(Ok(bytes)) => bytes,
+        };
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
@@ -255,17 +284,31 @@ async fn json_errors(response: Response) -> Response {
         return response;
     }
     let (parts, body) = response.into_parts();
+    // Plain text says what went wrong; an HTML page (the app's "not found") does not.
+    let is_text = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
     let text = match axum::body::to_bytes(body, MAX_ERROR_TEXT * 4).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).chars().take(MAX_ERROR_TEXT).collect::<String>(),
-        Err(_) => String::new(),
+        Ok(bytes) if is_text => String::from_utf8_lossy(&bytes)
+            .chars()
+            .take(MAX_ERROR_TEXT)
+            .collect::<String>(),
+        _ => String::new(),
     };
-    let message = if text.trim().is_empty() {
-        status.canonical_reason().unwrap_or("error").to_string()
-    } else {
-        text.trim().to_string()
+    let message = match text.trim() {
+        "" if status == StatusCode::NOT_FOUND => "no such API endpoint".to_string(),
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        text => text.to_string(),
     };
     let mut json = ErrorResponse(ApiError::new(status.as_u16(), message)).into_response();
-    for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW, header::SET_COOKIE] {
+    for name in [
+        header::RETRY_AFTER,
+        header::WWW_AUTHENTICATE,
+        header::ALLOW,
+        header::SET_COOKIE,
+    ] {
         for v in parts.headers.get_all(&name) {
             json.headers_mut().append(name.clone(), v.clone());
         }
@@ -280,7 +323,9 @@ pub async fn sign_in(State(policy): State<Arc<DoorPolicy>>, headers: HeaderMap, 
         return refuse(404, "this server has no API token: nothing to sign in to");
     };
     let presented = if is_form(&headers) {
-        form_urlencoded::parse(&body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+        form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
     } else {
         serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -295,7 +340,13 @@ pub async fn sign_in(State(policy): State<Arc<DoorPolicy>>, headers: HeaderMap, 
     let cookie = set_cookie(TOKEN_COOKIE, &to_hex(token.as_bytes()));
     if is_form(&headers) {
         // The page's form: back to the page, now signed in.
-        (StatusCode::SEE_OTHER, [(header::LOCATION, HeaderValue::from_static("/")), (header::SET_COOKIE, cookie)])
+        (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, HeaderValue::from_static("/")),
+                (header::SET_COOKIE, cookie),
+            ],
+        )
             .into_response()
     } else {
         (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
@@ -319,7 +370,14 @@ mod tests {
     #[test]
     fn own_hosts_are_ip_literals_localhost_and_the_allowed_names() {
         let p = policy(&["studio.example"]);
-        for ok in ["127.0.0.1:7860", "localhost", "LOCALHOST:80", "[::1]:7860", "10.0.0.5", "studio.example:7860"] {
+        for ok in [
+            "127.0.0.1:7860",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:7860",
+            "10.0.0.5",
+            "studio.example:7860",
+        ] {
             assert!(p.is_own_host(ok), "{ok}");
         }
         for bad in ["evil.example", "127.0.0.1.nip.io:7860", "localhost.evil.example", ""] {
@@ -330,7 +388,10 @@ mod tests {
     #[test]
     fn cookies_and_hex_round_trip() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; qwen_layers_token=7365637265; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; qwen_layers_token=7365637265; b=2"),
+        );
         assert_eq!(cookie(&h, TOKEN_COOKIE), Some("7365637265"));
         assert_eq!(from_hex("7365637265").unwrap(), b"secre");
         assert_eq!(from_hex("zz"), None);

@@ -51,12 +51,22 @@ impl Runtime {
             Some("f16") => DType::F16,
             Some(other) => anyhow::bail!("unknown dtype `{other}` (f32, bf16 or f16)"),
         };
-        Ok(Self { device, dtype, offload: false, problem: None })
+        Ok(Self {
+            device,
+            dtype,
+            offload: false,
+            problem: None,
+        })
     }
 
     /// A runtime that cannot run jobs, and says why.
     pub fn unavailable(problem: String) -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, offload: false, problem: Some(problem) }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            offload: false,
+            problem: Some(problem),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -64,7 +74,11 @@ impl Runtime {
             return "unavailable".into();
         }
         let device = if self.device.is_cuda() { "cuda" } else { "cpu" };
-        let offload = if self.offload && self.device.is_cuda() { " cpu-offload" } else { "" };
+        let offload = if self.offload && self.device.is_cuda() {
+            " cpu-offload"
+        } else {
+            ""
+        };
         format!("{device} {:?}{offload}", self.dtype).to_lowercase()
     }
 }
@@ -146,9 +160,9 @@ impl EditState {
 fn looks_like_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() == 2
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && parts.iter().all(|p| {
+            !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
 }
 
 /// An engine error as the API reports it.
@@ -174,7 +188,8 @@ impl EngineState {
     pub fn new(model_path: &str, edit_model_path: &str, runtime: Runtime) -> Self {
         let resolve = |p: &str| ModelDir::resolve(p, false).map_err(|e| e.to_string());
         let layered = resolve(model_path).and_then(|m| {
-            m.check(engine::pipeline::decompose::LAYERED_COMPONENTS).map_err(|e| e.to_string())?;
+            m.check(engine::pipeline::decompose::LAYERED_COMPONENTS)
+                .map_err(|e| e.to_string())?;
             Ok(m)
         });
         let edit_state = Arc::new(Mutex::new(EditState::at_startup(edit_model_path)));
@@ -220,7 +235,10 @@ impl EngineState {
         if let Some(problem) = &self.runtime.problem {
             return Some(format!("the GPU cannot be used: {problem}"));
         }
-        self.layered.as_ref().err().map(|e| format!("the decompose model is not available: {e}"))
+        self.layered
+            .as_ref()
+            .err()
+            .map(|e| format!("the decompose model is not available: {e}"))
     }
 
     fn decomposer(&mut self, progress: &dyn Progress) -> Result<&mut Decomposer, ApiError> {
@@ -248,11 +266,17 @@ impl EngineState {
             true_cfg_scale: f64::from(job.cfg_scale),
             cfg_normalize: job.cfg_normalize,
             seed: job.seed,
-            caption_language: if job.caption_in_chinese { CaptionLanguage::Cn } else { CaptionLanguage::En },
+            caption_language: if job.caption_in_chinese {
+                CaptionLanguage::Cn
+            } else {
+                CaptionLanguage::En
+            },
             ..DecomposeOptions::default()
         };
         let decomposer = self.decomposer(progress)?;
-        let layers = decomposer.decompose_with_progress(&job.image, &options, progress).map_err(api_error)?;
+        let layers = decomposer
+            .decompose_with_progress(&job.image, &options, progress)
+            .map_err(api_error)?;
         layers.to_response()
     }
 
@@ -310,7 +334,11 @@ impl EngineState {
                 seed: job.seed,
                 ..EditOptions::default()
             },
-            alpha: if job.keep_alpha { AlphaMode::KeepOriginal } else { AlphaMode::Rekey },
+            alpha: if job.keep_alpha {
+                AlphaMode::KeepOriginal
+            } else {
+                AlphaMode::Rekey
+            },
             key_color: None,
         };
         let editor = self.editor()?;
@@ -339,10 +367,16 @@ mod tests {
         assert_eq!(EditState::at_startup("Qwen/Qwen-Image-Edit-2509"), EditState::Idle);
         // A path that does not exist is no model.
         let s = EditState::at_startup("/no/such/edit-model");
-        assert!(matches!(&s, EditState::Unavailable(r) if r.contains("not a folder")), "{s:?}");
+        assert!(
+            matches!(&s, EditState::Unavailable(r) if r.contains("not a folder")),
+            "{s:?}"
+        );
         assert_eq!(s.to_response("x").status, "unavailable");
         // The tiny checkpoint is complete.
-        let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-qwen-image-edit-2509");
+        let tiny = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/tiny-qwen-image-edit-2509"
+        );
         assert_eq!(EditState::at_startup(tiny), EditState::Idle);
         let r = EditState::Ready.to_response("m");
         assert_eq!((r.status.as_str(), r.model_loaded, r.reason), ("ready", true, None));

@@ -188,7 +188,9 @@ impl JobRegistry {
     pub fn status(&self, job: &JobHandle) -> JobStatus {
         let ahead = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            jobs.values().filter(|j| j.seq < job.seq && j.lock().state == JobState::Queued).count() as u32
+            jobs.values()
+                .filter(|j| j.seq < job.seq && j.lock().state == JobState::Queued)
+                .count() as u32
         };
         job.status(Some(ahead))
     }
@@ -222,13 +224,19 @@ mod tests {
         assert_eq!(reg.find(&b.id).unwrap().owner.as_deref(), Some("session:x"));
         assert_eq!(a.id.len(), 4 + 32, "job- and 128 random bits: {}", a.id);
         let s = reg.status(&a);
-        assert_eq!((s.state, s.queue_position, s.eta_seconds), (JobState::Queued, Some(0), None));
+        assert_eq!(
+            (s.state, s.queue_position, s.eta_seconds),
+            (JobState::Queued, Some(0), None)
+        );
         a.start();
         a.phase(Phase::Denoising);
         std::thread::sleep(Duration::from_millis(20));
         a.step(2, 10);
         let s = reg.status(&a);
-        assert_eq!((s.state, s.phase.as_str(), s.step, s.total_steps), (JobState::Running, "denoising", 2, 10));
+        assert_eq!(
+            (s.state, s.phase.as_str(), s.step, s.total_steps),
+            (JobState::Running, "denoising", 2, 10)
+        );
         let eta = s.eta_seconds.unwrap();
         assert!(eta > 0.05 && eta < 5.0, "eta {eta}: 8 steps left at ≥ 10 ms a step");
         assert_eq!(reg.status(&b).queue_position, Some(0));
@@ -239,7 +247,10 @@ mod tests {
         b.finish(&Ok(response()), true);
         let s = reg.status(&b);
         assert_eq!(s.state, JobState::Done);
-        assert!(s.result.is_none(), "a stored result is read from the store, not kept in memory");
+        assert!(
+            s.result.is_none(),
+            "a stored result is read from the store, not kept in memory"
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ impl<S: Send + 'static> JobQueue<S> {
                 }
             })
             .expect("spawning the engine worker thread");
-        Self { tx, in_flight: Arc::new(AtomicU32::new(0)), capacity: capacity.max(1) }
+        Self {
+            tx,
+            in_flight: Arc::new(AtomicU32::new(0)),
+            capacity: capacity.max(1),
+        }
     }
 
     /// Queues `work` and waits for its result. Fails fast with 429 when the queue is full.
@@ -41,7 +45,8 @@ impl<S: Send + 'static> JobQueue<S> {
         F: FnOnce(&mut S) -> Result<T, ApiError> + Send + 'static,
     {
         let done = self.submit(work)?;
-        done.await.unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+        done.await
+            .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
     }
 
     /// Queues `work` without waiting; the receiver yields its result. Fails fast with 429 when
@@ -94,7 +99,13 @@ mod tests {
     async fn jobs_run_in_order_on_one_worker_with_state() {
         let q = JobQueue::start(Vec::<u32>::new(), 4);
         for i in 0..3 {
-            let seen = q.run(move |s: &mut Vec<u32>| { s.push(i); Ok(s.clone()) }).await.unwrap();
+            let seen = q
+                .run(move |s: &mut Vec<u32>| {
+                    s.push(i);
+                    Ok(s.clone())
+                })
+                .await
+                .unwrap();
             assert_eq!(seen, (0..=i).collect::<Vec<_>>());
         }
         assert_eq!(q.in_flight(), 0);
@@ -110,7 +121,11 @@ mod tests {
         for _ in 0..2 {
             let (q, rx) = (q.clone(), release_rx.clone());
             handles.push(tokio::spawn(async move {
-                q.run(move |_| { rx.lock().unwrap().recv().unwrap(); Ok(1) }).await
+                q.run(move |_| {
+                    rx.lock().unwrap().recv().unwrap();
+                    Ok(1)
+                })
+                .await
             }));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -21,8 +21,8 @@ use app::image_data::{encode_png, png_data_url, to_base64};
 use image::RgbaImage;
 
 pub use app::compose::composite_layers;
-pub use engine::pipeline::{DecomposeOptions, LoadOptions, NoProgress, Progress, RunRecord};
 use engine::pipeline::LayeredPipeline;
+pub use engine::pipeline::{DecomposeOptions, LoadOptions, NoProgress, Progress, RunRecord};
 use engine::weights::ModelDir;
 
 /// A loaded Qwen-Image-Layered model.
@@ -38,7 +38,9 @@ impl Decomposer {
     }
 
     pub fn from_model_dir(model: ModelDir, options: LoadOptions) -> engine::Result<Self> {
-        Ok(Self { pipeline: LayeredPipeline::load(model, options)? })
+        Ok(Self {
+            pipeline: LayeredPipeline::load(model, options)?,
+        })
     }
 
     pub fn pipeline(&self) -> &LayeredPipeline {
@@ -77,7 +79,11 @@ pub fn layer_name(position: usize) -> String {
 impl Layers {
     pub fn new(layers: Vec<RgbaImage>, record: RunRecord) -> engine::Result<Self> {
         let composite = composite_layers(&layers).map_err(|e| engine::Error::InvalidInput(e.to_string()))?;
-        Ok(Self { composite, layers, record })
+        Ok(Self {
+            composite,
+            layers,
+            record,
+        })
     }
 
     /// PNG bytes of the composite and of each layer.
@@ -94,7 +100,12 @@ impl Layers {
         let export: Vec<ExportLayer<'_>> = names
             .iter()
             .zip(&pngs.1)
-            .map(|(name, png)| ExportLayer { name, png, visible: true, opacity: 1.0 })
+            .map(|(name, png)| ExportLayer {
+                name,
+                png,
+                visible: true,
+                opacity: 1.0,
+            })
             .collect();
         let run = serde_json::to_value(&self.record).ok();
         let (w, h) = self.composite.dimensions();
@@ -105,9 +116,17 @@ impl Layers {
     pub fn to_response(&self) -> Result<DecomposeResponse, ApiError> {
         let pngs = self.pngs()?;
         let (zip, _) = self.zip(&pngs)?;
-        let mut layers = vec![LayerImage { name: "Composite".into(), image: png_data_url(&pngs.0), index: 0 }];
+        let mut layers = vec![LayerImage {
+            name: "Composite".into(),
+            image: png_data_url(&pngs.0),
+            index: 0,
+        }];
         for (i, png) in pngs.1.iter().enumerate() {
-            layers.push(LayerImage { name: layer_name(i + 1), image: png_data_url(png), index: i as u32 + 1 });
+            layers.push(LayerImage {
+                name: layer_name(i + 1),
+                image: png_data_url(png),
+                index: i as u32 + 1,
+            });
         }
         let (width, height) = self.composite.dimensions();
         Ok(DecomposeResponse {

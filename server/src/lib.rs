@@ -86,7 +86,10 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         .site_pkg_dir("pkg")
         .site_addr(std::net::SocketAddr::new(args.host, args.port))
         .build();
-    let state = AppState { leptos_options: leptos_options.clone(), backend: backend.clone() };
+    let state = AppState {
+        leptos_options: leptos_options.clone(),
+        backend: backend.clone(),
+    };
     let routes = generate_route_list(app::App);
     let shared: SharedBackend = backend.clone();
     let policy = Arc::new(DoorPolicy {
@@ -94,7 +97,7 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         allowed_hosts: args.allowed_host.clone(),
         max_body_bytes: options_body_limit(args),
         body_timeout: args.request_timeout(),
-        upload_slots: tokio::sync::Semaphore::new(args.max_uploads.max(1)),
+        upload_slots: tokio::sync::Semaphore::new(args.max_uploads as usize),
     });
     let api = routes::api_router(backend.clone()).merge(
         Router::new()
@@ -102,15 +105,10 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
             .with_state(policy.clone()),
     );
     let router = Router::new()
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_context(shared.clone()),
-            {
-                let o = leptos_options.clone();
-                move || app::shell(o.clone())
-            },
-        )
+        .leptos_routes_with_context(&state, routes, move || provide_context(shared.clone()), {
+            let o = leptos_options.clone();
+            move || app::shell(o.clone())
+        })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
         .with_state(state)
         .merge(api)
@@ -127,15 +125,25 @@ fn options_body_limit(args: &ServerArgs) -> usize {
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let (router, backend) = build_router(&args)?;
     let addr = std::net::SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
     if !local.ip().is_loopback() && args.api_token.is_none() {
         tracing::warn!("listening on {local} without --api-token: anyone on the network can use the API");
     }
     let status = app::backend::Backend::status(backend.as_ref());
     println!("listening on http://{local}");
-    println!("model: {} ({})", status.model, status.reason.as_deref().unwrap_or("available"));
-    println!("results kept in {} for {} h", args.data_dir().join("runs").display(), args.keep_results_hours);
+    println!(
+        "model: {} ({})",
+        status.model,
+        status.reason.as_deref().unwrap_or("available")
+    );
+    println!(
+        "results kept in {} for {} h",
+        args.data_dir().join("runs").display(),
+        args.keep_results_hours
+    );
     serve_connections(listener, router, args.request_timeout()).await;
     Ok(())
 }

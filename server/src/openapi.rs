@@ -20,10 +20,14 @@ pub fn document() -> Value {
     let errors = json!({
         "400": error_response("malformed body or image encoding"),
         "401": error_response("missing or wrong bearer token (when the server requires one)"),
+        "403": error_response("the Host or Origin is not this server's"),
+        "408": error_response("the body did not arrive within --request-timeout-secs"),
         "413": error_response("body or image larger than the server's limits"),
+        "415": error_response("the body is not application/json"),
         "422": error_response("a field out of range, an undecodable image, an over-long prompt"),
         "429": error_response("the job queue is full; see Retry-After"),
-        "503": error_response("the model is not available (see /status for the reason)"),
+        "503": error_response("the model is not available (see /status for the reason), or too many uploads at once"),
+        "507": error_response("the results folder is full (--results-budget-mb)"),
     });
     let with_errors = |ok: Value| {
         let mut r = errors.clone();
@@ -66,10 +70,20 @@ pub fn document() -> Value {
                     "layer_order": {"type": "string", "const": "bottom-to-top"}, "seed": {"type": "integer"},
                     "width": {"type": "integer"}, "height": {"type": "integer"},
                     "caption": {"type": ["string", "null"], "description": "the automatic caption, when the prompt was empty"}}},
-                "EditLayerRequest": {"type": "object", "required": ["image", "prompt"], "properties": {
-                    "image": {"type": "string"}, "prompt": {"type": "string", "description": "the edit instruction"},
-                    "steps": {"type": "integer"}, "cfg_scale": {"type": "number"}, "seed": {"type": "integer"},
+                "EditLayerRequest": {"type": "object", "required": ["layer_image", "instruction"],
+                    "description": "`image` and `prompt` are accepted for `layer_image` and `instruction`",
+                    "properties": {
+                    "layer_image": {"type": "string", "description": "the RGBA layer: PNG data URL or bare base64"},
+                    "instruction": {"type": "string", "description": "the edit instruction"},
+                    "steps": {"type": "integer", "minimum": app::api::EDIT_MIN_STEPS, "maximum": app::api::MAX_STEPS},
+                    "cfg_scale": {"type": "number", "minimum": 0, "maximum": app::api::MAX_CFG_SCALE},
+                    "seed": {"type": "integer", "minimum": 0},
                     "keep_alpha": {"type": "boolean", "default": true}}},
+                "RunSummary": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "finished_at": {"type": "integer", "description": "Unix seconds"},
+                    "prompt": {"type": "string"}, "layer_count": {"type": "integer"}, "resolution": {"type": "integer"},
+                    "width": {"type": "integer"}, "height": {"type": "integer"}, "seed": {"type": "integer"},
+                    "steps": {"type": "integer"}, "cfg_scale": {"type": "number"}, "generation_time": {"type": "number"}}},
                 "JobStarted": {"type": "object", "properties": {"id": {"type": "string"}}},
                 "JobStatus": {"type": "object", "properties": {
                     "id": {"type": "string"},
@@ -108,6 +122,9 @@ pub fn document() -> Value {
                 "summary": "Edit one RGBA layer by instruction; returns the edited layer",
                 "requestBody": json_body("EditLayerRequest"),
                 "responses": with_errors(json!({"description": "the edited layer", "content": {"image/png": {}}}))}},
+            "/api/qwen-image/runs": {"get": {
+                "summary": "The caller's finished runs kept on disk (a browser session's or the token holder's), newest first",
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/RunSummary"}}}}}}}},
             "/api/qwen-image/config": {"get": {"summary": "Defaults and limits", "responses": {"200": json_ok("Config")}}},
             "/api/qwen-image/status": {"get": {"summary": "Decompose model state and queue", "responses": {"200": json_ok("Status")}}},
             "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state (idle = loads, or downloads, on the first edit)", "responses": {"200": json_ok("EditStatus")}}},

@@ -11,8 +11,8 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
@@ -55,7 +55,8 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
 
 /// A job id from the path; an undecodable one (invalid UTF-8, say) is a JSON 400.
 fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    path.map(|Path(id)| id).map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
+    path.map(|Path(id)| id)
+        .map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
 }
 
 async fn decompose(
@@ -134,16 +135,34 @@ async fn method_not_allowed() -> ErrorResponse {
 /// The `/api/qwen-image/*` routes (the door's policy is layered on by the caller).
 pub fn api_router(backend: Arc<ServerBackend>) -> Router {
     Router::new()
-        .route("/api/qwen-image/decompose", post(decompose).fallback(method_not_allowed))
-        .route("/api/qwen-image/edit-layer", post(edit_layer).fallback(method_not_allowed))
+        .route(
+            "/api/qwen-image/decompose",
+            post(decompose).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/qwen-image/edit-layer",
+            post(edit_layer).fallback(method_not_allowed),
+        )
         .route("/api/qwen-image/config", get(config).fallback(method_not_allowed))
         .route("/api/qwen-image/status", get(status).fallback(method_not_allowed))
-        .route("/api/qwen-image/edit-status", get(edit_status).fallback(method_not_allowed))
+        .route(
+            "/api/qwen-image/edit-status",
+            get(edit_status).fallback(method_not_allowed),
+        )
         .route("/api/qwen-image/jobs", post(start_job).fallback(method_not_allowed))
-        .route("/api/qwen-image/jobs/{id}", get(job_status).fallback(method_not_allowed))
-        .route("/api/qwen-image/jobs/{id}/cancel", post(cancel_job).fallback(method_not_allowed))
+        .route(
+            "/api/qwen-image/jobs/{id}",
+            get(job_status).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/qwen-image/jobs/{id}/cancel",
+            post(cancel_job).fallback(method_not_allowed),
+        )
         .route("/api/qwen-image/runs", get(runs).fallback(method_not_allowed))
-        .route("/api/qwen-image/openapi.json", get(openapi).fallback(method_not_allowed))
+        .route(
+            "/api/qwen-image/openapi.json",
+            get(openapi).fallback(method_not_allowed),
+        )
         .route("/api/qwen-image/{*rest}", axum::routing::any(not_found))
         .with_state(backend)
 }

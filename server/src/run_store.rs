@@ -23,7 +23,10 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What `meta.json` holds.
@@ -62,7 +65,11 @@ impl RunStore {
     pub fn open(data_dir: &Path, keep: Duration, budget_bytes: u64) -> Result<Self> {
         let runs = data_dir.join("runs");
         std::fs::create_dir_all(&runs).map_err(io(&runs))?;
-        let store = Self { runs, keep, budget_bytes };
+        let store = Self {
+            runs,
+            keep,
+            budget_bytes,
+        };
         store.prune();
         Ok(store)
     }
@@ -77,7 +84,13 @@ impl RunStore {
         let tmp = self.runs.join(format!(".{}.partial", summary.id));
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         write_json(&tmp.join("result.json"), response)?;
-        write_json(&tmp.join("meta.json"), &Meta { owner: owner.map(str::to_string), summary: summary.clone() })?;
+        write_json(
+            &tmp.join("meta.json"),
+            &Meta {
+                owner: owner.map(str::to_string),
+                summary: summary.clone(),
+            },
+        )?;
         if let Ok(zip) = base64::engine::general_purpose::STANDARD.decode(&response.zip_data) {
             let path = tmp.join("layers.zip");
             std::fs::write(&path, zip).map_err(io(&path))?;
@@ -101,8 +114,14 @@ impl RunStore {
         let dir = self.runs.join(id);
         let meta = self.read_meta(&dir).ok()?;
         let path = dir.join("result.json");
-        let response = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
-        Some(StoredRun { owner: meta.owner, summary: meta.summary, response })
+        let response = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        Some(StoredRun {
+            owner: meta.owner,
+            summary: meta.summary,
+            response,
+        })
     }
 
     /// The summaries of `owner`'s runs, newest first.
@@ -159,10 +178,14 @@ impl RunStore {
         }
         for entry in std::fs::read_dir(&self.runs).into_iter().flatten().flatten() {
             let name = entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".partial")) {
-                let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
-                    t.elapsed().unwrap_or_default() > Duration::from_secs(3600)
-                });
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"))
+            {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
                 if old {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
@@ -172,11 +195,20 @@ impl RunStore {
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Json { path: path.to_path_buf(), source })?;
+    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     std::fs::write(path, bytes).map_err(io(path))
 }
 
@@ -226,9 +258,15 @@ mod tests {
         let dir = temp_dir("roundtrip");
         let store = RunStore::open(&dir, Duration::from_secs(3600), u64::MAX).unwrap();
         let now = unix_now();
-        store.save(Some("session:a"), &summary("job-1", now - 5), &response(1)).unwrap();
-        store.save(Some("session:a"), &summary("job-2", now), &response(2)).unwrap();
-        store.save(Some("session:b"), &summary("job-3", now), &response(3)).unwrap();
+        store
+            .save(Some("session:a"), &summary("job-1", now - 5), &response(1))
+            .unwrap();
+        store
+            .save(Some("session:a"), &summary("job-2", now), &response(2))
+            .unwrap();
+        store
+            .save(Some("session:b"), &summary("job-3", now), &response(3))
+            .unwrap();
         store.save(None, &summary("job-4", now), &response(4)).unwrap();
         drop(store);
         let store = RunStore::open(&dir, Duration::from_secs(3600), u64::MAX).unwrap();
@@ -249,9 +287,13 @@ mod tests {
         let dir = temp_dir("prune");
         let store = RunStore::open(&dir, Duration::from_secs(3600), 1).unwrap();
         assert!(store.check_room().is_ok());
-        store.save(Some("o"), &summary("job-old", unix_now() - 7200), &response(1)).unwrap();
+        store
+            .save(Some("o"), &summary("job-old", unix_now() - 7200), &response(1))
+            .unwrap();
         assert!(store.load("job-old").is_none(), "past its retention");
-        store.save(Some("o"), &summary("job-new", unix_now()), &response(2)).unwrap();
+        store
+            .save(Some("o"), &summary("job-new", unix_now()), &response(2))
+            .unwrap();
         // Over budget: the new run stays (never deleted early); new jobs are refused instead.
         assert!(store.load("job-new").is_some());
         assert_eq!(store.check_room().unwrap_err().status, 507);

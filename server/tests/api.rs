@@ -1,54 +1,13 @@
 //! Starts the real `server` binary on a free port and exercises every REST endpoint with good
 //! and bad requests, checking status codes, JSON error bodies and that the server keeps serving.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the server with `args` on port 0 and waits for its "listening on" line.
-fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--port", "0"])
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("qwen-layers-empty-hub"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server binary");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
-
-fn png_data_url(w: u32, h: u32) -> String {
-    let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 100, 255]));
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
-}
+mod common;
+use common::{png_data_url, start, TINY_LAYERED};
 
 async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
     let resp = reqwest::Client::new()
@@ -72,7 +31,14 @@ async fn get(base: &str, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn read_endpoints_report_config_and_status() {
-    let s = start(&["--qwen-image-layers", "6", "--qwen-image-steps", "30", "--queue-depth", "3"]);
+    let s = start(&[
+        "--qwen-image-layers",
+        "6",
+        "--qwen-image-steps",
+        "30",
+        "--queue-depth",
+        "3",
+    ]);
     let (code, config) = get(&s.base, "/api/qwen-image/config").await;
     assert_eq!(code, 200);
     assert_eq!(config["layer_num"], 6);
@@ -87,7 +53,10 @@ async fn read_endpoints_report_config_and_status() {
     assert_eq!(status["queue_capacity"], 3);
     // No model in the (empty) hub cache: unavailable, with a reason that says how to get it.
     assert_eq!(status["status"], "unavailable");
-    assert!(status["reason"].as_str().unwrap().contains("huggingface-cli download Qwen/Qwen-Image-Layered"));
+    assert!(status["reason"]
+        .as_str()
+        .unwrap()
+        .contains("huggingface-cli download Qwen/Qwen-Image-Layered"));
 
     let (code, edit) = get(&s.base, "/api/qwen-image/edit-status").await;
     assert_eq!(code, 200);
@@ -116,7 +85,9 @@ async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
     for (body, code, needle) in cases {
         let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
         assert_eq!(status, code, "{body}: {json}");
-        let msg = json["error"].as_str().unwrap_or_else(|| panic!("no error field: {json}"));
+        let msg = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {json}"));
         assert!(msg.contains(needle), "{needle} not in {msg}");
     }
     let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", "{not json").await;
@@ -129,13 +100,21 @@ async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
     assert!(json["error"].as_str().unwrap().contains("larger than"));
 
     // Edit: empty instruction.
-    let (status, json, _) =
-        post(&s.base, "/api/qwen-image/edit-layer", json!({"image": good_image, "prompt": ""}).to_string()).await;
+    let (status, json, _) = post(
+        &s.base,
+        "/api/qwen-image/edit-layer",
+        json!({"image": good_image, "prompt": ""}).to_string(),
+    )
+    .await;
     assert_eq!(status, 422, "{json}");
 
     // A valid request cannot run without a model: 503 with the reason.
-    let (status, json, _) =
-        post(&s.base, "/api/qwen-image/decompose", json!({"image": good_image, "prompt": "a cat"}).to_string()).await;
+    let (status, json, _) = post(
+        &s.base,
+        "/api/qwen-image/decompose",
+        json!({"image": good_image, "prompt": "a cat"}).to_string(),
+    )
+    .await;
     assert_eq!(status, 503, "{json}");
     assert!(json["error"].as_str().unwrap().contains("not available"));
 
@@ -157,7 +136,10 @@ async fn the_openapi_document_describes_every_route() {
     let paths = doc["paths"].as_object().unwrap();
     let routes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/routes.rs")).unwrap();
     let mut described = 0;
-    for line in routes.lines().filter(|l| l.trim_start().starts_with(".route(\"/api/qwen-image/")) {
+    for line in routes
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\"/api/qwen-image/"))
+    {
         let path = line.split('"').nth(1).unwrap();
         if path.contains('*') {
             continue;
@@ -165,7 +147,11 @@ async fn the_openapi_document_describes_every_route() {
         assert!(paths.contains_key(path), "{path} is routed but not in openapi.json");
         described += 1;
     }
-    assert_eq!(described, paths.len(), "openapi.json describes a path that is not routed");
+    assert_eq!(
+        described,
+        paths.len(),
+        "openapi.json describes a path that is not routed"
+    );
     // Every schema reference resolves.
     let text = doc.to_string();
     for r in text.split("#/components/schemas/").skip(1) {
@@ -194,14 +180,28 @@ async fn api_token_is_enforced_when_set() {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     // The web page itself stays public.
-    assert_eq!(reqwest::get(format!("{}/", s.base)).await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        reqwest::get(format!("{}/", s.base)).await.unwrap().status().as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn the_page_is_server_rendered_with_the_app_layout() {
     let s = start(&[]);
-    let html = reqwest::get(format!("{}/", s.base)).await.unwrap().text().await.unwrap();
-    for needle in ["Qwen-Image", "Z-Image", "Decompose Image", "/pkg/qwen_layers.js", "image-input"] {
+    let html = reqwest::get(format!("{}/", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "Qwen-Image",
+        "Z-Image",
+        "Decompose Image",
+        "/pkg/qwen_layers.js",
+        "image-input",
+    ] {
         assert!(html.contains(needle), "{needle} missing from the page");
     }
 }
@@ -227,7 +227,10 @@ fn startup_errors_are_clear_and_nonzero() {
     std::fs::write(&cfg, "[default.qwen_image]\nlayer_num = 4\nsteps = 20\n").unwrap();
     let (code, err) = run(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("bad.toml") && err.contains("steps") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("steps") && err.contains("line 3"),
+        "{err}"
+    );
     let (code, err) = run(&["--profile", "nope", "--config", "../config.toml"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("no profile `nope`"), "{err}");
@@ -240,31 +243,57 @@ fn decode_data_url(url: &str) -> image::RgbaImage {
     image::load_from_memory(&bytes).unwrap().to_rgba8()
 }
 
+/// The CLI runs in `server/`, so its paths are relative to it.
 const TINY: &str = "../tests/fixtures/tiny-qwen-image-layered";
 const INPUT: &str = "../tests/fixtures/reference/images/input_rgba_square.png";
 
 fn input_data_url() -> String {
-    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(std::fs::read(INPUT).unwrap()))
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(INPUT).unwrap())
+    )
 }
 
 #[tokio::test]
 async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
-    let s = start(&["--qwen-image-model-path", TINY, "--device", "cpu"]);
+    let s = start(&["--qwen-image-model-path", TINY_LAYERED, "--device", "cpu"]);
     let (_, status) = get(&s.base, "/api/qwen-image/status").await;
-    assert_eq!((status["status"].as_str(), status["model_loaded"].as_bool()), (Some("idle"), Some(false)));
+    assert_eq!(
+        (status["status"].as_str(), status["model_loaded"].as_bool()),
+        (Some("idle"), Some(false))
+    );
 
     let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 1, "seed": 5});
     let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
     assert_eq!(code, 200, "{resp}");
-    let names: Vec<_> = resp["layers"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> = resp["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["Composite", "Layer 1", "Layer 2"]);
-    assert_eq!((resp["layer_count"].as_u64(), resp["resolution"].as_u64(), resp["seed"].as_u64()), (Some(2), Some(640), Some(5)));
+    assert_eq!(
+        (
+            resp["layer_count"].as_u64(),
+            resp["resolution"].as_u64(),
+            resp["seed"].as_u64()
+        ),
+        (Some(2), Some(640), Some(5))
+    );
     assert_eq!(resp["layer_order"], "bottom-to-top");
     assert!(resp["generation_time"].as_f64().unwrap() > 0.0);
-    let images: Vec<_> = resp["layers"].as_array().unwrap().iter().map(|l| decode_data_url(l["image"].as_str().unwrap())).collect();
+    let images: Vec<_> = resp["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| decode_data_url(l["image"].as_str().unwrap()))
+        .collect();
     // Index 0 is the layers flattened bottom-first.
     assert_eq!(images[0], app::compose::composite_layers(&images[1..]).unwrap());
-    let zip_bytes = base64::engine::general_purpose::STANDARD.decode(resp["zip_data"].as_str().unwrap()).unwrap();
+    let zip_bytes = base64::engine::general_purpose::STANDARD
+        .decode(resp["zip_data"].as_str().unwrap())
+        .unwrap();
     let zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
     assert_eq!(zip.len(), 4);
     assert_eq!(get(&s.base, "/api/qwen-image/status").await.1["status"], "ready");
@@ -273,8 +302,27 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
     let out = std::env::temp_dir().join(format!("qwen-layers-rest-vs-cli-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["decompose", "--model-path", TINY, "--device", "cpu", "--input-image", INPUT, "--prompt", "a red apple"])
-        .args(["--num-layers", "2", "--steps", "1", "--seed", "5", "--output-dir", out.to_str().unwrap()])
+        .args([
+            "decompose",
+            "--model-path",
+            TINY,
+            "--device",
+            "cpu",
+            "--input-image",
+            INPUT,
+            "--prompt",
+            "a red apple",
+        ])
+        .args([
+            "--num-layers",
+            "2",
+            "--steps",
+            "1",
+            "--seed",
+            "5",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
@@ -297,7 +345,7 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
 
 #[tokio::test]
 async fn jobs_report_progress_and_can_be_cancelled() {
-    let s = start(&["--qwen-image-model-path", TINY, "--device", "cpu"]);
+    let s = start(&["--qwen-image-model-path", TINY_LAYERED, "--device", "cpu"]);
     let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 2, "seed": 1});
     let (code, started, _) = post(&s.base, "/api/qwen-image/jobs", body.to_string()).await;
     assert_eq!(code, 202, "{started}");
@@ -316,9 +364,15 @@ async fn jobs_report_progress_and_can_be_cancelled() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert_eq!(done["state"], "done", "{done}");
-    assert_eq!((done["step"].as_u64(), done["total_steps"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (done["step"].as_u64(), done["total_steps"].as_u64()),
+        (Some(2), Some(2))
+    );
     assert_eq!(done["result"]["layers"].as_array().unwrap().len(), 3);
-    assert!(phases.contains(&"denoising".to_string()) && phases.last().unwrap() == "done", "{phases:?}");
+    assert!(
+        phases.contains(&"denoising".to_string()) && phases.last().unwrap() == "done",
+        "{phases:?}"
+    );
 
     // A long job, cancelled once it is denoising, ends "cancelled" between steps.
     let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 200});

@@ -9,7 +9,11 @@ fn repo() -> PathBuf {
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers")).args(args).current_dir(repo()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,7 +32,12 @@ fn max_diff(a: &Path, b: &Path) -> u8 {
     let a = image::open(a).unwrap().to_rgba8();
     let b = image::open(b).unwrap().to_rgba8();
     assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
 }
 
 #[test]
@@ -61,14 +70,21 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("2 layers at 640×640"), "{stdout}");
     for i in 1..=2 {
-        let d = max_diff(&out.join(format!("0{i}_layer-{i}.png")), &reference.join(format!("runs/layered_l2_cfgnorm/layer{i}.png")));
+        let d = max_diff(
+            &out.join(format!("0{i}_layer-{i}.png")),
+            &reference.join(format!("runs/layered_l2_cfgnorm/layer{i}.png")),
+        );
         assert!(d <= 1, "layer {i} differs by {d}/255");
     }
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["layer_order"], "bottom-to-top");
     assert_eq!(manifest["run"]["seed"], 42);
     assert_eq!(manifest["run"]["num_inference_steps"], 2);
-    assert!(manifest["run"]["init_noise"].as_str().unwrap().ends_with("layered_l2_cfgnorm.safetensors"));
+    assert!(manifest["run"]["init_noise"]
+        .as_str()
+        .unwrap()
+        .ends_with("layered_l2_cfgnorm.safetensors"));
     let zip = zip::ZipArchive::new(std::fs::File::open(out.join("layers.zip")).unwrap()).unwrap();
     assert_eq!(zip.len(), 4);
 
@@ -85,7 +101,13 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
     assert_eq!(max_diff(&recomposed, &out.join("composite.png")), 0);
     // The other order gives another picture (unless the top layer were fully transparent).
     let swapped = out.join("swapped.png");
-    cli(&["compose", out.join("02_layer-2.png").to_str().unwrap(), out.join("01_layer-1.png").to_str().unwrap(), "-o", swapped.to_str().unwrap()]);
+    cli(&[
+        "compose",
+        out.join("02_layer-2.png").to_str().unwrap(),
+        out.join("01_layer-1.png").to_str().unwrap(),
+        "-o",
+        swapped.to_str().unwrap(),
+    ]);
     assert!(max_diff(&swapped, &out.join("composite.png")) > 0);
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -93,13 +115,83 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
 #[test]
 fn bad_arguments_fail_clearly() {
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["decompose", "--input-image", "x.png", "--prompt", "p", "--output-dir", "o", "--num-layers", "12"], 2, "--num-layers"),
-        (&["decompose", "--input-image", "x.png", "--prompt", "p", "--output-dir", "o", "--resolution", "700"], 2, "640 or 1024"),
-        (&["decompose", "--input-image", "missing.png", "--prompt", "p", "--output-dir", "o"], 1, "missing.png"),
-        (&["decompose", "--model-path", "/no/model", "--input-image", "tests/fixtures/reference/images/input_rgba_square.png", "--prompt", "p", "--output-dir", "o"], 1, "not a folder"),
-        (&["decompose", "--input-image", "x.png", "--output-dir", "o", "--caption-language", "fr"], 2, "--caption-language"),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--prompt",
+                "p",
+                "--output-dir",
+                "o",
+                "--num-layers",
+                "12",
+            ],
+            2,
+            "--num-layers",
+        ),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--prompt",
+                "p",
+                "--output-dir",
+                "o",
+                "--resolution",
+                "700",
+            ],
+            2,
+            "640 or 1024",
+        ),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "missing.png",
+                "--prompt",
+                "p",
+                "--output-dir",
+                "o",
+            ],
+            1,
+            "missing.png",
+        ),
+        (
+            &[
+                "decompose",
+                "--model-path",
+                "/no/model",
+                "--input-image",
+                "tests/fixtures/reference/images/input_rgba_square.png",
+                "--prompt",
+                "p",
+                "--output-dir",
+                "o",
+            ],
+            1,
+            "not a folder",
+        ),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--output-dir",
+                "o",
+                "--caption-language",
+                "fr",
+            ],
+            2,
+            "--caption-language",
+        ),
         (&["compose", "-o", "x.png", "Cargo.toml"], 1, "PNG, JPEG or WebP"),
-        (&["batch", "--input-dir", "/no/dir", "--prompt", "p", "--output-dir", "o"], 1, "/no/dir"),
+        (
+            &["batch", "--input-dir", "/no/dir", "--prompt", "p", "--output-dir", "o"],
+            1,
+            "/no/dir",
+        ),
     ];
     for (args, code, needle) in cases {
         let (got, _, stderr) = cli(args);
@@ -112,7 +204,11 @@ fn bad_arguments_fail_clearly() {
 fn batch_decomposes_every_image_and_a_bad_one_does_not_lose_the_others() {
     let inputs = temp_dir("batch-in");
     let out = temp_dir("batch-out");
-    std::fs::copy(repo().join("tests/fixtures/reference/images/input_rgba_wide.png"), inputs.join("wide.png")).unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/reference/images/input_rgba_wide.png"),
+        inputs.join("wide.png"),
+    )
+    .unwrap();
     std::fs::write(inputs.join("broken.png"), b"not a png").unwrap();
     std::fs::write(inputs.join("notes.txt"), b"ignored").unwrap();
     let (code, stdout, stderr) = cli(&[
@@ -133,10 +229,19 @@ fn batch_decomposes_every_image_and_a_bad_one_does_not_lose_the_others() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "one of two images is broken: {stdout}{stderr}");
-    assert!(stderr.contains("broken.png") && stderr.contains("1 of 2 images failed"), "{stderr}");
+    assert!(
+        stderr.contains("broken.png") && stderr.contains("1 of 2 images failed"),
+        "{stderr}"
+    );
     // The good image's layers were still written (the wide input works at 768×512).
     assert!(stdout.contains("2 layers at 768×512"), "{stdout}");
-    for f in ["composite.png", "01_layer-1.png", "02_layer-2.png", "layers.zip", "manifest.json"] {
+    for f in [
+        "composite.png",
+        "01_layer-1.png",
+        "02_layer-2.png",
+        "layers.zip",
+        "manifest.json",
+    ] {
         assert!(out.join("wide").join(f).is_file(), "{f} missing");
     }
     assert!(!out.join("notes").exists());

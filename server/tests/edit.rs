@@ -3,18 +3,14 @@
 //! edit must keep the layer's size and (by default) its alpha exactly, and bad requests must fail
 //! clearly.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-const TINY_EDIT: &str = "tests/fixtures/tiny-qwen-image-edit-2509";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+mod common;
+use common::{data_url, png_bytes, repo, start, TINY_EDIT};
 
 /// 80×48: a transparent left quarter, an alpha ramp, an opaque block with a round hole.
 fn layer_with_holes() -> image::RgbaImage {
@@ -30,20 +26,6 @@ fn layer_with_holes() -> image::RgbaImage {
     })
 }
 
-fn png_bytes(img: &image::RgbaImage) -> Vec<u8> {
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    png
-}
-
-fn data_url(png: &[u8]) -> String {
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    )
-}
-
 /// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
 fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {
     assert_eq!(edited.dimensions(), layer.dimensions());
@@ -53,39 +35,6 @@ fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {
             assert_eq!(o.0, [0, 0, 0, 0], "a hole got colour");
         }
     }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-        .args(["--port", "0", "--device", "cpu"])
-        .args(args)
-        .current_dir(repo())
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("qwen-layers-empty-hub"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
 }
 
 async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
@@ -155,9 +104,28 @@ async fn edit_endpoint_and_server_function_keep_the_layers_alpha() {
     let resp = post(&s.base, "/api/qwen-image/edit-layer", body).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "image/png");
-    let edited = image::load_from_memory(&resp.bytes().await.unwrap()).unwrap();
+    let edited_bytes = resp.bytes().await.unwrap();
+    let edited = image::load_from_memory(&edited_bytes).unwrap();
     assert_eq!(edited.color(), image::ColorType::Rgba8);
     assert_alpha_kept(&edited.to_rgba8(), &layer);
+
+    // The seed's own request, verbatim (its field names), gives the same edit.
+    let seed_body = format!(
+        r#"{{"layer_image": "{image}", "instruction": "make it red", "steps": 2, "cfg_scale": 4.0, "seed": 7}}"#
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/qwen-image/edit-layer", s.base))
+        .header("content-type", "application/json")
+        .body(seed_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert!(
+        resp.bytes().await.unwrap() == edited_bytes,
+        "the seed's field names must mean the same request"
+    );
     let status = edit_status(&s.base).await;
     assert_eq!(
         (status["status"].as_str(), status["model_loaded"].as_bool()),

@@ -412,11 +412,20 @@ fn start_run(state: AppState) {
 #[cfg(feature = "hydrate")]
 fn show_result(state: AppState, response: &DecomposeResponse, prompt: &str, steps: u32, cfg_scale: f32) {
     use crate::layer_stack::{Decomposition, RunInfo};
-    let AppState { run, result, run_info, announce, status, .. } = state;
+    let AppState {
+        run,
+        result,
+        run_info,
+        announce,
+        status,
+        ..
+    } = state;
     match Decomposition::from_response(response) {
         Ok(d) => {
             let layers = d.stack.len() as u32;
-            let model = status.with_untracked(|s| s.as_ref().map(|s| s.model.clone())).unwrap_or_default();
+            let model = status
+                .with_untracked(|s| s.as_ref().map(|s| s.model.clone()))
+                .unwrap_or_default();
             run_info.set(Some(RunInfo {
                 model,
                 prompt: prompt.to_string(),
@@ -463,9 +472,9 @@ pub fn RecentRuns() -> impl IntoView {
         #[cfg(feature = "hydrate")]
         leptos::task::spawn_local(async move {
             match crate::server_fns::get_job_status(summary.id.clone()).await {
-                Ok(JobStatus { result: Some(response), .. }) => {
-                    show_result(state, &response, &summary.prompt, summary.steps, summary.cfg_scale)
-                }
+                Ok(JobStatus {
+                    result: Some(response), ..
+                }) => show_result(state, &response, &summary.prompt, summary.steps, summary.cfg_scale),
                 Ok(_) => state.run.set(RunState::Failed("that run has no result".into())),
                 Err(e) => state.run.set(RunState::Failed(e.error)),
             }
@@ -499,8 +508,18 @@ pub fn RecentRuns() -> impl IntoView {
 
 /// "4 layers · 640 · seed 7 · a cat on a sofa" (the prompt shortened).
 pub fn run_label(r: &RunSummary) -> String {
-    let (prompt, _) = shorten(if r.prompt.is_empty() { "(automatic caption)" } else { &r.prompt }, 40);
-    format!("{} layers · {} · seed {} · {prompt}", r.layer_count, r.resolution, r.seed)
+    let (prompt, _) = shorten(
+        if r.prompt.is_empty() {
+            "(automatic caption)"
+        } else {
+            &r.prompt
+        },
+        40,
+    );
+    format!(
+        "{} layers · {} · seed {} · {prompt}",
+        r.layer_count, r.resolution, r.seed
+    )
 }
 
 #[cfg(test)]

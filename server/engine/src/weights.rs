@@ -76,16 +76,26 @@ impl ModelDir {
                 hint: "A model folder is a diffusers pipeline folder (model_index.json, transformer/, vae/, …).".into(),
             });
         }
-        Ok(Self { root, repo: None, revision: None })
+        Ok(Self {
+            root,
+            repo: None,
+            revision: None,
+        })
     }
 
     fn from_hub_cache(repo_id: &str) -> Result<Option<Self>> {
         let cache = hf_hub::Cache::new(hub_cache_dir());
         let repo = cache.model(repo_id.to_string());
-        let Some(index) = repo.get("model_index.json") else { return Ok(None) };
+        let Some(index) = repo.get("model_index.json") else {
+            return Ok(None);
+        };
         let snapshot = index.parent().map(Path::to_path_buf).unwrap_or_default();
         let revision = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
-        Ok(Some(Self { root: snapshot, repo: Some(repo_id.to_string()), revision }))
+        Ok(Some(Self {
+            root: snapshot,
+            repo: Some(repo_id.to_string()),
+            revision,
+        }))
     }
 
     /// Downloads every file of the repo into the hub cache (resumable by re-running).
@@ -161,7 +171,11 @@ impl ModelDir {
                      (e.g. Qwen/Qwen-Image-Layered)."
                 .into(),
         };
-        Err(Error::IncompleteModel { dir: self.root.clone(), missing, hint })
+        Err(Error::IncompleteModel {
+            dir: self.root.clone(),
+            missing,
+            hint,
+        })
     }
 
     /// The safetensors files of a component: the shards named by its index file, or its single
@@ -222,7 +236,10 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         weight_map: std::collections::HashMap<String, String>,
     }
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|source| Error::Json { path: index.into(), source })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.into(),
+        source,
+    })?;
     let shards: BTreeSet<String> = parsed.weight_map.into_values().collect();
     Ok(shards.into_iter().collect())
 }
@@ -235,7 +252,9 @@ pub fn hub_cache_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(home).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
 
@@ -263,11 +282,18 @@ mod tests {
 
     #[test]
     fn missing_folder_and_repo_give_actionable_errors() {
-        let err = ModelDir::resolve("/definitely/not/here", false).unwrap_err().to_string();
+        let err = ModelDir::resolve("/definitely/not/here", false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a folder"), "{err}");
         std::env::set_var("HF_HUB_CACHE", std::env::temp_dir().join("no-such-hub-cache"));
-        let err = ModelDir::resolve("Qwen/Qwen-Image-Layered", false).unwrap_err().to_string();
-        assert!(err.contains("huggingface-cli download Qwen/Qwen-Image-Layered"), "{err}");
+        let err = ModelDir::resolve("Qwen/Qwen-Image-Layered", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("huggingface-cli download Qwen/Qwen-Image-Layered"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -283,11 +309,24 @@ mod tests {
         std::fs::write(dir.join("transformer/s-00001-of-00002.safetensors"), b"").unwrap();
         let model = ModelDir::open(&dir).unwrap();
         let specs = [
-            ComponentSpec { name: "transformer", files: &["config.json"], weights: true },
-            ComponentSpec { name: "vae", files: &["config.json"], weights: true },
+            ComponentSpec {
+                name: "transformer",
+                files: &["config.json"],
+                weights: true,
+            },
+            ComponentSpec {
+                name: "vae",
+                files: &["config.json"],
+                weights: true,
+            },
         ];
         let err = model.check(&specs).unwrap_err().to_string();
-        for m in ["transformer/config.json", "transformer/s-00002-of-00002.safetensors", "vae/config.json", "vae/"] {
+        for m in [
+            "transformer/config.json",
+            "transformer/s-00002-of-00002.safetensors",
+            "vae/config.json",
+            "vae/",
+        ] {
             assert!(err.contains(m), "{m} not in {err}");
         }
         assert!(!err.contains("s-00001"), "{err}");

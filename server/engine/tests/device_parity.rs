@@ -55,7 +55,12 @@ fn transformer_config(checkpoint: std::path::PathBuf) -> (Config, ModelDir) {
     (cfg, dir)
 }
 
-fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(usize, usize, usize)], t_cond: Option<&[u32]>) {
+fn check_transformer(
+    tag: &str,
+    checkpoint: std::path::PathBuf,
+    img_shapes: &[(usize, usize, usize)],
+    t_cond: Option<&[u32]>,
+) {
     let (device, dtype) = setup();
     let (cfg, dir) = transformer_config(checkpoint);
     let model = QwenImageTransformer::new(&cfg, dir.var_builder("transformer", dtype, &device).unwrap()).unwrap();
@@ -80,9 +85,15 @@ fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(u
     let fused_launches = engine::gpu::fused::kernel_launches() - launches_before;
     println!("{tag}: {fused_launches} fused kernel launches");
     if device.is_cuda() && dtype == DType::BF16 && cfg!(feature = "cuda") {
-        assert!(fused_launches > 0, "{tag}: a bf16 CUDA forward must take the fused path");
+        assert!(
+            fused_launches > 0,
+            "{tag}: a bf16 CUDA forward must take the fused path"
+        );
     } else {
-        assert_eq!(fused_launches, 0, "{tag}: the fused path must stay off on {device:?} {dtype:?}");
+        assert_eq!(
+            fused_launches, 0,
+            "{tag}: the fused path must stay off on {device:?} {dtype:?}"
+        );
     }
     let tol = ts::dtype_tolerance(1e-4, HALF_FORWARD);
     let mut worst = 0f64;
@@ -103,7 +114,10 @@ fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(u
     check("norm_out", &trace.norm_out);
     check("output", &out);
     println!("{tag} transformer on {device:?} {dtype:?}: worst relative error {worst:.3e} (tolerance {tol:.0e})");
-    assert!(worst <= tol, "{tag} transformer: worst relative error {worst:.3e} > {tol:.0e}");
+    assert!(
+        worst <= tol,
+        "{tag} transformer: worst relative error {worst:.3e} > {tol:.0e}"
+    );
 
     if device.is_cuda() && dtype != DType::F32 {
         // The same forward on the CPU in the same dtype: what differs is only the device.
@@ -120,8 +134,15 @@ fn check_transformer(tag: &str, checkpoint: std::path::PathBuf, img_shapes: &[(u
                 t_cond.as_ref().map(to_cpu).as_ref(),
             )
             .unwrap();
-        let err = ts::assert_close(&out, &cpu_out.to_dtype(DType::F32).unwrap(), HALF_CROSS_DEVICE, "GPU vs CPU");
-        println!("{tag} transformer output, {device:?} vs CPU, both {dtype:?}: {err} (tolerance {HALF_CROSS_DEVICE:.0e})");
+        let err = ts::assert_close(
+            &out,
+            &cpu_out.to_dtype(DType::F32).unwrap(),
+            HALF_CROSS_DEVICE,
+            "GPU vs CPU",
+        );
+        println!(
+            "{tag} transformer output, {device:?} vs CPU, both {dtype:?}: {err} (tolerance {HALF_CROSS_DEVICE:.0e})"
+        );
     }
 }
 
@@ -151,9 +172,17 @@ fn layered_vae_matches_reference() {
     let png = image_proc::decode_rgba(&ts::read_reference_bytes("images/input_rgba_small.png")).unwrap();
     let x = image_proc::to_tensor(&png, &device).unwrap();
     let mean = vae.encode_mean(&x).unwrap();
-    println!("vae posterior mean: {}", ts::assert_close(&mean, &stored("layered/posterior_mean"), tol, "vae posterior mean"));
-    let decoded = vae.decode(&stored("layered/posterior_mean").to_device(&device).unwrap()).unwrap();
-    println!("vae decoded: {}", ts::assert_close(&decoded, &stored("layered/decoded"), tol, "vae decoded"));
+    println!(
+        "vae posterior mean: {}",
+        ts::assert_close(&mean, &stored("layered/posterior_mean"), tol, "vae posterior mean")
+    );
+    let decoded = vae
+        .decode(&stored("layered/posterior_mean").to_device(&device).unwrap())
+        .unwrap();
+    println!(
+        "vae decoded: {}",
+        ts::assert_close(&decoded, &stored("layered/decoded"), tol, "vae decoded")
+    );
     let z2 = stored("layered/batch2_z").to_device(&device).unwrap();
     let chunked = vae.decode_chunked(&z2, 1).unwrap();
     println!(
@@ -175,15 +204,27 @@ fn text_encoder_matches_reference() {
         let ids = tokenizer.encode(&PromptTemplate::LAYERED.format(text)).unwrap();
         let ids = Tensor::new(ids.as_slice(), &device).unwrap().unsqueeze(0).unwrap();
         let s = ids.dim(1).unwrap();
-        let out = model.forward(&ids, &text_position_ids(1, s, &device).unwrap(), None).unwrap();
+        let out = model
+            .forward(&ids, &text_position_ids(1, s, &device).unwrap(), None)
+            .unwrap();
         let hidden = ts::load_tensor(file, &format!("text/{name}/hidden_states"));
         let last = hidden.get(hidden.dim(0).unwrap() - 1).unwrap();
-        let err = ts::assert_close(&out.squeeze(0).unwrap(), &last, tol, &format!("text/{name} last hidden state"));
+        let err = ts::assert_close(
+            &out.squeeze(0).unwrap(),
+            &last,
+            tol,
+            &format!("text/{name} last hidden state"),
+        );
         println!("text/{name} last hidden state: {err}");
     }
     let text = ts::load_tokens()["prompts"]["ascii"]["text"].as_str().unwrap();
     let (embeds, _) = encode_prompt(&model, &tokenizer, &PromptTemplate::LAYERED, &[text], 512).unwrap();
-    let err = ts::assert_close(&embeds, &ts::load_tensor(file, "text/ascii/prompt_embeds"), tol, "text/ascii prompt_embeds");
+    let err = ts::assert_close(
+        &embeds,
+        &ts::load_tensor(file, "text/ascii/prompt_embeds"),
+        tol,
+        "text/ascii prompt_embeds",
+    );
     println!("text/ascii prompt_embeds: {err}");
 }
 
@@ -198,9 +239,16 @@ fn decompose_run_matches_reference() {
     let case = ts::case(&format!("run/{name}"));
     let file = format!("runs/{name}.safetensors");
     let model = ModelDir::open(ts::layered_checkpoint()).unwrap();
-    let mut pipe =
-        LayeredPipeline::load(model, LoadOptions { device: device.clone(), dtype, keep_text_encoder: true, ..LoadOptions::default() })
-            .unwrap();
+    let mut pipe = LayeredPipeline::load(
+        model,
+        LoadOptions {
+            device: device.clone(),
+            dtype,
+            keep_text_encoder: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
     let options = DecomposeOptions {
         prompt: case["prompt"].as_str().unwrap().to_string(),
         negative_prompt: case["negative_prompt"].as_str().map(String::from),
@@ -218,9 +266,15 @@ fn decompose_run_matches_reference() {
     let check = |what: String, actual: &Tensor| {
         let err = ts::compare(&ts::as_stored(actual, &file, &what), &ts::load_tensor(&file, &what));
         println!("{what:<22} {err}");
-        worst.set(if err.rel.is_nan() || err.non_finite_mismatches > 0 { f64::INFINITY } else { worst.get().max(err.rel) });
+        worst.set(if err.rel.is_nan() || err.non_finite_mismatches > 0 {
+            f64::INFINITY
+        } else {
+            worst.get().max(err.rel)
+        });
     };
-    let image = image::open(ts::reference_dir().join(case["input_png"].as_str().unwrap())).unwrap().to_rgba8();
+    let image = image::open(ts::reference_dir().join(case["input_png"].as_str().unwrap()))
+        .unwrap()
+        .to_rgba8();
     let out = pipe
         .decompose_traced(&image, &options, &NoProgress, &mut |s| {
             check(format!("step{}/v_cond", s.step), s.v_cond);
@@ -238,17 +292,33 @@ fn decompose_run_matches_reference() {
         "final_latents",
     );
     println!("{name} final latents: {err}");
-    println!("{name}: worst relative error over every step {:.3e} (tolerance {tol:.0e})", worst.get());
-    assert!(worst.get() <= tol, "{name}: a step's velocity or latents differ by {:.3e} > {tol:.0e}", worst.get());
+    println!(
+        "{name}: worst relative error over every step {:.3e} (tolerance {tol:.0e})",
+        worst.get()
+    );
+    assert!(
+        worst.get() <= tol,
+        "{name}: a step's velocity or latents differ by {:.3e} > {tol:.0e}",
+        worst.get()
+    );
     let mut worst_px = 0u8;
     for (i, png) in case["output_pngs"].as_array().unwrap().iter().enumerate() {
         let (_, _, reference) = ts::load_png_rgba8(png.as_str().unwrap());
-        let diff = out.layers[i].as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let diff = out.layers[i]
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         worst_px = worst_px.max(diff);
     }
     println!("{name}: layer PNGs differ by at most {worst_px}/255");
     let px_tol = if dtype == DType::F32 { 1 } else { 64 };
-    assert!(worst_px <= px_tol, "layer pixels differ by {worst_px}/255 (tolerance {px_tol})");
+    assert!(
+        worst_px <= px_tol,
+        "layer pixels differ by {worst_px}/255 (tolerance {px_tol})"
+    );
 }
 
 /// The streamed transformer must compute exactly what the resident one does, with any number of
@@ -259,28 +329,52 @@ fn offloaded_transformer_equals_resident() {
     let (cfg, dir) = transformer_config(ts::layered_checkpoint());
     let vb = || dir.var_builder("transformer", dtype, &device).unwrap();
     let host = dir.var_builder("transformer", dtype, &Device::Cpu).unwrap();
-    let options = engine::gpu::OffloadOptions { resident_blocks: 0, pin_memory: true };
+    let options = engine::gpu::OffloadOptions {
+        resident_blocks: 0,
+        pin_memory: true,
+    };
     if !device.is_cuda() {
-        let err = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options).err().unwrap().to_string();
+        let err = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("CUDA"), "{err}");
         return;
     }
     let resident = QwenImageTransformer::new(&cfg, vb()).unwrap();
     let file = "transformer.safetensors";
-    let input = |n: &str| ts::load_tensor(file, &format!("layered/{n}")).to_device(&device).unwrap();
-    let (img, txt, sigma) = (input("in/hidden_states"), input("in/encoder_hidden_states"), input("in/timestep"));
+    let input = |n: &str| {
+        ts::load_tensor(file, &format!("layered/{n}"))
+            .to_device(&device)
+            .unwrap()
+    };
+    let (img, txt, sigma) = (
+        input("in/hidden_states"),
+        input("in/encoder_hidden_states"),
+        input("in/timestep"),
+    );
     let t_cond = Tensor::new(&[0u32, 1], &device).unwrap();
     let shapes = [(1, 3, 4); 4];
-    let want = resident.forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond)).unwrap();
+    let want = resident
+        .forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond))
+        .unwrap();
     for resident_blocks in [0, 1, 2] {
-        let options = engine::gpu::OffloadOptions { resident_blocks, pin_memory: resident_blocks != 1 };
+        let options = engine::gpu::OffloadOptions {
+            resident_blocks,
+            pin_memory: resident_blocks != 1,
+        };
         let streamed = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options).unwrap();
         let stats = streamed.offload_stats().unwrap();
         assert_eq!((stats.blocks, stats.resident_blocks), (2, resident_blocks));
         for pass in 0..3 {
-            let got = streamed.forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond)).unwrap();
+            let got = streamed
+                .forward(&img, &txt, None, &sigma, &shapes, Some(&t_cond))
+                .unwrap();
             let err = ts::compare(&got, &want);
-            println!("offload resident={resident_blocks} pinned={} pass {pass}: {err}", stats.pinned);
+            println!(
+                "offload resident={resident_blocks} pinned={} pass {pass}: {err}",
+                stats.pinned
+            );
             assert!(err.max_abs == 0.0, "streamed output differs from resident: {err}");
         }
         let uploaded = streamed.offload_stats().unwrap().uploaded_bytes;
@@ -288,7 +382,11 @@ fn offloaded_transformer_equals_resident() {
         // pass: 3 passes = 3 × streamed + 1 (resident blocks are not counted).
         let streamed_blocks = (2 - resident_blocks) as u64;
         let per_block = stats.block_bytes;
-        let expect = if streamed_blocks == 0 { 0 } else { (3 * streamed_blocks + 1) * per_block };
+        let expect = if streamed_blocks == 0 {
+            0
+        } else {
+            (3 * streamed_blocks + 1) * per_block
+        };
         println!("uploaded {uploaded} bytes, block {per_block}");
         assert_eq!(uploaded, expect);
     }
@@ -306,7 +404,10 @@ fn offloaded_text_encoder_equals_resident() {
     let vb = || dir.var_builder("text_encoder", dtype, &device).unwrap();
     let host = dir.var_builder("text_encoder", dtype, &Device::Cpu).unwrap();
     let resident = Qwen25VLTextModel::new(&cfg, vb()).unwrap();
-    let options = engine::gpu::OffloadOptions { resident_blocks: 0, pin_memory: true };
+    let options = engine::gpu::OffloadOptions {
+        resident_blocks: 0,
+        pin_memory: true,
+    };
     let streamed = Qwen25VLTextModel::new_offloaded(&cfg, vb(), &host, options).unwrap();
     let ids = Tensor::new(&[[3u32, 14, 15, 92, 65, 35, 89, 79]], &device).unwrap();
     let pos = text_position_ids(1, 8, &device).unwrap();
@@ -324,13 +425,17 @@ fn offloaded_text_encoder_equals_resident() {
 #[test]
 fn softmax_matches_candle() {
     let (device, _) = setup();
-    let x = (Tensor::randn(0f32, 4.0, (3, 7, 9630), &device).unwrap()).contiguous().unwrap();
+    let x = (Tensor::randn(0f32, 4.0, (3, 7, 9630), &device).unwrap())
+        .contiguous()
+        .unwrap();
     let ours = engine::gpu::softmax::softmax_last_dim(&x).unwrap();
     let want = candle_nn::ops::softmax_last_dim(&x.to_device(&Device::Cpu).unwrap()).unwrap();
     let err = ts::compare(&ours, &want);
     println!("softmax 21 × 9630: {err}");
     assert!(err.max_abs <= 1e-6, "{err}");
-    let row: Vec<f32> = (0..40).map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { i as f32 * 0.1 }).collect();
+    let row: Vec<f32> = (0..40)
+        .map(|i| if i % 3 == 0 { f32::NEG_INFINITY } else { i as f32 * 0.1 })
+        .collect();
     let x = Tensor::from_vec(row, (1, 40), &device).unwrap();
     let ours = engine::gpu::softmax::softmax_last_dim(&x).unwrap();
     let want = candle_nn::ops::softmax_last_dim(&x.to_device(&Device::Cpu).unwrap()).unwrap();
@@ -361,7 +466,10 @@ fn cuda_only() -> Option<Device> {
 }
 
 fn randn_bf16(shape: &[usize], std: f64, device: &Device) -> Tensor {
-    Tensor::randn(0f32, std as f32, shape, device).unwrap().to_dtype(DType::BF16).unwrap()
+    Tensor::randn(0f32, std as f32, shape, device)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
 }
 
 fn f32_cpu(t: &Tensor) -> Tensor {
@@ -370,8 +478,15 @@ fn f32_cpu(t: &Tensor) -> Tensor {
 
 /// Plain f32 attention of one batch row over its first `keys` keys: q, k, v `[S, H, 128]`.
 fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, keys: usize) -> Tensor {
-    let (q, k, v) = (q.transpose(0, 1).unwrap(), k.narrow(0, 0, keys).unwrap(), v.narrow(0, 0, keys).unwrap());
-    let (k, v) = (k.transpose(0, 1).unwrap().contiguous().unwrap(), v.transpose(0, 1).unwrap().contiguous().unwrap());
+    let (q, k, v) = (
+        q.transpose(0, 1).unwrap(),
+        k.narrow(0, 0, keys).unwrap(),
+        v.narrow(0, 0, keys).unwrap(),
+    );
+    let (k, v) = (
+        k.transpose(0, 1).unwrap().contiguous().unwrap(),
+        v.transpose(0, 1).unwrap().contiguous().unwrap(),
+    );
     let scores = (q.contiguous().unwrap().matmul(&k.t().unwrap()).unwrap() / (128f64).sqrt()).unwrap();
     let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
     probs.matmul(&v).unwrap().transpose(0, 1).unwrap().contiguous().unwrap() // [S, H, 128]
@@ -408,12 +523,18 @@ fn fused_flash_attention_matches_f32() {
         let kv_len = Tensor::new(&lens, &device).unwrap();
         let joined = |(out0, out1): (Tensor, Tensor)| {
             Tensor::cat(
-                &[out0.reshape((2, split, heads, 128)).unwrap(), out1.reshape((2, seq - split, heads, 128)).unwrap()],
+                &[
+                    out0.reshape((2, split, heads, 128)).unwrap(),
+                    out1.reshape((2, seq - split, heads, 128)).unwrap(),
+                ],
                 1,
             )
             .unwrap()
         };
-        let mut results = vec![(format!("kernel {}", kernel.name()), joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split).unwrap()))];
+        let mut results = vec![(
+            format!("kernel {}", kernel.name()),
+            joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split).unwrap()),
+        )];
         if cfg!(feature = "cudnn-attention") {
             // cuDNN is optional at run time (the engine falls back to its kernel); where it
             // runs, it must compute the same function.
@@ -427,7 +548,10 @@ fn fused_flash_attention_matches_f32() {
                 let row = |t: &Tensor| f32_cpu(&t.get(b).unwrap());
                 let want = reference_attention(&row(&q), &row(&k), &row(&v), lens[b] as usize);
                 let err = ts::compare(&row(got), &want);
-                println!("flash attention S={seq} split={split} keys={} {what} std={std}: {err}", lens[b]);
+                println!(
+                    "flash attention S={seq} split={split} keys={} {what} std={std}: {err}",
+                    lens[b]
+                );
                 assert!(err.rel <= FUSED_ATTENTION, "flash attention ({what}) differs: {err}");
             }
         }
@@ -440,10 +564,17 @@ fn fused_elementwise_kernels_match_f32() {
     let Some(device) = cuda_only() else { return };
     use engine::gpu::fused;
     let (b, s, d) = (2usize, 333usize, 384usize);
-    let x = (randn_bf16(&[b, s, d], 2.0, &device) + 3.0).unwrap().to_dtype(DType::BF16).unwrap();
+    let x = (randn_bf16(&[b, s, d], 2.0, &device) + 3.0)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
     // Modulation rows as column slices of a [B, 6D] tensor, as the block passes them.
     let params = randn_bf16(&[b, 6 * d], 0.5, &device);
-    let (shift, scale, gate) = (params.narrow(1, 0, d).unwrap(), params.narrow(1, d, d).unwrap(), params.narrow(1, 5 * d, d).unwrap());
+    let (shift, scale, gate) = (
+        params.narrow(1, 0, d).unwrap(),
+        params.narrow(1, d, d).unwrap(),
+        params.narrow(1, 5 * d, d).unwrap(),
+    );
 
     let got = fused::ln_modulate(&x, &shift, &scale, 1e-6).unwrap();
     let xf = f32_cpu(&x);
@@ -506,7 +637,11 @@ fn fused_elementwise_kernels_match_f32() {
     let (b_img, b_txt) = (randn_bf16(&[d], 0.5, &device), randn_bf16(&[d], 0.5, &device));
     let got = engine::gpu::gemm_epilogue::joint_linear(&x_img, &w_img, &b_img, &x_txt, &w_txt, &b_txt).unwrap();
     let project = |x: &Tensor, w: &Tensor, bias: &Tensor| {
-        f32_cpu(x).broadcast_matmul(&f32_cpu(w).t().unwrap()).unwrap().broadcast_add(&f32_cpu(bias)).unwrap()
+        f32_cpu(x)
+            .broadcast_matmul(&f32_cpu(w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&f32_cpu(bias))
+            .unwrap()
     };
     let want = Tensor::cat(&[project(&x_img, &w_img, &b_img), project(&x_txt, &w_txt, &b_txt)], 1).unwrap();
     let err = ts::compare(&f32_cpu(&got), &want);
@@ -526,7 +661,11 @@ fn fused_elementwise_kernels_match_f32() {
     let rope = Rope::new([16, 56, 56], RopeVariant::Layer3d, &device)
         .tables(&[(1, 6, 6), (1, 6, 6)], s_txt)
         .unwrap();
-    let norms = fused::HeadNorms { image: &w_img, text: &w_txt, eps: 1e-6 };
+    let norms = fused::HeadNorms {
+        image: &w_img,
+        text: &w_txt,
+        eps: 1e-6,
+    };
     let got = fused::joint_qkv(&x_img, &x_txt, &b_img, &b_txt, Some(&norms), Some(&rope)).unwrap();
     let rms = |x: &Tensor, bias: &Tensor, w: &Tensor| {
         let n = RmsNorm::from_weight(f32_cpu(w), 1e-6).unwrap();
@@ -537,11 +676,22 @@ fn fused_elementwise_kernels_match_f32() {
     // The plain path's joint order is [text, image] in [B, H, S, 128]; the kernel's is
     // [image, text] in [B, S, H, 128].
     let joint = Tensor::cat(&[rms(&x_txt, &b_txt, &w_txt), rms(&x_img, &b_img, &w_img)], 1).unwrap();
-    let rotated = apply_rope(&joint.transpose(1, 2).unwrap().contiguous().unwrap(), &f32_cpu(&rope.cos), &f32_cpu(&rope.sin))
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap();
-    let want = Tensor::cat(&[rotated.narrow(1, s_txt, s_img).unwrap(), rotated.narrow(1, 0, s_txt).unwrap()], 1).unwrap();
+    let rotated = apply_rope(
+        &joint.transpose(1, 2).unwrap().contiguous().unwrap(),
+        &f32_cpu(&rope.cos),
+        &f32_cpu(&rope.sin),
+    )
+    .unwrap()
+    .transpose(1, 2)
+    .unwrap();
+    let want = Tensor::cat(
+        &[
+            rotated.narrow(1, s_txt, s_img).unwrap(),
+            rotated.narrow(1, 0, s_txt).unwrap(),
+        ],
+        1,
+    )
+    .unwrap();
     let err = ts::compare(&f32_cpu(&got), &want.contiguous().unwrap());
     println!("joint q/k (bias, RMSNorm, RoPE): {err}");
     assert!(err.rel <= FUSED_ELEMENTWISE, "joint q/k differs: {err}");
@@ -564,7 +714,14 @@ fn fused_elementwise_kernels_match_f32() {
 struct CachedRandomWeights(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
 
 impl candle_nn::var_builder::SimpleBackend for CachedRandomWeights {
-    fn get(&self, shape: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let mut cache = self.0.lock().unwrap();
         let t = match cache.get(name) {
             Some(t) => t.clone(),
@@ -620,8 +777,13 @@ fn fused_block_matches_plain_path() {
     // Row 0: all 11 text tokens; row 1: 4, then padding (the uncond prompt of batched CFG).
     let mask = Tensor::new(&[[1u8; 11], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]], &device).unwrap();
     let key_mask = KeyMask::from_text_mask(&mask, s_img).unwrap();
-    assert!(key_mask.kv_len().is_some(), "right-padded text must give per-row key lengths");
-    let rope = Rope::new([16, 56, 56], RopeVariant::Layer3d, &device).tables(&img_shapes, s_txt).unwrap();
+    assert!(
+        key_mask.kv_len().is_some(),
+        "right-padded text must give per-row key lengths"
+    );
+    let rope = Rope::new([16, 56, 56], RopeVariant::Layer3d, &device)
+        .tables(&img_shapes, s_txt)
+        .unwrap();
     let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
 
     let (want_img, want_txt) = block32.forward(&img, &txt, &temb, &rope, Some(&key_mask)).unwrap();
@@ -629,8 +791,17 @@ fn fused_block_matches_plain_path() {
     let plain = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask));
     fused::set_enabled(true);
     let (plain_img, plain_txt) = plain.unwrap();
-    let (fused_img, fused_txt) = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask)).unwrap();
-    println!("block attention through {}", if fused::cudnn_attention_active() { "cuDNN SDPA" } else { "the engine's flash kernel" });
+    let (fused_img, fused_txt) = block16
+        .forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask))
+        .unwrap();
+    println!(
+        "block attention through {}",
+        if fused::cudnn_attention_active() {
+            "cuDNN SDPA"
+        } else {
+            "the engine's flash kernel"
+        }
+    );
     // Padded text rows are computed too (attending to the valid keys), as in the reference.
     for (what, fused_out, plain_out, want) in [
         ("image", &fused_img, &plain_img, &want_img),
@@ -639,8 +810,14 @@ fn fused_block_matches_plain_path() {
         let e_fused = ts::compare(&f32_cpu(fused_out), &f32_cpu(want));
         let e_plain = ts::compare(&f32_cpu(plain_out), &f32_cpu(want));
         println!("block {what}: fused bf16 vs f32 {e_fused}; plain bf16 vs f32 {e_plain}");
-        assert!(e_fused.rel <= HALF_CROSS_DEVICE, "fused block ({what}) too far from f32: {e_fused}");
-        assert!(e_fused.rel <= 1.5 * e_plain.rel + 2e-3, "fused block ({what}) less accurate than the plain bf16 path: {e_fused} vs {e_plain}");
+        assert!(
+            e_fused.rel <= HALF_CROSS_DEVICE,
+            "fused block ({what}) too far from f32: {e_fused}"
+        );
+        assert!(
+            e_fused.rel <= 1.5 * e_plain.rel + 2e-3,
+            "fused block ({what}) less accurate than the plain bf16 path: {e_fused} vs {e_plain}"
+        );
     }
 }
 
@@ -648,7 +825,14 @@ fn fused_block_matches_plain_path() {
 struct SharedBackend(std::sync::Arc<CachedRandomWeights>);
 
 impl candle_nn::var_builder::SimpleBackend for SharedBackend {
-    fn get(&self, shape: candle_core::Shape, name: &str, init: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.0.get(shape, name, init, dtype, dev)
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

@@ -12,7 +12,14 @@ use test_support as ts;
 
 fn pipeline() -> LayeredPipeline {
     let model = ModelDir::open(ts::layered_checkpoint()).unwrap();
-    LayeredPipeline::load(model, LoadOptions { keep_text_encoder: true, ..LoadOptions::default() }).unwrap()
+    LayeredPipeline::load(
+        model,
+        LoadOptions {
+            keep_text_encoder: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn input_image(case: &serde_json::Value) -> image::RgbaImage {
@@ -41,11 +48,20 @@ fn check_run(name: &str) {
     let file = format!("runs/{name}.safetensors");
     let mut pipe = pipeline();
     let opts = options(case, &file);
-    assert_eq!(opts.uses_cfg(), case["do_true_cfg"].as_bool().unwrap(), "{name}: CFG decision");
+    assert_eq!(
+        opts.uses_cfg(),
+        case["do_true_cfg"].as_bool().unwrap(),
+        "{name}: CFG decision"
+    );
     let worst = RefCell::new(0f64);
     let check = |what: String, actual: &Tensor| {
         let expected = ts::load_tensor(&file, &what);
-        let err = ts::assert_close(&ts::as_stored(actual, &file, &what), &expected, 1e-4, &format!("{name} {what}"));
+        let err = ts::assert_close(
+            &ts::as_stored(actual, &file, &what),
+            &expected,
+            1e-4,
+            &format!("{name} {what}"),
+        );
         println!("{name} {what}: {err}");
         let mut w = worst.borrow_mut();
         *w = w.max(err.rel);
@@ -60,14 +76,23 @@ fn check_run(name: &str) {
             check(format!("step{}/latents_after", s.step), s.latents_after);
         })
         .unwrap();
-    let [h, w] = [case["output_hw"][0].as_u64().unwrap() as u32, case["output_hw"][1].as_u64().unwrap() as u32];
+    let [h, w] = [
+        case["output_hw"][0].as_u64().unwrap() as u32,
+        case["output_hw"][1].as_u64().unwrap() as u32,
+    ];
     assert_eq!((out.record.height, out.record.width), (h, w));
     assert_eq!(out.layers.len(), opts.layers);
     for (i, png) in case["output_pngs"].as_array().unwrap().iter().enumerate() {
         let (rw, rh, reference) = ts::load_png_rgba8(png.as_str().unwrap());
         let layer = &out.layers[i];
         assert_eq!(layer.dimensions(), (rw, rh));
-        let max_diff = layer.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let max_diff = layer
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         println!("{name} layer {} PNG: max diff {max_diff}/255", i + 1);
         assert!(max_diff <= 1, "{name} layer {}: pixels differ by {max_diff}/255", i + 1);
     }
@@ -95,7 +120,10 @@ fn check_run(name: &str) {
         println!("{name} layers (every 4th pixel): max diff {max_diff}/255");
         assert!(max_diff <= 1, "{name}: layer pixels differ by {max_diff}/255");
     }
-    println!("{name}: worst relative error over every step {:.2e}", worst.into_inner());
+    println!(
+        "{name}: worst relative error over every step {:.2e}",
+        worst.into_inner()
+    );
 }
 
 #[test]
@@ -127,7 +155,13 @@ impl Progress for Recorder {
         self.events.borrow_mut().push(format!("{done}/{total}"));
     }
     fn is_cancelled(&self) -> bool {
-        let done = self.events.borrow().iter().filter(|e| e.contains('/')).count().saturating_sub(1);
+        let done = self
+            .events
+            .borrow()
+            .iter()
+            .filter(|e| e.contains('/'))
+            .count()
+            .saturating_sub(1);
         self.cancel_after.is_some_and(|n| done >= n)
     }
 }
@@ -139,12 +173,21 @@ fn progress_is_reported_and_cancel_stops_between_steps() {
     let mut opts = options(case, "runs/layered_l2_cfgnorm.safetensors");
     opts.num_inference_steps = 3;
     opts.init_noise = None;
-    let rec = Recorder { events: RefCell::default(), cancel_after: None };
+    let rec = Recorder {
+        events: RefCell::default(),
+        cancel_after: None,
+    };
     let out = pipe.decompose(&input_image(case), &opts, &rec).unwrap();
     assert_eq!(out.layers.len(), 2);
-    assert_eq!(*rec.events.borrow(), ["encoding", "denoising", "0/3", "1/3", "2/3", "3/3", "decoding"]);
+    assert_eq!(
+        *rec.events.borrow(),
+        ["encoding", "denoising", "0/3", "1/3", "2/3", "3/3", "decoding"]
+    );
 
-    let rec = Recorder { events: RefCell::default(), cancel_after: Some(1) };
+    let rec = Recorder {
+        events: RefCell::default(),
+        cancel_after: Some(1),
+    };
     let err = pipe.decompose(&input_image(case), &opts, &rec).unwrap_err();
     assert!(matches!(err, engine::Error::Cancelled), "{err}");
     assert_eq!(rec.events.borrow().last().unwrap(), "1/3");
@@ -167,13 +210,19 @@ fn same_seed_same_layers_and_bad_requests_are_clear_errors() {
     let mut bad = |f: &dyn Fn(&mut DecomposeOptions), needle: &str| {
         let mut o = opts.clone();
         f(&mut o);
-        let err = pipe.decompose(&input_image(case), &o, &NoProgress).unwrap_err().to_string();
+        let err = pipe
+            .decompose(&input_image(case), &o, &NoProgress)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "{needle} not in {err}");
     };
     bad(&|o| o.layers = 11, "layers");
     bad(&|o| o.resolution = 512, "640 or 1024");
     bad(&|o| o.prompt = "word ".repeat(600), "too long");
-    bad(&|o| o.init_noise = Some(PathBuf::from("/no/such/noise.safetensors")), "init noise");
+    bad(
+        &|o| o.init_noise = Some(PathBuf::from("/no/such/noise.safetensors")),
+        "init noise",
+    );
 }
 
 #[test]
@@ -190,7 +239,10 @@ fn an_empty_prompt_is_replaced_by_a_caption_of_the_image() {
     opts.num_inference_steps = 1;
     opts.prompt = " ".into();
     opts.caption_max_new_tokens = reference["max_new_tokens"].as_u64().unwrap() as usize;
-    let rec = Recorder { events: RefCell::default(), cancel_after: None };
+    let rec = Recorder {
+        events: RefCell::default(),
+        cancel_after: None,
+    };
     let out = pipe.decompose(&input_image(case), &opts, &rec).unwrap();
     assert_eq!(rec.events.borrow()[..2], ["captioning", "encoding"]);
     let caption = out.record.caption.clone().expect("a caption in the run record");
@@ -205,6 +257,9 @@ fn an_empty_prompt_is_replaced_by_a_caption_of_the_image() {
     assert!(same.record.caption.is_none());
 
     opts.caption_max_new_tokens = 0;
-    let err = pipe.decompose(&input_image(case), &opts, &NoProgress).unwrap_err().to_string();
+    let err = pipe
+        .decompose(&input_image(case), &opts, &NoProgress)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("caption_max_new_tokens"), "{err}");
 }

@@ -295,7 +295,8 @@ fn euler_step_matches_the_fixture() {
 fn the_runs_schedules_match_the_fixture_manifest() {
     // The sigmas and transformer inputs (timestep/1000) the recorded pipeline runs used.
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference/manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference/manifest.json")).unwrap())
+            .unwrap();
     for (run, checkpoint) in [
         ("layered_l2_cfgnorm", "tiny-qwen-image-layered"),
         ("layered_wide_nocfg", "tiny-qwen-image-layered"),
@@ -340,8 +341,11 @@ fn the_runs_schedules_match_the_fixture_manifest() {
 fn the_edit_runs_euler_steps_match_the_fixture() {
     // runs/edit_plus stores every step tensor in full: pack the recorded noise, then apply the
     // recorded guided velocities with our schedule; both steps must land on the reference latents.
-    let r =
-        candle_core::safetensors::load(ts::fixtures_dir().join("reference/runs/edit_plus.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        ts::fixtures_dir().join("reference/runs/edit_plus.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut s = checkpoint_scheduler("tiny-qwen-image-edit-2509");
     s.set_timesteps(2, Some(s.edit_mu(384))).unwrap();
     let mut latents = engine::latents::pack(&r["noise"].squeeze(1).unwrap()).unwrap();

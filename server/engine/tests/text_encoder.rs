@@ -35,11 +35,14 @@ fn fixture() -> &'static Fixture {
         let dir = model_dir();
         let (config, model) = Qwen25VLTextModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
         let tokenizer = QwenTokenizer::from_model_dir(&dir).unwrap();
-        let reference =
-            candle_core::safetensors::load(ts::fixtures_dir().join("reference/text_encoder.safetensors"), &Device::Cpu)
-                .unwrap();
+        let reference = candle_core::safetensors::load(
+            ts::fixtures_dir().join("reference/text_encoder.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
         let read = |f: &str| -> Value {
-            serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference").join(f)).unwrap()).unwrap()
+            serde_json::from_str(&std::fs::read_to_string(ts::fixtures_dir().join("reference").join(f)).unwrap())
+                .unwrap()
         };
         Fixture {
             config,

@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
 use engine::text_encoder::CaptionLanguage;
+use engine::weights::ModelDir;
+use indicatif::{ProgressBar, ProgressStyle};
 use server::engine_state::Runtime;
 use server::layers::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
-use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
-use engine::weights::ModelDir;
 
 #[derive(Parser)]
-#[command(name = "qwen-layers", version, about = "Decompose images into RGBA layers with Qwen-Image-Layered")]
+#[command(
+    name = "qwen-layers",
+    version,
+    about = "Decompose images into RGBA layers with Qwen-Image-Layered"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -213,9 +217,15 @@ fn runtime(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Runtime> {
 
 fn load(model: &ModelArgs) -> Result<Decomposer> {
     let runtime = runtime(model.device, model.dtype)?;
-    let spinner = ProgressBar::new_spinner().with_message(format!("loading {} on {}", model.model_path, runtime.describe()));
+    let spinner =
+        ProgressBar::new_spinner().with_message(format!("loading {} on {}", model.model_path, runtime.describe()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let options = LoadOptions { device: runtime.device.clone(), dtype: runtime.dtype, keep_text_encoder: true, ..Default::default() };
+    let options = LoadOptions {
+        device: runtime.device.clone(),
+        dtype: runtime.dtype,
+        keep_text_encoder: true,
+        ..Default::default()
+    };
     let d = Decomposer::from_pretrained(&model.model_path, options);
     spinner.finish_and_clear();
     Ok(d?)
@@ -320,7 +330,10 @@ fn batch(a: BatchArgs) -> Result<()> {
     let opts = options(&a.run);
     let mut failed = 0;
     for input in &inputs {
-        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // One bad image must not lose the others' results.
         if let Err(e) = run_one(&mut d, input, &opts, &a.output_dir.join(stem)) {
             eprintln!("error: {e:#}");
@@ -336,7 +349,8 @@ fn batch(a: BatchArgs) -> Result<()> {
 fn compose(a: ComposeArgs) -> Result<()> {
     let layers = a.layers.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
     let flat = composite_layers(&layers).map_err(|e| anyhow::anyhow!("{e} (layers must all have the same size)"))?;
-    flat.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    flat.save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
     println!("{} layers → {}", layers.len(), a.output.display());
     Ok(())
 }
@@ -348,9 +362,15 @@ fn edit(a: EditArgs) -> Result<()> {
         bail!("--instruction is empty: say what to change in the layer");
     }
     let runtime = runtime(a.device, a.dtype)?;
-    let spinner = ProgressBar::new_spinner().with_message(format!("loading {} on {}", a.model_path, runtime.describe()));
+    let spinner =
+        ProgressBar::new_spinner().with_message(format!("loading {} on {}", a.model_path, runtime.describe()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let options = LoadOptions { device: runtime.device.clone(), dtype: runtime.dtype, keep_text_encoder: true, ..Default::default() };
+    let options = LoadOptions {
+        device: runtime.device.clone(),
+        dtype: runtime.dtype,
+        keep_text_encoder: true,
+        ..Default::default()
+    };
     let pipe = ModelDir::resolve(&a.model_path, true).and_then(|m| EditPipeline::load(m, options));
     spinner.finish_and_clear();
     let mut pipe = pipe.with_context(|| format!("loading the edit model {}", a.model_path))?;
@@ -364,14 +384,20 @@ fn edit(a: EditArgs) -> Result<()> {
             init_noise: a.init_noise.clone(),
             ..EditOptions::default()
         },
-        alpha: if a.rekey_alpha { AlphaMode::Rekey } else { AlphaMode::KeepOriginal },
+        alpha: if a.rekey_alpha {
+            AlphaMode::Rekey
+        } else {
+            AlphaMode::KeepOriginal
+        },
         key_color: None,
     };
     let bar = bar();
     let out = edit_layer(&mut pipe, &layer, &a.instruction, &options, &bar);
     bar.0.finish_and_clear();
     let out = out.with_context(|| format!("editing {}", a.layer_image.display()))?;
-    out.layer.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    out.layer
+        .save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
     let r = &out.edit.record;
     let [kr, kg, kb] = out.key_color;
     println!(

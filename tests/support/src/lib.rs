@@ -187,7 +187,9 @@ fn device_from_env() -> Device {
     match spec.trim() {
         "" | "cpu" => Device::Cpu,
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map_or(0, |n| n.parse().expect("ENGINE_TEST_DEVICE=cuda:N"));
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map_or(0, |n| n.parse().expect("ENGINE_TEST_DEVICE=cuda:N"));
             Device::new_cuda(ordinal).unwrap_or_else(|e| panic!("ENGINE_TEST_DEVICE={s}: {e}"))
         }
         other => panic!("ENGINE_TEST_DEVICE={other}: expected cpu, cuda or cuda:N"),
@@ -272,7 +274,14 @@ fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "max_abs_diff: shapes differ");
     let (a, b) = (a.to_dtype(DType::F32).unwrap(), b.to_dtype(DType::F32).unwrap());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Compares two tensors of the same shape (panics on a shape mismatch) without judging.

@@ -313,9 +313,13 @@ fn check_finite(args: &Args, what: &str, t: &Tensor) -> engine::Result<()> {
     let sum = t.sum_all()?.to_scalar::<f32>()?;
     let max_abs = t.abs()?.max_all()?.to_scalar::<f32>()?;
     let ok = sum.is_finite() && max_abs.is_finite();
-    emit(serde_json::json!({ "check": "finite", "what": what, "ok": ok, "sum": sum, "max_abs": max_abs, "shape": t.dims() }));
+    emit(
+        serde_json::json!({ "check": "finite", "what": what, "ok": ok, "sum": sum, "max_abs": max_abs, "shape": t.dims() }),
+    );
     if !ok {
-        return Err(engine::Error::InvalidInput(format!("{what}: NaN or Inf in the output (sum {sum}, max |x| {max_abs})")));
+        return Err(engine::Error::InvalidInput(format!(
+            "{what}: NaN or Inf in the output (sum {sum}, max |x| {max_abs})"
+        )));
     }
     Ok(())
 }
@@ -341,7 +345,10 @@ fn text_phase(
             Source::Random(_) => vb.clone(),
             Source::Model(m) => m.var_builder("text_encoder", args.dtype, &Device::Cpu)?,
         };
-        let options = OffloadOptions { resident_blocks: 0, pin_memory: args.pin };
+        let options = OffloadOptions {
+            resident_blocks: 0,
+            pin_memory: args.pin,
+        };
         Qwen25VLTextModel::new_offloaded(&cfgs.text, vb, &host, options)?
     } else {
         Qwen25VLTextModel::new(&cfgs.text, vb)?
@@ -402,7 +409,10 @@ fn dit_phase(
             ),
             (None, None) => 0,
         };
-        let options = OffloadOptions { resident_blocks: resident, pin_memory: args.pin };
+        let options = OffloadOptions {
+            resident_blocks: resident,
+            pin_memory: args.pin,
+        };
         // Random weights are generated on the GPU and copied to host buffers block by block; a
         // checkpoint's blocks are read from its memory-mapped files on the CPU.
         let host = match source {
@@ -503,7 +513,11 @@ fn variant_suffix(args: &Args) -> String {
     } else {
         ""
     };
-    let init = if args.model.is_none() && args.init == InitScheme::Anchor { "_anchor_init" } else { "" };
+    let init = if args.model.is_none() && args.init == InitScheme::Anchor {
+        "_anchor_init"
+    } else {
+        ""
+    };
     format!("{path}{init}")
 }
 
@@ -531,14 +545,22 @@ fn activation_estimate(args: &Args, cfg: &engine::transformer::Config) -> u64 {
     24 * 2 * s * cfg.inner_dim() as u64 * args.dtype.size_in_bytes() as u64 + (1 << 29) + (1 << 30)
 }
 
-fn vae_phase(args: &Args, cfgs: &Configs, source: &Source, device: &Device, sampler: &Option<VramSampler>) -> engine::Result<()> {
+fn vae_phase(
+    args: &Args,
+    cfgs: &Configs,
+    source: &Source,
+    device: &Device,
+    sampler: &Option<VramSampler>,
+) -> engine::Result<()> {
     let t0 = Instant::now();
     let vae = AutoencoderKLQwenImage::new(&cfgs.vae, source.var_builder("vae", args.dtype, device)?)?;
     sync(device)?;
     let build_s = t0.elapsed().as_secs_f64();
     let res = args.resolution;
     let lat = res / 8;
-    let x = Tensor::rand(0f32, 1.0, (1, cfgs.vae.input_channels, res, res), device)?.affine(2.0, -1.0)?.to_dtype(args.dtype)?;
+    let x = Tensor::rand(0f32, 1.0, (1, cfgs.vae.input_channels, res, res), device)?
+        .affine(2.0, -1.0)?
+        .to_dtype(args.dtype)?;
     let z = Tensor::randn(0f32, 1.0, (args.layers, cfgs.vae.z_dim, lat, lat), device)?.to_dtype(args.dtype)?;
     let (mut enc, mut dec) = (Vec::new(), Vec::new());
     for rep in 0..args.warmup + args.steps.min(2) {
@@ -608,9 +630,8 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let s = s_img + s_txt;
     let blocks = tcfg.num_layers as f64;
     let reps = 5;
-    let randn = |shape: &[usize]| -> engine::Result<Tensor> {
-        Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?)
-    };
+    let randn =
+        |shape: &[usize]| -> engine::Result<Tensor> { Ok(Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dtype)?) };
     let report = |name: &str, secs: f64, per_block: f64, flops: f64, bytes: f64| {
         emit(serde_json::json!({
             "run": "ours_profile", "tag": args.tag, "op": name, "ms": secs * 1e3, "uses_per_block": per_block,
@@ -645,19 +666,39 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let x_bytes = (2 * s_img * d * dtype.size_in_bytes()) as f64;
     let (proj, up, down) = (lin(d, d)?, lin(d, 4 * d)?, lin(4 * d, d)?);
     let t = time_op(device, reps, || Ok(proj.forward(&x)?))?;
-    report("linear_d_to_d (q,k,v,out)", t, 4.0, 2.0 * (2 * s_img * d * d) as f64, 0.0);
+    report(
+        "linear_d_to_d (q,k,v,out)",
+        t,
+        4.0,
+        2.0 * (2 * s_img * d * d) as f64,
+        0.0,
+    );
     let t = time_op(device, reps, || Ok(up.forward(&x)?))?;
-    report("linear_d_to_4d (mlp in)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+    report(
+        "linear_d_to_4d (mlp in)",
+        t,
+        1.0,
+        2.0 * (2 * s_img * d * 4 * d) as f64,
+        0.0,
+    );
     let h = randn(&[2, s_img, 4 * d])?;
     let t = time_op(device, reps, || Ok(down.forward(&h)?))?;
-    report("linear_4d_to_d (mlp out)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+    report(
+        "linear_4d_to_d (mlp out)",
+        t,
+        1.0,
+        2.0 * (2 * s_img * d * 4 * d) as f64,
+        0.0,
+    );
     let t = time_op(device, reps, || Ok(h.gelu()?))?;
     report("gelu_tanh (mlp)", t, 1.0, 0.0, 2.0 * 4.0 * x_bytes);
     drop(h);
     let (scale, shift) = (randn(&[2, 1, d])?, randn(&[2, 1, d])?);
     let t = time_op(device, reps, || Ok(layer_norm(&x, 1e-6)?))?;
     report("layer_norm (f32 statistics)", t, 2.0, 0.0, 2.0 * x_bytes);
-    let t = time_op(device, reps, || Ok(x.broadcast_mul(&(&scale + 1.0)?)?.broadcast_add(&shift)?))?;
+    let t = time_op(device, reps, || {
+        Ok(x.broadcast_mul(&(&scale + 1.0)?)?.broadcast_add(&shift)?)
+    })?;
     report("modulate scale/shift", t, 2.0, 0.0, 2.0 * x_bytes);
     let t = time_op(device, reps, || Ok((&x + x.broadcast_mul(&scale)?)?))?;
     report("gated residual", t, 2.0, 0.0, 3.0 * x_bytes);
@@ -670,7 +711,9 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     })?;
     report("rms_norm q/k (f32)", t, 2.0, 0.0, 2.0 * x_bytes);
     let txt = randn(&[2, s_txt, heads, dh])?;
-    let t = time_op(device, reps, || Ok(Tensor::cat(&[&txt, &heads_x], 1)?.transpose(1, 2)?.contiguous()?))?;
+    let t = time_op(device, reps, || {
+        Ok(Tensor::cat(&[&txt, &heads_x], 1)?.transpose(1, 2)?.contiguous()?)
+    })?;
     report("joint cat + transpose (q,k,v)", t, 3.0, 0.0, 2.0 * x_bytes);
     let rope = Rope::new(tcfg.axes_dims_rope, RopeVariant::Layer3d, device);
     let tables = rope.tables(&vec![(1, grid, grid); frames], s_txt)?;
@@ -680,22 +723,43 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let t = time_op(device, reps, || Ok(apply_rope(&q, &tables.cos, &tables.sin)?))?;
     report("rope (f32)", t, 2.0, 0.0, 2.0 * x_bytes);
     let mask = Tensor::cat(
-        &[Tensor::ones((1, s_txt), DType::U8, device)?, Tensor::cat(&[Tensor::ones((1, 6), DType::U8, device)?, Tensor::zeros((1, s_txt - 6), DType::U8, device)?], 1)?],
+        &[
+            Tensor::ones((1, s_txt), DType::U8, device)?,
+            Tensor::cat(
+                &[
+                    Tensor::ones((1, 6), DType::U8, device)?,
+                    Tensor::zeros((1, s_txt - 6), DType::U8, device)?,
+                ],
+                1,
+            )?,
+        ],
         0,
     )?;
     let key_mask = KeyMask::from_text_mask(&mask, s_img)?;
     let attn_flops = 4.0 * (2 * heads * s * s * dh) as f64;
-    let t = time_op(device, 3, || Ok(scaled_dot_product_attention(&q, &k, &v, Some(&key_mask))?))?;
+    let t = time_op(device, 3, || {
+        Ok(scaled_dot_product_attention(&q, &k, &v, Some(&key_mask))?)
+    })?;
     report("attention (masked CFG batch, all parts)", t, 1.0, attn_flops, 0.0);
     // One query chunk of one batch row, as the attention runs it.
     let rows = ((1usize << 26) / (heads * s)).clamp(1, s);
-    let q32 = q.narrow(0, 0, 1)?.narrow(2, 0, rows)?.to_dtype(DType::F32)?.contiguous()?;
+    let q32 = q
+        .narrow(0, 0, 1)?
+        .narrow(2, 0, rows)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
     let k32t = k.narrow(0, 0, 1)?.to_dtype(DType::F32)?.contiguous()?.t()?;
     let v32 = v.narrow(0, 0, 1)?.to_dtype(DType::F32)?.contiguous()?;
     let chunks = 2.0 * (s as f64 / rows as f64).ceil();
     let scores = q32.matmul(&k32t)?;
     let t = time_op(device, reps, || Ok(q32.matmul(&k32t)?))?;
-    report("attn chunk: q kᵀ (f32/TF32)", t, chunks, 2.0 * (heads * rows * s * dh) as f64, 0.0);
+    report(
+        "attn chunk: q kᵀ (f32/TF32)",
+        t,
+        chunks,
+        2.0 * (heads * rows * s * dh) as f64,
+        0.0,
+    );
     let score_bytes = (heads * rows * s * 4) as f64;
     let t = time_op(device, reps, || Ok(engine::gpu::softmax::softmax_last_dim(&scores)?))?;
     report("attn chunk: softmax (ours)", t, chunks, 0.0, 2.0 * score_bytes);
@@ -703,7 +767,13 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     report("attn chunk: softmax (candle, not used)", t, 0.0, 0.0, 2.0 * score_bytes);
     let probs = engine::gpu::softmax::softmax_last_dim(&scores)?;
     let t = time_op(device, reps, || Ok(probs.matmul(&v32)?))?;
-    report("attn chunk: p v (f32/TF32)", t, chunks, 2.0 * (heads * rows * s * dh) as f64, 0.0);
+    report(
+        "attn chunk: p v (f32/TF32)",
+        t,
+        chunks,
+        2.0 * (heads * rows * s * dh) as f64,
+        0.0,
+    );
     drop((scores, probs, q32, k32t, v32));
 
     // The fused path's pieces (bf16 on CUDA): what a block costs with the fused kernels.
@@ -716,20 +786,46 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         // bias-free D→D GEMM (v's goes to the epilogue GEMM when on).
         let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
         let d_to_d_uses = 3.0 + separate;
-        report("fused: GEMM D→D without bias (q,k,v,out)", t, d_to_d_uses, 2.0 * (2 * s_img * d * d) as f64, 0.0);
+        report(
+            "fused: GEMM D→D without bias (q,k,v,out)",
+            t,
+            d_to_d_uses,
+            2.0 * (2 * s_img * d * d) as f64,
+            0.0,
+        );
         let wu = randn(&[4 * d, d])?;
         let t = time_op(device, reps, || Ok(x2.matmul(&wu.t()?)?))?;
-        report("fused: GEMM D→4D without bias (mlp in)", t, separate, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+        report(
+            "fused: GEMM D→4D without bias (mlp in)",
+            t,
+            separate,
+            2.0 * (2 * s_img * d * 4 * d) as f64,
+            0.0,
+        );
         let h2 = randn(&[2 * s_img, 4 * d])?;
         let t = time_op(device, reps, || Ok(h2.matmul(&wu)?))?;
-        report("fused: GEMM 4D→D without bias (mlp out)", t, 1.0, 2.0 * (2 * s_img * d * 4 * d) as f64, 0.0);
+        report(
+            "fused: GEMM 4D→D without bias (mlp out)",
+            t,
+            1.0,
+            2.0 * (2 * s_img * d * 4 * d) as f64,
+            0.0,
+        );
         let bias4 = randn(&[4 * d])?;
         let h3 = h2.reshape((2, s_img, 4 * d))?;
         let t = time_op(device, reps, || Ok(fused::bias_gelu(&h3, &bias4)?))?;
         report("fused: bias + GELU", t, separate, 0.0, 2.0 * 4.0 * x_bytes);
-        let t = time_op(device, reps, || Ok(engine::gpu::gemm_epilogue::linear_bias_gelu(&x, &wu, &bias4)?))?;
+        let t = time_op(device, reps, || {
+            Ok(engine::gpu::gemm_epilogue::linear_bias_gelu(&x, &wu, &bias4)?)
+        })?;
         let mlp_in_flops = 2.0 * (2 * s_img * d * 4 * d) as f64;
-        report("fused: cuBLASLt GEMM D→4D + bias + GELU epilogue", t, 1.0 - separate, mlp_in_flops, 0.0);
+        report(
+            "fused: cuBLASLt GEMM D→4D + bias + GELU epilogue",
+            t,
+            1.0 - separate,
+            mlp_in_flops,
+            0.0,
+        );
         drop((h2, h3));
         let params = randn(&[2, 6 * d])?;
         let (p0, p1) = (params.narrow(1, 0, d)?, params.narrow(1, d, d)?);
@@ -741,30 +837,66 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
         report("fused: gated residual + bias", t, 2.0, 0.0, 3.0 * x_bytes);
         let txt_p = randn(&[2, s_txt, d])?;
         let w = Tensor::ones(dh, DType::F32, device)?;
-        let norms = fused::HeadNorms { image: &w, text: &w, eps: 1e-6 };
-        let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, Some(&norms), Some(&tables))?))?;
+        let norms = fused::HeadNorms {
+            image: &w,
+            text: &w,
+            eps: 1e-6,
+        };
+        let t = time_op(device, reps, || {
+            Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, Some(&norms), Some(&tables))?)
+        })?;
         report("fused: joint q/k (bias, RMSNorm, RoPE)", t, 2.0, 0.0, 2.0 * x_bytes);
-        let t = time_op(device, reps, || Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, None, None)?))?;
+        let t = time_op(device, reps, || {
+            Ok(fused::joint_qkv(&x, &txt_p, &bias, &bias, None, None)?)
+        })?;
         report("fused: joint v (bias)", t, separate, 0.0, 2.0 * x_bytes);
         let txt_in = randn(&[2, s_txt, d])?;
         let t = time_op(device, reps, || {
-            Ok(engine::gpu::gemm_epilogue::joint_linear(&x, &wq, &bias, &txt_in, &wq, &bias)?)
+            Ok(engine::gpu::gemm_epilogue::joint_linear(
+                &x, &wq, &bias, &txt_in, &wq, &bias,
+            )?)
         })?;
-        report("fused: cuBLASLt joint v GEMMs + bias epilogue", t, 1.0 - separate, 2.0 * (2 * s * d * d) as f64, 0.0);
-        let (jq, jk, jv) = (randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?, randn(&[2, s, heads, dh])?);
+        report(
+            "fused: cuBLASLt joint v GEMMs + bias epilogue",
+            t,
+            1.0 - separate,
+            2.0 * (2 * s * d * d) as f64,
+            0.0,
+        );
+        let (jq, jk, jv) = (
+            randn(&[2, s, heads, dh])?,
+            randn(&[2, s, heads, dh])?,
+            randn(&[2, s, heads, dh])?,
+        );
         let kv_len = Tensor::new(&[s as u32, (s_img + 6) as u32], device)?;
         let cudnn = fused::cudnn_attention_active();
         for kernel in fused::FlashKernel::ALL {
             fused::set_flash_kernel(kernel);
-            let t = time_op(device, reps, || Ok(fused::own_flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0))?;
-            let uses = if !cudnn && kernel == args.flash_kernel { 1.0 } else { 0.0 };
-            report(&format!("fused: flash attention, our kernel {}", kernel.name()), t, uses, attn_flops, 0.0);
+            let t = time_op(device, reps, || {
+                Ok(fused::own_flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0)
+            })?;
+            let uses = if !cudnn && kernel == args.flash_kernel {
+                1.0
+            } else {
+                0.0
+            };
+            report(
+                &format!("fused: flash attention, our kernel {}", kernel.name()),
+                t,
+                uses,
+                attn_flops,
+                0.0,
+            );
         }
         fused::set_flash_kernel(args.flash_kernel);
         if cudnn {
-            match time_op(device, reps, || Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img)?.0)) {
+            match time_op(device, reps, || {
+                Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img)?.0)
+            }) {
                 Ok(t) => report("fused: attention, cuDNN SDPA", t, 1.0, attn_flops, 0.0),
-                Err(e) => emit(serde_json::json!({"run": "ours_profile", "tag": args.tag, "op": "fused: attention, cuDNN SDPA", "error": e.to_string()})),
+                Err(e) => emit(
+                    serde_json::json!({"run": "ours_profile", "tag": args.tag, "op": "fused: attention, cuDNN SDPA", "error": e.to_string()}),
+                ),
             }
         }
     }
@@ -775,11 +907,15 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let txt_x = randn(&[2, s_txt, d])?;
     let temb = randn(&[2, d])?;
     let block_flops = flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0;
-    let t = time_op(device, 3, || Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0))?;
+    let t = time_op(device, 3, || {
+        Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0)
+    })?;
     report("whole block", t, 1.0, block_flops, 0.0);
     if engine::gpu::fused::enabled() && engine::gpu::fused::applies_to(&x) {
         engine::gpu::fused::set_enabled(false);
-        let t = time_op(device, 3, || Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0));
+        let t = time_op(device, 3, || {
+            Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0)
+        });
         engine::gpu::fused::set_enabled(true);
         report("whole block, plain path (not used)", t?, 0.0, block_flops, 0.0);
     }
@@ -791,7 +927,8 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
 fn h2d_bandwidth(device: &Device) -> engine::Result<Option<(f64, f64)>> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(dev) = device {
-        let err = |e: candle_core::cuda::cudarc::driver::DriverError| engine::Error::InvalidInput(format!("h2d: {e:?}"));
+        let err =
+            |e: candle_core::cuda::cudarc::driver::DriverError| engine::Error::InvalidInput(format!("h2d: {e:?}"));
         let stream = dev.cuda_stream();
         let ctx = stream.context().clone();
         let n = 1usize << 30;

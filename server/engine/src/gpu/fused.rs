@@ -624,7 +624,13 @@ pub(crate) mod cuda {
                 )
                 .w()?;
                 let mut builder = func.builder();
-                builder.arg(&map_q).arg(&map_k).arg(&map_v).arg(&lv).arg(&mut out0).arg(&mut out1);
+                builder
+                    .arg(&map_q)
+                    .arg(&map_k)
+                    .arg(&map_v)
+                    .arg(&lv)
+                    .arg(&mut out0)
+                    .arg(&mut out1);
                 builder.arg(&s).arg(&h).arg(&sp).arg(&scale_log2);
                 // SAFETY: the tensor maps cover q, k, v ([b, seq, heads, 128], checked; the copy
                 // engine zero-fills past their ends); kv_len has b entries; the outputs hold

@@ -56,7 +56,9 @@ mod cuda {
     use crate::gpu::fused::cuda::{check_dtype, cuda_device, output, view};
 
     fn check_bf16(tensors: &[(&Tensor, &str)]) -> Result<()> {
-        tensors.iter().try_for_each(|(t, what)| check_dtype(t, DType::BF16, what))
+        tensors
+            .iter()
+            .try_for_each(|(t, what)| check_dtype(t, DType::BF16, what))
     }
 
     /// One cuBLASLt handle (and its 32 MB workspace) per CUDA stream, made on first use.
@@ -128,17 +130,40 @@ mod cuda {
         let (b, s, k) = x.dims3()?;
         let (n, k_w) = weight.dims2()?;
         if k_w != k || bias.dims() != [n] {
-            bail!("{OP}: x {:?}, weight {:?}, bias {:?} don't match", x.dims(), weight.dims(), bias.dims());
+            bail!(
+                "{OP}: x {:?}, weight {:?}, bias {:?} don't match",
+                x.dims(),
+                weight.dims(),
+                bias.dims()
+            );
         }
         check_bf16(&[(x, "x"), (weight, "weight"), (bias, "bias")])?;
         let dev = &cuda_device(x)?;
         let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-        let (xg, wg, bg) = (x.storage_and_layout(), weight.storage_and_layout(), bias.storage_and_layout());
-        let (xv, wv, bv) = (view::<bf16>(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "weight")?, view(&bg.0, bg.1, "bias")?);
+        let (xg, wg, bg) = (
+            x.storage_and_layout(),
+            weight.storage_and_layout(),
+            bias.storage_and_layout(),
+        );
+        let (xv, wv, bv) = (
+            view::<bf16>(&xg.0, xg.1, "x")?,
+            view(&wg.0, wg.1, "weight")?,
+            view(&bg.0, bg.1, "bias")?,
+        );
         // SAFETY: the GEMM writes all b·s × n outputs.
         let mut out = unsafe { dev.alloc::<bf16>((b * s * n).max(1))? };
         // All rows as one matrix (contiguous x).
-        gemm(dev, (1, b * s, n, k), &wv, &xv, 0, &mut out, 0, &bv, Some(&Activation::Gelu))?;
+        gemm(
+            dev,
+            (1, b * s, n, k),
+            &wv,
+            &xv,
+            0,
+            &mut out,
+            0,
+            &bv,
+            Some(&Activation::Gelu),
+        )?;
         drop((xg, wg, bg));
         Ok(output(dev, out, (b, s, n)))
     }
@@ -166,7 +191,14 @@ mod cuda {
                 b_txt.dims()
             );
         }
-        let inputs = [(x_img, "x_img"), (w_img, "w_img"), (b_img, "b_img"), (x_txt, "x_txt"), (w_txt, "w_txt"), (b_txt, "b_txt")];
+        let inputs = [
+            (x_img, "x_img"),
+            (w_img, "w_img"),
+            (b_img, "b_img"),
+            (x_txt, "x_txt"),
+            (w_txt, "w_txt"),
+            (b_txt, "b_txt"),
+        ];
         check_bf16(&inputs)?;
         let dev = &cuda_device(x_img)?;
         let seq = s_img + s_txt;
@@ -174,8 +206,16 @@ mod cuda {
         let mut out = unsafe { dev.alloc::<bf16>((b * seq * n).max(1))? };
         for (x, w, bias, rows, first_row) in [(x_img, w_img, b_img, s_img, 0), (x_txt, w_txt, b_txt, s_txt, s_img)] {
             let (x, w, bias) = (x.contiguous()?, w.contiguous()?, bias.contiguous()?);
-            let (xg, wg, bg) = (x.storage_and_layout(), w.storage_and_layout(), bias.storage_and_layout());
-            let (xv, wv, bv) = (view::<bf16>(&xg.0, xg.1, "x")?, view(&wg.0, wg.1, "w")?, view(&bg.0, bg.1, "bias")?);
+            let (xg, wg, bg) = (
+                x.storage_and_layout(),
+                w.storage_and_layout(),
+                bias.storage_and_layout(),
+            );
+            let (xv, wv, bv) = (
+                view::<bf16>(&xg.0, xg.1, "x")?,
+                view(&wg.0, wg.1, "w")?,
+                view(&bg.0, bg.1, "bias")?,
+            );
             if rows == 0 {
                 continue;
             }

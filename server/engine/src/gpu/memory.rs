@@ -56,7 +56,14 @@ impl VramSampler {
                 })
                 .ok()?
         };
-        Some(Self { baseline, total, peak, stop, thread: Some(thread), device: device.clone() })
+        Some(Self {
+            baseline,
+            total,
+            peak,
+            stop,
+            thread: Some(thread),
+            device: device.clone(),
+        })
     }
 
     /// Used bytes now.

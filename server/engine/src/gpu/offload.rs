@@ -40,7 +40,10 @@ pub struct OffloadOptions {
 
 impl Default for OffloadOptions {
     fn default() -> Self {
-        Self { resident_blocks: 0, pin_memory: true }
+        Self {
+            resident_blocks: 0,
+            pin_memory: true,
+        }
     }
 }
 
@@ -139,7 +142,9 @@ impl HostBuffer {
     fn bytes(&self) -> Result<&[u8]> {
         match self {
             #[cfg(feature = "cuda")]
-            HostBuffer::Pinned(p) => p.as_slice().map_err(|e| candle_core::Error::Msg(format!("pinned buffer: {e}"))),
+            HostBuffer::Pinned(p) => p
+                .as_slice()
+                .map_err(|e| candle_core::Error::Msg(format!("pinned buffer: {e}"))),
             HostBuffer::Pageable(v) => Ok(v),
         }
     }
@@ -173,7 +178,13 @@ impl<B> StreamedBlocks<B> {
     /// checkpoint on the CPU, or tensors already on the GPU), packs them into host memory and
     /// keeps the first `options.resident_blocks` on `device` (CUDA). `build` is the block's
     /// constructor; it runs once per block here (to learn its tensors) and once per upload.
-    pub fn new(source: &VarBuilder, n: usize, build: BuildBlock<B>, device: &Device, options: OffloadOptions) -> Result<Self> {
+    pub fn new(
+        source: &VarBuilder,
+        n: usize,
+        build: BuildBlock<B>,
+        device: &Device,
+        options: OffloadOptions,
+    ) -> Result<Self> {
         Self::new_impl(source, n, build, device, options)
     }
 
@@ -191,9 +202,17 @@ impl<B> StreamedBlocks<B> {
 
     /// Reads block `index` from `source` through its constructor, recording every tensor, and
     /// packs them into one host buffer.
-    fn pack(source: &VarBuilder, index: usize, build: &BuildBlock<B>, pin: &dyn Fn(usize) -> Option<HostBuffer>) -> Result<HostBlock> {
+    fn pack(
+        source: &VarBuilder,
+        index: usize,
+        build: &BuildBlock<B>,
+        pin: &dyn Fn(usize) -> Option<HostBuffer>,
+    ) -> Result<HostBlock> {
         let seen = Arc::new(Mutex::new(Vec::<(String, Tensor)>::new()));
-        let recorder = Recorder { source: source.pp(index), seen: seen.clone() };
+        let recorder = Recorder {
+            source: source.pp(index),
+            seen: seen.clone(),
+        };
         let vb = VarBuilder::from_backend(Box::new(recorder), source.dtype(), source.device().clone());
         drop(build(index, vb)?);
         let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
@@ -202,12 +221,19 @@ impl<B> StreamedBlocks<B> {
         let mut offset = 0;
         for (name, t) in &seen {
             if t.dtype() != dtype {
-                candle_core::bail!("offload: block {index} tensor {name} is {:?}, the model runs in {dtype:?}", t.dtype());
+                candle_core::bail!(
+                    "offload: block {index} tensor {name} is {:?}, the model runs in {dtype:?}",
+                    t.dtype()
+                );
             }
             if tensors.iter().any(|p: &PackedTensor| &p.name == name) {
                 continue;
             }
-            tensors.push(PackedTensor { name: name.clone(), shape: t.shape().clone(), offset });
+            tensors.push(PackedTensor {
+                name: name.clone(),
+                shape: t.shape().clone(),
+                offset,
+            });
             offset += t.elem_count();
         }
         let elements = offset;
@@ -216,7 +242,9 @@ impl<B> StreamedBlocks<B> {
         {
             let dst: &mut [u8] = match &mut buffer {
                 #[cfg(feature = "cuda")]
-                HostBuffer::Pinned(p) => p.as_mut_slice().map_err(|e| candle_core::Error::Msg(format!("pinned buffer: {e}")))?,
+                HostBuffer::Pinned(p) => p
+                    .as_mut_slice()
+                    .map_err(|e| candle_core::Error::Msg(format!("pinned buffer: {e}")))?,
                 HostBuffer::Pageable(v) => v,
             };
             for p in &tensors {
@@ -225,14 +253,20 @@ impl<B> StreamedBlocks<B> {
                 copy_tensor_bytes(t, &mut dst[start..start + p.shape.elem_count() * size])?;
             }
         }
-        Ok(HostBlock { buffer, tensors, elements })
+        Ok(HostBlock {
+            buffer,
+            tensors,
+            elements,
+        })
     }
 
     /// Builds a block from views of a flat device tensor holding its packed weights.
     fn build_from(&self, index: usize, host: &HostBlock, flat: &Tensor) -> Result<B> {
         let mut map = HashMap::with_capacity(host.tensors.len());
         for p in &host.tensors {
-            let view = flat.narrow(0, p.offset, p.shape.elem_count())?.reshape(p.shape.clone())?;
+            let view = flat
+                .narrow(0, p.offset, p.shape.elem_count())?
+                .reshape(p.shape.clone())?;
             map.insert(p.name.clone(), view);
         }
         (self.build)(index, VarBuilder::from_tensors(map, self.dtype, &self.device))
@@ -265,7 +299,10 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn record(&self, name: &str, t: &Tensor) {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), t.clone()));
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_string(), t.clone()));
     }
 }
 
@@ -325,7 +362,9 @@ mod cuda_impl {
             let ctx = cuda.cuda_stream().context().clone();
             // A second stream puts the context in multi-stream mode: cudarc then orders every
             // buffer's uses across streams with events.
-            let copy_stream = ctx.new_stream().map_err(|e| driver_err("creating the copy stream", e))?;
+            let copy_stream = ctx
+                .new_stream()
+                .map_err(|e| driver_err("creating the copy stream", e))?;
             let pin = |bytes: usize| -> Option<HostBuffer> {
                 if !options.pin_memory {
                     return None;
@@ -334,7 +373,9 @@ mod cuda_impl {
                 match unsafe { ctx.alloc_pinned::<u8>(bytes) } {
                     Ok(p) => Some(HostBuffer::Pinned(p)),
                     Err(e) => {
-                        tracing::warn!("offload: could not pin {bytes} bytes of host memory ({e:?}); using pageable memory");
+                        tracing::warn!(
+                            "offload: could not pin {bytes} bytes of host memory ({e:?}); using pageable memory"
+                        );
                         None
                     }
                 }
@@ -344,7 +385,11 @@ mod cuda_impl {
             for i in 0..n {
                 host.push(Self::pack(source, i, &build, &pin)?);
             }
-            let block_bytes = host.iter().map(|h| (h.elements * dtype.size_in_bytes()) as u64).max().unwrap_or(0);
+            let block_bytes = host
+                .iter()
+                .map(|h| (h.elements * dtype.size_in_bytes()) as u64)
+                .max()
+                .unwrap_or(0);
             let resident_count = options.resident_blocks.min(n);
             let mut me = Self {
                 resident: Vec::new(),
@@ -362,13 +407,19 @@ mod cuda_impl {
                 me.resident.push(me.build_from(i, h, &flat)?);
             }
             // The resident blocks' host buffers are freed below: their copies must be done.
-            me.copy_stream.synchronize().map_err(|e| driver_err("uploading the resident blocks", e))?;
+            me.copy_stream
+                .synchronize()
+                .map_err(|e| driver_err("uploading the resident blocks", e))?;
             me.host = streamed;
             let stats = OffloadStats {
                 blocks: n,
                 resident_blocks: resident_count,
                 block_bytes,
-                host_bytes: me.host.iter().map(|h| (h.elements * dtype.size_in_bytes()) as u64).sum(),
+                host_bytes: me
+                    .host
+                    .iter()
+                    .map(|h| (h.elements * dtype.size_in_bytes()) as u64)
+                    .sum(),
                 pinned: me.host.iter().all(|h| h.buffer.is_pinned()),
                 uploaded_bytes: 0,
             };
@@ -388,7 +439,12 @@ mod cuda_impl {
                 other => candle_core::bail!("offload: dtype {other:?} is not supported (bf16, f16 or f32)"),
             };
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).uploaded_bytes += bytes.len() as u64;
-            Ok(Tensor::from_storage(Storage::Cuda(storage), h.elements, candle_core::op::BackpropOp::none(), false))
+            Ok(Tensor::from_storage(
+                Storage::Cuda(storage),
+                h.elements,
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
         }
 
         fn upload_typed<T>(&self, bytes: &[u8], elements: usize) -> Result<CudaStorage>
@@ -398,7 +454,8 @@ mod cuda_impl {
             let cuda = self.device.as_cuda_device()?;
             assert_eq!(bytes.len(), elements * std::mem::size_of::<T>(), "host block size");
             // SAFETY: the copy below overwrites the whole allocation before any use.
-            let mut dst = unsafe { self.copy_stream.alloc::<T>(elements) }.map_err(|e| driver_err("allocating a block", e))?;
+            let mut dst =
+                unsafe { self.copy_stream.alloc::<T>(elements) }.map_err(|e| driver_err("allocating a block", e))?;
             {
                 // Recording the write event on drop makes later readers on other streams wait.
                 let (ptr, _record_write) = dst.device_ptr_mut(&self.copy_stream);
@@ -475,7 +532,9 @@ mod tests {
     fn offload_without_a_gpu_is_a_clear_error() {
         let vb = crate::gpu::RandomWeights::var_builder(DType::F32, &Device::Cpu);
         let build: BuildBlock<Tensor> = Box::new(|_, vb| vb.get((2, 2), "w"));
-        let err = StreamedBlocks::new(&vb, 2, build, &Device::Cpu, OffloadOptions::default()).err().unwrap();
+        let err = StreamedBlocks::new(&vb, 2, build, &Device::Cpu, OffloadOptions::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("CUDA"), "{err}");
     }
 }

@@ -78,7 +78,11 @@ impl SimpleBackend for RandomWeights {
                 // PyTorch's Linear: weight and bias ~ U(±1/√fan_in) of the *weight's* fan-in,
                 // which a bias alone does not know; the DiT's non-block layers have fan-ins of
                 // 64 to 3584, so the bias bound uses the weight-like default 1/√3072.
-                let bound = if is_bias { 1.0 / 3072f64.sqrt() } else { 1.0 / (fan_in as f64).sqrt() };
+                let bound = if is_bias {
+                    1.0 / 3072f64.sqrt()
+                } else {
+                    1.0 / (fan_in as f64).sqrt()
+                };
                 Tensor::rand(-bound as f32, bound as f32, shape, dev)?
             }
             InitScheme::FanIn if is_bias => return Tensor::zeros(shape, dtype, dev),

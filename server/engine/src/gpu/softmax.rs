@@ -52,7 +52,11 @@ mod cuda {
             builder.arg(&dst);
             let cols_arg = cols as i32;
             builder.arg(&cols_arg);
-            let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
             // SAFETY: the kernel reads `rows × cols` f32 from `src` and writes as many to `dst`.
             unsafe { builder.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(dst, dev.clone()), layout.shape().clone()))

@@ -38,10 +38,26 @@ use crate::{Error, Result};
 
 /// What a Qwen-Image-Layered folder must hold.
 pub const LAYERED_COMPONENTS: &[ComponentSpec] = &[
-    ComponentSpec { name: "scheduler", files: &["scheduler_config.json"], weights: false },
-    ComponentSpec { name: "text_encoder", files: &["config.json"], weights: true },
-    ComponentSpec { name: "transformer", files: &["config.json"], weights: true },
-    ComponentSpec { name: "vae", files: &["config.json"], weights: true },
+    ComponentSpec {
+        name: "scheduler",
+        files: &["scheduler_config.json"],
+        weights: false,
+    },
+    ComponentSpec {
+        name: "text_encoder",
+        files: &["config.json"],
+        weights: true,
+    },
+    ComponentSpec {
+        name: "transformer",
+        files: &["config.json"],
+        weights: true,
+    },
+    ComponentSpec {
+        name: "vae",
+        files: &["config.json"],
+        weights: true,
+    },
 ];
 
 /// How to load and run the models.
@@ -62,7 +78,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, keep_text_encoder: false, vae_decode_chunk: 2, offload: None }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            keep_text_encoder: false,
+            vae_decode_chunk: 2,
+            offload: None,
+        }
     }
 }
 
@@ -122,16 +144,24 @@ impl DecomposeOptions {
 
     fn validate(&self) -> Result<()> {
         if !(2..=10).contains(&self.layers) {
-            return Err(Error::InvalidInput(format!("layers must be between 2 and 10, got {}", self.layers)));
+            return Err(Error::InvalidInput(format!(
+                "layers must be between 2 and 10, got {}",
+                self.layers
+            )));
         }
         if self.num_inference_steps == 0 {
             return Err(Error::InvalidInput("num_inference_steps must be at least 1".into()));
         }
         if self.needs_caption() && self.caption_max_new_tokens == 0 {
-            return Err(Error::InvalidInput("caption_max_new_tokens must be at least 1 to caption an empty prompt".into()));
+            return Err(Error::InvalidInput(
+                "caption_max_new_tokens must be at least 1 to caption an empty prompt".into(),
+            ));
         }
         if !self.true_cfg_scale.is_finite() {
-            return Err(Error::InvalidInput(format!("true_cfg_scale must be finite, got {}", self.true_cfg_scale)));
+            return Err(Error::InvalidInput(format!(
+                "true_cfg_scale must be finite, got {}",
+                self.true_cfg_scale
+            )));
         }
         Ok(())
     }
@@ -233,8 +263,20 @@ impl LayeredPipeline {
         }
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
-        let text_encoder = if options.keep_text_encoder { Some(Self::load_text_encoder(&model, &options)?) } else { None };
-        Ok(Self { model, options, tokenizer, text_encoder, transformer, vae, scheduler_config })
+        let text_encoder = if options.keep_text_encoder {
+            Some(Self::load_text_encoder(&model, &options)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            options,
+            tokenizer,
+            text_encoder,
+            transformer,
+            vae,
+            scheduler_config,
+        })
     }
 
     fn load_text_encoder(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25VLTextModel> {
@@ -245,7 +287,10 @@ impl LayeredPipeline {
         let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
         let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;
         let host = model.var_builder("text_encoder", options.dtype, &Device::Cpu)?;
-        let offload = OffloadOptions { resident_blocks: 0, ..offload };
+        let offload = OffloadOptions {
+            resident_blocks: 0,
+            ..offload
+        };
         Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
     }
 
@@ -267,7 +312,12 @@ impl LayeredPipeline {
         if let Some(neg) = &options.negative_prompt {
             prompts.push(neg);
         }
-        check_prompt_lengths(&self.tokenizer, &PromptTemplate::LAYERED, &prompts, options.max_sequence_length)?;
+        check_prompt_lengths(
+            &self.tokenizer,
+            &PromptTemplate::LAYERED,
+            &prompts,
+            options.max_sequence_length,
+        )?;
         Ok(())
     }
 
@@ -303,7 +353,11 @@ impl LayeredPipeline {
 
         // 2. Prompt embeddings (the text encoder lives only for this phase unless kept), after
         //    captioning the image if the prompt is empty.
-        let first = if options.needs_caption() { Phase::Captioning } else { Phase::Encoding };
+        let first = if options.needs_caption() {
+            Phase::Captioning
+        } else {
+            Phase::Encoding
+        };
         progress.phase(first);
         let mut phase = first;
         let mut enter = |next: Phase| {
@@ -344,9 +398,13 @@ impl LayeredPipeline {
             let max_len = options.max_sequence_length;
             let (pe, pm) = encode_prompt(encoder, &self.tokenizer, &PromptTemplate::LAYERED, &[prompt], max_len)?;
             let negative = match (&options.negative_prompt, options.uses_cfg()) {
-                (Some(neg), true) => {
-                    Some(encode_prompt(encoder, &self.tokenizer, &PromptTemplate::LAYERED, &[neg], max_len)?)
-                }
+                (Some(neg), true) => Some(encode_prompt(
+                    encoder,
+                    &self.tokenizer,
+                    &PromptTemplate::LAYERED,
+                    &[neg],
+                    max_len,
+                )?),
                 _ => None,
             };
             timings.encode_prompt = t.elapsed().as_secs_f64();
@@ -394,7 +452,11 @@ impl LayeredPipeline {
             check_cancel(progress)?;
             let sigma = Tensor::full(scheduler.model_sigma(i)?, batch, &device)?;
             let input = Tensor::cat(&[&latents, &cond_latents], 1)?;
-            let input = if batch == 2 { Tensor::cat(&[&input, &input], 0)? } else { input };
+            let input = if batch == 2 {
+                Tensor::cat(&[&input, &input], 0)?
+            } else {
+                input
+            };
             let out = self.transformer.forward(
                 &input.to_dtype(self.options.dtype)?,
                 &txt,
@@ -412,7 +474,13 @@ impl LayeredPipeline {
                 (out.clone(), None, out)
             };
             latents = scheduler.step(&latents, &v, i)?;
-            observe(StepTrace { step: i, v_cond: &v_cond, v_uncond: v_uncond.as_ref(), v_guided: &v, latents_after: &latents });
+            observe(StepTrace {
+                step: i,
+                v_cond: &v_cond,
+                v_uncond: v_uncond.as_ref(),
+                v_guided: &v,
+                latents_after: &latents,
+            });
             progress.step(i + 1, steps);
         }
         timings.denoise = t.elapsed().as_secs_f64();
@@ -423,8 +491,13 @@ impl LayeredPipeline {
         let t = Instant::now();
         let unpacked = unpack_layered(&latents, frames, lat_h, lat_w)?; // [1, L+1, 16, h, w]
         let layer_latents = unpacked.narrow(1, 1, options.layers)?.squeeze(0)?; // [L, 16, h, w]
-        let z = self.vae.denormalize_latents(&layer_latents.to_dtype(self.options.dtype)?)?;
-        let decoded = self.vae.decode_chunked(&z, self.options.vae_decode_chunk.max(1))?.to_dtype(DType::F32)?;
+        let z = self
+            .vae
+            .denormalize_latents(&layer_latents.to_dtype(self.options.dtype)?)?;
+        let decoded = self
+            .vae
+            .decode_chunked(&z, self.options.vae_decode_chunk.max(1))?
+            .to_dtype(DType::F32)?;
         let layers = (0..options.layers)
             .map(|i| image_proc::tensor_to_rgba8(&decoded.get(i)?))
             .collect::<Result<Vec<_>>>()?;
@@ -450,7 +523,11 @@ impl LayeredPipeline {
             dtype: format!("{:?}", self.options.dtype),
             timings,
         };
-        Ok(DecomposeOutput { layers, record, final_latents: latents })
+        Ok(DecomposeOutput {
+            layers,
+            record,
+            final_latents: latents,
+        })
     }
 }
 

@@ -13,6 +13,6 @@ pub mod noise;
 pub mod progress;
 
 pub use decompose::{DecomposeOptions, DecomposeOutput, LayeredPipeline, LoadOptions, RunRecord, StepTrace, Timings};
-pub use progress::{NoProgress, Phase, Progress};
 pub use edit::{ConditionImage, EditOptions, EditOutput, EditPipeline, EditPromptEmbeds, EditRunRecord};
 pub use layer_edit::{edit_layer, AlphaMode, LayerEditOptions, LayerEditOutput};
+pub use progress::{NoProgress, Phase, Progress};

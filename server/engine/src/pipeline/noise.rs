@@ -25,9 +25,8 @@ pub fn seeded_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tenso
 /// Reads the tensor named `noise` (or the file's only tensor) from a safetensors file, checking
 /// it has `shape` (the unpacked latent shape of the run).
 pub fn load_noise(path: &Path, shape: &[usize], device: &Device) -> Result<Tensor> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        Error::InvalidInput(format!("init noise {}: {e}", path.display()))
-    })?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::InvalidInput(format!("init noise {}: {e}", path.display())))?;
     let noise = match tensors.get("noise") {
         Some(t) => t.clone(),
         None if tensors.len() == 1 => tensors.into_values().next().unwrap_or_else(|| unreachable!()),
@@ -74,9 +73,17 @@ mod tests {
         let path = dir.join("n.safetensors");
         let t = Tensor::ones((1, 3, 16, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&[("noise", t)].into_iter().collect(), &path).unwrap();
-        assert_eq!(load_noise(&path, &[1, 3, 16, 2, 2], &Device::Cpu).unwrap().dims(), &[1, 3, 16, 2, 2]);
-        let err = load_noise(&path, &[1, 4, 16, 2, 2], &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("[1, 3, 16, 2, 2]") && err.contains("[1, 4, 16, 2, 2]"), "{err}");
+        assert_eq!(
+            load_noise(&path, &[1, 3, 16, 2, 2], &Device::Cpu).unwrap().dims(),
+            &[1, 3, 16, 2, 2]
+        );
+        let err = load_noise(&path, &[1, 4, 16, 2, 2], &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[1, 3, 16, 2, 2]") && err.contains("[1, 4, 16, 2, 2]"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -257,7 +257,12 @@ impl Qwen25VLTextModel {
     /// layer ahead of use ([`crate::gpu::offload`]); `vb` gives the embeddings and the final
     /// norm on the run's device, `layers_source` (the component root, typically memory-mapped on
     /// the CPU) the layers.
-    pub fn new_offloaded(cfg: &Config, vb: VarBuilder, layers_source: &VarBuilder, options: OffloadOptions) -> Result<Self> {
+    pub fn new_offloaded(
+        cfg: &Config,
+        vb: VarBuilder,
+        layers_source: &VarBuilder,
+        options: OffloadOptions,
+    ) -> Result<Self> {
         check_supported(&cfg.text_config)?;
         let source = language_model_vb(layers_source)?;
         let layers = StreamedBlocks::new(
@@ -401,7 +406,9 @@ impl Qwen25VLTextModel {
         let mut hidden = embeds;
         let mut slots = cache.layers.iter_mut();
         self.layers.for_each(|layer| {
-            let slot = slots.next().ok_or_else(|| candle_core::Error::Msg("KV cache shorter than the model".into()))?;
+            let slot = slots
+                .next()
+                .ok_or_else(|| candle_core::Error::Msg("KV cache shorter than the model".into()))?;
             hidden = layer.forward(&hidden, &cos, &sin, mask.as_ref(), Some(slot))?;
             Ok(())
         })?;

@@ -232,7 +232,11 @@ impl KeyMask {
     /// every image key is valid. Reads the (small) mask to the host once per forward.
     pub fn from_text_mask(txt_mask: &Tensor, img_len: usize) -> Result<Self> {
         let (_, s_txt) = txt_mask.dims2()?;
-        let valid = txt_mask.to_dtype(DType::F32)?.ne(0.0)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let valid = txt_mask
+            .to_dtype(DType::F32)?
+            .ne(0.0)?
+            .to_dtype(DType::U32)?
+            .to_vec2::<u32>()?;
         let prefix_lengths: Option<Vec<u32>> = valid
             .iter()
             .map(|row| {

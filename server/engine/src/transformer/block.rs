@@ -177,11 +177,18 @@ impl TransformerBlock {
 
         let img_in = ln_modulate(img, &part(&img_params, 0)?, &part(&img_params, 1)?, EPS)?;
         let txt_in = ln_modulate(txt, &part(&txt_params, 0)?, &part(&txt_params, 1)?, EPS)?;
-        let kv_len = key_mask.and_then(KeyMask::kv_len).filter(|_| self.attn.fused_supported());
+        let kv_len = key_mask
+            .and_then(KeyMask::kv_len)
+            .filter(|_| self.attn.fused_supported());
         let (img_attn, txt_attn, img_bias, txt_bias) = match kv_len {
             Some(kv_len) => {
                 let (i, t) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len)?;
-                (i, t, bias_of(self.attn.to_out())?.clone(), bias_of(self.attn.to_add_out())?.clone())
+                (
+                    i,
+                    t,
+                    bias_of(self.attn.to_out())?.clone(),
+                    bias_of(self.attn.to_add_out())?.clone(),
+                )
             }
             None => {
                 // Other head dims (the tiny test checkpoints) or a mask with holes: the plain

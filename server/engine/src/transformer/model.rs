@@ -8,11 +8,11 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::attention::KeyMask;
 use super::block::TransformerBlock;
-use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use super::config::Config;
 use super::embeddings::TimeTextEmbed;
 use super::norm::{layer_norm, RmsNorm};
 use super::rope::{Rope, RopeTables, RopeVariant};
+use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 
 /// Image-segment shapes `(frames, h, w)` in packed-token units (latent h/2, w/2), in token order.
 pub type ImgShapes = [(usize, usize, usize)];
@@ -65,7 +65,12 @@ impl QwenImageTransformer {
     /// `options.resident_blocks` stay on the GPU. `vb` gives the other weights on the run's
     /// device; `blocks_source` reads the blocks (typically the same checkpoint memory-mapped on
     /// the CPU), in the run's dtype.
-    pub fn new_offloaded(cfg: &Config, vb: VarBuilder, blocks_source: &VarBuilder, options: OffloadOptions) -> Result<Self> {
+    pub fn new_offloaded(
+        cfg: &Config,
+        vb: VarBuilder,
+        blocks_source: &VarBuilder,
+        options: OffloadOptions,
+    ) -> Result<Self> {
         cfg.validate()?;
         let blocks = StreamedBlocks::new(
             &blocks_source.pp("transformer_blocks"),
