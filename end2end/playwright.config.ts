@@ -1,10 +1,18 @@
 import { defineConfig } from "@playwright/test";
+import * as os from "node:os";
 
 // Debian's Chromium (installed by the README's setup); Playwright never downloads a browser here.
 const PORT = Number(process.env.E2E_PORT ?? 7870);
 // A second server whose model is missing: the "unavailable" paths are shown in place.
 const NO_MODEL_PORT = Number(process.env.E2E_NO_MODEL_PORT ?? PORT + 1);
-const serverEnv = { LEPTOS_SITE_ROOT: "target/site", HF_HUB_OFFLINE: "1" };
+// A third server that requires an API token: the page's sign-in.
+const TOKEN_PORT = Number(process.env.E2E_TOKEN_PORT ?? PORT + 2);
+// Each run keeps its results in a fresh folder (the servers' --data-dir).
+const serverEnv = {
+  LEPTOS_SITE_ROOT: "target/site",
+  HF_HUB_OFFLINE: "1",
+  QWEN_LAYERS_DATA_DIR: process.env.E2E_DATA_DIR ?? `${os.tmpdir()}/qwen-layers-e2e-${process.pid}`,
+};
 
 export default defineConfig({
   testDir: "./tests",
@@ -41,6 +49,15 @@ export default defineConfig({
       command: `./target/debug/server --port ${NO_MODEL_PORT} --device cpu --qwen-image-model-path end2end/no-such-model --qwen-image-edit-model-path end2end/no-such-model`,
       cwd: "..",
       url: `http://127.0.0.1:${NO_MODEL_PORT}/api/qwen-image/config`,
+      timeout: 60_000,
+      reuseExistingServer: false,
+      env: serverEnv,
+    },
+    {
+      command: `./target/debug/server --port ${TOKEN_PORT} --device cpu --config end2end/e2e-config.toml --api-token e2e-token`,
+      cwd: "..",
+      // Any answer will do: the API itself wants the token.
+      url: `http://127.0.0.1:${TOKEN_PORT}/`,
       timeout: 60_000,
       reuseExistingServer: false,
       env: serverEnv,
