@@ -2,19 +2,20 @@
 // server functions, the finished run stays on the server and reopens after a reload, and a
 // server with an API token asks for it once and keeps it in an HttpOnly cookie.
 import { test, expect } from "@playwright/test";
+import * as crypto from "node:crypto";
 import { makePng, openApp, watchErrors } from "./helpers";
 
 const PORT = Number(process.env.E2E_PORT ?? 7870);
 const TOKEN_PORT = Number(process.env.E2E_TOKEN_PORT ?? PORT + 2);
 
-/** Noise does not compress: 1500×1400 RGBA is an ~8.4 MB PNG. */
+/** Random noise does not compress: 1800×1600 opaque RGBA is an ~8.7 MB PNG. */
 function bigPhoto(): Buffer {
-  let s = 0x2545f491;
-  const next = () => {
-    s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
-    return s & 0xff;
-  };
-  return makePng(1500, 1400, () => [next(), next(), next(), 255]);
+  const [w, h] = [1800, 1600];
+  const noise = crypto.randomBytes(w * h * 3);
+  return makePng(w, h, (x, y) => {
+    const i = (y * w + x) * 3;
+    return [noise[i], noise[i + 1], noise[i + 2], 255];
+  });
 }
 
 test("a photo over 8 MB decomposes, and the run reopens after a reload", async ({ page }) => {

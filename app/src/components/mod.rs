@@ -126,6 +126,7 @@ fn TokenForm(needs_token: RwSignal<bool>) -> impl IntoView {
             </form>
         </Show>
     }
+    .into_any()
 }
 
 /// The single page: upload → parameters → decompose → layers.

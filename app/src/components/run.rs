@@ -504,6 +504,7 @@ pub fn RecentRuns() -> impl IntoView {
             </details>
         </Show>
     }
+    .into_any()
 }
 
 /// "4 layers · 640 · seed 7 · a cat on a sofa" (the prompt shortened).
