@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit + integration tests of each crate (the engine against the committed
-# reference fixtures, the real server on a free port), then Playwright in headless Chromium.
+# reference fixtures, the real server on a free port), a bounded schemathesis run against the
+# live server's OpenAPI document, then Playwright in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A clean clone needs ~8 GB once built and tested; a full disk shows up as a linker crash, so say it first.
@@ -15,4 +16,6 @@ export PATH="$PWD/end2end/node_modules/.bin:$PATH"
 cargo test -p app --features ssr
 cargo test -p engine -p test-support
 cargo test -p server
+# The live server against its own OpenAPI document, REST and server functions (a short pass).
+scripts/schemathesis.sh 45
 (cd end2end && npx playwright test)

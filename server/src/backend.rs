@@ -10,7 +10,7 @@ use app::api::{
 use app::backend::{Backend, BoxFuture, Caller};
 
 use crate::config::QwenImageSettings;
-use crate::engine_state::{EngineState, SharedEditState};
+use crate::engine_state::{EngineState, PromptChecker, SharedEditState};
 use crate::job_registry::{JobHandle, JobRegistry};
 use crate::jobs::JobQueue;
 use crate::run_store::{unix_now, RunStore};
@@ -39,6 +39,8 @@ pub struct ServerBackend {
     edit: SharedEditState,
     /// Finished results on disk.
     store: Arc<RunStore>,
+    /// Refuses over-long prompts before queueing (when the model's tokenizer could be read).
+    prompts: Option<PromptChecker>,
 }
 
 /// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
@@ -84,6 +86,7 @@ impl ServerBackend {
         let unavailable = engine.decompose_unavailable();
         let edit = engine.edit_state();
         let loaded = engine.loaded_flag();
+        let prompts = engine.prompt_checker();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
         let store = Arc::new(store);
         Arc::new(Self {
@@ -95,6 +98,7 @@ impl ServerBackend {
             unavailable,
             edit,
             store,
+            prompts,
         })
     }
 
@@ -117,6 +121,9 @@ impl ServerBackend {
         let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
         if let Some(reason) = &self.unavailable {
             return Err(ApiError::unavailable(reason.clone()));
+        }
+        if let Some(checker) = &self.prompts {
+            checker.check(&job)?;
         }
         self.store.check_room()?;
         let handle = self.jobs.create(job.steps, caller.owner.clone());

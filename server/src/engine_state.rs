@@ -165,6 +165,30 @@ fn looks_like_repo_id(s: &str) -> bool {
         })
 }
 
+/// Checks a decompose job's prompts as the pipeline will (an empty prompt is captioned, and the
+/// caption cut at the limit like the reference does, so only given prompts are checked).
+#[derive(Debug)]
+pub struct PromptChecker {
+    tokenizer: engine::tokenizer::QwenTokenizer,
+}
+
+impl PromptChecker {
+    pub fn check(&self, job: &DecomposeJob) -> Result<(), ApiError> {
+        let mut prompts = vec![job.negative_prompt.as_str()];
+        if !job.prompt.trim().is_empty() {
+            prompts.insert(0, job.prompt.as_str());
+        }
+        engine::text_encoder::check_prompt_lengths(
+            &self.tokenizer,
+            &engine::tokenizer::PromptTemplate::LAYERED,
+            &prompts,
+            engine::text_encoder::DEFAULT_MAX_SEQUENCE_LENGTH,
+        )
+        .map(|_| ())
+        .map_err(api_error)
+    }
+}
+
 /// An engine error as the API reports it.
 pub fn api_error(e: engine::Error) -> ApiError {
     match e {
@@ -229,6 +253,20 @@ impl EngineState {
 
     pub fn loaded_flag(&self) -> Arc<AtomicBool> {
         self.loaded.clone()
+    }
+
+    /// A checker of decompose prompts against the text encoder's length limit, so an over-long
+    /// prompt is refused before its job is queued (the tokenizer loads in about a second; the
+    /// pipeline only with the first job). `None` when the model cannot be read yet.
+    pub fn prompt_checker(&self) -> Option<PromptChecker> {
+        let model = self.layered.as_ref().ok()?;
+        match engine::tokenizer::QwenTokenizer::from_model_dir(model) {
+            Ok(tokenizer) => Some(PromptChecker { tokenizer }),
+            Err(e) => {
+                tracing::warn!("prompts are checked only when a job runs: {e}");
+                None
+            }
+        }
     }
 
     pub fn decompose_unavailable(&self) -> Option<String> {

@@ -17,11 +17,14 @@ fn json_ok(schema: &str) -> Value {
 }
 
 pub fn document() -> Value {
+    // Every /api/ route passes the same door (`crate::door`), so every operation can answer these.
     let errors = json!({
-        "400": error_response("malformed body or image encoding"),
-        "401": error_response("missing or wrong bearer token (when the server requires one)"),
+        "400": error_response("malformed body, path or image encoding"),
+        "401": error_response("missing or wrong API token (when the server requires one)"),
         "403": error_response("the Host or Origin is not this server's"),
+        "404": error_response("no such job, or not yours"),
         "408": error_response("the body did not arrive within --request-timeout-secs"),
+        "409": error_response("the job was cancelled"),
         "413": error_response("body or image larger than the server's limits"),
         "415": error_response("the body is not application/json"),
         "422": error_response("a field out of range, an undecodable image, an over-long prompt"),
@@ -29,12 +32,26 @@ pub fn document() -> Value {
         "503": error_response("the model is not available (see /status for the reason), or too many uploads at once"),
         "507": error_response("the results folder is full (--results-budget-mb)"),
     });
-    let with_errors = |ok: Value| {
+    let answers = |code: &str, ok: Value| {
         let mut r = errors.clone();
-        r.as_object_mut().unwrap().insert("200".into(), ok);
+        r.as_object_mut().unwrap().insert(code.into(), ok);
         r
     };
+    let with_errors = |ok: Value| answers("200", ok);
+    let object_body = |properties: Value, required: &[&str]| {
+        json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": required, "properties": properties}}}})
+    };
+    let wrapped = |schema: &str| {
+        object_body(
+            json!({"request": {"$ref": format!("#/components/schemas/{schema}")}}),
+            &["request"],
+        )
+    };
     let id_param = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let id_body = object_body(json!({"id": {"type": "string"}}), &["id"]);
+    let string_ok = json!({"description": "OK", "content": {"application/json": {"schema": {"type": "string"}}}});
+    let runs_ok = json!({"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/RunSummary"}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -110,25 +127,43 @@ pub fn document() -> Value {
                 "responses": with_errors(json_ok("DecomposeResponse"))}},
             "/api/qwen-image/jobs": {"post": {
                 "summary": "Queue a decomposition; follow it with GET /jobs/{id}", "requestBody": json_body("DecomposeRequest"),
-                "responses": {"202": {"description": "queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStarted"}}}},
-                              "422": errors["422"], "429": errors["429"], "503": errors["503"]}}},
+                "responses": answers("202", json!({"description": "queued", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStarted"}}}}))}},
             "/api/qwen-image/jobs/{id}": {"get": {
                 "summary": "A job's state, phase, step, ETA and (when done) result", "parameters": id_param,
-                "responses": {"200": json_ok("JobStatus"), "404": error_response("no such job")}}},
+                "responses": with_errors(json_ok("JobStatus"))}},
             "/api/qwen-image/jobs/{id}/cancel": {"post": {
                 "summary": "Stop a job between denoising steps", "parameters": id_param,
-                "responses": {"200": json_ok("JobStatus"), "404": error_response("no such job")}}},
+                "responses": with_errors(json_ok("JobStatus"))}},
             "/api/qwen-image/edit-layer": {"post": {
                 "summary": "Edit one RGBA layer by instruction; returns the edited layer",
                 "requestBody": json_body("EditLayerRequest"),
                 "responses": with_errors(json!({"description": "the edited layer", "content": {"image/png": {}}}))}},
             "/api/qwen-image/runs": {"get": {
                 "summary": "The caller's finished runs kept on disk (a browser session's or the token holder's), newest first",
-                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/RunSummary"}}}}}}}},
-            "/api/qwen-image/config": {"get": {"summary": "Defaults and limits", "responses": {"200": json_ok("Config")}}},
-            "/api/qwen-image/status": {"get": {"summary": "Decompose model state and queue", "responses": {"200": json_ok("Status")}}},
-            "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state (idle = loads, or downloads, on the first edit)", "responses": {"200": json_ok("EditStatus")}}},
-            "/api/qwen-image/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+                "responses": with_errors(runs_ok.clone())}},
+            "/api/qwen-image/config": {"get": {"summary": "Defaults and limits", "responses": with_errors(json_ok("Config"))}},
+            "/api/qwen-image/status": {"get": {"summary": "Decompose model state and queue", "responses": with_errors(json_ok("Status"))}},
+            "/api/qwen-image/edit-status": {"get": {"summary": "Edit model state (idle = loads, or downloads, on the first edit)", "responses": with_errors(json_ok("EditStatus"))}},
+            "/api/qwen-image/openapi.json": {"get": {"summary": "This document", "responses": with_errors(json!({"description": "OpenAPI 3.1"}))}},
+            "/api/session": {"post": {
+                "summary": "Sign in with the API token: sets an HttpOnly cookie that the page's later calls carry",
+                "requestBody": object_body(json!({"token": {"type": "string"}}), &["token"]),
+                "responses": answers("204", json!({"description": "signed in"}))}},
+            // The web app's server functions: the same types and errors as the REST routes.
+            "/api/app/config": {"get": {"summary": "Server function: defaults and limits", "responses": with_errors(json_ok("Config"))}},
+            "/api/app/status": {"get": {"summary": "Server function: decompose model state", "responses": with_errors(json_ok("Status"))}},
+            "/api/app/edit_status": {"get": {"summary": "Server function: edit model state", "responses": with_errors(json_ok("EditStatus"))}},
+            "/api/app/runs": {"get": {"summary": "Server function: this browser's kept runs", "responses": with_errors(runs_ok)}},
+            "/api/app/decompose": {"post": {"summary": "Server function: decompose and wait",
+                "requestBody": wrapped("DecomposeRequest"), "responses": with_errors(json_ok("DecomposeResponse"))}},
+            "/api/app/start_decompose": {"post": {"summary": "Server function: queue a decomposition",
+                "requestBody": wrapped("DecomposeRequest"), "responses": with_errors(json_ok("JobStarted"))}},
+            "/api/app/job_status": {"post": {"summary": "Server function: a job's state",
+                "requestBody": id_body.clone(), "responses": with_errors(json_ok("JobStatus"))}},
+            "/api/app/cancel_job": {"post": {"summary": "Server function: cancel a job",
+                "requestBody": id_body, "responses": with_errors(json_ok("JobStatus"))}},
+            "/api/app/edit_layer": {"post": {"summary": "Server function: edit a layer; the answer is a PNG data URL",
+                "requestBody": wrapped("EditLayerRequest"), "responses": with_errors(string_ok)}}
         }
     })
 }
