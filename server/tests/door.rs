@@ -269,6 +269,30 @@ fn stalled_clients_are_dropped_within_the_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(5), "held {:?}", t0.elapsed());
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"error\""), "{answer}");
+
+    // Five uploads that stall after 40 MiB: held while they arrive, freed when they are dropped.
+    let baseline = s.rss_mib();
+    let chunk = vec![b'A'; 1 << 20];
+    let stalled: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            stream
+                .write_all(b"POST /api/qwen-image/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 62914560\r\n\r\n")
+                .unwrap();
+            for _ in 0..40 {
+                if stream.write_all(&chunk).is_err() {
+                    break; // already timed out and closed by the server: also fine
+                }
+            }
+            stream
+        })
+        .collect();
+    let held = s.rss_mib();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = s.rss_mib();
+    drop(stalled);
+    println!("server RSS: {baseline} MiB before, {held} MiB holding 5 stalled uploads, {after} MiB after the timeout");
+    assert!(after < baseline + 40, "memory not given back: {baseline} → {held} → {after} MiB");
 }
 
 async fn wait_finished(base: &str, id: &str, cookie: &str) -> Value {

@@ -74,6 +74,19 @@ pub fn start(args: &[&str]) -> Server {
     Server { child, base, data_dir }
 }
 
+impl Server {
+    /// The server's resident memory, in MiB (Linux).
+    pub fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+}
+
 pub fn png_bytes(img: &image::RgbaImage) -> Vec<u8> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
