@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the web app without cargo-leptos: the WASM bundle (hydrate), the CSS and static files
-# into target/site, and the server binary. Usage: scripts/build.sh [debug|release]
+# into target/site, and the server binary. Usage: scripts/build.sh [debug|release] [CARGO ARGS…]
+# (the extra arguments go to the server's build, e.g. --features cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-debug}
@@ -24,5 +25,5 @@ if [ "$MODE" = release ]; then
 fi
 cp style/main.css "$SITE/pkg/$NAME.css"
 cp -r public/. "$SITE/"
-cargo build -p server --bins --profile "$SPROF"
+cargo build -p server --bins --profile "$SPROF" "${@:2}"
 echo "built $MODE: $SITE and target/$SDIR/server"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs every prerequisite on a fresh machine (idempotent, offline-safe once installed):
-# the wasm32 target, wasm-bindgen-cli matching Cargo.lock, Debian's Chromium (for the browser
-# tests), and the npm packages of end2end/ (Playwright, binaryen's wasm-opt).
+# Installs the prerequisites on a fresh machine (idempotent, offline-safe once installed): the
+# wasm32 target, wasm-bindgen-cli matching Cargo.lock, and the npm packages of end2end/
+# (binaryen's wasm-opt for release bundles, Playwright's client). `--tests` adds Debian's
+# Chromium for the browser tests; serving needs no browser.
+# Usage: scripts/setup.sh [--tests]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WB_VERSION=0.2.130   # must equal the wasm-bindgen version in Cargo.lock
@@ -11,7 +13,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WB_VERSION" ]; th
   # --debug: 1 min instead of 4, same output. Not --locked: its lockfile pins a crate the mirror lacks.
   cargo install --debug wasm-bindgen-cli --version "=$WB_VERSION"
 fi
-if ! command -v chromium >/dev/null; then
+if [ "${1:-}" = --tests ] && ! command -v chromium >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null

@@ -9,7 +9,7 @@ free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 if [ "$free_kb" -lt $((12 * 1024 * 1024)) ]; then
   echo "warning: only $((free_kb / 1024 / 1024)) GB free here; a clean build needs ~8 GB (linking fails with a Bus error when the disk fills)" >&2
 fi
-scripts/setup.sh
+scripts/setup.sh --tests
 scripts/build.sh debug
 export PATH="$PWD/end2end/node_modules/.bin:$PATH"
 # One crate at a time: building the workspace at once would unify the ssr and hydrate features.

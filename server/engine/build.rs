@@ -22,7 +22,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let cap = compute_capability();
+    // The runtime refuses a card older than this (its PTX would not load there).
+    println!("cargo:rustc-env=ENGINE_CUDA_COMPUTE_CAP={cap}");
     for k in KERNELS {
         let ptx = out.join(format!("{k}.ptx"));
         // The Hopper kernel uses wgmma and setmaxnreg, which exist only for the "a" target of
@@ -48,6 +50,27 @@ fn main() {
     }
     #[cfg(feature = "cudnn-attention")]
     build_cudnn_shim();
+}
+
+/// `CUDA_COMPUTE_CAP` (e.g. `89` or `8.9`), else the first GPU's as `nvidia-smi` reports it, else
+/// 90 (H100/H200: the GPU machine builds here, where there is no GPU to ask).
+fn compute_capability() -> String {
+    let from_env = std::env::var("CUDA_COMPUTE_CAP").ok();
+    let detected = || {
+        let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output().ok()?;
+        let first = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string();
+        out.status.success().then_some(first)
+    };
+    let cap = from_env.or_else(detected).unwrap_or_else(|| {
+        println!("cargo:warning=no CUDA_COMPUTE_CAP and no GPU to ask (nvidia-smi): building for compute capability 9.0");
+        "90".into()
+    });
+    let cap = cap.replace('.', "");
+    assert!(
+        (2..=3).contains(&cap.len()) && cap.bytes().all(|b| b.is_ascii_digit()),
+        "CUDA_COMPUTE_CAP must look like 89, 8.9 or 120, got {cap}"
+    );
+    cap
 }
 
 #[cfg(feature = "cudnn-attention")]

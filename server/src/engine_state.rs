@@ -69,6 +69,22 @@ impl Runtime {
         }
     }
 
+    /// What the server prints at start: device, dtype, offload and the card's free memory.
+    pub fn startup_summary(&self) -> String {
+        if let Some(problem) = &self.problem {
+            return format!("no usable device ({problem})");
+        }
+        let mut line = self.describe();
+        if let Some((free, total)) = engine::gpu::memory::mem_info(&self.device) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            line += &format!(", VRAM {:.1} of {:.1} GiB free", gib(free), gib(total));
+        }
+        if !self.device.is_cuda() {
+            line += " (the CPU runs only the tiny test models)";
+        }
+        line
+    }
+
     pub fn describe(&self) -> String {
         if self.problem.is_some() {
             return "unavailable".into();

@@ -61,6 +61,7 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
     // A GPU that cannot be used keeps the server up: /status reports why.
     let mut runtime = Runtime::select(device, None).unwrap_or_else(|e| Runtime::unavailable(format!("{e:#}")));
     runtime.offload = settings.cpu_offload;
+    println!("runs on: {}", runtime.startup_summary());
     let options = ServerOptions {
         model_type: "qwenimage".into(),
         device: runtime.describe(),

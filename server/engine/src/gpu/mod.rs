@@ -48,5 +48,61 @@ pub fn cuda_device(ordinal: usize) -> crate::Result<Device> {
                 .into(),
         ));
     }
-    Device::new_cuda(ordinal).map_err(|e| crate::Error::InvalidInput(describe_error(&e)))
+    let device = Device::new_cuda(ordinal).map_err(|e| crate::Error::InvalidInput(describe_error(&e)))?;
+    check_compute_capability(&device)?;
+    Ok(device)
+}
+
+/// The oldest compute capability the kernels support: Ampere (8.0).
+pub const MIN_COMPUTE_CAPABILITY: u32 = 80;
+
+/// Refuses a card the build's kernels cannot run on: older than Ampere, or older than the
+/// compute capability the PTX was compiled for (PTX only JIT-compiles for its own or a newer
+/// architecture).
+pub fn check_card(card: u32, built_for: u32) -> crate::Result<()> {
+    let dotted = |cc: u32| format!("{}.{}", cc / 10, cc % 10);
+    if card < MIN_COMPUTE_CAPABILITY {
+        return Err(crate::Error::InvalidInput(format!(
+            "this GPU has compute capability {}, older than Ampere ({}), which the engine needs",
+            dotted(card),
+            dotted(MIN_COMPUTE_CAPABILITY)
+        )));
+    }
+    if card < built_for {
+        return Err(crate::Error::InvalidInput(format!(
+            "this build's kernels target compute capability {} (CUDA_COMPUTE_CAP at build time) and cannot run on \
+             this {} card: rebuild with scripts/run.sh, which detects the card",
+            dotted(built_for),
+            dotted(card)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn check_compute_capability(device: &Device) -> crate::Result<()> {
+    let Device::Cuda(dev) = device else { return Ok(()) };
+    let Ok((major, minor)) = dev.cuda_stream().context().compute_capability() else { return Ok(()) };
+    let card = u32::try_from(major * 10 + minor).unwrap_or(0);
+    check_card(card, env!("ENGINE_CUDA_COMPUTE_CAP").parse().unwrap_or(0))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check_compute_capability(_: &Device) -> crate::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cards_older_than_ampere_or_than_the_build_are_refused_by_name() {
+        assert!(check_card(89, 89).is_ok());
+        assert!(check_card(90, 80).is_ok(), "PTX for 8.0 runs on Hopper");
+        let e = check_card(75, 75).unwrap_err().to_string();
+        assert!(e.contains("7.5") && e.contains("Ampere"), "{e}");
+        let e = check_card(89, 90).unwrap_err().to_string();
+        assert!(e.contains("9.0") && e.contains("8.9") && e.contains("scripts/run.sh"), "{e}");
+    }
 }
