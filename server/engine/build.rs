@@ -57,12 +57,17 @@ fn main() {
 fn compute_capability() -> String {
     let from_env = std::env::var("CUDA_COMPUTE_CAP").ok();
     let detected = || {
-        let out = Command::new("nvidia-smi").args(["--query-gpu=compute_cap", "--format=csv,noheader"]).output().ok()?;
+        let out = Command::new("nvidia-smi")
+            .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+            .output()
+            .ok()?;
         let first = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string();
         out.status.success().then_some(first)
     };
     let cap = from_env.or_else(detected).unwrap_or_else(|| {
-        println!("cargo:warning=no CUDA_COMPUTE_CAP and no GPU to ask (nvidia-smi): building for compute capability 9.0");
+        println!(
+            "cargo:warning=no CUDA_COMPUTE_CAP and no GPU to ask (nvidia-smi): building for compute capability 9.0"
+        );
         "90".into()
     });
     let cap = cap.replace('.', "");

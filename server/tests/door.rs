@@ -292,7 +292,10 @@ fn stalled_clients_are_dropped_within_the_timeout() {
     let after = s.rss_mib();
     drop(stalled);
     println!("server RSS: {baseline} MiB before, {held} MiB holding 5 stalled uploads, {after} MiB after the timeout");
-    assert!(after < baseline + 40, "memory not given back: {baseline} → {held} → {after} MiB");
+    assert!(
+        after < baseline + 40,
+        "memory not given back: {baseline} → {held} → {after} MiB"
+    );
 }
 
 async fn wait_finished(base: &str, id: &str, cookie: &str) -> Value {

@@ -82,7 +82,9 @@ pub fn check_card(card: u32, built_for: u32) -> crate::Result<()> {
 #[cfg(feature = "cuda")]
 fn check_compute_capability(device: &Device) -> crate::Result<()> {
     let Device::Cuda(dev) = device else { return Ok(()) };
-    let Ok((major, minor)) = dev.cuda_stream().context().compute_capability() else { return Ok(()) };
+    let Ok((major, minor)) = dev.cuda_stream().context().compute_capability() else {
+        return Ok(());
+    };
     let card = u32::try_from(major * 10 + minor).unwrap_or(0);
     check_card(card, env!("ENGINE_CUDA_COMPUTE_CAP").parse().unwrap_or(0))
 }
@@ -103,6 +105,9 @@ mod tests {
         let e = check_card(75, 75).unwrap_err().to_string();
         assert!(e.contains("7.5") && e.contains("Ampere"), "{e}");
         let e = check_card(89, 90).unwrap_err().to_string();
-        assert!(e.contains("9.0") && e.contains("8.9") && e.contains("scripts/run.sh"), "{e}");
+        assert!(
+            e.contains("9.0") && e.contains("8.9") && e.contains("scripts/run.sh"),
+            "{e}"
+        );
     }
 }

@@ -16,13 +16,13 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use image::RgbaImage;
 use serde::Serialize;
 
-use crate::gpu::OffloadOptions;
 use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
+use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
@@ -59,34 +59,6 @@ pub const LAYERED_COMPONENTS: &[ComponentSpec] = &[
         weights: true,
     },
 ];
-
-/// How to load and run the models.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    pub device: Device,
-    /// Weights and activations (norm statistics, softmax, RoPE and the scheduler stay f32).
-    pub dtype: DType,
-    /// Keep the text encoder in memory between runs (fast for small models; the real one is
-    /// 16 GB, so by default it is loaded per run and dropped before denoising).
-    pub keep_text_encoder: bool,
-    /// Layers decoded at once by the VAE.
-    pub vae_decode_chunk: usize,
-    /// `cpu_offload`: keep the transformer's blocks in host memory and stream them to the GPU
-    /// one block ahead of use (CUDA only; see [`crate::gpu::offload`]).
-    pub offload: Option<OffloadOptions>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            device: Device::Cpu,
-            dtype: DType::F32,
-            keep_text_encoder: false,
-            vae_decode_chunk: 2,
-            offload: None,
-        }
-    }
-}
 
 /// One decomposition's parameters (defaults as the official app).
 #[derive(Debug, Clone)]
@@ -243,16 +215,7 @@ impl LayeredPipeline {
                 model.root().display()
             )));
         }
-        crate::gpu::configure_matmul(&options.device, options.dtype);
-        let vb = model.var_builder("transformer", options.dtype, &options.device)?;
-        let transformer = match options.offload {
-            None => QwenImageTransformer::new(&transformer_cfg, vb)?,
-            Some(offload) => {
-                // The blocks are read from the memory-mapped files on the CPU into host buffers.
-                let host = model.var_builder("transformer", options.dtype, &Device::Cpu)?;
-                QwenImageTransformer::new_offloaded(&transformer_cfg, vb, &host, offload)?
-            }
-        };
+        let transformer = load_transformer(&model, &transformer_cfg, &options)?;
         let vae_cfg: crate::vae::Config = model.read_json("vae", "config.json")?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         if vae_cfg.input_channels != 4 {
@@ -264,7 +227,7 @@ impl LayeredPipeline {
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
         let text_encoder = if options.keep_text_encoder {
-            Some(Self::load_text_encoder(&model, &options)?)
+            Some(load_text_model(&model, &options)?)
         } else {
             None
         };
@@ -277,21 +240,6 @@ impl LayeredPipeline {
             vae,
             scheduler_config,
         })
-    }
-
-    fn load_text_encoder(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25VLTextModel> {
-        let Some(offload) = options.offload else {
-            return Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1);
-        };
-        // Offloaded like the transformer: only the embeddings and the final norm on the GPU.
-        let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
-        let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;
-        let host = model.var_builder("text_encoder", options.dtype, &Device::Cpu)?;
-        let offload = OffloadOptions {
-            resident_blocks: 0,
-            ..offload
-        };
-        Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
     }
 
     pub fn model(&self) -> &ModelDir {
@@ -373,7 +321,7 @@ impl LayeredPipeline {
                 Some(enc) => enc,
                 None => {
                     enter(Phase::Loading);
-                    loaded = Self::load_text_encoder(&self.model, &self.options)?;
+                    loaded = load_text_model(&self.model, &self.options)?;
                     &loaded
                 }
             };

@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use crate::image_proc;
 use crate::latents::{pack, unpack};
-use crate::pipeline::decompose::{LoadOptions, StepTrace, Timings};
+use crate::pipeline::decompose::{StepTrace, Timings};
+use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
@@ -202,8 +203,9 @@ struct PromptEncoder {
 }
 
 impl PromptEncoder {
+    /// The language model honours `offload` (streamed); the vision tower (~0.7B) stays resident.
     fn load(model: &ModelDir, options: &LoadOptions) -> Result<Self> {
-        let (_, text) = Qwen25VLTextModel::load(model, options.dtype, &options.device)?;
+        let text = load_text_model(model, options)?;
         let vision = VisionTower::load(model, options.dtype, &options.device)?;
         Ok(Self { text, vision })
     }
@@ -242,10 +244,7 @@ impl EditPipeline {
                 vae_cfg.input_channels
             )));
         }
-        let transformer = QwenImageTransformer::new(
-            &transformer_cfg,
-            model.var_builder("transformer", options.dtype, &options.device)?,
-        )?;
+        let transformer = load_transformer(&model, &transformer_cfg, &options)?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;

@@ -3,16 +3,19 @@
 //! - [`decompose`]: QwenImageLayeredPipeline (image → RGBA layers, bottom → top).
 //! - [`edit`]: QwenImageEditPlusPipeline (Edit-2509: images + instruction → edited RGB image).
 //! - [`layer_edit`]: editing one RGBA layer with Edit-2509, keeping (or re-keying) its alpha.
+//! - [`loading`]: how both place their models (resident, or streamed with `cpu_offload`).
 //! - [`noise`]: seeded device-independent initial noise, or noise injected from a file.
 //! - [`progress`]: progress reporting and cancellation shared by every pipeline.
 
 pub mod decompose;
 pub mod edit;
 pub mod layer_edit;
+pub mod loading;
 pub mod noise;
 pub mod progress;
 
-pub use decompose::{DecomposeOptions, DecomposeOutput, LayeredPipeline, LoadOptions, RunRecord, StepTrace, Timings};
+pub use decompose::{DecomposeOptions, DecomposeOutput, LayeredPipeline, RunRecord, StepTrace, Timings};
 pub use edit::{ConditionImage, EditOptions, EditOutput, EditPipeline, EditPromptEmbeds, EditRunRecord};
 pub use layer_edit::{edit_layer, AlphaMode, LayerEditOptions, LayerEditOutput};
+pub use loading::LoadOptions;
 pub use progress::{NoProgress, Phase, Progress};
