@@ -36,6 +36,7 @@ pub const CANCELLED_STATUS: u16 = 409;
 pub const LAYER_ORDER: &str = "bottom-to-top";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DecomposeRequest {
     /// The input image: a `data:image/…;base64,` URL or bare base64 (PNG, JPEG or WebP).
     pub image: String,
@@ -65,6 +66,7 @@ pub struct DecomposeRequest {
 
 /// One returned image: index 0 "Composite", then "Layer 1" … "Layer N".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct LayerImage {
     pub name: String,
     /// `data:image/png;base64,…`
@@ -73,6 +75,7 @@ pub struct LayerImage {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct DecomposeResponse {
     pub layers: Vec<LayerImage>,
     /// Base64 ZIP of the layer PNGs, the composite and manifest.json.
@@ -94,6 +97,7 @@ pub struct DecomposeResponse {
 
 /// The seed's field names (`layer_image`, `instruction`); `image` and `prompt` are accepted too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct EditLayerRequest {
     /// The RGBA layer to edit (data URL or bare base64).
     #[serde(rename = "layer_image", alias = "image")]
@@ -114,6 +118,7 @@ pub struct EditLayerRequest {
 
 /// Defaults the server runs with (from config.toml + flags).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct ConfigResponse {
     pub model_type: String,
     pub layer_num: u32,
@@ -129,6 +134,7 @@ pub struct ConfigResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct StatusResponse {
     /// "ready" (weights in memory), "idle" (will load on first job), "unavailable" (cannot run).
     pub status: String,
@@ -143,6 +149,7 @@ pub struct StatusResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct EditStatusResponse {
     pub status: String,
     pub model_loaded: bool,
@@ -152,6 +159,7 @@ pub struct EditStatusResponse {
 
 /// An error as the API reports it: an HTTP status and a message for `{"error": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[error("{error}")]
 pub struct ApiError {
     #[serde(skip, default = "internal")]
@@ -592,6 +600,7 @@ mod tests {
 
 /// A queued or running job, as `GET /api/qwen-image/jobs/{id}` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     pub id: String,
     pub state: JobState,
@@ -612,6 +621,7 @@ pub struct JobStatus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -630,6 +640,7 @@ impl JobState {
 /// A finished decomposition kept on the server's disk, newest first in
 /// `GET /api/qwen-image/runs`; its result is `GET /api/qwen-image/jobs/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct RunSummary {
     pub id: String,
     /// When it finished, in seconds since the Unix epoch.
@@ -650,6 +661,7 @@ pub const TOKEN_REQUIRED: &str = "missing or wrong API token (Authorization: Bea
 
 /// Answer to starting a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct JobStarted {
     pub id: String,
 }

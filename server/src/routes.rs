@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use app::api::{ApiError, DecomposeRequest, EditLayerRequest};
+use app::api::{
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
+    JobStatus, RunSummary, StatusResponse,
+};
 use app::backend::{Backend, Caller};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -17,6 +20,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::backend::ServerBackend;
+use crate::openapi::DoorErrors;
 
 /// An API error as an HTTP response.
 pub struct ErrorResponse(pub ApiError);
@@ -59,7 +63,10 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
         .map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
 }
 
-async fn decompose(
+/// Decompose an image and wait for the layers.
+#[utoipa::path(post, path = "/api/qwen-image/decompose", request_body = DecomposeRequest,
+    responses((status = 200, description = "the layers", body = DecomposeResponse), DoorErrors))]
+pub(crate) async fn decompose(
     State(backend): State<Arc<ServerBackend>>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
@@ -69,7 +76,10 @@ async fn decompose(
     Ok(Json(response).into_response())
 }
 
-async fn edit_layer(
+/// Edit one RGBA layer by instruction; the answer is the edited layer, the same size.
+#[utoipa::path(post, path = "/api/qwen-image/edit-layer", request_body = EditLayerRequest,
+    responses((status = 200, description = "the edited layer", content_type = "image/png"), DoorErrors))]
+pub(crate) async fn edit_layer(
     State(backend): State<Arc<ServerBackend>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -78,7 +88,10 @@ async fn edit_layer(
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
-async fn start_job(
+/// Queue a decomposition; follow it with `GET /jobs/{id}`.
+#[utoipa::path(post, path = "/api/qwen-image/jobs", request_body = DecomposeRequest,
+    responses((status = 202, description = "queued", body = JobStarted), DoorErrors))]
+pub(crate) async fn start_job(
     State(backend): State<Arc<ServerBackend>>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
@@ -88,7 +101,10 @@ async fn start_job(
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
-async fn job_status(
+/// A job's state, phase, step, ETA and (when done) result.
+#[utoipa::path(get, path = "/api/qwen-image/jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = JobStatus), DoorErrors))]
+pub(crate) async fn job_status(
     State(backend): State<Arc<ServerBackend>>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
@@ -96,7 +112,10 @@ async fn job_status(
     Ok(Json(backend.job_status(&job_id(path)?, &caller)?).into_response())
 }
 
-async fn cancel_job(
+/// Stop a job between denoising steps.
+#[utoipa::path(post, path = "/api/qwen-image/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = JobStatus), DoorErrors))]
+pub(crate) async fn cancel_job(
     State(backend): State<Arc<ServerBackend>>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
@@ -104,23 +123,33 @@ async fn cancel_job(
     Ok(Json(backend.cancel_job(&job_id(path)?, &caller)?).into_response())
 }
 
-async fn runs(State(backend): State<Arc<ServerBackend>>, Extension(caller): Extension<Caller>) -> Response {
+/// The caller's finished runs kept on disk (a browser session's or the token holder's), newest first.
+#[utoipa::path(get, path = "/api/qwen-image/runs", responses((status = 200, body = Vec<RunSummary>), DoorErrors))]
+pub(crate) async fn runs(State(backend): State<Arc<ServerBackend>>, Extension(caller): Extension<Caller>) -> Response {
     Json(backend.list_runs(&caller)).into_response()
 }
 
-async fn config(State(backend): State<Arc<ServerBackend>>) -> Response {
+/// The server's defaults and limits.
+#[utoipa::path(get, path = "/api/qwen-image/config", responses((status = 200, body = ConfigResponse), DoorErrors))]
+pub(crate) async fn config(State(backend): State<Arc<ServerBackend>>) -> Response {
     Json(backend.config()).into_response()
 }
 
-async fn status(State(backend): State<Arc<ServerBackend>>) -> Response {
+/// The decompose model's state and the queue.
+#[utoipa::path(get, path = "/api/qwen-image/status", responses((status = 200, body = StatusResponse), DoorErrors))]
+pub(crate) async fn status(State(backend): State<Arc<ServerBackend>>) -> Response {
     Json(backend.status()).into_response()
 }
 
-async fn edit_status(State(backend): State<Arc<ServerBackend>>) -> Response {
+/// The edit model's state (idle = loads, or downloads, on the first edit).
+#[utoipa::path(get, path = "/api/qwen-image/edit-status", responses((status = 200, body = EditStatusResponse), DoorErrors))]
+pub(crate) async fn edit_status(State(backend): State<Arc<ServerBackend>>) -> Response {
     Json(backend.edit_status()).into_response()
 }
 
-async fn openapi() -> Response {
+/// This document.
+#[utoipa::path(get, path = "/api/qwen-image/openapi.json", responses((status = 200, description = "OpenAPI 3.1"), DoorErrors))]
+pub(crate) async fn openapi() -> Response {
     Json(crate::openapi::document()).into_response()
 }
 

@@ -136,8 +136,12 @@ async fn the_openapi_document_describes_every_route() {
     let paths = doc["paths"].as_object().unwrap();
     let routes = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/routes.rs")).unwrap();
     let mut described = 0;
-    // Every routed path literal (rustfmt may put a `.route(` call's path on its own line).
-    for path in routes.split('"').filter(|l| l.starts_with("/api/qwen-image/")) {
+    // The path of every `.route(` call (rustfmt may put it on the next line).
+    let routed = routes
+        .split(".route(")
+        .skip(1)
+        .filter_map(|call| call.split('"').nth(1));
+    for path in routed.filter(|p| p.starts_with("/api/qwen-image/")) {
         if path.contains('*') {
             continue;
         }
