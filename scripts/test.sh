@@ -12,6 +12,11 @@ fi
 scripts/setup.sh --tests
 scripts/build.sh debug
 export PATH="$PWD/end2end/node_modules/.bin:$PATH"
+# Format and lints first (cheap, and they fail fast), each crate with its own features.
+cargo fmt --all --check
+cargo clippy -p app --features ssr --all-targets -- -D warnings
+cargo clippy -p engine -p test-support -p server --all-targets -- -D warnings
+cargo clippy -p frontend --lib --target wasm32-unknown-unknown --target-dir target/front --profile wasm-dev -- -D warnings
 # One crate at a time: building the workspace at once would unify the ssr and hydrate features.
 cargo test -p app --features ssr
 cargo test -p engine -p test-support

@@ -480,7 +480,8 @@ mod tests {
 
     #[test]
     fn out_of_range_fields_are_422_naming_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut DecomposeRequest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut DecomposeRequest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.layer_num = Some(1)), "layer_num"),
             (Box::new(|r| r.layer_num = Some(11)), "layer_num"),
             (Box::new(|r| r.resolution = Some(800)), "resolution"),

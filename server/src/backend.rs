@@ -43,6 +43,9 @@ pub struct ServerBackend {
     prompts: Option<PromptChecker>,
 }
 
+/// Where a queued decomposition's result arrives.
+type Outcome = tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>;
+
 /// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
 /// client went away stops its job between steps.
 struct CancelOnDrop(Option<Arc<JobHandle>>);
@@ -111,13 +114,7 @@ impl ServerBackend {
         &self,
         request: DecomposeRequest,
         caller: &Caller,
-    ) -> Result<
-        (
-            Arc<JobHandle>,
-            tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>,
-        ),
-        ApiError,
-    > {
+    ) -> Result<(Arc<JobHandle>, Outcome), ApiError> {
         let job: DecomposeJob = request.validate(&self.limits, random_seed())?;
         if let Some(reason) = &self.unavailable {
             return Err(ApiError::unavailable(reason.clone()));

@@ -96,7 +96,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -224,7 +224,8 @@ async fn read_body(policy: &DoorPolicy, request: Request, path: &str) -> Result<
     if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) || !has_body(headers) {
         return Ok(request);
     }
-    if !is_json(headers) && !(path == SESSION_PATH && is_form(headers)) {
+    let form_sign_in = path == SESSION_PATH && is_form(headers);
+    if !is_json(headers) && !form_sign_in {
         return Err(refuse(
             415,
             "the request body must be JSON (Content-Type: application/json)",

@@ -406,7 +406,7 @@ impl EngineState {
             key = ?out.key_color,
             "layer edited"
         );
-        Ok(engine::image_proc::encode_png(&out.layer).map_err(api_error)?)
+        engine::image_proc::encode_png(&out.layer).map_err(api_error)
     }
 }
 

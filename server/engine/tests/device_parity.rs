@@ -355,7 +355,7 @@ fn offloaded_edit_pipeline_equals_resident() {
         ..EditOptions::default()
     };
     let run = |mut pipe: EditPipeline| {
-        pipe.edit(&[image.clone()], "make it red", &options, &NoProgress)
+        pipe.edit(std::slice::from_ref(&image), "make it red", &options, &NoProgress)
             .unwrap()
     };
     let resident = run(load(None).unwrap());
@@ -593,9 +593,9 @@ fn fused_flash_attention_matches_f32() {
             }
         }
         for (what, got) in &results {
-            for b in 0..2 {
+            for (b, &len) in lens.iter().enumerate() {
                 let row = |t: &Tensor| f32_cpu(&t.get(b).unwrap());
-                let want = reference_attention(&row(&q), &row(&k), &row(&v), lens[b] as usize);
+                let want = reference_attention(&row(&q), &row(&k), &row(&v), len as usize);
                 let err = ts::compare(&row(got), &want);
                 println!(
                     "flash attention S={seq} split={split} keys={} {what} std={std}: {err}",

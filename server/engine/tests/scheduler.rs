@@ -352,7 +352,7 @@ fn the_edit_runs_euler_steps_match_the_fixture() {
     for i in 0..2 {
         latents = s.step(&latents, &r[&format!("step{i}/v_guided")], i).unwrap();
         let want = &r[&format!("step{i}/latents_after")];
-        let err = ts::max_abs_diff(&latents, &want);
+        let err = ts::max_abs_diff(&latents, want);
         println!("edit_plus step {i}: latents max abs err {err:e}");
         assert_eq!(err, 0.0, "step {i}");
     }

@@ -31,7 +31,7 @@ fn model(checkpoint: &str) -> QwenImageTransformer {
 fn check(name: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     assert_eq!(ours.dims(), reference.dims(), "{name}: shape");
     let ours = ours.to_dtype(DType::F32).unwrap();
-    let abs = ts::max_abs_diff(&ours, &reference);
+    let abs = ts::max_abs_diff(&ours, reference);
     let scale = reference
         .abs()
         .unwrap()
@@ -456,7 +456,7 @@ fn bf16_matches_diffusers_bf16() {
         assert_eq!(out.dtype(), DType::BF16);
         let out = out.to_dtype(DType::F32).unwrap();
         let rel = |reference: &Tensor| {
-            let abs = ts::max_abs_diff(&out, &reference);
+            let abs = ts::max_abs_diff(&out, reference);
             abs / reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
         };
         let vs_bf16 = rel(&extra[&format!("{}/output_bf16", case.tag)]);

@@ -151,7 +151,7 @@ impl TransformerBlock {
     /// fused too where its shape allows (head dim 128, valid keys a prefix per row).
     fn fused_supported(&self, img: &Tensor) -> bool {
         let dim = img.dim(2).unwrap_or(0);
-        crate::gpu::fused::applies_to(img) && dim % 8 == 0 && dim <= crate::gpu::fused::MAX_LN_DIM
+        crate::gpu::fused::applies_to(img) && dim.is_multiple_of(8) && dim <= crate::gpu::fused::MAX_LN_DIM
     }
 
     /// [`TransformerBlock::forward`] through the fused kernels: LayerNorm + modulation in one

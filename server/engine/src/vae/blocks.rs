@@ -294,7 +294,7 @@ mod tests {
         .unwrap();
         let want = w.i((.., .., 2)).unwrap();
         assert_eq!(conv.weight().dims(), &[2, 3, 3, 3]);
-        let diff = test_support::max_abs_diff(&conv.weight(), &want);
+        let diff = test_support::max_abs_diff(conv.weight(), &want);
         assert_eq!(diff, 0.0);
         // Not the first or middle tap: element [0,0,·,0,0] is 0, 9, 18 for taps 0, 1, 2.
         assert_eq!(conv.weight().i((0, 0, 0, 0)).unwrap().to_scalar::<f32>().unwrap(), 18.0);
