@@ -13,6 +13,10 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $WB_VERSION" ]; th
   # --debug: 1 min instead of 4, same output. Not --locked: its lockfile pins a crate the mirror lacks.
   cargo install --debug wasm-bindgen-cli --version "=$WB_VERSION"
 fi
+if [ "${1:-}" = --tests ]; then
+  # The test command checks formatting and lints.
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+fi
 if [ "${1:-}" = --tests ] && ! command -v chromium >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

@@ -12,8 +12,18 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::{ApiError, CANCELLED_STATUS, MAX_QUOTED_CHARS};
+
+// The contract's numbers, in one place: validation, the server's config and flags, both CLIs,
+// the UI and the OpenAPI document all take them from here.
+
 /// Smallest and largest number of layers the model can produce.
 pub const LAYER_RANGE: std::ops::RangeInclusive<u32> = 2..=10;
+/// Defaults of a decomposition (the official app's), used until a profile or request says otherwise.
+pub const DEFAULT_LAYER_NUM: u32 = 4;
+pub const DEFAULT_RESOLUTION: u32 = 640;
+pub const DEFAULT_STEPS: u32 = 50;
+pub const DEFAULT_CFG_SCALE: f32 = 4.0;
 /// The two resolution buckets of Qwen-Image-Layered.
 pub const RESOLUTIONS: [u32; 2] = [640, 1024];
 /// Upper bound on denoising steps: far beyond any useful value, it stops runaway requests.
@@ -26,11 +36,6 @@ pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const EDIT_MIN_STEPS: u32 = 2;
 /// The vision processor refuses images whose long side is this many times the short side or more.
 pub const MAX_ASPECT_RATIO: f64 = 200.0;
-/// Error messages quote at most this many characters of a bad value.
-pub const MAX_QUOTED_CHARS: usize = 64;
-
-/// HTTP status of a cancelled job's outcome (409 Conflict: the job ended by request).
-pub const CANCELLED_STATUS: u16 = 409;
 
 /// Where the layers come back: index 0 is the composite, then Layer 1 (bottom) … Layer N (top).
 pub const LAYER_ORDER: &str = "bottom-to-top";
@@ -157,122 +162,6 @@ pub struct EditStatusResponse {
     pub reason: Option<String>,
 }
 
-/// An error as the API reports it: an HTTP status and a message for `{"error": …}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
-#[error("{error}")]
-pub struct ApiError {
-    #[serde(skip, default = "internal")]
-    pub status: u16,
-    pub error: String,
-    /// Seconds to wait before retrying (queue full / not ready).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub retry_after: Option<u32>,
-}
-
-fn internal() -> u16 {
-    500
-}
-
-/// Cuts every `"…"` or `` `…` `` span of `msg` longer than [`MAX_QUOTED_CHARS`] to its prefix.
-fn shorten_quoted(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len().min(1024));
-    let mut open: Option<(char, usize)> = None; // quote char, characters kept so far
-    for c in msg.chars() {
-        match open {
-            Some((q, _)) if c == q => {
-                open = None;
-                out.push(c);
-            }
-            Some((q, kept)) => {
-                if kept < MAX_QUOTED_CHARS {
-                    out.push(c);
-                } else if kept == MAX_QUOTED_CHARS {
-                    out.push('…');
-                }
-                open = Some((q, kept + 1));
-            }
-            None => {
-                if c == '"' || c == '`' {
-                    open = Some((c, 0));
-                }
-                out.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// Server functions fail with the REST routes' error: the body is the same `{"error": …}` JSON,
-/// and an undecodable request is a 400, not the transport's generic 500.
-impl leptos::server_fn::error::FromServerFnError for ApiError {
-    type Encoder = leptos::server_fn::codec::JsonEncoding;
-
-    fn from_server_fn_error(value: leptos::server_fn::error::ServerFnErrorErr) -> Self {
-        use leptos::server_fn::error::ServerFnErrorErr as E;
-        let err = match value {
-            E::Args(m) | E::Deserialization(m) => Self::bad_request(format!("invalid JSON body: {m}")),
-            E::MissingArg(m) => Self::bad_request(format!("invalid JSON body: missing field `{m}`")),
-            E::Request(m) => Self::new(0, format!("The server could not be reached ({m}).")),
-            other => Self::internal(other.to_string()),
-        };
-        #[cfg(feature = "ssr")]
-        err.set_response_status();
-        err
-    }
-}
-
-impl ApiError {
-    /// In a server function: makes the HTTP status the REST route would use.
-    #[cfg(feature = "ssr")]
-    pub fn set_response_status(&self) {
-        if let (Some(resp), Ok(code)) = (
-            leptos::prelude::use_context::<leptos_axum::ResponseOptions>(),
-            http::StatusCode::from_u16(self.status),
-        ) {
-            resp.set_status(code);
-        }
-    }
-}
-
-impl ApiError {
-    /// An error with `status`; quoted values in the message are cut to a short prefix, so a
-    /// megabyte-long bad field is never echoed back.
-    pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: shorten_quoted(&error.into()),
-            retry_after: None,
-        }
-    }
-    pub fn bad_request(msg: impl Into<String>) -> Self {
-        Self::new(400, msg)
-    }
-    pub fn unprocessable(msg: impl Into<String>) -> Self {
-        Self::new(422, msg)
-    }
-    pub fn too_large(msg: impl Into<String>) -> Self {
-        Self::new(413, msg)
-    }
-    pub fn unavailable(msg: impl Into<String>) -> Self {
-        Self::new(503, msg)
-    }
-    pub fn busy(msg: impl Into<String>, retry_after: u32) -> Self {
-        Self {
-            status: 429,
-            error: msg.into(),
-            retry_after: Some(retry_after),
-        }
-    }
-    pub fn internal(msg: impl Into<String>) -> Self {
-        Self::new(500, msg)
-    }
-    /// The job was cancelled by its client.
-    pub fn cancelled() -> Self {
-        Self::new(CANCELLED_STATUS, "the job was cancelled")
-    }
-}
-
 /// Defaults and limits validation needs (the server's effective configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -286,10 +175,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            default_layer_num: 4,
-            default_resolution: 640,
-            default_steps: 50,
-            default_cfg_scale: 4.0,
+            default_layer_num: DEFAULT_LAYER_NUM,
+            default_resolution: DEFAULT_RESOLUTION,
+            default_steps: DEFAULT_STEPS,
+            default_cfg_scale: DEFAULT_CFG_SCALE,
             max_image_pixels: 36_000_000,
         }
     }
@@ -367,6 +256,40 @@ fn validate_prompt(what: &str, p: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Command-line flags of both binaries go through the same checks as requests: these parse the
+/// text of a flag (clap's `value_parser`) and answer the check's message.
+pub mod flags {
+    use super::{validate_cfg_scale, validate_layer_num, validate_resolution, validate_steps, EDIT_MIN_STEPS};
+
+    fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+        s.trim().parse().map_err(|_| format!("`{s}` is not a number"))
+    }
+
+    pub fn layer_num(s: &str) -> Result<u32, String> {
+        validate_layer_num(number(s)?).map_err(|e| e.error)
+    }
+
+    pub fn resolution(s: &str) -> Result<u32, String> {
+        validate_resolution(number(s)?).map_err(|e| e.error)
+    }
+
+    pub fn steps(s: &str) -> Result<u32, String> {
+        validate_steps(number(s)?).map_err(|e| e.error)
+    }
+
+    pub fn edit_steps(s: &str) -> Result<u32, String> {
+        let steps = steps(s)?;
+        if steps < EDIT_MIN_STEPS {
+            return Err(format!("an edit needs at least {EDIT_MIN_STEPS} steps, got {steps}"));
+        }
+        Ok(steps)
+    }
+
+    pub fn cfg_scale(s: &str) -> Result<f32, String> {
+        validate_cfg_scale(number(s)?).map_err(|e| e.error)
+    }
 }
 
 /// Refuses images the vision processor would refuse later, so the client hears before queueing.
@@ -575,21 +498,6 @@ mod tests {
         .unwrap();
         assert_eq!(seed, ours);
         assert_eq!((seed.image.as_str(), seed.prompt.as_str()), ("abc", "make it red"));
-    }
-
-    #[test]
-    fn long_quoted_values_are_cut_in_errors() {
-        let bad = "x".repeat(1 << 20);
-        let e = ApiError::bad_request(format!(
-            "invalid type: string \"{bad}\", expected u32 at line 1 column 9"
-        ));
-        assert!(e.error.len() < 200, "{} bytes", e.error.len());
-        assert!(e.error.ends_with("expected u32 at line 1 column 9"), "{}", e.error);
-        assert!(e.error.contains(&format!("\"{}…\"", "x".repeat(MAX_QUOTED_CHARS))));
-        assert_eq!(
-            ApiError::bad_request("keep `short` \"ones\"").error,
-            "keep `short` \"ones\""
-        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use base64::Engine as _;
 use image::{ImageFormat, ImageReader, RgbaImage};
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod browser;
 pub mod components;
 pub mod compose;
+pub mod error;
 pub mod export;
 pub mod image_data;
 pub mod layer_stack;

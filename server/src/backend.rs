@@ -11,8 +11,8 @@ use app::backend::{Backend, BoxFuture, Caller};
 
 use crate::config::QwenImageSettings;
 use crate::engine_state::{EngineState, PromptChecker, SharedEditState};
-use crate::job_registry::{JobHandle, JobRegistry};
-use crate::jobs::JobQueue;
+use crate::jobs::{JobHandle, JobRegistry};
+use crate::queue::JobQueue;
 use crate::run_store::{unix_now, RunStore};
 
 /// Limits and identity of a running server, fixed at startup.

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use app::api::flags;
 use clap::{Parser, ValueEnum};
 
 use crate::config::{self, QwenImageSettings};
@@ -49,16 +50,16 @@ pub struct ServerArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub qwen_image_cpu_offload: Option<bool>,
     /// Default number of layers (2–10).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=10))]
+    #[arg(long, value_parser = flags::layer_num)]
     pub qwen_image_layers: Option<u32>,
     /// Default number of denoising steps.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=app::api::MAX_STEPS as i64))]
+    #[arg(long, value_parser = flags::steps)]
     pub qwen_image_steps: Option<u32>,
     /// Default true-CFG scale.
-    #[arg(long, value_parser = parse_cfg_scale)]
+    #[arg(long, value_parser = flags::cfg_scale)]
     pub qwen_image_cfg_scale: Option<f32>,
     /// Default resolution bucket: 640 or 1024.
-    #[arg(long, value_parser = parse_resolution)]
+    #[arg(long, value_parser = flags::resolution)]
     pub qwen_image_resolution: Option<u32>,
     /// Address to bind. Anything but loopback exposes the API to the network: set --api-token.
     #[arg(long, default_value = "127.0.0.1")]
@@ -102,16 +103,6 @@ pub struct ServerArgs {
     /// results deleted early.
     #[arg(long, default_value_t = 10_240)]
     pub results_budget_mb: u64,
-}
-
-fn parse_cfg_scale(s: &str) -> Result<f32, String> {
-    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    app::api::validate_cfg_scale(v).map_err(|e| e.error)
-}
-
-fn parse_resolution(s: &str) -> Result<u32, String> {
-    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    app::api::validate_resolution(v).map_err(|e| e.error)
 }
 
 impl ServerArgs {

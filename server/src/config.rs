@@ -33,10 +33,10 @@ impl Default for QwenImageSettings {
             model_path: DEFAULT_MODEL_REPO.into(),
             edit_model_path: String::new(),
             cpu_offload: false,
-            layer_num: 4,
-            num_inference_steps: 50,
-            cfg_scale: 4.0,
-            resolution: 640,
+            layer_num: app::api::DEFAULT_LAYER_NUM,
+            num_inference_steps: app::api::DEFAULT_STEPS,
+            cfg_scale: app::api::DEFAULT_CFG_SCALE,
+            resolution: app::api::DEFAULT_RESOLUTION,
         }
     }
 }
@@ -79,11 +79,8 @@ struct LayerNum(u32);
 impl TryFrom<i64> for LayerNum {
     type Error = String;
     fn try_from(v: i64) -> Result<Self, String> {
-        if (2..=10).contains(&v) {
-            Ok(Self(v as u32))
-        } else {
-            Err(format!("layer_num must be between 2 and 10, got {v}"))
-        }
+        let v = u32::try_from(v).map_err(|_| format!("layer_num must be a small positive number, got {v}"))?;
+        app::api::validate_layer_num(v).map(Self).map_err(|e| e.error)
     }
 }
 
@@ -93,12 +90,10 @@ struct Steps(u32);
 impl TryFrom<i64> for Steps {
     type Error = String;
     fn try_from(v: i64) -> Result<Self, String> {
-        let max = i64::from(app::api::MAX_STEPS);
-        if (1..=max).contains(&v) {
-            Ok(Self(v as u32))
-        } else {
-            Err(format!("num_inference_steps must be between 1 and {max}, got {v}"))
-        }
+        let max = app::api::MAX_STEPS;
+        let bad = || format!("num_inference_steps must be between 1 and {max}, got {v}");
+        let v = u32::try_from(v).map_err(|_| bad())?;
+        app::api::validate_steps(v).map(Self).map_err(|_| bad())
     }
 }
 
@@ -118,10 +113,8 @@ struct Resolution(u32);
 impl TryFrom<i64> for Resolution {
     type Error = String;
     fn try_from(v: i64) -> Result<Self, String> {
-        match v {
-            640 | 1024 => Ok(Self(v as u32)),
-            _ => Err(format!("resolution must be 640 or 1024, got {v}")),
-        }
+        let v = u32::try_from(v).map_err(|_| format!("resolution must be 640 or 1024, got {v}"))?;
+        app::api::validate_resolution(v).map(Self).map_err(|e| e.error)
     }
 }
 

@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::routes::ErrorResponse;
+use crate::http_error::ErrorResponse;
 
 /// The browser session that owns the jobs a page starts (HttpOnly, SameSite=Strict).
 pub const SESSION_COOKIE: &str = "qwen_layers_session";

@@ -20,7 +20,7 @@ use engine::pipeline::{
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 
-use crate::layers::Decomposer;
+use crate::decomposer::Decomposer;
 
 /// Where and how the models run.
 #[derive(Debug, Clone)]
@@ -162,7 +162,7 @@ impl EditState {
             },
             Err(e) => {
                 let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
-                if looks_like_repo_id(source) && !std::path::Path::new(source).exists() && !offline {
+                if engine::weights::looks_like_repo_id(source) && !std::path::Path::new(source).exists() && !offline {
                     EditState::Idle
                 } else {
                     EditState::Unavailable(format!("the edit model is not available: {e}"))
@@ -170,15 +170,6 @@ impl EditState {
             }
         }
     }
-}
-
-/// `owner/name`, as the hub names repos (a path like `./x/y` or `/x/y` is not one).
-fn looks_like_repo_id(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('/').collect();
-    parts.len() == 2
-        && parts.iter().all(|p| {
-            !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        })
 }
 
 /// Checks a decompose job's prompts as the pipeline will (an empty prompt is captioned, and the
@@ -406,7 +397,7 @@ impl EngineState {
             key = ?out.key_color,
             "layer edited"
         );
-        engine::image_proc::encode_png(&out.layer).map_err(api_error)
+        app::image_data::encode_png(&out.layer)
     }
 }
 
@@ -437,14 +428,5 @@ mod tests {
         let failed = EditState::LoadFailed("network".into());
         assert_eq!(failed.refusal(), None, "a failed load is retried");
         assert_eq!(failed.to_response("m").reason.as_deref(), Some("network"));
-    }
-
-    #[test]
-    fn repo_ids_and_paths() {
-        assert!(looks_like_repo_id("Qwen/Qwen-Image-Edit-2509"));
-        assert!(!looks_like_repo_id("./models/edit"));
-        assert!(!looks_like_repo_id("../edit/x"));
-        assert!(!looks_like_repo_id("/abs/path"));
-        assert!(!looks_like_repo_id("tests/fixtures/tiny-qwen-image-edit-2509/x"));
     }
 }

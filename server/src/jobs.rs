@@ -1,151 +1,285 @@
-//! The job queue: one worker thread owns the engine (models are large and the GPU is one), and
-//! requests wait for it in a bounded queue. A full queue answers 429 with Retry-After instead of
-//! piling up memory.
+//! Jobs that clients can follow: each decomposition gets an unguessable id, its owner, a state,
+//! the engine's phase and step, an ETA, and a cancel flag the engine checks between steps.
+//! Finished jobs' records stay a while; their results live in the [`crate::run_store`], so
+//! however many other jobs finish, a result is not lost.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use app::api::ApiError;
-use tokio::sync::{mpsc, oneshot};
+use app::api::{ApiError, DecomposeResponse, JobState, JobStatus};
+use engine::pipeline::{Phase, Progress};
 
-/// A unit of work run on the worker thread with exclusive access to `S` (the loaded models).
-type Task<S> = Box<dyn FnOnce(&mut S) + Send>;
+/// How long a finished job's record (state, error) stays in memory; a stored result outlives it.
+const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
 
-pub struct JobQueue<S> {
-    tx: mpsc::Sender<Task<S>>,
-    /// Jobs submitted and not finished (waiting + running).
-    in_flight: Arc<AtomicU32>,
-    capacity: u32,
+#[derive(Debug)]
+struct Record {
+    state: JobState,
+    phase: &'static str,
+    step: u32,
+    total_steps: u32,
+    started: Option<Instant>,
+    /// When denoising began and how many steps had finished then (for the ETA).
+    denoise_started: Option<Instant>,
+    finished: Option<Instant>,
+    error: Option<String>,
+    /// The result, while it is not in the run store (it failed to save, say).
+    result: Option<DecomposeResponse>,
 }
 
-impl<S: Send + 'static> JobQueue<S> {
-    /// Starts the worker thread; `capacity` jobs may wait behind the running one.
-    pub fn start(state: S, capacity: u32) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Task<S>>(capacity.max(1) as usize);
-        std::thread::Builder::new()
-            .name("engine-worker".into())
-            .spawn(move || {
-                let mut state = state;
-                while let Some(task) = rx.blocking_recv() {
-                    task(&mut state);
-                }
-            })
-            .expect("spawning the engine worker thread");
-        Self {
-            tx,
-            in_flight: Arc::new(AtomicU32::new(0)),
-            capacity: capacity.max(1),
+/// One job's shared state: written by the engine worker, read by status requests.
+#[derive(Debug)]
+pub struct JobHandle {
+    pub id: String,
+    /// Who started it ([`app::backend::Caller::owner`]); `None`: whoever holds the id.
+    pub owner: Option<String>,
+    seq: u64,
+    record: Mutex<Record>,
+    cancel: AtomicBool,
+}
+
+impl JobHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the job running (called on the worker when it picks the job up).
+    pub fn start(&self) {
+        let mut r = self.lock();
+        r.state = JobState::Running;
+        r.phase = "starting";
+        r.started = Some(Instant::now());
+    }
+
+    /// Records the final outcome; `stored`: the result is in the run store, so it is not kept here.
+    pub fn finish(&self, outcome: &Result<DecomposeResponse, ApiError>, stored: bool) {
+        let mut r = self.lock();
+        r.finished = Some(Instant::now());
+        match outcome {
+            Ok(resp) => {
+                r.state = JobState::Done;
+                r.phase = "done";
+                r.step = r.total_steps;
+                r.result = (!stored).then(|| resp.clone());
+            }
+            Err(e) if self.cancel.load(Ordering::SeqCst) && e.status == app::api::CANCELLED_STATUS => {
+                r.state = JobState::Cancelled;
+                r.phase = "cancelled";
+                r.error = Some(e.error.clone());
+            }
+            Err(e) => {
+                r.state = JobState::Failed;
+                r.phase = "failed";
+                r.error = Some(e.error.clone());
+            }
         }
     }
 
-    /// Queues `work` and waits for its result. Fails fast with 429 when the queue is full.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut S) -> Result<T, ApiError> + Send + 'static,
-    {
-        let done = self.submit(work)?;
-        done.await
-            .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")))
+    /// Whether a cancel was requested (also readable before the job starts).
+    pub fn is_cancelled_now(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
     }
 
-    /// Queues `work` without waiting; the receiver yields its result. Fails fast with 429 when
-    /// the queue is full, so the caller knows at once whether the job was accepted.
-    pub fn submit<T, F>(&self, work: F) -> Result<oneshot::Receiver<Result<T, ApiError>>, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut S) -> Result<T, ApiError> + Send + 'static,
-    {
-        let (done_tx, done_rx) = oneshot::channel();
-        let in_flight = self.in_flight.clone();
-        let task: Task<S> = Box::new(move |state| {
-            // A panic in the engine must not take the worker (and every later job) down.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(state)))
-                .unwrap_or_else(|_| Err(ApiError::internal("the engine panicked while running this job")));
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            let _ = done_tx.send(result);
+    pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn status(&self, queue_position: Option<u32>) -> JobStatus {
+        let r = self.lock();
+        let now = Instant::now();
+        let elapsed = r.started.map_or(0.0, |s| (r.finished.unwrap_or(now) - s).as_secs_f64());
+        let eta_seconds = match (r.state, r.denoise_started) {
+            (JobState::Running, Some(t0)) if r.step > 0 && r.total_steps >= r.step => {
+                let per_step = (now - t0).as_secs_f64() / f64::from(r.step);
+                Some(per_step * f64::from(r.total_steps - r.step))
+            }
+            _ => None,
+        };
+        JobStatus {
+            id: self.id.clone(),
+            state: r.state,
+            phase: r.phase.to_string(),
+            step: r.step,
+            total_steps: r.total_steps,
+            elapsed,
+            eta_seconds,
+            queue_position: (r.state == JobState::Queued).then_some(queue_position.unwrap_or(0)),
+            error: r.error.clone(),
+            result: r.result.clone(),
+        }
+    }
+}
+
+impl Progress for JobHandle {
+    fn phase(&self, phase: Phase) {
+        let mut r = self.lock();
+        r.phase = phase.name();
+        if phase == Phase::Denoising {
+            r.denoise_started = Some(Instant::now());
+        }
+    }
+
+    fn step(&self, done: usize, total: usize) {
+        let mut r = self.lock();
+        r.step = done as u32;
+        r.total_steps = total as u32;
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// All jobs the server knows about.
+#[derive(Debug, Default)]
+pub struct JobRegistry {
+    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+    next: AtomicU64,
+}
+
+impl JobRegistry {
+    /// Registers a new queued job of `owner` with `total_steps` denoising steps.
+    pub fn create(&self, total_steps: u32, owner: Option<String>) -> Arc<JobHandle> {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let id = format!("job-{}", crate::door::random_id());
+        let handle = Arc::new(JobHandle {
+            id: id.clone(),
+            owner,
+            seq,
+            record: Mutex::new(Record {
+                state: JobState::Queued,
+                phase: "queued",
+                step: 0,
+                total_steps,
+                started: None,
+                denoise_started: None,
+                finished: None,
+                error: None,
+                result: None,
+            }),
+            cancel: AtomicBool::new(false),
         });
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.tx.try_send(task) {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(match e {
-                mpsc::error::TrySendError::Full(_) => ApiError::busy(
-                    format!("the job queue is full ({} waiting); try again shortly", self.capacity),
-                    10,
-                ),
-                mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("the engine worker has stopped"),
-            });
-        }
-        Ok(done_rx)
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        Self::prune(&mut jobs);
+        jobs.insert(id, handle.clone());
+        handle
     }
 
-    /// Jobs waiting or running.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::SeqCst)
+    /// Forgets records finished longer ago than [`KEEP_FINISHED`] (by age only: other jobs
+    /// finishing never push a record out).
+    fn prune(jobs: &mut HashMap<String, Arc<JobHandle>>) {
+        let now = Instant::now();
+        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < KEEP_FINISHED));
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.capacity
+    /// The job, if it is in memory.
+    pub fn find(&self, id: &str) -> Option<Arc<JobHandle>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// The job's status, with its place in the queue while waiting.
+    /// Forgets a job that never made it into the queue.
+    pub fn remove(&self, id: &str) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    pub fn status(&self, job: &JobHandle) -> JobStatus {
+        let ahead = {
+            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            jobs.values()
+                .filter(|j| j.seq < job.seq && j.lock().state == JobState::Queued)
+                .count() as u32
+        };
+        job.status(Some(ahead))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc as std_mpsc;
-    use std::time::Duration;
 
-    #[tokio::test]
-    async fn jobs_run_in_order_on_one_worker_with_state() {
-        let q = JobQueue::start(Vec::<u32>::new(), 4);
-        for i in 0..3 {
-            let seen = q
-                .run(move |s: &mut Vec<u32>| {
-                    s.push(i);
-                    Ok(s.clone())
-                })
-                .await
-                .unwrap();
-            assert_eq!(seen, (0..=i).collect::<Vec<_>>());
+    fn response() -> DecomposeResponse {
+        DecomposeResponse {
+            layers: vec![],
+            zip_data: String::new(),
+            generation_time: 1.0,
+            layer_count: 2,
+            resolution: 640,
+            layer_order: "bottom-to-top".into(),
+            seed: 1,
+            width: 640,
+            height: 640,
+            caption: None,
         }
-        assert_eq!(q.in_flight(), 0);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_answers_429_and_recovers() {
-        let q = Arc::new(JobQueue::start((), 1));
-        let (release_tx, release_rx) = std_mpsc::channel::<()>();
-        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
-        // One job running (blocked), one waiting: the queue (capacity 1) is then full.
-        let mut handles = Vec::new();
-        for _ in 0..2 {
-            let (q, rx) = (q.clone(), release_rx.clone());
-            handles.push(tokio::spawn(async move {
-                q.run(move |_| {
-                    rx.lock().unwrap().recv().unwrap();
-                    Ok(1)
-                })
-                .await
-            }));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let err = q.run(|_| Ok(0)).await.unwrap_err();
-        assert_eq!(err.status, 429);
-        assert_eq!(err.retry_after, Some(10));
-        assert_eq!(q.in_flight(), 2);
-        release_tx.send(()).unwrap();
-        release_tx.send(()).unwrap();
-        for h in handles {
-            assert_eq!(h.await.unwrap().unwrap(), 1);
-        }
-        assert_eq!(q.run(|_| Ok(5)).await.unwrap(), 5);
+    #[test]
+    fn a_job_goes_from_queued_to_done_with_progress() {
+        let reg = JobRegistry::default();
+        let a = reg.create(10, None);
+        let b = reg.create(10, Some("session:x".into()));
+        assert_eq!(reg.status(&b).queue_position, Some(1));
+        assert_eq!(reg.find(&b.id).unwrap().owner.as_deref(), Some("session:x"));
+        assert_eq!(a.id.len(), 4 + 32, "job- and 128 random bits: {}", a.id);
+        let s = reg.status(&a);
+        assert_eq!(
+            (s.state, s.queue_position, s.eta_seconds),
+            (JobState::Queued, Some(0), None)
+        );
+        a.start();
+        a.phase(Phase::Denoising);
+        std::thread::sleep(Duration::from_millis(20));
+        a.step(2, 10);
+        let s = reg.status(&a);
+        assert_eq!(
+            (s.state, s.phase.as_str(), s.step, s.total_steps),
+            (JobState::Running, "denoising", 2, 10)
+        );
+        let eta = s.eta_seconds.unwrap();
+        assert!(eta > 0.05 && eta < 5.0, "eta {eta}: 8 steps left at ≥ 10 ms a step");
+        assert_eq!(reg.status(&b).queue_position, Some(0));
+        a.finish(&Ok(response()), false);
+        let s = reg.status(&a);
+        assert_eq!((s.state, s.step), (JobState::Done, 10));
+        assert_eq!(s.result.unwrap().layer_count, 2);
+        b.finish(&Ok(response()), true);
+        let s = reg.status(&b);
+        assert_eq!(s.state, JobState::Done);
+        assert!(
+            s.result.is_none(),
+            "a stored result is read from the store, not kept in memory"
+        );
     }
 
-    #[tokio::test]
-    async fn a_panicking_job_is_an_error_and_the_worker_survives() {
-        let q = JobQueue::start((), 2);
-        let err = q.run(|_| -> Result<(), ApiError> { panic!("boom") }).await.unwrap_err();
-        assert_eq!(err.status, 500);
-        assert_eq!(q.run(|_| Ok(3)).await.unwrap(), 3);
+    #[test]
+    fn cancel_and_failure_are_distinct_outcomes() {
+        let reg = JobRegistry::default();
+        let a = reg.create(5, None);
+        assert!(!a.is_cancelled());
+        a.request_cancel();
+        assert!(a.is_cancelled());
+        a.finish(&Err(ApiError::cancelled()), false);
+        assert_eq!(reg.status(&a).state, JobState::Cancelled);
+        let b = reg.create(5, None);
+        b.finish(&Err(ApiError::internal("engine failed")), false);
+        let s = reg.status(&b);
+        assert_eq!((s.state, s.error.as_deref()), (JobState::Failed, Some("engine failed")));
+        assert!(reg.find("job-x").is_none());
+    }
+
+    #[test]
+    fn a_burst_of_other_jobs_does_not_push_a_finished_one_out() {
+        let reg = JobRegistry::default();
+        let first = reg.create(1, None);
+        first.finish(&Ok(response()), false);
+        for _ in 0..100 {
+            let j = reg.create(1, None);
+            j.request_cancel();
+            j.finish(&Err(ApiError::cancelled()), false);
+        }
+        reg.create(1, None); // creating prunes
+        assert_eq!(reg.status(&reg.find(&first.id).unwrap()).result.unwrap().layer_count, 2);
     }
 }

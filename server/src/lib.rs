@@ -4,12 +4,13 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod decomposer;
 pub mod door;
 pub mod engine_state;
-pub mod job_registry;
+pub mod http_error;
 pub mod jobs;
-pub mod layers;
 pub mod openapi;
+pub mod queue;
 pub mod routes;
 pub mod run_store;
 

@@ -4,55 +4,14 @@
 //! handlers Leptos generates, are declared here. Limits come from `app::api`'s constants. Tests
 //! check it against the live routes, and `scripts/schemathesis.sh` fuzzes the server from it.
 
-use std::collections::BTreeMap;
-
 use app::api::{
     ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
     JobStatus, RunSummary, StatusResponse, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS,
 };
 use serde_json::{json, Value};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
-/// What the door (`crate::door`) and validation can answer on any `/api/` route: `{"error": …}`.
-const DOOR_ERRORS: &[(u16, &str)] = &[
-    (400, "malformed body, path or image encoding"),
-    (401, "missing or wrong API token (when the server requires one)"),
-    (403, "the Host or Origin is not this server's"),
-    (404, "no such job, or not yours"),
-    (408, "the body did not arrive within --request-timeout-secs"),
-    (409, "the job was cancelled"),
-    (413, "body or image larger than the server's limits"),
-    (415, "the body is not application/json"),
-    (422, "a field out of range, an undecodable image, an over-long prompt"),
-    (429, "the job queue is full; see Retry-After"),
-    (
-        503,
-        "the model is not available (see /status for the reason), or too many uploads at once",
-    ),
-    (507, "the results folder is full (--results-budget-mb)"),
-];
-
-/// The responses of [`DOOR_ERRORS`], added to every operation.
-pub struct DoorErrors;
-
-impl utoipa::IntoResponses for DoorErrors {
-    fn responses() -> BTreeMap<String, RefOr<Response>> {
-        DOOR_ERRORS
-            .iter()
-            .map(|(code, what)| {
-                let body = ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiError")))
-                    .build();
-                let response = ResponseBuilder::new()
-                    .description(*what)
-                    .content("application/json", body)
-                    .build();
-                (code.to_string(), response.into())
-            })
-            .collect()
-    }
-}
+use crate::http_error::DoorErrors;
 
 // The server functions' bodies: their arguments as one JSON object (Leptos' `Json` codec).
 

@@ -12,7 +12,7 @@ use app::backend::{Backend, Caller};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
@@ -20,27 +20,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::backend::ServerBackend;
-use crate::openapi::DoorErrors;
-
-/// An API error as an HTTP response.
-pub struct ErrorResponse(pub ApiError);
-
-impl IntoResponse for ErrorResponse {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, Json(serde_json::json!({ "error": self.0.error }))).into_response();
-        if let Some(secs) = self.0.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
-    }
-}
-
-impl From<ApiError> for ErrorResponse {
-    fn from(e: ApiError) -> Self {
-        Self(e)
-    }
-}
+use crate::http_error::{DoorErrors, ErrorResponse};
 
 type ApiResult<T> = Result<T, ErrorResponse>;
 

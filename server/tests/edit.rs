@@ -11,20 +11,7 @@ use serde_json::{json, Value};
 
 mod common;
 use common::{data_url, png_bytes, repo, start, TINY_EDIT};
-
-/// 80×48: a transparent left quarter, an alpha ramp, an opaque block with a round hole.
-fn layer_with_holes() -> image::RgbaImage {
-    image::RgbaImage::from_fn(80, 48, |x, y| {
-        let hole = (x as i32 - 60).pow(2) + (y as i32 - 24).pow(2) < 64;
-        let a = match x {
-            _ if hole => 0,
-            0..20 => 0,
-            20..36 => ((x - 19) * 16 - 1) as u8,
-            _ => 255,
-        };
-        image::Rgba([200, (y * 4) as u8, (x * 3) as u8, a])
-    })
-}
+use test_support::layer_with_holes;
 
 /// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
 fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {

@@ -27,10 +27,10 @@ impl Default for Params {
     fn default() -> Self {
         Self {
             prompt: String::new(),
-            layer_num: 4,
-            resolution: 640,
-            steps: 50,
-            cfg_scale: 4.0,
+            layer_num: crate::api::DEFAULT_LAYER_NUM,
+            resolution: crate::api::DEFAULT_RESOLUTION,
+            steps: crate::api::DEFAULT_STEPS,
+            cfg_scale: crate::api::DEFAULT_CFG_SCALE,
             seed: None,
             caption_in_chinese: false,
         }

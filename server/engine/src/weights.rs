@@ -258,10 +258,13 @@ pub fn hub_cache_dir() -> PathBuf {
     home.join(".cache").join("huggingface").join("hub")
 }
 
-fn looks_like_repo_id(s: &str) -> bool {
+/// `owner/name`, as the hub names repos (a path like `./x/y`, `../x` or `/x/y` is not one).
+pub fn looks_like_repo_id(s: &str) -> bool {
     let mut parts = s.split('/');
     let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        p.is_some_and(|p| {
+            !p.is_empty() && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
@@ -278,6 +281,9 @@ mod tests {
         assert!(!looks_like_repo_id("/abs/path"));
         assert!(!looks_like_repo_id("a/b/c"));
         assert!(!looks_like_repo_id("a b/c"));
+        assert!(!looks_like_repo_id("./models/edit"));
+        assert!(!looks_like_repo_id("../edit/x"));
+        assert!(!looks_like_repo_id("../edit"));
     }
 
     #[test]

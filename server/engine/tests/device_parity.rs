@@ -443,6 +443,10 @@ fn offloaded_transformer_equals_resident() {
 
 /// The text encoder's streamed layers compute exactly what the resident ones do.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn offloaded_text_encoder_equals_resident() {
     let (device, dtype) = setup();
     if !device.is_cuda() {
@@ -542,6 +546,10 @@ fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, keys: usize) -> Tenso
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn fused_flash_attention_matches_f32() {
     let Some(device) = cuda_only() else { return };
     use engine::gpu::fused;
@@ -609,6 +617,10 @@ fn fused_flash_attention_matches_f32() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn fused_elementwise_kernels_match_f32() {
     let Some(device) = cuda_only() else { return };
     use engine::gpu::fused;
@@ -804,6 +816,10 @@ impl candle_nn::var_builder::SimpleBackend for CachedRandomWeights {
 /// bf16, against the same block in f32 through the plain path: the fused path must be at least
 /// as close to f32 as the plain bf16 path is (both also stay under the bf16 forward bound).
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn fused_block_matches_plain_path() {
     let Some(device) = cuda_only() else { return };
     use engine::gpu::fused;

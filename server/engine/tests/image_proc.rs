@@ -196,7 +196,7 @@ fn resize_matches_pillow() {
 #[test]
 fn png_round_trip_and_mode_conversions() {
     let img = RgbaImage::from_raw(3, 1, vec![1, 2, 3, 0, 200, 100, 50, 128, 255, 255, 255, 255]).unwrap();
-    let png = image_proc::encode_png(&img).unwrap();
+    let png = ts::encode_png(&img);
     assert_eq!(&png[1..4], b"PNG");
     assert_eq!(image_proc::decode_rgba(&png).unwrap(), img);
     // RGBA → RGB drops alpha without compositing; RGB → RGBA makes it opaque.

@@ -356,7 +356,7 @@ mod parity {
         check_stages("layered", &vae, "images/input_rgba_small.png");
 
         let decoded = vae.decode(&frames_folded("layered/posterior_mean")).unwrap();
-        let png = image_proc::encode_png(&image_proc::tensor_to_rgba8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let png = test_support::encode_png(&image_proc::tensor_to_rgba8(&decoded.get(0).unwrap()).unwrap());
         let (worst, count, n) = png_diff(png, "images/vae_layered_decoded.png");
         println!("layered decoded PNG: max |Δ| {worst}/255 on {count} of {n} values");
         assert!(worst <= 1, "layered PNG differs by {worst}/255");
@@ -369,7 +369,7 @@ mod parity {
         check_stages("edit", &vae, "images/input_rgb_small.png");
 
         let decoded = vae.decode(&frames_folded("edit/posterior_mean")).unwrap();
-        let png = image_proc::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let png = test_support::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap());
         let (worst, count, n) = png_diff(png, "images/vae_edit_decoded.png");
         println!("edit decoded PNG: max |Δ| {worst}/255 on {count} of {n} values");
         assert!(worst <= 1, "edit PNG differs by {worst}/255");
@@ -439,7 +439,7 @@ mod parity {
             out_w / 8,
         );
         let decoded = vae.decode(&vae.denormalize_latents(&latents).unwrap()).unwrap();
-        let png = image_proc::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap()).unwrap();
+        let png = test_support::encode_png(&image_proc::tensor_to_rgb8(&decoded.get(0).unwrap()).unwrap());
         let (worst, count, n) = png_diff(png, "runs/edit_plus/edited.png");
         println!("edit run output PNG: max |Δ| {worst}/255 on {count} of {n} values");
         assert!(worst <= 1, "edit output PNG differs by {worst}/255");

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use app::api::{self, flags};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 use indicatif::{ProgressBar, ProgressStyle};
+use server::decomposer::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
 use server::engine_state::Runtime;
-use server::layers::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -83,13 +84,13 @@ struct RunArgs {
     caption_language: CaptionArg,
     #[arg(long, default_value = " ")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=10))]
+    #[arg(long, default_value_t = api::DEFAULT_LAYER_NUM, value_parser = flags::layer_num)]
     num_layers: u32,
-    #[arg(long, default_value_t = 640, value_parser = parse_resolution)]
+    #[arg(long, default_value_t = api::DEFAULT_RESOLUTION, value_parser = flags::resolution)]
     resolution: u32,
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=app::api::MAX_STEPS as i64))]
+    #[arg(long, default_value_t = api::DEFAULT_STEPS, value_parser = flags::steps)]
     steps: u32,
-    #[arg(long, default_value_t = 4.0, value_parser = parse_cfg)]
+    #[arg(long, default_value_t = api::DEFAULT_CFG_SCALE, value_parser = flags::cfg_scale)]
     cfg_scale: f32,
     /// Turn off the per-token CFG normalisation (on in the official app).
     #[arg(long)]
@@ -155,9 +156,9 @@ struct EditArgs {
     #[arg(long, default_value = " ")]
     negative_prompt: String,
     /// At least 2 (the Edit-2509 schedule is undefined for one step).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(2..=app::api::MAX_STEPS as i64))]
+    #[arg(long, default_value_t = api::DEFAULT_STEPS, value_parser = flags::edit_steps)]
     steps: u32,
-    #[arg(long, default_value_t = 4.0, value_parser = parse_cfg)]
+    #[arg(long, default_value_t = api::DEFAULT_CFG_SCALE, value_parser = flags::cfg_scale)]
     cfg_scale: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -171,16 +172,6 @@ struct EditArgs {
     /// The edited layer (PNG, same size as the input).
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
-}
-
-fn parse_resolution(s: &str) -> Result<u32, String> {
-    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    app::api::validate_resolution(v).map_err(|e| e.error)
-}
-
-fn parse_cfg(s: &str) -> Result<f32, String> {
-    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    app::api::validate_cfg_scale(v).map_err(|e| e.error)
 }
 
 fn main() {

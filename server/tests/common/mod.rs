@@ -88,10 +88,7 @@ impl Server {
 }
 
 pub fn png_bytes(img: &image::RgbaImage) -> Vec<u8> {
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    png
+    test_support::encode_png(img)
 }
 
 pub fn data_url(png: &[u8]) -> String {

@@ -342,6 +342,33 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, rel_tol: f64, what: &str
     err
 }
 
+/// Encodes an 8-bit RGB or RGBA image as PNG (the tests' one encoder; the product's is
+/// `app::image_data::encode_png`).
+pub fn encode_png<P>(img: &image::ImageBuffer<P, Vec<u8>>) -> Vec<u8>
+where
+    P: image::PixelWithColorType<Subpixel = u8>,
+{
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png).expect("PNG encoding");
+    bytes.into_inner()
+}
+
+/// A layer edit's hard case, 64×48: a fully transparent strip (x < 16), an alpha ramp
+/// (16 ≤ x < 32), an opaque block, and a fully transparent disk inside the opaque part (a hole
+/// with RGB left underneath).
+pub fn layer_with_holes() -> image::RgbaImage {
+    image::RgbaImage::from_fn(64, 48, |x, y| {
+        let in_disk = (x as i32 - 48).pow(2) + (y as i32 - 24).pow(2) < 36;
+        let a = match x {
+            _ if in_disk => 0,
+            0..16 => 0,
+            16..32 => ((x - 15) * 16 - 1) as u8,
+            _ => 255,
+        };
+        image::Rgba([(x * 4) as u8, (y * 5) as u8, 230, a])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

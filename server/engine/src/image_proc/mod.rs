@@ -13,7 +13,7 @@ mod resample;
 pub use resample::Filter;
 
 use candle_core::{DType, Device, Tensor};
-use image::{ImageBuffer, Pixel, PixelWithColorType, Rgb, RgbImage, Rgba, RgbaImage};
+use image::{ImageBuffer, Pixel, Rgb, RgbImage, Rgba, RgbaImage};
 
 use crate::{Error, Result};
 
@@ -181,17 +181,6 @@ fn tensor_to_u8(t: &Tensor, channels: usize) -> Result<(u32, u32, Vec<u8>)> {
         }
     }
     Ok((w as u32, h as u32, out))
-}
-
-/// Encodes an 8-bit RGB or RGBA image as PNG.
-pub fn encode_png<P>(img: &ImageBuffer<P, Vec<u8>>) -> Result<Vec<u8>>
-where
-    P: PixelWithColorType<Subpixel = u8>,
-{
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png)
-        .map_err(|e| Error::Image(format!("PNG encoding: {e}")))?;
-    Ok(bytes.into_inner())
 }
 
 /// Decodes an image file (PNG, JPEG, WebP) as RGBA, like Pillow's `.convert("RGBA")`: RGB gets

@@ -256,22 +256,7 @@ fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// 64×48: a fully transparent hole (x < 16), an alpha ramp (16 ≤ x < 32), an opaque block,
-    /// and a fully transparent disk inside the opaque part (a hole with RGB left underneath).
-    fn layer_with_holes() -> RgbaImage {
-        RgbaImage::from_fn(64, 48, |x, y| {
-            let rgb = [(x * 4) as u8, (y * 5) as u8, 230];
-            let in_disk = (x as i32 - 48).pow(2) + (y as i32 - 24).pow(2) < 36;
-            let a = match x {
-                _ if in_disk => 0,
-                0..16 => 0,
-                16..32 => ((x - 15) * 16 - 1) as u8,
-                _ => 255,
-            };
-            Rgba([rgb[0], rgb[1], rgb[2], a])
-        })
-    }
+    use test_support::layer_with_holes;
 
     #[test]
     fn keeping_alpha_preserves_holes_and_soft_edges_exactly() {

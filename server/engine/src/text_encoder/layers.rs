@@ -1,7 +1,38 @@
-//! The two building blocks the Qwen2.5-VL language model and vision tower share.
+//! The building blocks the Qwen2.5-VL language model and vision tower share.
 
-use candle_core::{DType, Result, Tensor, D};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+/// The SwiGLU MLP: `down(silu(gate(x)) · up(x))`. The language model's projections have no
+/// bias, the vision tower's do.
+#[derive(Debug, Clone)]
+pub(crate) struct GatedMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl GatedMlp {
+    pub(crate) fn new(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let linear = |i, o, name| {
+            if bias {
+                candle_nn::linear(i, o, vb.pp(name))
+            } else {
+                candle_nn::linear_no_bias(i, o, vb.pp(name))
+            }
+        };
+        Ok(Self {
+            gate_proj: linear(hidden, intermediate, "gate_proj")?,
+            up_proj: linear(hidden, intermediate, "up_proj")?,
+            down_proj: linear(intermediate, hidden, "down_proj")?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
 
 /// RMSNorm as Qwen2 / Qwen2.5-VL compute it: statistics in f32, the normalised values cast back
 /// to the model dtype, then scaled by the weight (in that dtype).

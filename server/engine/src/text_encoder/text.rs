@@ -19,7 +19,7 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::{Config, TextConfig};
-use super::layers::{apply_rope, RmsNorm};
+use super::layers::{apply_rope, GatedMlp, RmsNorm};
 use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 use crate::weights::ModelDir;
 
@@ -152,34 +152,11 @@ impl Attention {
 }
 
 #[derive(Debug, Clone)]
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl Mlp {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(d, ff, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(d, ff, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(ff, d, vb.pp("down_proj"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     span: tracing::Span,
 }
 
@@ -193,7 +170,7 @@ impl DecoderLayer {
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, false, vb.pp("mlp"))?,
             span: tracing::trace_span!("text-encoder-layer", index),
         })
     }

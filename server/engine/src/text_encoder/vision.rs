@@ -20,7 +20,7 @@ use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::{Config, VisionConfig};
-use super::layers::{apply_rope, RmsNorm};
+use super::layers::{apply_rope, GatedMlp, RmsNorm};
 use super::processor::{ImageProcessorConfig, ProcessedImage};
 use crate::weights::ModelDir;
 
@@ -125,34 +125,11 @@ impl VisionAttention {
 }
 
 #[derive(Debug, Clone)]
-struct VisionMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl VisionMlp {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            gate_proj: candle_nn::linear(d, ff, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear(d, ff, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear(ff, d, vb.pp("down_proj"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct VisionBlock {
     norm1: RmsNorm,
     attn: VisionAttention,
     norm2: RmsNorm,
-    mlp: VisionMlp,
+    mlp: GatedMlp,
     span: tracing::Span,
 }
 
@@ -162,7 +139,7 @@ impl VisionBlock {
             norm1: RmsNorm::new(cfg.hidden_size, NORM_EPS, vb.pp("norm1"))?,
             attn: VisionAttention::new(cfg, vb.pp("attn"))?,
             norm2: RmsNorm::new(cfg.hidden_size, NORM_EPS, vb.pp("norm2"))?,
-            mlp: VisionMlp::new(cfg, vb.pp("mlp"))?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, true, vb.pp("mlp"))?,
             span: tracing::trace_span!("vision-block", index),
         })
     }
