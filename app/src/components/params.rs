@@ -164,75 +164,45 @@ pub fn ParamsPanel(
                 </div>
 
                 <div class="field-row">
-                    <div class="field">
-                        <label for="layers">"Layers"</label>
-                        <input
-                            id="layers"
-                            type="number"
-                            inputmode="numeric"
-                            min=*LAYER_RANGE.start()
-                            max=*LAYER_RANGE.end()
-                            step="1"
-                            aria-invalid=move || errors.with(|e| e.layers.is_some()).to_string()
-                            aria-describedby="layers-error"
-                            prop:value=move || params.with(|p| p.layer_num.to_string())
-                            on:input=move |ev| {
-                                match parse_layers(&event_target_value(&ev)) {
-                                    Ok(n) => {
-                                        params.update(|p| p.layer_num = n);
-                                        errors.update(|e| e.layers = None);
-                                    }
-                                    Err(msg) => errors.update(|e| e.layers = Some(msg)),
-                                }
-                            }
-                        />
-                    </div>
-                    <div class="field">
-                        <label for="steps">"Steps"</label>
-                        <input
-                            id="steps"
-                            type="number"
-                            inputmode="numeric"
-                            min="1"
-                            max=max_steps
-                            step="1"
-                            aria-invalid=move || errors.with(|e| e.steps.is_some()).to_string()
-                            aria-describedby="steps-error"
-                            prop:value=move || params.with(|p| p.steps.to_string())
-                            on:input=move |ev| {
-                                match parse_steps(&event_target_value(&ev), max_steps()) {
-                                    Ok(n) => {
-                                        params.update(|p| p.steps = n);
-                                        errors.update(|e| e.steps = None);
-                                    }
-                                    Err(msg) => errors.update(|e| e.steps = Some(msg)),
-                                }
-                            }
-                        />
-                    </div>
-                    <div class="field">
-                        <label for="cfg">"CFG scale"</label>
-                        <input
-                            id="cfg"
-                            type="number"
-                            inputmode="decimal"
-                            min="0"
-                            max=MAX_CFG_SCALE
-                            step="0.5"
-                            aria-invalid=move || errors.with(|e| e.cfg.is_some()).to_string()
-                            aria-describedby="cfg-error"
-                            prop:value=move || params.with(|p| p.cfg_scale.to_string())
-                            on:input=move |ev| {
-                                match parse_cfg(&event_target_value(&ev)) {
-                                    Ok(v) => {
-                                        params.update(|p| p.cfg_scale = v);
-                                        errors.update(|e| e.cfg = None);
-                                    }
-                                    Err(msg) => errors.update(|e| e.cfg = Some(msg)),
-                                }
-                            }
-                        />
-                    </div>
+                    <NumberField
+                        id="layers"
+                        label="Layers"
+                        inputmode="numeric"
+                        min=LAYER_RANGE.start().to_string()
+                        max=Signal::derive(|| LAYER_RANGE.end().to_string())
+                        step="1"
+                        value=Signal::derive(move || params.with(|p| p.layer_num.to_string()))
+                        invalid=Signal::derive(move || errors.with(|e| e.layers.is_some()))
+                        on_input=field_input(params, errors, parse_layers, |p, n| p.layer_num = n, |e| &mut e.layers)
+                    />
+                    <NumberField
+                        id="steps"
+                        label="Steps"
+                        inputmode="numeric"
+                        min="1".to_string()
+                        max=Signal::derive(move || max_steps().to_string())
+                        step="1"
+                        value=Signal::derive(move || params.with(|p| p.steps.to_string()))
+                        invalid=Signal::derive(move || errors.with(|e| e.steps.is_some()))
+                        on_input=field_input(
+                            params,
+                            errors,
+                            move |t| parse_steps(t, max_steps()),
+                            |p, n| p.steps = n,
+                            |e| &mut e.steps,
+                        )
+                    />
+                    <NumberField
+                        id="cfg"
+                        label="CFG scale"
+                        inputmode="decimal"
+                        min="0".to_string()
+                        max=Signal::derive(|| MAX_CFG_SCALE.to_string())
+                        step="0.5"
+                        value=Signal::derive(move || params.with(|p| p.cfg_scale.to_string()))
+                        invalid=Signal::derive(move || errors.with(|e| e.cfg.is_some()))
+                        on_input=field_input(params, errors, parse_cfg, |p, v| p.cfg_scale = v, |e| &mut e.cfg)
+                    />
                 </div>
                 <FieldError id="layers-error" msg=Signal::derive(move || errors.with(|e| e.layers.clone()))/>
                 <FieldError id="steps-error" msg=Signal::derive(move || errors.with(|e| e.steps.clone()))/>
@@ -275,15 +245,7 @@ pub fn ParamsPanel(
                             aria-invalid=move || errors.with(|e| e.seed.is_some()).to_string()
                             aria-describedby="seed-hint seed-error"
                             prop:value=move || params.with(|p| p.seed.map(|s| s.to_string()).unwrap_or_default())
-                            on:input=move |ev| {
-                                match parse_seed(&event_target_value(&ev)) {
-                                    Ok(s) => {
-                                        params.update(|p| p.seed = s);
-                                        errors.update(|e| e.seed = None);
-                                    }
-                                    Err(msg) => errors.update(|e| e.seed = Some(msg)),
-                                }
-                            }
+                            on:input=field_input(params, errors, parse_seed, |p, s| p.seed = s, |e| &mut e.seed)
                         />
                         <button
                             type="button"
@@ -346,6 +308,60 @@ fn CaptionLanguage(params: RwSignal<Params>) -> impl IntoView {
 }
 
 /// A field's validation message (an empty live region when the field is fine).
+/// The `on:input` of a field: valid text updates `params` and clears the field's message; invalid
+/// text keeps the last valid value and sets the message (which blocks "Decompose Image").
+fn field_input<T>(
+    params: RwSignal<Params>,
+    errors: RwSignal<FieldErrors>,
+    parse: impl Fn(&str) -> Result<T, String> + 'static,
+    set: impl Fn(&mut Params, T) + 'static,
+    message: impl Fn(&mut FieldErrors) -> &mut Option<String> + 'static,
+) -> impl FnMut(leptos::ev::Event) + 'static {
+    move |ev| match parse(&event_target_value(&ev)) {
+        Ok(v) => {
+            params.update(|p| set(p, v));
+            errors.update(|e| *message(e) = None);
+        }
+        Err(msg) => errors.update(|e| *message(e) = Some(msg)),
+    }
+}
+
+/// A labelled number input; its message shows under the row, in `{id}-error`.
+#[component]
+fn NumberField<F>(
+    id: &'static str,
+    label: &'static str,
+    inputmode: &'static str,
+    min: String,
+    max: Signal<String>,
+    step: &'static str,
+    value: Signal<String>,
+    invalid: Signal<bool>,
+    on_input: F,
+) -> impl IntoView
+where
+    F: FnMut(leptos::ev::Event) + 'static,
+{
+    view! {
+        <div class="field">
+            <label for=id>{label}</label>
+            <input
+                id=id
+                type="number"
+                inputmode=inputmode
+                min=min
+                max=move || max.get()
+                step=step
+                aria-invalid=move || invalid.get().to_string()
+                aria-describedby=format!("{id}-error")
+                prop:value=move || value.get()
+                on:input=on_input
+            />
+        </div>
+    }
+    .into_any()
+}
+
 #[component]
 fn FieldError(id: &'static str, msg: Signal<Option<String>>) -> impl IntoView {
     view! {
