@@ -438,7 +438,7 @@ pub(crate) mod cuda {
 
     pub fn bias_gelu(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let d = *y.dims().last().unwrap_or(&0);
-        if d % 8 != 0 || bias.dims() != [d] {
+        if !d.is_multiple_of(8) || bias.dims() != [d] {
             bail!("bias_gelu: y {:?}, bias {:?} unsupported", y.dims(), bias.dims());
         }
         check_dtype(y, DType::BF16, "y")?;

@@ -149,6 +149,16 @@ impl HostBuffer {
         }
     }
 
+    fn bytes_mut(&mut self) -> Result<&mut [u8]> {
+        match self {
+            #[cfg(feature = "cuda")]
+            HostBuffer::Pinned(p) => p
+                .as_mut_slice()
+                .map_err(|e| candle_core::Error::Msg(format!("pinned buffer: {e}"))),
+            HostBuffer::Pageable(v) => Ok(v),
+        }
+    }
+
     fn is_pinned(&self) -> bool {
         match self {
             #[cfg(feature = "cuda")]
@@ -240,7 +250,7 @@ impl<B> StreamedBlocks<B> {
         let size = dtype.size_in_bytes();
         let mut buffer = pin(elements * size).unwrap_or_else(|| HostBuffer::Pageable(vec![0u8; elements * size]));
         {
-            let HostBuffer::Pageable(dst) = &mut buffer;
+            let dst = buffer.bytes_mut()?;
             for p in &tensors {
                 let t = &seen.iter().find(|(n, _)| n == &p.name).expect("recorded").1;
                 let start = p.offset * size;
