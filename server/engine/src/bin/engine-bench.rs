@@ -154,7 +154,7 @@ fn parse_args() -> Result<Args, String> {
     if random == a.model.is_some() {
         return Err(format!("give exactly one of --random-weights and --model DIR\n{USAGE}"));
     }
-    if a.resolution % 16 != 0 {
+    if !a.resolution.is_multiple_of(16) {
         return Err(format!("--resolution {} must be a multiple of 16", a.resolution));
     }
     Ok(a)
