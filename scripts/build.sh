@@ -25,5 +25,5 @@ if [ "$MODE" = release ]; then
 fi
 cp style/main.css "$SITE/pkg/$NAME.css"
 cp -r public/. "$SITE/"
-cargo build -p server --bins --profile "$SPROF" "${@:2}"
-echo "built $MODE: $SITE and target/$SDIR/server"
+cargo build -p server -p qwen-layers --bins --profile "$SPROF" "${@:2}"
+echo "built $MODE: $SITE, target/$SDIR/server and target/$SDIR/qwen-layers"

@@ -15,11 +15,11 @@ export PATH="$PWD/end2end/node_modules/.bin:$PATH"
 # Format and lints first (cheap, and they fail fast), each crate with its own features.
 cargo fmt --all --check
 cargo clippy -p app --features ssr --all-targets -- -D warnings
-cargo clippy -p engine -p test-support -p server --all-targets -- -D warnings
+cargo clippy -p engine -p test-support -p qwen-layers -p server --all-targets -- -D warnings
 cargo clippy -p frontend --lib --target wasm32-unknown-unknown --target-dir target/front --profile wasm-dev -- -D warnings
 # One crate at a time: building the workspace at once would unify the ssr and hydrate features.
 cargo test -p app --features ssr
-cargo test -p engine -p test-support
+cargo test -p engine -p test-support -p qwen-layers
 cargo test -p server
 # The live server against its own OpenAPI document, REST and server functions (a short pass).
 scripts/schemathesis.sh 45

@@ -1,10 +1,10 @@
 //! The Qwen Layers server: the Leptos web app, the REST API, the job queue in front of the
-//! engine, configuration and CLI flags. The `server` binary runs it; `qwen-layers` is the CLI.
+//! engine, configuration and flags. The `server` binary runs it; the `qwen-layers` crate (the
+//! Rust API it builds on) holds the CLI.
 
 pub mod backend;
 pub mod cli;
 pub mod config;
-pub mod decomposer;
 pub mod door;
 pub mod engine_state;
 pub mod http_error;
@@ -26,8 +26,9 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 use crate::backend::{ServerBackend, ServerOptions};
 use crate::cli::{DeviceChoice, ModelType, ServerArgs};
 use crate::door::DoorPolicy;
-use crate::engine_state::{EngineState, Runtime};
+use crate::engine_state::EngineState;
 use crate::run_store::RunStore;
+use engine::runtime::Runtime;
 
 /// Router state: the Leptos options (for SSR and static files) and the backend.
 #[derive(Clone)]

@@ -254,7 +254,7 @@ fn decode_data_url(url: &str) -> image::RgbaImage {
     image::load_from_memory(&bytes).unwrap().to_rgba8()
 }
 
-/// The CLI runs in `server/`, so its paths are relative to it.
+/// The test runs in `server/`, so its paths are relative to it.
 const TINY: &str = "../tests/fixtures/tiny-qwen-image-layered";
 const INPUT: &str = "../tests/fixtures/reference/images/input_rgba_square.png";
 
@@ -309,39 +309,25 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
     assert_eq!(zip.len(), 4);
     assert_eq!(get(&s.base, "/api/qwen-image/status").await.1["status"], "ready");
 
-    // The CLI with the same seed writes the same layers (both run the same Rust pipeline).
-    let out = std::env::temp_dir().join(format!("qwen-layers-rest-vs-cli-{}", std::process::id()));
-    let status = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "decompose",
-            "--model-path",
-            TINY,
-            "--device",
-            "cpu",
-            "--input-image",
-            INPUT,
-            "--prompt",
-            "a red apple",
-        ])
-        .args([
-            "--num-layers",
-            "2",
-            "--steps",
-            "1",
-            "--seed",
-            "5",
-            "--output-dir",
-            out.to_str().unwrap(),
-        ])
-        .output()
+    // The Rust API (what the CLI runs) with the same seed gives the same layers.
+    let model = engine::weights::ModelDir::open(TINY).unwrap();
+    let mut decomposer = qwen_layers::Decomposer::from_model_dir(model, Default::default()).unwrap();
+    let options = engine::pipeline::DecomposeOptions {
+        prompt: "a red apple".into(),
+        layers: 2,
+        num_inference_steps: 1,
+        seed: 5,
+        ..Default::default()
+    };
+    let direct = decomposer
+        .decompose(&image::open(INPUT).unwrap().to_rgba8(), &options)
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     for (i, rest_layer) in images.iter().enumerate().skip(1) {
-        let cli_layer = image::open(out.join(format!("0{i}_layer-{i}.png"))).unwrap().to_rgba8();
-        assert!(cli_layer == *rest_layer, "layer {i}: REST and CLI differ");
+        assert!(
+            direct.layers[i - 1] == *rest_layer,
+            "layer {i}: REST and the Rust API differ"
+        );
     }
-    std::fs::remove_dir_all(&out).unwrap();
 
     // An empty prompt is captioned automatically and the caption reported.
     let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1, "seed": 5});

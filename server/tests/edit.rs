@@ -1,28 +1,14 @@
-//! Layer editing end to end on the tiny Qwen-Image-Edit-2509 checkpoint: the REST endpoint, the
-//! server function and the `qwen-layers edit` CLI, on a layer with holes and soft edges. The
+//! Layer editing end to end on the tiny Qwen-Image-Edit-2509 checkpoint: the REST endpoint and the
+//! server function (the CLI's `edit` is tested in `cli/tests/cli.rs`), on a layer with holes and soft edges. The
 //! edit must keep the layer's size and (by default) its alpha exactly, and bad requests must fail
 //! clearly.
-
-use std::path::Path;
-use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 mod common;
-use common::{data_url, png_bytes, repo, start, TINY_EDIT};
-use test_support::layer_with_holes;
-
-/// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
-fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {
-    assert_eq!(edited.dimensions(), layer.dimensions());
-    for (o, l) in edited.pixels().zip(layer.pixels()) {
-        assert_eq!(o.0[3], l.0[3], "alpha changed");
-        if l.0[3] == 0 {
-            assert_eq!(o.0, [0, 0, 0, 0], "a hole got colour");
-        }
-    }
-}
+use common::{data_url, png_bytes, start, TINY_EDIT};
+use test_support::{assert_alpha_kept, layer_with_holes};
 
 async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
@@ -190,71 +176,4 @@ async fn a_missing_edit_model_is_reported_and_refused() {
         "{json}"
     );
     assert_eq!(edit_status(&s.base).await["status"], "unavailable");
-}
-
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen-layers"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn cli_edit_keeps_the_layers_alpha_and_fails_clearly() {
-    let dir = std::env::temp_dir().join(format!("qwen-layers-cli-edit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let layer = layer_with_holes();
-    let input = dir.join("layer.png");
-    std::fs::write(&input, png_bytes(&layer)).unwrap();
-    let output = dir.join("edited.png");
-    let args = |instruction: &str, steps: &str, input: &Path| -> Vec<String> {
-        [
-            "edit",
-            "--model-path",
-            TINY_EDIT,
-            "--device",
-            "cpu",
-            "--layer-image",
-            input.to_str().unwrap(),
-            "--instruction",
-            instruction,
-            "--steps",
-            steps,
-            "--cfg-scale",
-            "4",
-            "--seed",
-            "3",
-            "--output",
-            output.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let run = |a: Vec<String>| cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
-
-    let (code, stdout, stderr) = run(args("make it red", "2", &input));
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("alpha kept"), "{stdout}");
-    assert_alpha_kept(&image::open(&output).unwrap().to_rgba8(), &layer);
-
-    let (code, _, stderr) = run(args("   ", "2", &input));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("--instruction is empty"), "{stderr}");
-    let garbage = dir.join("garbage.png");
-    std::fs::write(&garbage, b"not an image").unwrap();
-    let (code, _, stderr) = run(args("make it red", "2", &garbage));
-    assert_eq!(code, 1);
-    assert!(stderr.contains("garbage.png"), "{stderr}");
-    let (code, _, stderr) = run(args("make it red", "1", &input));
-    assert_eq!(code, 2, "clap rejects it");
-    assert!(stderr.contains("--steps"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@
 //! - [`scheduler`], [`latents`]: flow-match Euler schedule and latent packing.
 //! - [`vae`], [`image_proc`]: AutoencoderKLQwenImage (RGB and RGBA) and pixel pre/post-processing.
 //! - [`pipeline`]: decompose and edit, end to end.
+//! - [`runtime`]: the device and dtype a server or CLI runs on.
 //! - [`gpu`]: CUDA settings, streamed CPU offload, VRAM accounting, clear CUDA errors, and the
 //!   benchmark's random weights and FLOP counts.
 //!
@@ -19,6 +20,7 @@ pub mod gpu;
 pub mod image_proc;
 pub mod latents;
 pub mod pipeline;
+pub mod runtime;
 pub mod scheduler;
 pub mod text_encoder;
 pub mod tokenizer;

@@ -369,6 +369,17 @@ pub fn layer_with_holes() -> image::RgbaImage {
     })
 }
 
+/// The edited layer must be the input's size with exactly its alpha, and no colour in the holes.
+pub fn assert_alpha_kept(edited: &image::RgbaImage, layer: &image::RgbaImage) {
+    assert_eq!(edited.dimensions(), layer.dimensions());
+    for (o, l) in edited.pixels().zip(layer.pixels()) {
+        assert_eq!(o.0[3], l.0[3], "alpha changed");
+        if l.0[3] == 0 {
+            assert_eq!(o.0, [0, 0, 0, 0], "a hole got colour");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

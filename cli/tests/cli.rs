@@ -1,5 +1,6 @@
-//! The `qwen-layers` CLI on the tiny checkpoint: it reproduces the reference run's layer PNGs
-//! from the reference's initial noise, recombines layers, and fails clearly on bad arguments.
+//! The `qwen-layers` CLI on the tiny checkpoints: it reproduces the reference run's layer PNGs
+//! from the reference's initial noise, recombines layers, edits a layer keeping its alpha, and
+//! fails clearly on bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -247,4 +248,58 @@ fn batch_decomposes_every_image_and_a_bad_one_does_not_lose_the_others() {
     assert!(!out.join("notes").exists());
     std::fs::remove_dir_all(&inputs).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn cli_edit_keeps_the_layers_alpha_and_fails_clearly() {
+    let dir = std::env::temp_dir().join(format!("qwen-layers-cli-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let layer = test_support::layer_with_holes();
+    let input = dir.join("layer.png");
+    std::fs::write(&input, test_support::encode_png(&layer)).unwrap();
+    let output = dir.join("edited.png");
+    let args = |instruction: &str, steps: &str, input: &Path| -> Vec<String> {
+        [
+            "edit",
+            "--model-path",
+            "tests/fixtures/tiny-qwen-image-edit-2509",
+            "--device",
+            "cpu",
+            "--layer-image",
+            input.to_str().unwrap(),
+            "--instruction",
+            instruction,
+            "--steps",
+            steps,
+            "--cfg-scale",
+            "4",
+            "--seed",
+            "3",
+            "--output",
+            output.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let (code, stdout, stderr) = run(args("make it red", "2", &input));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("alpha kept"), "{stdout}");
+    test_support::assert_alpha_kept(&image::open(&output).unwrap().to_rgba8(), &layer);
+
+    let (code, _, stderr) = run(args("   ", "2", &input));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--instruction is empty"), "{stderr}");
+    let garbage = dir.join("garbage.png");
+    std::fs::write(&garbage, b"not an image").unwrap();
+    let (code, _, stderr) = run(args("make it red", "2", &garbage));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("garbage.png"), "{stderr}");
+    let (code, _, stderr) = run(args("make it red", "1", &input));
+    assert_eq!(code, 2, "clap rejects it");
+    assert!(stderr.contains("--steps"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,11 +12,11 @@ use anyhow::{bail, Context, Result};
 use app::api::{self, flags};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
+use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 use indicatif::{ProgressBar, ProgressStyle};
-use server::decomposer::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
-use server::engine_state::Runtime;
+use qwen_layers::decomposer::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -203,7 +203,7 @@ fn runtime(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Runtime> {
         DtypeArg::Bf16 => "bf16",
         DtypeArg::F16 => "f16",
     });
-    Runtime::select(device, dtype)
+    Ok(Runtime::select(device, dtype)?)
 }
 
 fn load(model: &ModelArgs) -> Result<Decomposer> {

@@ -1,7 +1,7 @@
 //! The Rust API of the product, in the spirit of the seed's Python one:
 //!
 //! ```no_run
-//! use server::decomposer::{Decomposer, DecomposeOptions, LoadOptions};
+//! use qwen_layers::decomposer::{Decomposer, DecomposeOptions, LoadOptions};
 //! let mut d = Decomposer::from_pretrained("Qwen/Qwen-Image-Layered", LoadOptions::default())?;
 //! let image = image::open("photo.png")?.to_rgba8();
 //! let opts = DecomposeOptions { prompt: "a cat on a sofa".into(), layers: 4, ..Default::default() };

@@ -1,0 +1,93 @@
+//! Where and how the models run: the device (CPU or a CUDA card), the dtype, offload, and why a
+//! requested device cannot be used. The server and the CLI choose it the same way.
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// Where and how the models run.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub device: Device,
+    pub dtype: DType,
+    /// `cpu_offload`: stream the transformer's and text encoder's layers from host memory (CUDA
+    /// only; ignored on the CPU).
+    pub offload: bool,
+    /// Why the requested device cannot be used (no GPU, a driver too old, a build without CUDA):
+    /// the server then stays up and reports it in `/status` instead of exiting.
+    pub problem: Option<String>,
+}
+
+impl Runtime {
+    /// `cuda` when asked for (an error if this build or machine has none, or the card is one
+    /// the build's kernels cannot run on); `auto` = CUDA in a CUDA build, else the CPU.
+    pub fn select(device: &str, dtype: Option<&str>) -> Result<Self> {
+        let device = match device {
+            "cpu" => Device::Cpu,
+            "cuda" => crate::gpu::cuda_device(0).map_err(|e| Error::InvalidInput(format!("--device cuda: {e}")))?,
+            "auto" if crate::gpu::cuda_compiled() => crate::gpu::cuda_device(0)?,
+            "auto" => Device::Cpu,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown device `{other}` (cpu, cuda or auto)"
+                )))
+            }
+        };
+        let dtype = match dtype {
+            None if device.is_cuda() => DType::BF16,
+            None | Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown dtype `{other}` (f32, bf16 or f16)"
+                )))
+            }
+        };
+        Ok(Self {
+            device,
+            dtype,
+            offload: false,
+            problem: None,
+        })
+    }
+
+    /// A runtime that cannot run jobs, and says why.
+    pub fn unavailable(problem: String) -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            offload: false,
+            problem: Some(problem),
+        }
+    }
+
+    /// What the server prints at start: device, dtype, offload and the card's free memory.
+    pub fn startup_summary(&self) -> String {
+        if let Some(problem) = &self.problem {
+            return format!("no usable device ({problem})");
+        }
+        let mut line = self.describe();
+        if let Some((free, total)) = crate::gpu::memory::mem_info(&self.device) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            line += &format!(", VRAM {:.1} of {:.1} GiB free", gib(free), gib(total));
+        }
+        if !self.device.is_cuda() {
+            line += " (the CPU runs only the tiny test models)";
+        }
+        line
+    }
+
+    pub fn describe(&self) -> String {
+        if self.problem.is_some() {
+            return "unavailable".into();
+        }
+        let device = if self.device.is_cuda() { "cuda" } else { "cpu" };
+        let offload = if self.offload && self.device.is_cuda() {
+            " cpu-offload"
+        } else {
+            ""
+        };
+        format!("{device} {:?}{offload}", self.dtype).to_lowercase()
+    }
+}
