@@ -151,6 +151,9 @@ pub struct StatusResponse {
     pub queue_depth: u32,
     pub queue_capacity: u32,
     pub busy: bool,
+    /// Where the text encoder lives between jobs (resident, host copies, or loaded per job).
+    #[serde(default)]
+    pub text_encoder: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,8 @@ pub struct ServerBackend {
     store: Arc<RunStore>,
     /// Refuses over-long prompts before queueing (when the model's tokenizer could be read).
     prompts: Option<PromptChecker>,
+    /// Where the text encoder lives between jobs, for `/status`.
+    text_encoder: String,
 }
 
 /// Where a queued decomposition's result arrives.
@@ -90,6 +92,7 @@ impl ServerBackend {
         let edit = engine.edit_state();
         let loaded = engine.loaded_flag();
         let prompts = engine.prompt_checker();
+        let (_, text_encoder) = engine.text_encoder_residency();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
         let store = Arc::new(store);
         Arc::new(Self {
@@ -102,6 +105,7 @@ impl ServerBackend {
             edit,
             store,
             prompts,
+            text_encoder,
         })
     }
 
@@ -226,6 +230,7 @@ impl Backend for ServerBackend {
             queue_depth: in_flight.saturating_sub(1),
             queue_capacity: self.queue.capacity(),
             busy: in_flight > 0,
+            text_encoder: self.text_encoder.clone(),
         }
     }
 

@@ -169,13 +169,18 @@ impl EngineState {
         }
     }
 
+    /// Whether the text encoder stays in memory between jobs, and the sentence `/status` shows.
+    pub fn text_encoder_residency(&self) -> (bool, String) {
+        let on_cuda = self.runtime.device.is_cuda();
+        let total = engine::gpu::memory::mem_info(&self.runtime.device).map(|(_, total)| total);
+        engine::runtime::text_encoder_residency(on_cuda, self.runtime.offload && on_cuda, total)
+    }
+
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             device: self.runtime.device.clone(),
             dtype: self.runtime.dtype,
-            // Keep the text encoder on the CPU machine and for small models; on a GPU the
-            // real 16 GB encoder is loaded per job and dropped before denoising.
-            keep_text_encoder: !self.runtime.device.is_cuda(),
+            keep_text_encoder: self.text_encoder_residency().0,
             offload: (self.runtime.offload && self.runtime.device.is_cuda()).then(OffloadOptions::default),
             ..LoadOptions::default()
         }

@@ -51,6 +51,7 @@ async fn read_endpoints_report_config_and_status() {
     assert_eq!(code, 200);
     assert_eq!(status["model_loaded"], false);
     assert_eq!(status["queue_capacity"], 3);
+    assert_eq!(status["text_encoder"], "kept in memory between jobs (CPU)");
     // No model in the (empty) hub cache: unavailable, with a reason that says how to get it.
     assert_eq!(status["status"], "unavailable");
     assert!(status["reason"]
