@@ -19,6 +19,9 @@ pub use crate::error::{ApiError, CANCELLED_STATUS, MAX_QUOTED_CHARS};
 
 /// Smallest and largest number of layers the model can produce.
 pub const LAYER_RANGE: std::ops::RangeInclusive<u32> = 2..=10;
+/// The models used when no path is configured: Hugging Face repo ids, resolved in the hub cache.
+pub const DEFAULT_MODEL_REPO: &str = "Qwen/Qwen-Image-Layered";
+pub const DEFAULT_EDIT_MODEL_REPO: &str = "Qwen/Qwen-Image-Edit-2509";
 /// Defaults of a decomposition (the official app's), used until a profile or request says otherwise.
 pub const DEFAULT_LAYER_NUM: u32 = 4;
 pub const DEFAULT_RESOLUTION: u32 = 640;
@@ -163,6 +166,21 @@ pub struct EditStatusResponse {
     pub model_loaded: bool,
     pub model: String,
     pub reason: Option<String>,
+    /// While the edit model is being downloaded (the first edit of a repo id not cached yet).
+    #[serde(default)]
+    pub download: Option<DownloadStatus>,
+}
+
+/// A model download in progress: the current file and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct DownloadStatus {
+    pub file: String,
+    /// 1-based place of `file` among `files`.
+    pub file_index: u32,
+    pub files: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// Defaults and limits validation needs (the server's effective configuration).

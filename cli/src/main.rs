@@ -40,6 +40,16 @@ enum Command {
     /// Edit one RGBA layer by an instruction with Qwen-Image-Edit-2509; the layer's alpha is
     /// kept unless --rekey-alpha.
     Edit(EditArgs),
+    /// Download models into the Hugging Face cache with a progress bar (default: both
+    /// Qwen-Image-Layered and Qwen-Image-Edit-2509); files already there are skipped.
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// Repo ids to download (default: the decompose and the edit model).
+    #[arg(value_name = "REPO")]
+    repos: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,7 +75,7 @@ enum DtypeArg {
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// Local diffusers folder or Hugging Face repo id.
-    #[arg(long, default_value = "Qwen/Qwen-Image-Layered")]
+    #[arg(long, default_value = api::DEFAULT_MODEL_REPO)]
     model_path: String,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -140,7 +150,7 @@ struct ComposeArgs {
 struct EditArgs {
     /// Qwen-Image-Edit-2509: local diffusers folder or Hugging Face repo id (downloaded into the
     /// hub cache when missing).
-    #[arg(long, default_value = "Qwen/Qwen-Image-Edit-2509")]
+    #[arg(long, default_value = api::DEFAULT_EDIT_MODEL_REPO)]
     model_path: String,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -185,6 +195,7 @@ fn main() {
         Command::Batch(a) => batch(a),
         Command::Compose(a) => compose(a),
         Command::Edit(a) => edit(a),
+        Command::Download(a) => download(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -403,5 +414,53 @@ fn edit(a: EditArgs) -> Result<()> {
         r.timings.denoise,
         if a.rekey_alpha { "re-keyed" } else { "kept" }
     );
+    Ok(())
+}
+
+/// One progress bar for the file being downloaded, with its place among the repo's files.
+struct DownloadBar {
+    bar: Option<ProgressBar>,
+}
+
+impl engine::weights::DownloadProgress for DownloadBar {
+    fn file(&mut self, name: &str, size: u64, index: usize, files: usize) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        let bar = ProgressBar::new(size).with_message(format!("[{index}/{files}] {name}"));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+}
+
+fn download(a: DownloadArgs) -> Result<()> {
+    let repos = if a.repos.is_empty() {
+        vec![
+            api::DEFAULT_MODEL_REPO.to_string(),
+            api::DEFAULT_EDIT_MODEL_REPO.to_string(),
+        ]
+    } else {
+        a.repos
+    };
+    for repo in &repos {
+        if !engine::weights::looks_like_repo_id(repo) {
+            bail!("{repo} is not a Hugging Face repo id (owner/name)");
+        }
+        let mut bar = DownloadBar { bar: None };
+        let model = ModelDir::fetch(repo, &mut bar).with_context(|| format!("downloading {repo}"))?;
+        if let Some(bar) = bar.bar.take() {
+            bar.finish();
+        }
+        println!("{repo}: {}", model.root().display());
+    }
     Ok(())
 }

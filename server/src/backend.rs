@@ -243,6 +243,7 @@ impl Backend for ServerBackend {
                 model_loaded: false,
                 model: model.to_string(),
                 reason: Some("the engine worker failed while loading the edit model".into()),
+                download: None,
             },
         }
     }

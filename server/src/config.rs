@@ -10,10 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The Hugging Face repo used when `model_path` is unset.
-pub const DEFAULT_MODEL_REPO: &str = "Qwen/Qwen-Image-Layered";
-/// The Hugging Face repo used when `edit_model_path` is empty.
-pub const DEFAULT_EDIT_MODEL_REPO: &str = "Qwen/Qwen-Image-Edit-2509";
+pub use app::api::{DEFAULT_EDIT_MODEL_REPO, DEFAULT_MODEL_REPO};
 
 /// The settings of one profile after merging with `default`.
 #[derive(Debug, Clone, PartialEq)]

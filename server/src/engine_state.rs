@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use app::api::{ApiError, DecomposeJob, DecomposeResponse, EditJob, EditStatusResponse};
+use app::api::{ApiError, DecomposeJob, DecomposeResponse, DownloadStatus, EditJob, EditStatusResponse};
 use engine::gpu::OffloadOptions;
 use engine::pipeline::edit::EDIT_COMPONENTS;
 use engine::pipeline::{
@@ -18,7 +18,7 @@ use engine::pipeline::{
 };
 use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
-use engine::weights::ModelDir;
+use engine::weights::{DownloadProgress, ModelDir};
 
 use qwen_layers::Decomposer;
 
@@ -41,6 +41,8 @@ pub enum EditState {
     /// Not in memory; loads (downloading it first if needed) on the first edit.
     Idle,
     Ready,
+    /// Being downloaded into the hub cache (the first edit of a repo id not cached yet).
+    Downloading(DownloadStatus),
     /// The last load failed (a network error, a missing file…): the next edit tries again.
     LoadFailed(String),
     /// It cannot run at all with this configuration (a path that is not a model folder, an
@@ -56,6 +58,17 @@ impl EditState {
         let (status, reason) = match self {
             EditState::Idle => ("idle", None),
             EditState::Ready => ("ready", None),
+            EditState::Downloading(d) => (
+                "downloading",
+                Some(format!(
+                    "downloading {} (file {} of {}): {} of {} MB",
+                    d.file,
+                    d.file_index,
+                    d.files,
+                    d.bytes_done >> 20,
+                    d.bytes_total >> 20
+                )),
+            ),
             EditState::LoadFailed(r) | EditState::Unavailable(r) => ("unavailable", Some(r.clone())),
         };
         EditStatusResponse {
@@ -63,6 +76,10 @@ impl EditState {
             model_loaded: *self == EditState::Ready,
             model: model.to_string(),
             reason,
+            download: match self {
+                EditState::Downloading(d) => Some(d.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -91,6 +108,44 @@ impl EditState {
                     EditState::Unavailable(format!("the edit model is not available: {e}"))
                 }
             }
+        }
+    }
+}
+
+/// Publishes the edit model's download into the shared state that `edit-status` reads.
+struct EditDownload {
+    state: SharedEditState,
+    current: Option<DownloadStatus>,
+    /// `bytes_done` when last published (the hub reports every few KB; publish every MiB).
+    published: u64,
+}
+
+impl EditDownload {
+    fn publish(&mut self) {
+        if let (Some(current), Ok(mut state)) = (&self.current, self.state.lock()) {
+            *state = EditState::Downloading(current.clone());
+            self.published = current.bytes_done;
+        }
+    }
+}
+
+impl DownloadProgress for EditDownload {
+    fn file(&mut self, name: &str, size: u64, index: usize, files: usize) {
+        self.current = Some(DownloadStatus {
+            file: name.to_string(),
+            file_index: index as u32,
+            files: files as u32,
+            bytes_done: 0,
+            bytes_total: size,
+        });
+        self.publish();
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        let Some(current) = &mut self.current else { return };
+        current.bytes_done += bytes;
+        if current.bytes_done - self.published >= 1 << 20 || current.bytes_done >= current.bytes_total {
+            self.publish();
         }
     }
 }
@@ -271,7 +326,12 @@ impl EngineState {
                 self.loaded.store(false, Ordering::SeqCst);
             }
             let started = std::time::Instant::now();
-            let loaded = ModelDir::resolve(&self.edit_source, true)
+            let mut download = EditDownload {
+                state: self.edit_state.clone(),
+                current: None,
+                published: 0,
+            };
+            let loaded = ModelDir::fetch(&self.edit_source, &mut download)
                 .and_then(|model| EditPipeline::load(model, self.load_options()));
             match loaded {
                 Ok(pipe) => {

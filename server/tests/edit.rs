@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 mod common;
-use common::{data_url, png_bytes, start, TINY_EDIT};
+use common::{data_url, png_bytes, repo, start, start_with_env, temp_dir, TINY_EDIT};
 use test_support::{assert_alpha_kept, layer_with_holes};
 
 async fn post(base: &str, path: &str, body: Value) -> reqwest::Response {
@@ -176,4 +176,54 @@ async fn a_missing_edit_model_is_reported_and_refused() {
         "{json}"
     );
     assert_eq!(edit_status(&s.base).await["status"], "unavailable");
+}
+
+/// The first edit of a repo id not cached yet downloads it; `edit-status` follows the download
+/// (file, bytes) and the edit then runs. The hub is a stand-in on localhost (`HF_ENDPOINT`).
+#[tokio::test]
+async fn the_first_edit_downloads_the_model_and_edit_status_follows_it() {
+    let repo_id = "test-owner/tiny-edit";
+    let delay = std::time::Duration::from_millis(60);
+    let (hub, _) = test_support::fake_hub::start(repo().join(TINY_EDIT), repo_id, delay);
+    let cache = temp_dir("hub-cache");
+    let s = start_with_env(
+        &["--qwen-image-edit-model-path", repo_id],
+        &[("HF_ENDPOINT", &hub), ("HF_HUB_CACHE", cache.to_str().unwrap())],
+    );
+    assert_eq!(edit_status(&s.base).await["status"], "idle");
+    let layer = layer_with_holes();
+    let body =
+        json!({"layer_image": data_url(&png_bytes(&layer)), "instruction": "make it red", "steps": 2, "seed": 1});
+    let base = s.base.clone();
+    let edit = tokio::spawn(async move { post(&base, "/api/qwen-image/edit-layer", body).await });
+    let mut seen = None;
+    for _ in 0..400 {
+        let st = edit_status(&s.base).await;
+        if st["status"] == "downloading" {
+            seen = Some(st);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let st = seen.expect("edit-status never said downloading");
+    let d = &st["download"];
+    assert!(
+        d["files"].as_u64().unwrap() > 5 && d["file_index"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    assert!(st["reason"].as_str().unwrap().contains("downloading"), "{st}");
+    let resp = edit.await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_alpha_kept(
+        &image::load_from_memory(&resp.bytes().await.unwrap())
+            .unwrap()
+            .to_rgba8(),
+        &layer,
+    );
+    let st = edit_status(&s.base).await;
+    assert_eq!(
+        (st["status"].as_str(), st["download"].is_null()),
+        (Some("ready"), true),
+        "{st}"
+    );
 }

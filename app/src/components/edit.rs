@@ -90,7 +90,18 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                 </button>
             </div>
             <Show when=move || busy.get()>
-                <p class="hint" role="status">"Editing the layer — this can take a while on a large model."</p>
+                <p class="hint" role="status">
+                    {move || {
+                        edit_status
+                            .with(|s| match s {
+                                // The first edit of a model not cached yet downloads it (~57 GB).
+                                Some(s) if s.status == "downloading" => {
+                                    format!("First edit: {}.", s.reason.clone().unwrap_or_default())
+                                }
+                                _ => "Editing the layer — this can take a while on a large model.".to_string(),
+                            })
+                    }}
+                </p>
             </Show>
             {move || {
                 error
@@ -137,6 +148,16 @@ fn run_edit(
     let seed = params.with_untracked(|p| p.seed);
     busy.set(true);
     error.set(None);
+    // While the edit runs, follow the edit model's state (a first edit may be downloading it).
+    let edit_status = state.edit_status;
+    leptos::task::spawn_local(async move {
+        while busy.get_untracked() {
+            crate::browser::sleep_ms(1000).await;
+            if let Ok(s) = crate::server_fns::get_edit_status().await {
+                edit_status.set(Some(s));
+            }
+        }
+    });
     leptos::task::spawn_local(async move {
         let request = EditLayerRequest {
             image,

@@ -39,9 +39,60 @@ pub struct ComponentSpec {
     pub weights: bool,
 }
 
+/// How a download is going, file by file (the hub reports each file's bytes as they arrive).
+pub trait DownloadProgress {
+    /// File `index` (1-based) of `files` starts: `name`, `size` bytes.
+    fn file(&mut self, name: &str, size: u64, index: usize, files: usize);
+    /// `bytes` more of the current file arrived.
+    fn advance(&mut self, bytes: u64);
+}
+
+/// Logs each file as it starts (the server's default when nobody follows the download).
+pub struct LogProgress;
+
+impl DownloadProgress for LogProgress {
+    fn file(&mut self, name: &str, size: u64, index: usize, files: usize) {
+        tracing::info!(file = name, bytes = size, "downloading file {index} of {files}");
+    }
+
+    fn advance(&mut self, _: u64) {}
+}
+
+/// hf-hub's per-file progress, forwarded to a [`DownloadProgress`].
+struct HubProgress<'a> {
+    inner: &'a mut dyn DownloadProgress,
+    index: usize,
+    files: usize,
+}
+
+impl hf_hub::api::Progress for HubProgress<'_> {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.inner.file(filename, size as u64, self.index, self.files);
+    }
+
+    fn update(&mut self, size: usize) {
+        self.inner.advance(size as u64);
+    }
+
+    fn finish(&mut self) {}
+}
+
 impl ModelDir {
     /// Opens a local folder or resolves a hub repo id (`owner/name`).
     pub fn resolve(path_or_repo: &str, allow_download: bool) -> Result<Self> {
+        if allow_download {
+            Self::fetch(path_or_repo, &mut LogProgress)
+        } else {
+            Self::resolve_with(path_or_repo, None)
+        }
+    }
+
+    /// Like [`ModelDir::resolve`] with downloading allowed, reporting the download's progress.
+    pub fn fetch(path_or_repo: &str, progress: &mut dyn DownloadProgress) -> Result<Self> {
+        Self::resolve_with(path_or_repo, Some(progress))
+    }
+
+    fn resolve_with(path_or_repo: &str, download: Option<&mut dyn DownloadProgress>) -> Result<Self> {
         let path = Path::new(path_or_repo);
         if path.is_dir() {
             return Self::open(path);
@@ -55,8 +106,8 @@ impl ModelDir {
             return Ok(dir);
         }
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
-        if allow_download && !offline {
-            return Self::download(path_or_repo);
+        if let (Some(progress), false) = (download, offline) {
+            return Self::download(path_or_repo, progress);
         }
         Err(Error::ModelNotFound(format!(
             "{path_or_repo} is not in the Hugging Face cache ({}){}; download it with \
@@ -98,21 +149,34 @@ impl ModelDir {
         }))
     }
 
-    /// Downloads every file of the repo into the hub cache (resumable by re-running).
-    fn download(repo_id: &str) -> Result<Self> {
-        let api = hf_hub::api::sync::ApiBuilder::new()
-            .with_cache_dir(hub_cache_dir())
-            .with_progress(true)
+    /// Downloads every file of the repo not cached yet into the hub cache (resumable by
+    /// re-running), from `HF_ENDPOINT` when set.
+    fn download(repo_id: &str, progress: &mut dyn DownloadProgress) -> Result<Self> {
+        let mut builder = hf_hub::api::sync::ApiBuilder::new().with_cache_dir(hub_cache_dir());
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder
             .build()
             .map_err(|e| Error::ModelNotFound(format!("{repo_id}: cannot reach the Hugging Face hub: {e}")))?;
         let repo = api.model(repo_id.to_string());
         let info = repo
             .info()
             .map_err(|e| Error::ModelNotFound(format!("{repo_id}: cannot list the repo: {e}")))?;
-        for sibling in &info.siblings {
-            tracing::info!(file = %sibling.rfilename, "downloading");
-            repo.get(&sibling.rfilename)
-                .map_err(|e| Error::ModelNotFound(format!("{repo_id}/{}: download failed: {e}", sibling.rfilename)))?;
+        let cached = hf_hub::Cache::new(hub_cache_dir()).model(repo_id.to_string());
+        let files = info.siblings.len();
+        for (i, sibling) in info.siblings.iter().enumerate() {
+            let name = &sibling.rfilename;
+            if cached.get(name).is_some() {
+                continue;
+            }
+            let hub = HubProgress {
+                inner: &mut *progress,
+                index: i + 1,
+                files,
+            };
+            repo.download_with_progress(name, hub)
+                .map_err(|e| Error::ModelNotFound(format!("{repo_id}/{name}: download failed: {e}")))?;
         }
         Self::from_hub_cache(repo_id)?
             .ok_or_else(|| Error::ModelNotFound(format!("{repo_id}: downloaded, but model_index.json is missing")))

@@ -48,6 +48,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// Runs the server from the repository root with `args` on port 0, waits for its "listening on"
 /// line. The results go to a fresh folder unless `args` has `--data-dir`.
 pub fn start(args: &[&str]) -> Server {
+    start_with_env(args, &[])
+}
+
+/// [`start`] with extra environment variables (they override the defaults above).
+pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let data_dir = match args.iter().position(|a| *a == "--data-dir") {
         Some(i) => PathBuf::from(args[i + 1]),
         None => temp_dir("data"),
@@ -58,6 +63,7 @@ pub fn start(args: &[&str]) -> Server {
         .current_dir(repo())
         .env("HF_HUB_CACHE", std::env::temp_dir().join("qwen-layers-empty-hub"))
         .env("QWEN_LAYERS_DATA_DIR", &data_dir)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

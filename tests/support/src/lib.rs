@@ -13,6 +13,8 @@
 //! println!("{err}");
 //! ```
 
+pub mod fake_hub;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
