@@ -132,8 +132,16 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    if !local.ip().is_loopback() && args.api_token.is_none() {
-        tracing::warn!("listening on {local} without --api-token: anyone on the network can use the API");
+    if !local.ip().is_loopback() {
+        if args.api_token.is_none() {
+            tracing::warn!("listening on {local} without --api-token: anyone on the network can use the API");
+        }
+        if args.allowed_host.is_empty() {
+            println!(
+                "note: the API answers to IP addresses and localhost only; add --allowed-host NAME for each host \
+                 name people use to reach it"
+            );
+        }
     }
     let status = app::backend::Backend::status(backend.as_ref());
     println!("listening on http://{local}");

@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod image_proc;
 pub mod latents;
 pub mod pipeline;
+pub mod rope_tables;
 pub mod runtime;
 pub mod scheduler;
 pub mod text_encoder;

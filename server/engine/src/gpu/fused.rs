@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
-use crate::transformer::rope::RopeTables;
+use crate::rope_tables::RopeTables;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 static GEMM_EPILOGUE: AtomicBool = AtomicBool::new(true);
@@ -255,7 +255,7 @@ pub(crate) mod cuda {
     use half::bf16;
 
     use super::{count_launch, FlashKernel, HeadNorms, FLASH_HEAD_DIM, MAX_LN_DIM};
-    use crate::transformer::rope::RopeTables;
+    use crate::rope_tables::RopeTables;
 
     const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Tensor};
 
+pub use crate::rope_tables::RopeTables;
+
 /// How frame positions are assigned to the segments of `img_shapes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RopeVariant {
@@ -26,33 +28,6 @@ pub enum RopeVariant {
     Base,
     /// `QwenEmbedLayer3DRope`: generated frames 0..L, the last (condition) segment −1.
     Layer3d,
-}
-
-/// cos/sin tables for one forward: text rows first, then image rows (the joint attention order).
-#[derive(Debug, Clone)]
-pub struct RopeTables {
-    /// `[S_txt + S_img, head_dim/2]`, f32.
-    pub cos: Tensor,
-    /// `[S_txt + S_img, head_dim/2]`, f32.
-    pub sin: Tensor,
-    pub txt_len: usize,
-}
-
-impl RopeTables {
-    pub fn txt_cos(&self) -> Result<Tensor> {
-        self.cos.narrow(0, 0, self.txt_len)
-    }
-    pub fn txt_sin(&self) -> Result<Tensor> {
-        self.sin.narrow(0, 0, self.txt_len)
-    }
-    pub fn img_cos(&self) -> Result<Tensor> {
-        let n = self.cos.dim(0)? - self.txt_len;
-        self.cos.narrow(0, self.txt_len, n)
-    }
-    pub fn img_sin(&self) -> Result<Tensor> {
-        let n = self.sin.dim(0)? - self.txt_len;
-        self.sin.narrow(0, self.txt_len, n)
-    }
 }
 
 type CacheKey = (Vec<(usize, usize, usize)>, usize);
