@@ -217,10 +217,16 @@ fn runtime(device: DeviceArg, dtype: Option<DtypeArg>) -> Result<Runtime> {
     Ok(Runtime::select(device, dtype)?)
 }
 
-fn load(model: &ModelArgs) -> Result<Decomposer> {
-    let runtime = runtime(model.device, model.dtype)?;
-    let spinner =
-        ProgressBar::new_spinner().with_message(format!("loading {} on {}", model.model_path, runtime.describe()));
+/// Finds a model (downloading it, with a progress bar, if it is a repo id not cached yet) and
+/// the load options for the chosen device; the spinner runs until the caller has loaded it.
+fn prepare(
+    model_path: &str,
+    device: DeviceArg,
+    dtype: Option<DtypeArg>,
+) -> Result<(ModelDir, LoadOptions, ProgressBar)> {
+    let runtime = runtime(device, dtype)?;
+    let model = fetch(model_path)?;
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {model_path} on {}", runtime.describe()));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let options = LoadOptions {
         device: runtime.device.clone(),
@@ -228,7 +234,12 @@ fn load(model: &ModelArgs) -> Result<Decomposer> {
         keep_text_encoder: true,
         ..Default::default()
     };
-    let d = Decomposer::from_pretrained(&model.model_path, options);
+    Ok((model, options, spinner))
+}
+
+fn load(model: &ModelArgs) -> Result<Decomposer> {
+    let (dir, options, spinner) = prepare(&model.model_path, model.device, model.dtype)?;
+    let d = Decomposer::from_model_dir(dir, options);
     spinner.finish_and_clear();
     Ok(d?)
 }
@@ -363,17 +374,8 @@ fn edit(a: EditArgs) -> Result<()> {
     if a.instruction.trim().is_empty() {
         bail!("--instruction is empty: say what to change in the layer");
     }
-    let runtime = runtime(a.device, a.dtype)?;
-    let spinner =
-        ProgressBar::new_spinner().with_message(format!("loading {} on {}", a.model_path, runtime.describe()));
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let options = LoadOptions {
-        device: runtime.device.clone(),
-        dtype: runtime.dtype,
-        keep_text_encoder: true,
-        ..Default::default()
-    };
-    let pipe = ModelDir::resolve(&a.model_path, true).and_then(|m| EditPipeline::load(m, options));
+    let (dir, options, spinner) = prepare(&a.model_path, a.device, a.dtype)?;
+    let pipe = EditPipeline::load(dir, options);
     spinner.finish_and_clear();
     let mut pipe = pipe.with_context(|| format!("loading the edit model {}", a.model_path))?;
 
@@ -455,12 +457,18 @@ fn download(a: DownloadArgs) -> Result<()> {
         if !engine::weights::looks_like_repo_id(repo) {
             bail!("{repo} is not a Hugging Face repo id (owner/name)");
         }
-        let mut bar = DownloadBar { bar: None };
-        let model = ModelDir::fetch(repo, &mut bar).with_context(|| format!("downloading {repo}"))?;
-        if let Some(bar) = bar.bar.take() {
-            bar.finish();
-        }
-        println!("{repo}: {}", model.root().display());
+        println!("{repo}: {}", fetch(repo)?.root().display());
     }
     Ok(())
+}
+
+/// A local folder, or a repo id from the hub cache, downloaded first (with a progress bar) if
+/// it is not there yet.
+fn fetch(path_or_repo: &str) -> Result<ModelDir> {
+    let mut bar = DownloadBar { bar: None };
+    let model = ModelDir::fetch(path_or_repo, &mut bar);
+    if let Some(bar) = bar.bar.take() {
+        bar.finish();
+    }
+    model.with_context(|| format!("finding the model {path_or_repo}"))
 }
