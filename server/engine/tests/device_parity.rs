@@ -572,7 +572,6 @@ fn fused_flash_attention_matches_f32() {
             println!("flash attention {}: skipped, not a Hopper GPU", kernel.name());
             continue;
         }
-        fused::set_flash_kernel(kernel);
         let heads = 3;
         let q = randn_bf16(&[2, seq, heads, 128], std, &device);
         let k = randn_bf16(&[2, seq, heads, 128], std, &device);
@@ -590,7 +589,7 @@ fn fused_flash_attention_matches_f32() {
         };
         let mut results = vec![(
             format!("kernel {}", kernel.name()),
-            joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split).unwrap()),
+            joined(fused::own_flash_attention(&q, &k, &v, &kv_len, split, kernel).unwrap()),
         )];
         if cfg!(feature = "cudnn-attention") {
             // cuDNN is optional at run time (the engine falls back to its kernel); where it
@@ -613,7 +612,6 @@ fn fused_flash_attention_matches_f32() {
             }
         }
     }
-    fused::set_flash_kernel(fused::FlashKernel::ALL[0]);
 }
 
 #[test]
@@ -851,17 +849,19 @@ fn fused_block_matches_plain_path() {
         .unwrap();
     let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
 
-    let (want_img, want_txt) = block32.forward(&img, &txt, &temb, &rope, Some(&key_mask)).unwrap();
-    fused::set_enabled(false);
-    let plain = block16.forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask));
-    fused::set_enabled(true);
-    let (plain_img, plain_txt) = plain.unwrap();
+    let (plain_kernels, fused_kernels) = (fused::Kernels::PLAIN, fused::Kernels::default());
+    let (want_img, want_txt) = block32
+        .forward(&img, &txt, &temb, &rope, Some(&key_mask), &plain_kernels)
+        .unwrap();
+    let (plain_img, plain_txt) = block16
+        .forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask), &plain_kernels)
+        .unwrap();
     let (fused_img, fused_txt) = block16
-        .forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask))
+        .forward(&bf(&img), &bf(&txt), &bf(&temb), &rope, Some(&key_mask), &fused_kernels)
         .unwrap();
     println!(
         "block attention through {}",
-        if fused::cudnn_attention_active() {
+        if fused_kernels.cudnn_attention_active() {
             "cuDNN SDPA"
         } else {
             "the engine's flash kernel"

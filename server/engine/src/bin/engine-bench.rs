@@ -35,6 +35,18 @@ const USAGE: &str = "engine-bench [--random-weights | --model DIR] [--config-dir
   [--fused on|off] [--attention cudnn|own] [--cudnn-autotune on|off] [--flash-kernel sm90|w4|w8|w4m2]
   [--gemm-epilogue on|off] [--init fan-in|anchor]";
 
+impl Args {
+    /// The DiT's kernel choices.
+    fn kernels(&self) -> engine::gpu::fused::Kernels {
+        engine::gpu::fused::Kernels {
+            fused: self.fused,
+            gemm_epilogue: self.gemm_epilogue,
+            flash: self.flash_kernel,
+            cudnn_attention: self.cudnn_attention,
+        }
+    }
+}
+
 struct Args {
     model: Option<String>,
     config_dir: Option<String>,
@@ -246,11 +258,7 @@ fn run(args: &Args) -> engine::Result<()> {
         other => return Err(engine::Error::InvalidInput(format!("--device {other}: cuda or cpu"))),
     };
     engine::gpu::configure_matmul(&device, args.dtype);
-    engine::gpu::fused::set_enabled(args.fused);
-    engine::gpu::fused::set_flash_kernel(args.flash_kernel);
-    engine::gpu::fused::set_cudnn_attention(args.cudnn_attention);
     engine::gpu::cudnn_attention::set_autotune(args.cudnn_autotune);
-    engine::gpu::fused::set_gemm_epilogue(args.gemm_epilogue);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random(args.init),
@@ -397,7 +405,7 @@ fn dit_phase(
     let tcfg = &cfgs.transformer;
     let t0 = Instant::now();
     let vb = source.var_builder("transformer", args.dtype, device)?;
-    let model = if args.offload {
+    let mut model = if args.offload {
         let block_bytes = block_bytes(tcfg, args.dtype);
         let resident = match (args.resident_blocks, args.vram_budget_gb) {
             (Some(k), _) => k,
@@ -423,6 +431,7 @@ fn dit_phase(
     } else {
         QwenImageTransformer::new(tcfg, vb)?
     };
+    model.set_kernels(args.kernels());
     sync(device)?;
     let build_s = t0.elapsed().as_secs_f64();
     let after_build = sampler.as_ref().map(|s| gib(s.peak_above_baseline()));
@@ -492,7 +501,7 @@ fn dit_phase(
         })),
         "img_tokens": img_tokens, "batch": 2, "gpu": gpu, "fused": args.fused, "flash_kernel": args.flash_kernel.name(),
         "cudnn_autotune": args.cudnn_autotune, "gemm_epilogue": args.gemm_epilogue,
-        "attention": if !args.fused { "plain" } else if engine::gpu::fused::cudnn_attention_active() { "cudnn" } else { "own" },
+        "attention": if !args.fused { "plain" } else if args.kernels().cudnn_attention_active() { "cudnn" } else { "own" },
     }));
     Ok(())
 }
@@ -777,14 +786,14 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     drop((scores, probs, q32, k32t, v32));
 
     // The fused path's pieces (bf16 on CUDA): what a block costs with the fused kernels.
-    if engine::gpu::fused::applies_to(&x) {
+    if args.fused && engine::gpu::fused::applies_to(&x) {
         use engine::gpu::fused;
         let wq = randn(&[d, d])?;
         let x2 = x.reshape((2 * s_img, d))?;
         let t = time_op(device, reps, || Ok(x2.matmul(&wq.t()?)?))?;
         // Uses per block of the separate passes the epilogues replace (1 or 0), and of the
         // bias-free D→D GEMM (v's goes to the epilogue GEMM when on).
-        let separate = if fused::gemm_epilogue() { 0.0 } else { 1.0 };
+        let separate = if args.gemm_epilogue { 0.0 } else { 1.0 };
         let d_to_d_uses = 3.0 + separate;
         report(
             "fused: GEMM D→D without bias (q,k,v,out)",
@@ -869,11 +878,10 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
             randn(&[2, s, heads, dh])?,
         );
         let kv_len = Tensor::new(&[s as u32, (s_img + 6) as u32], device)?;
-        let cudnn = fused::cudnn_attention_active();
+        let cudnn = args.kernels().cudnn_attention_active();
         for kernel in fused::FlashKernel::ALL {
-            fused::set_flash_kernel(kernel);
             let t = time_op(device, reps, || {
-                Ok(fused::own_flash_attention(&jq, &jk, &jv, &kv_len, s_img)?.0)
+                Ok(fused::own_flash_attention(&jq, &jk, &jv, &kv_len, s_img, kernel)?.0)
             })?;
             let uses = if !cudnn && kernel == args.flash_kernel {
                 1.0
@@ -888,7 +896,6 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
                 0.0,
             );
         }
-        fused::set_flash_kernel(args.flash_kernel);
         if cudnn {
             match time_op(device, reps, || {
                 Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img)?.0)
@@ -907,17 +914,17 @@ fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> engine::Result
     let txt_x = randn(&[2, s_txt, d])?;
     let temb = randn(&[2, d])?;
     let block_flops = flops::dit_forward(args.resolution, args.layers, 30) / blocks * 2.0;
+    let kernels = args.kernels();
     let t = time_op(device, 3, || {
-        Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0)
+        Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask), &kernels)?.0)
     })?;
     report("whole block", t, 1.0, block_flops, 0.0);
-    if engine::gpu::fused::enabled() && engine::gpu::fused::applies_to(&x) {
-        engine::gpu::fused::set_enabled(false);
+    if kernels.fused && engine::gpu::fused::applies_to(&x) {
+        let plain = engine::gpu::fused::Kernels::PLAIN;
         let t = time_op(device, 3, || {
-            Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask))?.0)
-        });
-        engine::gpu::fused::set_enabled(true);
-        report("whole block, plain path (not used)", t?, 0.0, block_flops, 0.0);
+            Ok(block.forward(&x, &txt_x, &temb, &tables, Some(&key_mask), &plain)?.0)
+        })?;
+        report("whole block, plain path (not used)", t, 0.0, block_flops, 0.0);
     }
     Ok(())
 }

@@ -6,21 +6,60 @@
 //!
 //! Without the `cuda` feature every function here returns an error and [`applies_to`] is false.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Result, Tensor};
 
 use crate::rope_tables::RopeTables;
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-static GEMM_EPILOGUE: AtomicBool = AtomicBool::new(true);
-static FLASH_KERNEL: AtomicUsize = AtomicUsize::new(0);
-/// Use cuDNN's SDPA (where this build has it, the `cudnn-attention` feature) instead of our own
-/// kernel. Off by default: on Hopper our kernel is as fast and writes the two streams' outputs
-/// apart (docs/benchmarks.md); switched on for comparison.
-static USE_CUDNN: AtomicBool = AtomicBool::new(false);
 /// Set once cuDNN failed on this machine (no libcudnn, unsupported shape): our kernel from then on.
+/// (A fact about the machine, not a choice: the choices are a [`Kernels`] value.)
 static CUDNN_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Which kernels a transformer runs in bf16 on a GPU: held by the model
+/// (`QwenImageTransformer::set_kernels`) and passed down each forward, so two models (or a bench
+/// and a test) can differ without touching any process-wide switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    /// The fused block kernels; off: the plain candle path (the parity reference).
+    pub fused: bool,
+    /// GEMMs carry work in their cuBLASLt epilogue ([`super::gemm_epilogue`]): the MLP input
+    /// projection its bias and GELU (else the separate [`bias_gelu`] kernel), the v projections
+    /// their biases and the joint layout (else [`joint_qkv`]).
+    pub gemm_epilogue: bool,
+    /// Our flash-attention kernel.
+    pub flash: FlashKernel,
+    /// cuDNN's SDPA instead of our kernel, where this build has it (the `cudnn-attention`
+    /// feature). Off by default: on Hopper our kernel is as fast and writes the two streams'
+    /// outputs apart (docs/benchmarks.md); on for comparison.
+    pub cudnn_attention: bool,
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Self {
+            fused: true,
+            gemm_epilogue: true,
+            flash: FlashKernel::ALL[0],
+            cudnn_attention: false,
+        }
+    }
+}
+
+impl Kernels {
+    /// The plain candle path throughout.
+    pub const PLAIN: Kernels = Kernels {
+        fused: false,
+        gemm_epilogue: false,
+        flash: FlashKernel::Sm90,
+        cudnn_attention: false,
+    };
+
+    /// Whether the next joint attention will try cuDNN: compiled in, chosen, not failed before.
+    pub fn cudnn_attention_active(&self) -> bool {
+        cfg!(feature = "cudnn-attention") && self.cudnn_attention && !CUDNN_FAILED.load(Ordering::Relaxed)
+    }
+}
 
 /// The flash-attention kernels, chosen by measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,49 +128,6 @@ fn count_launch() {
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Switches the fused path on or off process-wide (on by default): the bench and the tests time
-/// and check the plain path against it.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
-}
-
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// Whether GEMMs carry work in their cuBLASLt epilogue ([`super::gemm_epilogue`], the default):
-/// the MLP input projection its bias and GELU (else the separate [`bias_gelu`] kernel), the v
-/// projections their biases and the joint layout (else [`joint_qkv`]). Process-wide, for the
-/// bench.
-pub fn set_gemm_epilogue(on: bool) {
-    GEMM_EPILOGUE.store(on, Ordering::Relaxed);
-}
-
-pub fn gemm_epilogue() -> bool {
-    GEMM_EPILOGUE.load(Ordering::Relaxed)
-}
-
-/// Whether the joint attention goes through cuDNN's SDPA (when compiled in) or our own kernel;
-/// process-wide, for the bench and the tests.
-pub fn set_cudnn_attention(on: bool) {
-    USE_CUDNN.store(on, Ordering::Relaxed);
-}
-
-/// Whether the next joint attention will try cuDNN: compiled in, switched on, not failed before.
-pub fn cudnn_attention_active() -> bool {
-    cfg!(feature = "cudnn-attention") && USE_CUDNN.load(Ordering::Relaxed) && !CUDNN_FAILED.load(Ordering::Relaxed)
-}
-
-/// Which flash-attention kernel runs (process-wide; the bench and tests compare them).
-pub fn set_flash_kernel(kernel: FlashKernel) {
-    let index = FlashKernel::ALL.iter().position(|&k| k == kernel).unwrap_or(0);
-    FLASH_KERNEL.store(index, Ordering::Relaxed);
-}
-
-pub fn flash_kernel() -> FlashKernel {
-    FlashKernel::ALL[FLASH_KERNEL.load(Ordering::Relaxed) % FlashKernel::ALL.len()]
-}
-
 /// Whether [`FlashKernel::Sm90`] runs on `device` (a CUDA build for compute capability 9.0 on a
 /// Hopper GPU); elsewhere [`FlashKernel::W4`] stands in for it.
 pub fn sm90_available(device: &candle_core::Device) -> bool {
@@ -143,9 +139,10 @@ pub fn sm90_available(device: &candle_core::Device) -> bool {
     false
 }
 
-/// Whether the fused kernels serve `x`: a CUDA build, switched on, `x` a bf16 tensor on a GPU.
+/// Whether the fused kernels can serve `x`: a CUDA build and `x` a bf16 tensor on a GPU
+/// (whether they do is the caller's [`Kernels::fused`]).
 pub fn applies_to(x: &Tensor) -> bool {
-    cfg!(feature = "cuda") && enabled() && x.device().is_cuda() && x.dtype() == DType::BF16
+    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::BF16
 }
 
 /// Head dimension the flash-attention kernel is written for.
@@ -209,10 +206,17 @@ pub fn joint_qkv(
 /// first `kv_len[b]` keys (`kv_len` u32 `[B]` on the device). Returns the rows before `split`
 /// as `[B, split, H·128]` and the rest as `[B, S − split, H·128]`.
 ///
-/// Runs cuDNN's fused attention when [`cudnn_attention_active`], else (or if cuDNN fails, which
-/// is logged once and remembered) our own kernel ([`flash_kernel`]).
-pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
-    if cudnn_attention_active() {
+/// Runs cuDNN's fused attention when [`Kernels::cudnn_attention_active`], else (or if cuDNN
+/// fails, which is logged once and remembered) our own kernel (`kernels.flash`).
+pub fn flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: &Tensor,
+    split: usize,
+    kernels: &Kernels,
+) -> Result<(Tensor, Tensor)> {
+    if kernels.cudnn_attention_active() {
         match super::cudnn_attention::attention(q, k, v, kv_len, split) {
             Ok(out) => return Ok(out),
             Err(e) => {
@@ -221,21 +225,22 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, spli
             }
         }
     }
-    own_flash_attention(q, k, v, kv_len, split)
+    own_flash_attention(q, k, v, kv_len, split, kernels.flash)
 }
 
-/// [`flash_attention`] through our own kernel only.
+/// [`flash_attention`] through our own kernel `kernel` only.
 pub fn own_flash_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     kv_len: &Tensor,
     split: usize,
+    kernel: FlashKernel,
 ) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    return cuda::flash_attention(q, k, v, kv_len, split, flash_kernel());
+    return cuda::flash_attention(q, k, v, kv_len, split, kernel);
     #[cfg(not(feature = "cuda"))]
-    no_cuda((q, k, v, kv_len, split))
+    no_cuda((q, k, v, kv_len, split, kernel))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -140,6 +140,7 @@ impl JointAttention {
         txt: &Tensor,
         rope: &RopeTables,
         kv_len: &Tensor,
+        kernels: &crate::gpu::fused::Kernels,
     ) -> Result<(Tensor, Tensor)> {
         use crate::gpu::fused::{flash_attention, joint_qkv, HeadNorms};
         let s_img = img.dim(1)?;
@@ -167,7 +168,7 @@ impl JointAttention {
         };
         let q = joint(&self.to_q, &self.add_q_proj, Some(&q_norms), Some(rope))?;
         let k = joint(&self.to_k, &self.add_k_proj, Some(&k_norms), Some(rope))?;
-        let v = if crate::gpu::fused::gemm_epilogue() {
+        let v = if kernels.gemm_epilogue {
             // v needs no norm or rotation: both projections, with their biases, go straight
             // into the joint buffer.
             let (b, seq) = (img.dim(0)?, s_img + txt.dim(1)?);
@@ -183,7 +184,7 @@ impl JointAttention {
         } else {
             joint(&self.to_v, &self.add_v_proj, None, None)?
         };
-        let (img_attn, txt_attn) = flash_attention(&q, &k, &v, kv_len, s_img)?;
+        let (img_attn, txt_attn) = flash_attention(&q, &k, &v, kv_len, s_img, kernels)?;
         Ok((
             matmul_without_bias(&img_attn, &self.to_out)?,
             matmul_without_bias(&txt_attn, &self.to_add_out)?,

@@ -13,6 +13,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use super::attention::{bias_of, matmul_without_bias, JointAttention, KeyMask};
 use super::norm::layer_norm;
 use super::rope::RopeTables;
+use crate::gpu::fused::Kernels;
 
 const EPS: f64 = 1e-6;
 
@@ -40,8 +41,8 @@ impl FeedForward {
 
     /// The fused CUDA path: `proj_in` with its bias and GELU in the GEMM's epilogue; returns the
     /// output projection **without** its bias (the gated residual adds it), and that bias.
-    fn forward_fused_without_out_bias(&self, x: &Tensor) -> Result<(Tensor, &Tensor)> {
-        let hidden = if crate::gpu::fused::gemm_epilogue() {
+    fn forward_fused_without_out_bias(&self, x: &Tensor, kernels: &Kernels) -> Result<(Tensor, &Tensor)> {
+        let hidden = if kernels.gemm_epilogue {
             crate::gpu::gemm_epilogue::linear_bias_gelu(x, self.proj_in.weight(), bias_of(&self.proj_in)?)?
         } else {
             crate::gpu::fused::bias_gelu(&matmul_without_bias(x, &self.proj_in)?, bias_of(&self.proj_in)?)?
@@ -115,10 +116,11 @@ impl TransformerBlock {
         temb: &Tensor,
         rope: &RopeTables,
         key_mask: Option<&KeyMask>,
+        kernels: &Kernels,
     ) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
-        if self.fused_supported(img) {
-            return self.forward_fused(img, txt, temb, rope, key_mask);
+        if kernels.fused && self.fused_supported(img) {
+            return self.forward_fused(img, txt, temb, rope, key_mask, kernels);
         }
         let temb = temb.silu()?;
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
@@ -165,6 +167,7 @@ impl TransformerBlock {
         temb: &Tensor,
         rope: &RopeTables,
         key_mask: Option<&KeyMask>,
+        kernels: &Kernels,
     ) -> Result<(Tensor, Tensor)> {
         use crate::gpu::fused::{gated_residual, ln_modulate};
         let temb = temb.silu()?;
@@ -182,7 +185,7 @@ impl TransformerBlock {
             .filter(|_| self.attn.fused_supported());
         let (img_attn, txt_attn, img_bias, txt_bias) = match kv_len {
             Some(kv_len) => {
-                let (i, t) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len)?;
+                let (i, t) = self.attn.forward_fused(&img_in, &txt_in, rope, kv_len, kernels)?;
                 (
                     i,
                     t,
@@ -202,10 +205,10 @@ impl TransformerBlock {
         let txt = gated_residual(txt, &txt_attn, &txt_bias, &part(&txt_params, 2)?)?;
 
         let img_in = ln_modulate(&img, &part(&img_params, 3)?, &part(&img_params, 4)?, EPS)?;
-        let (img_mlp, img_bias) = self.img_mlp.forward_fused_without_out_bias(&img_in)?;
+        let (img_mlp, img_bias) = self.img_mlp.forward_fused_without_out_bias(&img_in, kernels)?;
         let img = gated_residual(&img, &img_mlp, img_bias, &part(&img_params, 5)?)?;
         let txt_in = ln_modulate(&txt, &part(&txt_params, 3)?, &part(&txt_params, 4)?, EPS)?;
-        let (txt_mlp, txt_bias) = self.txt_mlp.forward_fused_without_out_bias(&txt_in)?;
+        let (txt_mlp, txt_bias) = self.txt_mlp.forward_fused_without_out_bias(&txt_in, kernels)?;
         let txt = gated_residual(&txt, &txt_mlp, txt_bias, &part(&txt_params, 5)?)?;
         Ok((img, txt))
     }

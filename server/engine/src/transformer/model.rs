@@ -12,6 +12,7 @@ use super::config::Config;
 use super::embeddings::TimeTextEmbed;
 use super::norm::{layer_norm, RmsNorm};
 use super::rope::{Rope, RopeTables, RopeVariant};
+use crate::gpu::fused::Kernels;
 use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 
 /// Image-segment shapes `(frames, h, w)` in packed-token units (latent h/2, w/2), in token order.
@@ -48,6 +49,8 @@ pub struct QwenImageTransformer {
     rope: Rope,
     dtype: DType,
     device: Device,
+    /// Which CUDA kernels the blocks run (bf16 on a GPU); the default is the fastest measured.
+    kernels: Kernels,
 }
 
 impl QwenImageTransformer {
@@ -106,7 +109,17 @@ impl QwenImageTransformer {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             cfg: cfg.clone(),
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Chooses the CUDA kernels of later forwards (the bench and the tests compare them).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// What the offloaded block stack holds and has copied (`None` when all blocks are on the
@@ -285,7 +298,7 @@ impl QwenImageTransformer {
             None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
         };
         self.transformer_blocks.for_each(|block| {
-            (img, txt) = block.forward(&img, &txt, &temb, &rope, Some(&key_mask))?;
+            (img, txt) = block.forward(&img, &txt, &temb, &rope, Some(&key_mask), &self.kernels)?;
             record(&img);
             record(&txt);
             Ok(())
