@@ -321,10 +321,34 @@ fn decompose_run_matches_reference() {
     );
 }
 
-/// Edit honours `cpu_offload` like decompose: its DiT and language model stream from host memory
-/// and the edited image equals the resident pipeline's. (On the CPU, where streaming does not
-/// exist, asking for it is an error that names CUDA: the option is not silently ignored.)
+/// Off CUDA, asking either pipeline or the transformer to stream is an error that names CUDA:
+/// `cpu_offload` is never silently ignored (edit used to ignore it).
 #[test]
+fn offload_off_cuda_is_refused_by_name() {
+    let cpu = || LoadOptions {
+        offload: Some(engine::gpu::OffloadOptions::default()),
+        ..LoadOptions::default()
+    };
+    let edit = EditPipeline::load(ModelDir::open(ts::edit_checkpoint()).unwrap(), cpu())
+        .err()
+        .unwrap()
+        .to_string();
+    let layered = LayeredPipeline::load(ModelDir::open(ts::layered_checkpoint()).unwrap(), cpu())
+        .err()
+        .unwrap()
+        .to_string();
+    for err in [edit, layered] {
+        assert!(err.contains("CUDA"), "{err}");
+    }
+}
+
+/// Edit honours `cpu_offload` like decompose: its DiT and language model stream from host memory
+/// and the edited image equals the resident pipeline's.
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn offloaded_edit_pipeline_equals_resident() {
     let (device, dtype) = setup();
     let model = || ModelDir::open(ts::edit_checkpoint()).unwrap();
@@ -341,11 +365,6 @@ fn offloaded_edit_pipeline_equals_resident() {
         )
     };
     let streamed = load(Some(engine::gpu::OffloadOptions::default()));
-    if !device.is_cuda() {
-        let err = streamed.err().expect("offload off CUDA is refused").to_string();
-        assert!(err.contains("CUDA"), "{err}");
-        return;
-    }
     let image = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
     let options = EditOptions {
         negative_prompt: Some(" ".into()),
@@ -373,23 +392,15 @@ fn offloaded_edit_pipeline_equals_resident() {
 /// The streamed transformer must compute exactly what the resident one does, with any number of
 /// resident blocks and over repeated passes (the prefetch of the next pass's first block).
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs CUDA: a `--features cuda` build on a GPU with ENGINE_TEST_DEVICE=cuda"
+)]
 fn offloaded_transformer_equals_resident() {
     let (device, dtype) = setup();
     let (cfg, dir) = transformer_config(ts::layered_checkpoint());
     let vb = || dir.var_builder("transformer", dtype, &device).unwrap();
     let host = dir.var_builder("transformer", dtype, &Device::Cpu).unwrap();
-    let options = engine::gpu::OffloadOptions {
-        resident_blocks: 0,
-        pin_memory: true,
-    };
-    if !device.is_cuda() {
-        let err = QwenImageTransformer::new_offloaded(&cfg, vb(), &host, options)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("CUDA"), "{err}");
-        return;
-    }
     let resident = QwenImageTransformer::new(&cfg, vb()).unwrap();
     let file = "transformer.safetensors";
     let input = |n: &str| {
@@ -449,9 +460,6 @@ fn offloaded_transformer_equals_resident() {
 )]
 fn offloaded_text_encoder_equals_resident() {
     let (device, dtype) = setup();
-    if !device.is_cuda() {
-        return;
-    }
     let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
     let cfg: engine::text_encoder::Config = dir.read_json("text_encoder", "config.json").unwrap();
     let vb = || dir.var_builder("text_encoder", dtype, &device).unwrap();
