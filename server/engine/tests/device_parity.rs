@@ -602,7 +602,7 @@ fn fused_flash_attention_matches_f32() {
         if cfg!(feature = "cudnn-attention") {
             // cuDNN is optional at run time (the engine falls back to its kernel); where it
             // runs, it must compute the same function.
-            match engine::gpu::cudnn_attention::attention(&q, &k, &v, &kv_len, split) {
+            match engine::gpu::cudnn_attention::attention(&q, &k, &v, &kv_len, split, false) {
                 Ok(out) => results.push(("cuDNN SDPA".to_string(), joined(out))),
                 Err(e) => println!("cuDNN attention not available here: {e}"),
             }

@@ -8,28 +8,23 @@ use candle_core::{Result, Tensor};
 /// softmax(q·kᵀ/√d)·v for joint buffers `[B, S, H, D]` (bf16) where batch row `b` attends to its
 /// first `kv_len[b]` keys (u32 `[B]` on the device); returns `[B, split, H·D]` and
 /// `[B, S − split, H·D]` as the flash kernel does, but as row-strided views of one buffer.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
+/// `autotune`: cuDNN times all its plans for a new shape and keeps the fastest, instead of its
+/// heuristic's first pick ([`super::fused::Kernels::cudnn_autotune`]).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kv_len: &Tensor,
+    split: usize,
+    autotune: bool,
+) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cudnn-attention")]
-    return ffi::attention(q, k, v, kv_len, split);
+    return ffi::attention(q, k, v, kv_len, split, autotune);
     #[cfg(not(feature = "cudnn-attention"))]
     {
-        let _ = (q, k, v, kv_len, split);
+        let _ = (q, k, v, kv_len, split, autotune);
         candle_core::bail!("cuDNN attention needs a build with the `cudnn-attention` feature")
     }
-}
-
-static AUTOTUNE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether cuDNN times all its plans for a new shape and keeps the fastest, or runs its
-/// heuristic's first pick (default: on an H100 at 640² the tuned plan was no faster, 0.746 s vs
-/// 0.743 s per step, and tuning costs time on first use).
-pub fn set_autotune(on: bool) {
-    AUTOTUNE.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-#[cfg_attr(not(feature = "cudnn-attention"), allow(dead_code))]
-fn autotune() -> bool {
-    AUTOTUNE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(feature = "cudnn-attention")]
@@ -94,7 +89,14 @@ mod ffi {
         }
     }
 
-    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, kv_len: &Tensor, split: usize) -> Result<(Tensor, Tensor)> {
+    pub fn attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv_len: &Tensor,
+        split: usize,
+        autotune: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, s, h, d) = q.dims4()?;
         if k.dims() != q.dims() || v.dims() != q.dims() || split > s || kv_len.dims() != [b] {
             bail!(
@@ -112,7 +114,7 @@ mod ffi {
             bail!("cudnn attention: not on CUDA")
         };
         let scale = 1.0 / (d as f32).sqrt();
-        let autotune = c_int::from(super::autotune());
+        let autotune = c_int::from(autotune);
         let mut err = [0u8; 1024];
         let mut workspace_bytes = 0i64;
         // SAFETY: plain values in, a size and a NUL-terminated message out (bounded by err_len).

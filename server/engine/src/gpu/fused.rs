@@ -33,6 +33,10 @@ pub struct Kernels {
     /// feature). Off by default: on Hopper our kernel is as fast and writes the two streams'
     /// outputs apart (docs/benchmarks.md); on for comparison.
     pub cudnn_attention: bool,
+    /// cuDNN times all its plans for a new shape and keeps the fastest, instead of its
+    /// heuristic's first pick (off: on an H100 at 640² the tuned plan was no faster, 0.746 s vs
+    /// 0.743 s per step, and tuning costs time on first use).
+    pub cudnn_autotune: bool,
 }
 
 impl Default for Kernels {
@@ -42,6 +46,7 @@ impl Default for Kernels {
             gemm_epilogue: true,
             flash: FlashKernel::ALL[0],
             cudnn_attention: false,
+            cudnn_autotune: false,
         }
     }
 }
@@ -53,6 +58,7 @@ impl Kernels {
         gemm_epilogue: false,
         flash: FlashKernel::Sm90,
         cudnn_attention: false,
+        cudnn_autotune: false,
     };
 
     /// Whether the next joint attention will try cuDNN: compiled in, chosen, not failed before.
@@ -217,7 +223,7 @@ pub fn flash_attention(
     kernels: &Kernels,
 ) -> Result<(Tensor, Tensor)> {
     if kernels.cudnn_attention_active() {
-        match super::cudnn_attention::attention(q, k, v, kv_len, split) {
+        match super::cudnn_attention::attention(q, k, v, kv_len, split, kernels.cudnn_autotune) {
             Ok(out) => return Ok(out),
             Err(e) => {
                 CUDNN_FAILED.store(true, Ordering::Relaxed);

@@ -160,6 +160,7 @@ impl Args {
             gemm_epilogue: self.gemm_epilogue,
             flash: self.flash_kernel,
             cudnn_attention: self.cudnn_attention,
+            cudnn_autotune: self.cudnn_autotune,
         }
     }
 }

@@ -51,7 +51,6 @@ fn run(args: &Args) -> engine::Result<()> {
         other => return Err(engine::Error::InvalidInput(format!("--device {other}: cuda or cpu"))),
     };
     engine::gpu::configure_matmul(&device, args.dtype);
-    engine::gpu::cudnn_attention::set_autotune(args.cudnn_autotune);
     let source = match &args.model {
         Some(dir) => Source::Model(ModelDir::open(dir)?),
         None => Source::Random(args.init),

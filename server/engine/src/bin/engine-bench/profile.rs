@@ -284,7 +284,7 @@ pub(crate) fn profile_phase(args: &Args, cfgs: &Configs, device: &Device) -> eng
         }
         if cudnn {
             match time_op(device, reps, || {
-                Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img)?.0)
+                Ok(engine::gpu::cudnn_attention::attention(&jq, &jk, &jv, &kv_len, s_img, args.cudnn_autotune)?.0)
             }) {
                 Ok(t) => report("fused: attention, cuDNN SDPA", t, 1.0, attn_flops, 0.0),
                 Err(e) => emit(
