@@ -149,9 +149,10 @@ fn run_edit(
     busy.set(true);
     error.set(None);
     // While the edit runs, follow the edit model's state (a first edit may be downloading it).
+    // The box (and `busy` with it) is gone once the edit is applied: then stop.
     let edit_status = state.edit_status;
     leptos::task::spawn_local(async move {
-        while busy.get_untracked() {
+        while busy.try_get_untracked().unwrap_or(false) {
             crate::browser::sleep_ms(1000).await;
             if let Ok(s) = crate::server_fns::get_edit_status().await {
                 edit_status.set(Some(s));
