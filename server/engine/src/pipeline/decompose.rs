@@ -22,9 +22,11 @@ use serde::Serialize;
 
 use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
+use crate::pipeline::denoise::Denoise;
+pub use crate::pipeline::denoise::StepTrace;
 use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
 use crate::pipeline::noise::{load_noise, seeded_noise};
-use crate::pipeline::{Phase, Progress};
+use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
 use crate::text_encoder::{
     check_prompt_lengths, encode_prompt, CaptionLanguage, CaptionOptions, Captioner, Qwen25VLTextModel,
@@ -181,15 +183,6 @@ pub struct DecomposeOutput {
     pub record: RunRecord,
     /// `[1, (L+1)·h/2·w/2, 64]` after the last step.
     pub final_latents: Tensor,
-}
-
-/// Per-step tensors, handed to an observer (tests compare them with the reference's).
-pub struct StepTrace<'a> {
-    pub step: usize,
-    pub v_cond: &'a Tensor,
-    pub v_uncond: Option<&'a Tensor>,
-    pub v_guided: &'a Tensor,
-    pub latents_after: &'a Tensor,
 }
 
 /// The loaded Qwen-Image-Layered pipeline.
@@ -375,8 +368,7 @@ impl LayeredPipeline {
             Some(path) => load_noise(path, &noise_shape, &device)?,
             None => seeded_noise(options.seed, &noise_shape, &device)?,
         };
-        let mut latents = pack_layered(&noise)?;
-        let noisy_tokens = latents.dim(1)?;
+        let latents = pack_layered(&noise)?;
 
         // 5. Denoise.
         let grid = (1, lat_h / 2, lat_w / 2);
@@ -392,47 +384,20 @@ impl LayeredPipeline {
         };
         let txt = txt.to_dtype(self.options.dtype)?;
         let is_rgb = Tensor::zeros(batch, DType::U32, &device)?;
-        let steps = scheduler.num_steps();
-        progress.phase(Phase::Denoising);
-        progress.step(0, steps);
         let t = Instant::now();
-        for i in 0..steps {
-            check_cancel(progress)?;
-            let sigma = Tensor::full(scheduler.model_sigma(i)?, batch, &device)?;
-            let input = Tensor::cat(&[&latents, &cond_latents], 1)?;
-            let input = if batch == 2 {
-                Tensor::cat(&[&input, &input], 0)?
-            } else {
-                input
-            };
-            let out = self.transformer.forward(
-                &input.to_dtype(self.options.dtype)?,
-                &txt,
-                txt_mask.as_ref(),
-                &sigma,
-                &img_shapes,
-                Some(&is_rgb),
-            )?;
-            let out = out.narrow(1, 0, noisy_tokens)?.to_dtype(DType::F32)?;
-            let (v_cond, v_uncond, v) = if batch == 2 {
-                let (c, u) = cfg::split_cond_uncond(&out)?;
-                let v = cfg::combine(&c, &u, options.true_cfg_scale, options.cfg_normalize)?;
-                (c, Some(u), v)
-            } else {
-                (out.clone(), None, out)
-            };
-            latents = scheduler.step(&latents, &v, i)?;
-            observe(StepTrace {
-                step: i,
-                v_cond: &v_cond,
-                v_uncond: v_uncond.as_ref(),
-                v_guided: &v,
-                latents_after: &latents,
-            });
-            progress.step(i + 1, steps);
-        }
+        let denoise = Denoise {
+            transformer: &self.transformer,
+            cond_latents: &cond_latents,
+            txt: &txt,
+            txt_mask: txt_mask.as_ref(),
+            img_shapes: &img_shapes,
+            additional_t_cond: Some(&is_rgb),
+            dtype: self.options.dtype,
+            true_cfg_scale: options.true_cfg_scale,
+            cfg_normalize: options.cfg_normalize,
+        };
+        let latents = denoise.run(&mut scheduler, latents, progress, observe)?;
         timings.denoise = t.elapsed().as_secs_f64();
-        check_cancel(progress)?;
 
         // 6. Decode every layer (frame 0, the regenerated composite, is dropped).
         progress.phase(Phase::Decoding);
@@ -477,11 +442,4 @@ impl LayeredPipeline {
             final_latents: latents,
         })
     }
-}
-
-fn check_cancel(progress: &dyn Progress) -> Result<()> {
-    if progress.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    Ok(())
 }

@@ -25,10 +25,11 @@ use serde::Serialize;
 
 use crate::image_proc;
 use crate::latents::{pack, unpack};
-use crate::pipeline::decompose::{StepTrace, Timings};
+use crate::pipeline::decompose::Timings;
+use crate::pipeline::denoise::{Denoise, StepTrace};
 use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
 use crate::pipeline::noise::{load_noise, seeded_noise};
-use crate::pipeline::{Phase, Progress};
+use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
 use crate::text_encoder::{encode_prompt_with_images, MropeMode, Qwen25VLTextModel, VisionTower};
 use crate::tokenizer::{PromptTemplate, QwenTokenizer};
@@ -399,7 +400,7 @@ impl EditPipeline {
             Some(path) => load_noise(path, &noise_shape, &device)?,
             None => seeded_noise(options.seed, &noise_shape, &device)?,
         };
-        let mut latents = pack(&noise.squeeze(1)?)?;
+        let latents = pack(&noise.squeeze(1)?)?;
         let noisy_tokens = latents.dim(1)?;
 
         // Denoise.
@@ -407,49 +408,21 @@ impl EditPipeline {
         let mu = scheduler.edit_mu(noisy_tokens);
         scheduler.set_timesteps(options.num_inference_steps, Some(mu))?;
         let (txt, txt_mask) = txt;
-        let batch = txt.dim(0)?;
-        let steps = scheduler.num_steps();
-        progress.phase(Phase::Denoising);
-        progress.step(0, steps);
         let t = Instant::now();
-        for i in 0..steps {
-            check_cancel(progress)?;
-            let sigma = Tensor::full(scheduler.model_sigma(i)?, batch, &device)?;
-            let input = Tensor::cat(&[&latents, &cond_latents], 1)?;
-            let input = if batch == 2 {
-                Tensor::cat(&[&input, &input], 0)?
-            } else {
-                input
-            };
-            let out = self.transformer.forward(
-                &input.to_dtype(dtype)?,
-                &txt,
-                txt_mask.as_ref(),
-                &sigma,
-                &img_shapes,
-                None,
-            )?;
-            let out = out.narrow(1, 0, noisy_tokens)?.to_dtype(DType::F32)?;
-            let (v_cond, v_uncond, v) = if batch == 2 {
-                let (c, u) = cfg::split_cond_uncond(&out)?;
-                // Edit-Plus always rescales the guided velocity to the conditional one's norm.
-                let v = cfg::combine(&c, &u, options.true_cfg_scale, true)?;
-                (c, Some(u), v)
-            } else {
-                (out.clone(), None, out)
-            };
-            latents = scheduler.step(&latents, &v, i)?;
-            observe(StepTrace {
-                step: i,
-                v_cond: &v_cond,
-                v_uncond: v_uncond.as_ref(),
-                v_guided: &v,
-                latents_after: &latents,
-            });
-            progress.step(i + 1, steps);
-        }
+        let denoise = Denoise {
+            transformer: &self.transformer,
+            cond_latents: &cond_latents,
+            txt: &txt,
+            txt_mask: txt_mask.as_ref(),
+            img_shapes: &img_shapes,
+            additional_t_cond: None,
+            dtype,
+            true_cfg_scale: options.true_cfg_scale,
+            // Edit-Plus always rescales the guided velocity to the conditional one's norm.
+            cfg_normalize: true,
+        };
+        let latents = denoise.run(&mut scheduler, latents, progress, observe)?;
         timings.denoise = t.elapsed().as_secs_f64();
-        check_cancel(progress)?;
 
         // Decode.
         progress.phase(Phase::Decoding);
@@ -555,13 +528,6 @@ fn check_request(images: &[RgbImage], prompt: &str, options: &EditOptions) -> Re
     }
     if prompt.trim().is_empty() {
         return Err(Error::InvalidInput("the edit instruction is empty".into()));
-    }
-    Ok(())
-}
-
-fn check_cancel(progress: &dyn Progress) -> Result<()> {
-    if progress.is_cancelled() {
-        return Err(Error::Cancelled);
     }
     Ok(())
 }

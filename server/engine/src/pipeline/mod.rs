@@ -4,10 +4,12 @@
 //! - [`edit`]: QwenImageEditPlusPipeline (Edit-2509: images + instruction → edited RGB image).
 //! - [`layer_edit`]: editing one RGBA layer with Edit-2509, keeping (or re-keying) its alpha.
 //! - [`loading`]: how both place their models (resident, or streamed with `cpu_offload`).
+//! - [`denoise`]: the denoising loop both share (batched CFG, Euler steps, cancel, progress).
 //! - [`noise`]: seeded device-independent initial noise, or noise injected from a file.
 //! - [`progress`]: progress reporting and cancellation shared by every pipeline.
 
 pub mod decompose;
+pub mod denoise;
 pub mod edit;
 pub mod layer_edit;
 pub mod loading;
@@ -18,4 +20,4 @@ pub use decompose::{DecomposeOptions, DecomposeOutput, LayeredPipeline, RunRecor
 pub use edit::{ConditionImage, EditOptions, EditOutput, EditPipeline, EditPromptEmbeds, EditRunRecord};
 pub use layer_edit::{edit_layer, AlphaMode, LayerEditOptions, LayerEditOutput};
 pub use loading::LoadOptions;
-pub use progress::{NoProgress, Phase, Progress};
+pub use progress::{check_cancel, NoProgress, Phase, Progress};

@@ -36,3 +36,11 @@ pub trait Progress {
 /// Ignores progress and never cancels.
 pub struct NoProgress;
 impl Progress for NoProgress {}
+
+/// Stops a run between steps when its client asked to cancel.
+pub fn check_cancel(progress: &dyn Progress) -> crate::Result<()> {
+    if progress.is_cancelled() {
+        return Err(crate::Error::Cancelled);
+    }
+    Ok(())
+}
