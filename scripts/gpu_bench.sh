@@ -13,8 +13,10 @@
 # STAGES (env) selects parts: parity,ours,anchor (default); init (opt-in: each side on the other's
 # random-weight distribution, clocks per run); quick (opt-in: our 640² and 1024² steps and
 # diffusers' alone, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
-# and offload with a 20 GiB VRAM budget); load (opt-in: writes a 41 GB random checkpoint in the
-# released layout with diffusers, then times our loading of it). Each
+# and offload with a 20 GiB VRAM budget); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
+# checkpoints of both models in the released layout, then our release server driven over REST with
+# offload off / on, and diffusers' pipelines on the same checkpoints: scripts/e2e_rest.py and
+# scripts/diffusers_e2e.py); load (opt-in: engine-bench's DiT from that checkpoint). Each
 # part has its own timeout so one failure does not take the others down. PARITY_DTYPES (default
 # "f32 bf16") and OFFLOAD_PHASES (default text,dit) trim a call that must fit the device tool's
 # 10 minutes.
@@ -149,18 +151,71 @@ if has extra; then
     --offload on --vram-budget-gb 20 --phases dit
 fi
 
-if has anchor || has load || has init || has quick; then
+if has anchor || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
 fi
 
-if has load; then
-  log "write a full-size random checkpoint, then load it"
-  PYTHONPATH=/tmp/site timeout 300 python3 "$G/gpu_write_checkpoint.py" /tmp/ckpt 2>&1 | grep '^{' | tee "$OUT/load.jsonl"
+# A full-size random checkpoint of each model in the released layout (scripts/write_random_checkpoint.py,
+# streamed tensor by tensor; Edit-2509's DiT and text encoder are links to Layered's shards, so
+# both fit on the disk), then the disk's own cold read rate for the load timings.
+CKPT=/tmp/ckpt
+write_checkpoints() {
+  [ -f "$CKPT/edit/model_index.json" ] && return 0
+  log "write full-size random checkpoints"
+  rm -rf "$CKPT"
+  # The layout check against the fixture, with this machine's diffusers and transformers.
+  PYTHONPATH=/tmp/site timeout 100 python3 "$G/write_random_checkpoint.py" /tmp/ckpt-tiny --size tiny --check \
+    --from tests/fixtures/tiny-qwen-image-layered 2>&1 | grep -E "^layout|differs|Error"
+  PYTHONPATH=/tmp/site timeout 400 python3 "$G/write_random_checkpoint.py" "$CKPT/layered" \
+    --from tests/fixtures/tiny-qwen-image-layered 2>&1 | grep '^{' | tee -a "$OUT/ckpt.jsonl"
+  PYTHONPATH=/tmp/site timeout 100 python3 "$G/write_random_checkpoint.py" "$CKPT/edit" \
+    --from tests/fixtures/tiny-qwen-image-edit-2509 --link-weights-from "$CKPT/layered" 2>&1 | grep '^{' | tee -a "$OUT/ckpt.jsonl"
   df -h /tmp | tail -1
-  TIMEOUT=200 run_ours load --model /tmp/ckpt --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
-  TIMEOUT=200 run_ours load_offload --model /tmp/ckpt --resolution 640 --layers 4 --steps 2 --warmup 1 --phases dit --offload on
-  rm -rf /tmp/ckpt
+  sync
+  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "could not drop the page cache"
+  shard="$(ls "$CKPT"/layered/transformer/*.safetensors | head -1)"
+  python3 - "$shard" <<'PY' | tee -a "$OUT/ckpt.jsonl"
+import json, os, sys, time
+path = sys.argv[1]; t = time.perf_counter(); n = 0
+with open(path, "rb", buffering=0) as f:
+    while chunk := f.read(64 << 20):
+        n += len(chunk)
+s = time.perf_counter() - t
+print(json.dumps({"run": "disk_cold_read", "file": os.path.basename(path), "gb": round(n / 1e9, 2), "gb_per_s": round(n / 1e9 / s, 2)}))
+PY
+  echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
+}
+
+# Our release server over REST (scripts/e2e_rest.py): E2E_CASES with offload off (stage e2e), or
+# E2E_OFFLOAD_CASES with offload on (stage e2e_offload); the first job of each model loads it.
+e2e_ours() {
+  local offload="$1" cases="$2" limit="$3"
+  log "ours over REST, offload $offload: $cases"
+  sample_clocks "e2e_$offload"
+  PYTHONPATH=/tmp/site timeout "$limit" python3 "$G/e2e_rest.py" "$BIN/server" --layered "$CKPT/layered" \
+    --edit "$CKPT/edit" --offload "$offload" --cases "$cases" --tag h200 --log "$OUT/server_$offload.log" \
+    2>&1 | tee -a "$OUT/e2e.jsonl" | cut -c1-600
+  stop_clocks "e2e_$offload"
+  grep -E "runs on|error|panick" "$OUT/server_$offload.log" | head -5
+}
+if has e2e || has e2e_offload || has e2e_diffusers || has load; then
+  write_checkpoints
+fi
+has e2e && e2e_ours off "${E2E_CASES:-decompose640,decompose640,decompose1024,edit,edit}" "${E2E_LIMIT:-420}"
+has e2e_offload && e2e_ours on "${E2E_OFFLOAD_CASES:-decompose640,decompose640,edit,edit}" "${E2E_LIMIT:-300}"
+if has e2e_diffusers; then
+  log "diffusers end to end on the same checkpoints"
+  sample_clocks e2e_diffusers
+  PYTHONPATH=/tmp/site timeout "${E2E_DIFFUSERS_LIMIT:-300}" python3 "$G/diffusers_e2e.py" --layered "$CKPT/layered" \
+    --edit "$CKPT/edit" --cases "${E2E_DIFFUSERS_CASES:-decompose640,edit}" > "$OUT/diffusers_e2e.log" 2>&1
+  echo "exit $?"
+  stop_clocks e2e_diffusers
+  grep '^{' "$OUT/diffusers_e2e.log" | tee -a "$OUT/e2e.jsonl"
+  grep -v '^{' "$OUT/diffusers_e2e.log" | grep -v "it/s\]\|s/it\]" | tail -4
+fi
+if has load; then
+  TIMEOUT=200 run_ours load --model "$CKPT/layered" --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
 fi
 
 if has anchor; then
@@ -198,5 +253,6 @@ fi
 log "table"
 python3 "$G/gpu_compare.py" "$OUT/ours.jsonl" "$OUT/anchor.jsonl" "$OUT/gpu.txt" | tee "$OUT/table.md"
 cp "$OUT/table.md" "$OUT/ours.jsonl" "$OUT/clocks.txt" "$RESULTS/" 2>/dev/null
+cat "$OUT"/ckpt.jsonl "$OUT"/e2e.jsonl > "$RESULTS/e2e.jsonl" 2>/dev/null
 [ -f "$OUT/anchor.jsonl" ] && cp "$OUT/anchor.jsonl" "$RESULTS/"
 tar czf "$RESULTS/logs.tgz" -C /tmp gpu-logs

@@ -28,8 +28,11 @@ fi
 export CUDNN_FRONTEND_INCLUDE="$FRONTEND/include"
 FEATURES="${ENGINE_GPU_FEATURES:-cuda,cudnn-attention}"
 
-cargo build --release -p engine --features "$FEATURES,bench" --bin engine-bench
-test_bin="$(cargo test --release -p engine --features "$FEATURES" --test device_parity --no-run --message-format=json \
+# One invocation, so the engine is compiled once for the bench, the server and the CLI.
+engine_features="$(echo "$FEATURES,bench" | sed 's/\([a-z-]*\)/engine\/\1/g')"
+cargo build --release -p engine -p server -p qwen-layers --bin engine-bench --bin server --bin qwen-layers \
+  --features "$engine_features,server/cuda,qwen-layers/cuda"
+test_bin="$(cargo test --release -p engine --features "$FEATURES,bench" --test device_parity --no-run --message-format=json \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     try: d = json.loads(l)
@@ -38,12 +41,14 @@ for l in sys.stdin:
         print(d["executable"])')"
 
 mkdir -p "$DEST/wheels"
-for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:device_parity"; do
+for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:device_parity" \
+  "$CARGO_TARGET_DIR/release/server:server"; do
   src="${pair%%:*}"; name="${pair##*:}"
   strip -o "/tmp/$name.stripped" "$src"
   xz -6 -T2 -c "/tmp/$name.stripped" > "$DEST/$name.xz"
 done
-cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/gpu_write_checkpoint.py scripts/diffusers_same_init.py \
+cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/write_random_checkpoint.py scripts/e2e_rest.py \
+  scripts/diffusers_e2e.py scripts/diffusers_same_init.py \
   "$SHARED/bench/diffusers_anchor.py" "$DEST/"
 nvcc -O2 -std=c++17 -o "$DEST/gemm_sweep" scripts/gemm_algos/sweep.cu -lcublasLt
 echo "$ROOT" > "$DEST/compiled_at"

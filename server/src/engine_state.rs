@@ -305,7 +305,23 @@ impl EngineState {
         let layers = decomposer
             .decompose_with_progress(&job.image, &options, progress)
             .map_err(api_error)?;
-        layers.to_response()
+        let encoding = std::time::Instant::now();
+        let response = layers.to_response()?;
+        // One line per run with every phase: what scripts/e2e_rest.py reads back.
+        let t = &layers.record.timings;
+        tracing::info!(
+            seconds = t.total,
+            caption = t.caption,
+            encode_prompt = t.encode_prompt,
+            encode_image = t.encode_image,
+            denoise = t.denoise,
+            decode = t.decode,
+            png_zip = encoding.elapsed().as_secs_f64(),
+            width = response.width,
+            height = response.height,
+            "layers decomposed"
+        );
+        Ok(response)
     }
 
     /// Frees the edit pipeline (to make room for the decompose one).
@@ -379,7 +395,10 @@ impl EngineState {
         let t = &out.edit.record.timings;
         tracing::info!(
             seconds = t.total,
+            encode_prompt = t.encode_prompt,
+            encode_image = t.encode_image,
             denoise = t.denoise,
+            decode = t.decode,
             width = out.edit.record.width,
             height = out.edit.record.height,
             key = ?out.key_color,
