@@ -157,6 +157,9 @@ pub struct StatusResponse {
     /// Where the text encoder lives between jobs (resident, host copies, or loaded per job).
     #[serde(default)]
     pub text_encoder: String,
+    /// Whether the decompose and edit pipelines both stay loaded or replace each other.
+    #[serde(default)]
+    pub pipelines: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,11 @@ impl Decomposer {
         })
     }
 
+    /// Wraps a pipeline loaded by the caller (e.g. one sharing its text encoder).
+    pub fn from_pipeline(pipeline: LayeredPipeline) -> Self {
+        Self { pipeline }
+    }
+
     pub fn pipeline(&self) -> &LayeredPipeline {
         &self.pipeline
     }

@@ -43,6 +43,8 @@ pub struct ServerBackend {
     prompts: Option<PromptChecker>,
     /// Where the text encoder lives between jobs, for `/status`.
     text_encoder: String,
+    /// Whether both pipelines stay loaded, for `/status`.
+    pipelines: String,
 }
 
 /// Where a queued decomposition's result arrives.
@@ -93,6 +95,7 @@ impl ServerBackend {
         let loaded = engine.loaded_flag();
         let prompts = engine.prompt_checker();
         let (_, text_encoder) = engine.text_encoder_residency();
+        let (_, pipelines) = engine.pipeline_residency();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
         let store = Arc::new(store);
         Arc::new(Self {
@@ -106,6 +109,7 @@ impl ServerBackend {
             store,
             prompts,
             text_encoder,
+            pipelines,
         })
     }
 
@@ -231,6 +235,7 @@ impl Backend for ServerBackend {
             queue_capacity: self.queue.capacity(),
             busy: in_flight > 0,
             text_encoder: self.text_encoder.clone(),
+            pipelines: self.pipelines.clone(),
         }
     }
 

@@ -2,9 +2,10 @@
 //! on the first job that needs them (the real ones take tens of GB), not at startup.
 //!
 //! The edit model (Qwen-Image-Edit-2509) is found, and downloaded into the hub cache if it is a
-//! repo id not there yet, on the first edit. Only one of the two pipelines stays in memory: each
-//! is about as large as the other (a 20B transformer plus a 7B text encoder), so loading one drops
-//! the other.
+//! repo id not there yet, on the first edit. Each pipeline is a 20B transformer plus a 7B text
+//! encoder: both stay loaded where memory allows ([`engine::runtime::pipeline_residency`]), else
+//! loading one drops the other. The second one loaded takes the first one's text encoder when its
+//! weights are the same ([`engine::pipeline::loading::SharedTextModel`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,8 +14,8 @@ use app::api::{ApiError, DecomposeJob, DecomposeResponse, DownloadStatus, EditJo
 use engine::gpu::OffloadOptions;
 use engine::pipeline::edit::EDIT_COMPONENTS;
 use engine::pipeline::{
-    edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LoadOptions, NoProgress,
-    Phase, Progress,
+    edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LayeredPipeline, LoadOptions,
+    NoProgress, Phase, Progress,
 };
 use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
@@ -224,6 +225,18 @@ impl EngineState {
         }
     }
 
+    /// Whether both pipelines stay loaded, and the sentence `/status` shows.
+    pub fn pipeline_residency(&self) -> (bool, String) {
+        let on_cuda = self.runtime.device.is_cuda();
+        let total = engine::gpu::memory::mem_info(&self.runtime.device).map(|(_, total)| total);
+        engine::runtime::pipeline_residency(
+            on_cuda,
+            self.runtime.offload && on_cuda,
+            total,
+            engine::runtime::host_memory(),
+        )
+    }
+
     /// Whether the text encoder stays in memory between jobs, and the sentence `/status` shows.
     pub fn text_encoder_residency(&self) -> (bool, String) {
         let on_cuda = self.runtime.device.is_cuda();
@@ -274,9 +287,13 @@ impl EngineState {
             let model = self.layered.clone().map_err(ApiError::unavailable)?;
             progress.phase(Phase::Loading);
             let options = self.load_options();
-            self.drop_editor();
+            let shared = self.editor.as_ref().and_then(EditPipeline::shared_text_model);
+            if !self.pipeline_residency().0 {
+                self.drop_editor();
+            }
             let started = std::time::Instant::now();
-            let d = Decomposer::from_model_dir(model, options).map_err(api_error)?;
+            let pipeline = LayeredPipeline::load_sharing(model, options, shared.as_ref()).map_err(api_error)?;
+            let d = Decomposer::from_pipeline(pipeline);
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "decompose model loaded");
             self.decomposer = Some(d);
             self.loaded.store(true, Ordering::SeqCst);
@@ -337,8 +354,11 @@ impl EngineState {
             if let Some(reason) = self.edit_state.lock().ok().and_then(|s| s.refusal()) {
                 return Err(ApiError::unavailable(reason));
             }
-            // Room for the edit model: the decompose one goes.
-            if self.decomposer.take().is_some() {
+            // The decompose pipeline's text encoder serves this one too if its weights are the
+            // same (taken before the pipeline goes, so it is not read again).
+            let shared = self.decomposer.as_ref().and_then(|d| d.pipeline().shared_text_model());
+            // Room for the edit model: the decompose one goes, unless both fit.
+            if !self.pipeline_residency().0 && self.decomposer.take().is_some() {
                 self.loaded.store(false, Ordering::SeqCst);
             }
             let started = std::time::Instant::now();
@@ -348,7 +368,7 @@ impl EngineState {
                 published: 0,
             };
             let loaded = ModelDir::fetch(&self.edit_source, &mut download)
-                .and_then(|model| EditPipeline::load(model, self.load_options()));
+                .and_then(|model| EditPipeline::load_sharing(model, self.load_options(), shared.as_ref()));
             match loaded {
                 Ok(pipe) => {
                     tracing::info!(seconds = started.elapsed().as_secs_f64(), model = %pipe.model().describe(), "edit model loaded");

@@ -126,9 +126,96 @@ pub fn text_encoder_residency(on_cuda: bool, offload: bool, total_vram: Option<u
     }
 }
 
+/// A card with at least this much memory keeps both pipelines loaded (switching between
+/// decompose and edit then reads nothing): two DiTs (~41 GB each), one text encoder shared by
+/// both (~16.6 GB), two VAEs and the activations of 1024², 10 layers. An H200 (141 GB) does; an
+/// H100 (80 GB) keeps one at a time.
+pub const KEEP_BOTH_PIPELINES_MIN_VRAM: u64 = 125 << 30;
+
+/// With `cpu_offload`, both pipelines' packed host copies (~99 GB: two DiTs, one text encoder)
+/// stay in page-locked host memory from this much host memory on, leaving the rest to the
+/// system.
+pub const KEEP_BOTH_PIPELINES_MIN_HOST: u64 = 160 << 30;
+
+/// Whether the decompose and edit pipelines both stay loaded, and why: a sentence for `/status`.
+/// Otherwise loading one drops the other.
+pub fn pipeline_residency(
+    on_cuda: bool,
+    offload: bool,
+    total_vram: Option<u64>,
+    host_memory: Option<u64>,
+) -> (bool, String) {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if !on_cuda {
+        return (true, "both pipelines stay loaded (CPU)".into());
+    }
+    let (what, have, need) = if offload {
+        ("host memory (cpu_offload)", host_memory, KEEP_BOTH_PIPELINES_MIN_HOST)
+    } else {
+        ("card", total_vram, KEEP_BOTH_PIPELINES_MIN_VRAM)
+    };
+    match have {
+        Some(have) if have >= need => (
+            true,
+            format!(
+                "both pipelines stay loaded ({:.0} GiB {what}), one text encoder shared",
+                gib(have)
+            ),
+        ),
+        Some(have) => (
+            false,
+            format!(
+                "one pipeline at a time: loading decompose drops edit and back ({:.0} GiB {what}; both from {:.0} GiB)",
+                gib(have),
+                gib(need)
+            ),
+        ),
+        None => (false, "one pipeline at a time".into()),
+    }
+}
+
+/// Total host memory (`MemTotal` of /proc/meminfo), where the system says.
+pub fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_pipelines_stay_where_memory_allows() {
+        let both =
+            |on_cuda, offload, vram: Option<u64>, host: Option<u64>| pipeline_residency(on_cuda, offload, vram, host);
+        assert!(both(false, false, None, None).0, "CPU");
+        let (kept, why) = both(true, false, Some(141 << 30), Some(64 << 30));
+        assert!(
+            kept && why.contains("141 GiB card") && why.contains("shared"),
+            "an H200: {why}"
+        );
+        let (kept, why) = both(true, false, Some(80 << 30), Some(1 << 40));
+        assert!(
+            !kept && why.contains("80 GiB card") && why.contains("125 GiB"),
+            "an H100: {why}"
+        );
+        let (kept, why) = both(true, true, Some(24 << 30), Some(64 << 30));
+        assert!(
+            !kept && why.contains("64 GiB host"),
+            "a 24 GB card on a 64 GB host: {why}"
+        );
+        assert!(
+            both(true, true, Some(24 << 30), Some(256 << 30)).0,
+            "a 256 GB host keeps both host copies"
+        );
+        assert!(!both(true, false, None, None).0, "unknown memory: the safe choice");
+        assert!(
+            host_memory().is_some_and(|m| m > 1 << 30),
+            "this Linux machine reports its memory"
+        );
+    }
 
     #[test]
     fn the_text_encoder_stays_where_memory_allows() {

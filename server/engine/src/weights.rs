@@ -284,6 +284,28 @@ impl ModelDir {
         }
     }
 
+    /// What tells a component's weights apart from another folder's without reading them: its
+    /// `config.json` and, for each weights file, the content hash the hub cache names its blob by
+    /// (a snapshot's files link to `blobs/<sha256>`), else the file's resolved path. Equal
+    /// identities mean the same weights; different ones may still be equal copies (not hashed).
+    pub fn weights_identity(&self, component: &str) -> Result<WeightsIdentity> {
+        let config: serde_json::Value = self.read_json(component, "config.json")?;
+        let mut files = Vec::new();
+        for file in self.safetensors_files(component)? {
+            let resolved = std::fs::canonicalize(&file).map_err(|e| Error::io(&file, e))?;
+            let in_blobs = resolved
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|d| d == "blobs");
+            files.push(match (in_blobs, resolved.file_name()) {
+                (true, Some(hash)) => hash.to_string_lossy().into_owned(),
+                _ => resolved.to_string_lossy().into_owned(),
+            });
+        }
+        files.sort();
+        Ok(WeightsIdentity { config, files })
+    }
+
     /// A `VarBuilder` over a component's memory-mapped weights, converting to `dtype` on fetch.
     pub fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         let files = self.safetensors_files(component)?;
@@ -291,6 +313,14 @@ impl ModelDir {
         // is undefined behaviour, as with every mmap-based loader.
         Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? })
     }
+}
+
+/// See [`ModelDir::weights_identity`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightsIdentity {
+    /// The component's config (compared as JSON values: key order does not matter).
+    config: serde_json::Value,
+    files: Vec<String>,
 }
 
 /// The shard file names an index file refers to, in sorted order.
@@ -364,6 +394,48 @@ mod tests {
             err.contains("huggingface-cli download Qwen/Qwen-Image-Layered"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn weights_identity_follows_links_and_hub_blobs() {
+        let root = std::env::temp_dir().join(format!("engine-identity-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let component = |model: &str| root.join(model).join("text_encoder");
+        for model in ["a", "b", "c", "hub1", "hub2"] {
+            std::fs::create_dir_all(component(model)).unwrap();
+            std::fs::write(root.join(model).join("model_index.json"), "{}").unwrap();
+            std::fs::write(component(model).join("config.json"), r#"{"x": 1, "y": 2}"#).unwrap();
+        }
+        // b links to a's weights (as the GPU benchmark's Edit checkpoint does); c holds an equal copy.
+        std::fs::write(component("a").join("model.safetensors"), b"weights").unwrap();
+        std::os::unix::fs::symlink(
+            component("a").join("model.safetensors"),
+            component("b").join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(component("c").join("model.safetensors"), b"weights").unwrap();
+        // Two hub snapshots whose files link to blobs of the same content hash, in different repos.
+        for (model, repo) in [("hub1", "r1"), ("hub2", "r2")] {
+            let blob = root.join(repo).join("blobs").join("5ca1ab1e");
+            std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+            std::fs::write(&blob, b"weights").unwrap();
+            std::os::unix::fs::symlink(&blob, component(model).join("model.safetensors")).unwrap();
+        }
+        let id = |model: &str| {
+            ModelDir::open(root.join(model))
+                .unwrap()
+                .weights_identity("text_encoder")
+                .unwrap()
+        };
+        assert_eq!(id("a"), id("b"), "a link is the same weights");
+        assert_ne!(id("a"), id("c"), "a copy is not known to be the same without hashing");
+        assert_eq!(id("hub1"), id("hub2"), "hub blobs are named by their content hash");
+        // Same files, another config: different weights as far as loading goes.
+        std::fs::write(component("b").join("config.json"), r#"{"x": 1, "y": 3}"#).unwrap();
+        assert_ne!(id("a"), id("b"));
+        std::fs::write(component("b").join("config.json"), r#"{"y": 2, "x": 1}"#).unwrap();
+        assert_eq!(id("a"), id("b"), "key order does not matter");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

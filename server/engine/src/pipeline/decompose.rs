@@ -24,7 +24,7 @@ use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
 use crate::pipeline::denoise::Denoise;
 pub use crate::pipeline::denoise::StepTrace;
-use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
+use crate::pipeline::loading::{load_text_model, load_transformer, text_model_or_shared, LoadOptions, SharedTextModel};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
@@ -199,6 +199,12 @@ pub struct LayeredPipeline {
 impl LayeredPipeline {
     /// Loads a model folder (see [`ModelDir::resolve`] for repo ids), checking it is complete.
     pub fn load(model: ModelDir, options: LoadOptions) -> Result<Self> {
+        Self::load_sharing(model, options, None)
+    }
+
+    /// As [`LayeredPipeline::load`], taking the text encoder from `shared` (the edit pipeline's)
+    /// when it holds the same weights.
+    pub fn load_sharing(model: ModelDir, options: LoadOptions, shared: Option<&SharedTextModel>) -> Result<Self> {
         model.check(LAYERED_COMPONENTS)?;
         let tokenizer = QwenTokenizer::from_model_dir(&model)?;
         let transformer_cfg: crate::transformer::Config = model.read_json("transformer", "config.json")?;
@@ -220,7 +226,7 @@ impl LayeredPipeline {
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
         let text_encoder = if options.keep_text_encoder {
-            Some(load_text_model(&model, &options)?)
+            Some(text_model_or_shared(&model, &options, shared)?)
         } else {
             None
         };
@@ -237,6 +243,12 @@ impl LayeredPipeline {
 
     pub fn model(&self) -> &ModelDir {
         &self.model
+    }
+
+    /// The kept text encoder, for the edit pipeline to use instead of loading the same weights.
+    pub fn shared_text_model(&self) -> Option<SharedTextModel> {
+        let text = self.text_encoder.as_ref()?;
+        SharedTextModel::new(&self.model, &self.options, text.clone())
     }
 
     pub fn tokenizer(&self) -> &QwenTokenizer {

@@ -27,7 +27,7 @@ use crate::image_proc;
 use crate::latents::{pack, unpack};
 use crate::pipeline::decompose::Timings;
 use crate::pipeline::denoise::{Denoise, StepTrace};
-use crate::pipeline::loading::{load_text_model, load_transformer, LoadOptions};
+use crate::pipeline::loading::{load_transformer, text_model_or_shared, LoadOptions, SharedTextModel};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
@@ -205,8 +205,8 @@ struct PromptEncoder {
 
 impl PromptEncoder {
     /// The language model honours `offload` (streamed); the vision tower (~0.7B) stays resident.
-    fn load(model: &ModelDir, options: &LoadOptions) -> Result<Self> {
-        let text = load_text_model(model, options)?;
+    fn load(model: &ModelDir, options: &LoadOptions, shared: Option<&SharedTextModel>) -> Result<Self> {
+        let text = text_model_or_shared(model, options, shared)?;
         let vision = VisionTower::load(model, options.dtype, &options.device)?;
         Ok(Self { text, vision })
     }
@@ -228,6 +228,12 @@ impl EditPipeline {
     /// Loads a model folder (see [`ModelDir::resolve`] for repo ids), checking it is complete and
     /// is an Edit (not a Layered) checkpoint.
     pub fn load(model: ModelDir, options: LoadOptions) -> Result<Self> {
+        Self::load_sharing(model, options, None)
+    }
+
+    /// As [`EditPipeline::load`], taking the language model from `shared` (the decompose
+    /// pipeline's) when it holds the same weights.
+    pub fn load_sharing(model: ModelDir, options: LoadOptions, shared: Option<&SharedTextModel>) -> Result<Self> {
         model.check(EDIT_COMPONENTS)?;
         let tokenizer = QwenTokenizer::from_model_dir(&model)?;
         let transformer_cfg: crate::transformer::Config = model.read_json("transformer", "config.json")?;
@@ -250,7 +256,7 @@ impl EditPipeline {
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
         let encoder = if options.keep_text_encoder {
-            Some(PromptEncoder::load(&model, &options)?)
+            Some(PromptEncoder::load(&model, &options, shared)?)
         } else {
             None
         };
@@ -267,6 +273,13 @@ impl EditPipeline {
 
     pub fn model(&self) -> &ModelDir {
         &self.model
+    }
+
+    /// The kept language model, for the decompose pipeline to use instead of loading the same
+    /// weights.
+    pub fn shared_text_model(&self) -> Option<SharedTextModel> {
+        let encoder = self.encoder.as_ref()?;
+        SharedTextModel::new(&self.model, &self.options, encoder.text.clone())
     }
 
     pub fn tokenizer(&self) -> &QwenTokenizer {
@@ -289,7 +302,7 @@ impl EditPipeline {
             Some(e) => e,
             None => {
                 progress.phase(Phase::Loading);
-                loaded = PromptEncoder::load(&self.model, &self.options)?;
+                loaded = PromptEncoder::load(&self.model, &self.options, None)?;
                 progress.phase(Phase::Encoding);
                 &loaded
             }
