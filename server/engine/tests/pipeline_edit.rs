@@ -412,3 +412,49 @@ fn half_precision_edit_runs_and_stays_close() {
     println!("f16 final_latents vs f32 reference: {err}");
     assert!(err.rel < 1e-2, "{err}");
 }
+
+/// The decompose pipeline lends its kept text encoder to the edit pipeline only when the edit
+/// checkpoint's text encoder is the same weights, placed the same way: the tiny Edit fixture's
+/// `text_encoder` links to the Layered one's (as hub snapshots of equal files link to one blob
+/// hash); a copy of the files is not known to be the same without hashing 16 GB, so it loads.
+#[test]
+fn the_text_encoder_is_shared_only_when_the_weights_are_the_same() {
+    use engine::pipeline::LayeredPipeline;
+    let keep = LoadOptions {
+        keep_text_encoder: true,
+        ..LoadOptions::default()
+    };
+    let layered = LayeredPipeline::load(ModelDir::open(ts::layered_checkpoint()).unwrap(), keep.clone()).unwrap();
+    let shared = layered.shared_text_model().expect("a kept text encoder is lent");
+
+    let linked = ModelDir::open(ts::edit_checkpoint()).unwrap();
+    assert!(shared.serves(&linked, &keep), "same files, same placement");
+    let f16 = LoadOptions {
+        dtype: candle_core::DType::F16,
+        ..keep.clone()
+    };
+    assert!(!shared.serves(&linked, &f16), "another dtype is another model");
+
+    let copied = std::env::temp_dir().join(format!("edit-copied-text-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&copied);
+    std::fs::create_dir_all(copied.join("text_encoder")).unwrap();
+    for entry in std::fs::read_dir(ts::edit_checkpoint()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "text_encoder" {
+            std::os::unix::fs::symlink(entry.path(), copied.join(entry.file_name())).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(ts::edit_checkpoint().join("text_encoder")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copied.join("text_encoder").join(entry.file_name())).unwrap();
+    }
+    assert!(
+        !shared.serves(&ModelDir::open(&copied).unwrap(), &keep),
+        "a copy is loaded, not assumed equal"
+    );
+    std::fs::remove_dir_all(&copied).unwrap();
+
+    let edit = EditPipeline::load_sharing(linked, keep.clone(), Some(&shared)).unwrap();
+    let lent_back = edit.shared_text_model().expect("the edit pipeline keeps it too");
+    assert_eq!(lent_back.weights, shared.weights);
+}
