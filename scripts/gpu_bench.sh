@@ -221,7 +221,7 @@ fi
 if has anchor; then
   log "diffusers anchor"
   sample_clocks anchor
-  PYTHONPATH=/tmp/site timeout 420 python3 "$G/diffusers_anchor.py" dit640 dit1024 offload640 vae640 \
+  PYTHONPATH=/tmp/site timeout 420 python3 "$G/diffusers_anchor.py" ${ANCHOR_WHAT:-dit640 dit1024 offload640 vae640} \
     > "$OUT/anchor.log" 2>&1
   echo "exit $?"
   stop_clocks anchor
