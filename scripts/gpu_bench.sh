@@ -21,7 +21,10 @@
 # "f32 bf16") and OFFLOAD_PHASES (default text,dit) trim a call that must fit the device tool's
 # 10 minutes.
 set -u
-G=gpu
+G="${G:-gpu}"
+# PYTHON, CKPT and CKPT_SIZE=tiny let the e2e stages be rehearsed on a CPU machine (a venv with
+# torch, the CPU server's binary xz'd into $G): see docs/benchmarks.md.
+PY="${PYTHON:-python3}"
 RESULTS="${OUT:-/tmp/gpu-out}"
 OUT=/tmp/gpu-logs
 mkdir -p "$OUT" "$RESULTS"
@@ -159,17 +162,17 @@ fi
 # A full-size random checkpoint of each model in the released layout (scripts/write_random_checkpoint.py,
 # streamed tensor by tensor; Edit-2509's DiT and text encoder are links to Layered's shards, so
 # both fit on the disk), then the disk's own cold read rate for the load timings.
-CKPT=/tmp/ckpt
+CKPT="${CKPT:-/tmp/ckpt}"
 write_checkpoints() {
   [ -f "$CKPT/edit/model_index.json" ] && return 0
   log "write full-size random checkpoints"
   rm -rf "$CKPT"
   # The layout check against the fixture, with this machine's diffusers and transformers.
-  PYTHONPATH=/tmp/site timeout 100 python3 "$G/write_random_checkpoint.py" /tmp/ckpt-tiny --size tiny --check \
+  PYTHONPATH=/tmp/site timeout 100 "$PY" "$G/write_random_checkpoint.py" /tmp/ckpt-tiny --size tiny --check \
     --from tests/fixtures/tiny-qwen-image-layered 2>&1 | grep -E "^layout|differs|Error"
-  PYTHONPATH=/tmp/site timeout 400 python3 "$G/write_random_checkpoint.py" "$CKPT/layered" \
+  PYTHONPATH=/tmp/site timeout 400 "$PY" "$G/write_random_checkpoint.py" "$CKPT/layered" --size "${CKPT_SIZE:-full}" \
     --from tests/fixtures/tiny-qwen-image-layered 2>&1 | grep '^{' | tee -a "$OUT/ckpt.jsonl"
-  PYTHONPATH=/tmp/site timeout 100 python3 "$G/write_random_checkpoint.py" "$CKPT/edit" \
+  PYTHONPATH=/tmp/site timeout 100 "$PY" "$G/write_random_checkpoint.py" "$CKPT/edit" --size "${CKPT_SIZE:-full}" \
     --from tests/fixtures/tiny-qwen-image-edit-2509 --link-weights-from "$CKPT/layered" 2>&1 | grep '^{' | tee -a "$OUT/ckpt.jsonl"
   df -h /tmp | tail -1
   sync
@@ -193,8 +196,8 @@ e2e_ours() {
   local offload="$1" cases="$2" limit="$3"
   log "ours over REST, offload $offload: $cases"
   sample_clocks "e2e_$offload"
-  PYTHONPATH=/tmp/site timeout "$limit" python3 "$G/e2e_rest.py" "$BIN/server" --layered "$CKPT/layered" \
-    --edit "$CKPT/edit" --offload "$offload" --cases "$cases" --tag h200 --log "$OUT/server_$offload.log" \
+  PYTHONPATH=/tmp/site timeout "$limit" "$PY" "$G/e2e_rest.py" "$BIN/server" --layered "$CKPT/layered" \
+    --edit "$CKPT/edit" --offload "$offload" --cases "$cases" --tag h200 --log "$OUT/server_$offload.log" ${E2E_ARGS:-} \
     2>&1 | tee -a "$OUT/e2e.jsonl" | cut -c1-600
   stop_clocks "e2e_$offload"
   grep -E "runs on|error|panick" "$OUT/server_$offload.log" | head -5
@@ -207,7 +210,7 @@ has e2e_offload && e2e_ours on "${E2E_OFFLOAD_CASES:-decompose640,decompose640,e
 if has e2e_diffusers; then
   log "diffusers end to end on the same checkpoints"
   sample_clocks e2e_diffusers
-  PYTHONPATH=/tmp/site timeout "${E2E_DIFFUSERS_LIMIT:-300}" python3 "$G/diffusers_e2e.py" --layered "$CKPT/layered" \
+  PYTHONPATH=/tmp/site timeout "${E2E_DIFFUSERS_LIMIT:-300}" "$PY" "$G/diffusers_e2e.py" --layered "$CKPT/layered" \
     --edit "$CKPT/edit" --cases "${E2E_DIFFUSERS_CASES:-decompose640,edit}" > "$OUT/diffusers_e2e.log" 2>&1
   echo "exit $?"
   stop_clocks e2e_diffusers
