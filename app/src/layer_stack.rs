@@ -438,27 +438,9 @@ impl LayerStack {
         out
     }
 
-    /// The export ZIP: one PNG per layer in stack order (bottom first), the flattened composite
-    /// and `manifest.json` (order, names, visibility, opacity, the run's seed and parameters,
-    /// and each layer's edit instructions).
-    pub fn export_zip(&self, run: Option<&RunInfo>) -> Result<(Vec<u8>, crate::export::Manifest), String> {
-        let composite = crate::image_data::encode_png(&self.flatten()).map_err(|e| e.error)?;
-        let pngs = self
-            .layers
-            .iter()
-            .map(|l| l.current().bitmap.png_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
-        let layers: Vec<crate::export::ExportLayer<'_>> = self
-            .layers
-            .iter()
-            .zip(&pngs)
-            .map(|(l, png)| crate::export::ExportLayer {
-                name: &l.name,
-                png,
-                visible: l.visible,
-                opacity: l.opacity,
-            })
-            .collect();
+    /// The run record an export carries: the run's seed and parameters, and each edited
+    /// layer's instructions (`edits`), or `None` when there is neither.
+    pub fn export_run(&self, run: Option<&RunInfo>) -> Result<Option<serde_json::Value>, String> {
         let mut run_json = match run {
             Some(r) => serde_json::to_value(r).map_err(|e| e.to_string())?,
             None => serde_json::json!({}),
@@ -472,8 +454,44 @@ impl LayerStack {
         if !edits.is_empty() {
             run_json["edits"] = serde_json::Value::Object(edits);
         }
-        let run_json = (run.is_some() || run_json.as_object().is_some_and(|o| !o.is_empty())).then_some(run_json);
-        crate::export::build_zip(self.width, self.height, &composite, &layers, run_json).map_err(|e| e.to_string())
+        Ok((run.is_some() || run_json.as_object().is_some_and(|o| !o.is_empty())).then_some(run_json))
+    }
+
+    /// Exports the stack as it stands: every layer's current pixels in stack order (bottom
+    /// first) with its name, visibility and opacity, the flattened visible layers, and the run
+    /// (see [`Self::export_run`]). See [`crate::export`] for the formats.
+    pub fn export(&self, format: crate::export::Format, run: Option<&RunInfo>) -> Result<Vec<u8>, String> {
+        let composite = self.flatten();
+        // The layers' PNGs are already at hand (their data URLs): the PNG-based formats reuse them.
+        let needs_png = !matches!(format, crate::export::Format::Psd | crate::export::Format::Png);
+        let pngs = if needs_png {
+            self.layers
+                .iter()
+                .map(|l| l.current().bitmap.png_bytes().map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![None; self.layers.len()]
+        };
+        let doc = crate::export::Document {
+            width: self.width,
+            height: self.height,
+            layers: self
+                .layers
+                .iter()
+                .zip(&pngs)
+                .map(|(l, png)| crate::export::Layer {
+                    name: &l.name,
+                    visible: l.visible,
+                    opacity: l.opacity,
+                    rgba: &l.current().bitmap.rgba,
+                    png: png.as_deref(),
+                })
+                .collect(),
+            composite: composite.as_raw(),
+            composite_png: None,
+            run: self.export_run(run)?,
+        };
+        crate::export::export(&doc, format).map_err(|e| e.to_string())
     }
 }
 
@@ -805,6 +823,78 @@ mod tests {
     #[test]
     fn export_zip_follows_the_stack_and_records_the_run() {
         use std::io::Read;
+        let (s, run) = arranged_stack();
+        let zip = s.export(crate::export::Format::Zip, Some(&run)).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["composite.png", "01_layer-2.png", "02_layer-1.png", "manifest.json"]
+        );
+        let read = |archive: &mut zip::ZipArchive<_>, name: &str| {
+            let mut v = Vec::new();
+            archive.by_name(name).unwrap().read_to_end(&mut v).unwrap();
+            v
+        };
+        // Layer 2 is now at the bottom and carries its edit (green); Layer 1 is hidden.
+        let bottom = crate::image_data::decode_image_bytes(&read(&mut archive, "01_layer-2.png"), 100).unwrap();
+        assert_eq!(bottom.get_pixel(0, 0).0, [0, 255, 0, 255]);
+        let flat = crate::image_data::decode_image_bytes(&read(&mut archive, "composite.png"), 100).unwrap();
+        assert_eq!(
+            flat.get_pixel(2, 1).0,
+            [0, 255, 0, 64],
+            "only the visible green layer at 25 %"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&read(&mut archive, "manifest.json")).unwrap();
+        assert_eq!(json["layers"].as_array().unwrap().len(), 2);
+        assert_eq!(json["layers"][0]["name"], "Layer 2");
+        assert_eq!(json["layers"][0]["opacity"], 0.25);
+        assert_eq!(json["layers"][1]["visible"], false);
+        assert_eq!(json["run"]["seed"], 42);
+        assert_eq!(json["run"]["steps"], 2);
+        assert_eq!(json["run"]["edits"]["Layer 2"], serde_json::json!(["make it green"]));
+    }
+
+    #[test]
+    fn every_layered_format_follows_the_stack() {
+        use crate::export::Format;
+        let (s, run) = arranged_stack();
+        // PSD, read back by an independent parser: Layer 2 (edited green, 25 %) at the bottom,
+        // Layer 1 hidden on top (psd 0.3.5 reports the hidden flag as `visible()`).
+        let psd = ::psd::Psd::from_bytes(&s.export(Format::Psd, Some(&run)).unwrap()).unwrap();
+        // (psd 0.3.5 lists the top layer first.)
+        let (bottom, top) = (psd.layer_by_idx(1), psd.layer_by_idx(0));
+        assert_eq!((bottom.name(), top.name()), ("Layer 2", "Layer 1"));
+        assert_eq!((bottom.opacity(), bottom.visible()), (64, false));
+        assert_eq!((top.opacity(), top.visible()), (255, true));
+        assert_eq!(&bottom.rgba()[..4], &[0, 255, 0, 255]);
+        // ORA lists the top layer first.
+        let ora = s.export(Format::Ora, Some(&run)).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(ora)).unwrap();
+        let mut xml = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("stack.xml").unwrap(), &mut xml).unwrap();
+        let at = |needle: &str| xml.find(needle).unwrap_or_else(|| panic!("{needle} in {xml}"));
+        assert!(at("name=\"Layer 1\"") < at("name=\"Layer 2\""));
+        assert!(xml.contains("opacity=\"0.25\" visibility=\"visible\""));
+        assert!(xml.contains("opacity=\"1\" visibility=\"hidden\""));
+        // PPTX: bottom first in the shape tree, the hidden one marked.
+        let pptx = s.export(Format::Pptx, Some(&run)).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(pptx)).unwrap();
+        let mut slide = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("ppt/slides/slide1.xml").unwrap(), &mut slide).unwrap();
+        let at = |needle: &str| slide.find(needle).unwrap_or_else(|| panic!("{needle} in {slide}"));
+        assert!(at("name=\"Layer 2\"") < at("name=\"Layer 1\" descr=\"Layer 1\" hidden=\"1\""));
+        // The flattened PNG is the visible layers only.
+        let png = s.export(Format::Png, None).unwrap();
+        let flat = crate::image_data::decode_image_bytes(&png, 100).unwrap();
+        assert_eq!(flat.get_pixel(2, 1).0, [0, 255, 0, 64]);
+    }
+
+    /// Two layers, reordered (Layer 2 at the bottom, edited green, at 25 %; Layer 1 hidden on
+    /// top), and the run that made them.
+    fn arranged_stack() -> (LayerStack, RunInfo) {
         let img = |name: &str, index, c| LayerImage {
             name: name.into(),
             image: png_url(c),
@@ -836,36 +926,6 @@ mod tests {
             generation_time: 1.5,
             caption: None,
         };
-        let (zip, manifest) = s.export_zip(Some(&run)).unwrap();
-        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
-        let names: Vec<String> = (0..archive.len())
-            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            names,
-            ["composite.png", "01_layer-2.png", "02_layer-1.png", "manifest.json"]
-        );
-        let read = |archive: &mut zip::ZipArchive<_>, name: &str| {
-            let mut v = Vec::new();
-            archive.by_name(name).unwrap().read_to_end(&mut v).unwrap();
-            v
-        };
-        // Layer 2 is now at the bottom and carries its edit (green); Layer 1 is hidden.
-        let bottom = crate::image_data::decode_image_bytes(&read(&mut archive, "01_layer-2.png"), 100).unwrap();
-        assert_eq!(bottom.get_pixel(0, 0).0, [0, 255, 0, 255]);
-        let flat = crate::image_data::decode_image_bytes(&read(&mut archive, "composite.png"), 100).unwrap();
-        assert_eq!(
-            flat.get_pixel(2, 1).0,
-            [0, 255, 0, 64],
-            "only the visible green layer at 25 %"
-        );
-        let json: serde_json::Value = serde_json::from_slice(&read(&mut archive, "manifest.json")).unwrap();
-        assert_eq!(json["layers"][0]["name"], "Layer 2");
-        assert_eq!(json["layers"][0]["opacity"], 0.25);
-        assert_eq!(json["layers"][1]["visible"], false);
-        assert_eq!(json["run"]["seed"], 42);
-        assert_eq!(json["run"]["steps"], 2);
-        assert_eq!(json["run"]["edits"]["Layer 2"], serde_json::json!(["make it green"]));
-        assert_eq!(manifest.layers.len(), 2);
+        (s, run)
     }
 }

@@ -1,12 +1,13 @@
 //! The Rust API of the product, in the spirit of the seed's Python one:
 //!
 //! ```no_run
-//! use qwen_layers::decomposer::{Decomposer, DecomposeOptions, LoadOptions};
+//! use qwen_layers::decomposer::{Decomposer, DecomposeOptions, Format, LoadOptions};
 //! let mut d = Decomposer::from_pretrained("Qwen/Qwen-Image-Layered", LoadOptions::default())?;
 //! let image = image::open("photo.png")?.to_rgba8();
 //! let opts = DecomposeOptions { prompt: "a cat on a sofa".into(), layers: 4, ..Default::default() };
 //! let layers = d.decompose(&image, &opts)?;
 //! layers.write_to_dir("out".as_ref())?; // composite.png, 01_layer-1.png…, layers.zip, manifest.json
+//! layers.write_formats("out".as_ref(), &[Format::Psd, Format::Ora])?; // + layers.psd, layers.ora
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
@@ -16,7 +17,8 @@
 use std::path::Path;
 
 use app::api::{ApiError, DecomposeResponse, LayerImage, LAYER_ORDER};
-use app::export::{build_zip, ExportLayer, Manifest};
+pub use app::export::Format;
+use app::export::{Document, Layer, Manifest};
 use app::image_data::{encode_png, png_data_url, to_base64};
 use image::RgbaImage;
 
@@ -98,23 +100,47 @@ impl Layers {
         Ok((composite, layers))
     }
 
+    /// The layers as an export document: "Layer 1" … "Layer N" bottom first, all visible at
+    /// full opacity, with the composite, their PNGs when given (else encoded as needed) and the
+    /// run record.
+    pub fn document<'a>(&'a self, names: &'a [String], pngs: Option<&'a (Vec<u8>, Vec<Vec<u8>>)>) -> Document<'a> {
+        Document {
+            width: self.composite.width(),
+            height: self.composite.height(),
+            layers: self
+                .layers
+                .iter()
+                .zip(names)
+                .enumerate()
+                .map(|(i, (img, name))| Layer {
+                    name,
+                    visible: true,
+                    opacity: 1.0,
+                    rgba: img.as_raw(),
+                    png: pngs.map(|p| p.1[i].as_slice()),
+                })
+                .collect(),
+            composite: self.composite.as_raw(),
+            composite_png: pngs.map(|p| p.0.as_slice()),
+            run: serde_json::to_value(&self.record).ok(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        (1..=self.layers.len()).map(layer_name).collect()
+    }
+
     /// The export ZIP (composite, layers in stack order, manifest.json with the run record) and
     /// its manifest.
     pub fn zip(&self, pngs: &(Vec<u8>, Vec<Vec<u8>>)) -> Result<(Vec<u8>, Manifest), ApiError> {
-        let names: Vec<String> = (1..=self.layers.len()).map(layer_name).collect();
-        let export: Vec<ExportLayer<'_>> = names
-            .iter()
-            .zip(&pngs.1)
-            .map(|(name, png)| ExportLayer {
-                name,
-                png,
-                visible: true,
-                opacity: 1.0,
-            })
-            .collect();
-        let run = serde_json::to_value(&self.record).ok();
-        let (w, h) = self.composite.dimensions();
-        build_zip(w, h, &pngs.0, &export, run).map_err(|e| ApiError::internal(e.to_string()))
+        let names = self.names();
+        app::export::build_zip(&self.document(&names, Some(pngs))).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// The layers in one export format (see [`app::export`]).
+    pub fn export(&self, format: Format) -> Result<Vec<u8>, ApiError> {
+        let names = self.names();
+        app::export::export(&self.document(&names, None), format).map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// The REST response: index 0 "Composite", then "Layer 1" … "Layer N".
@@ -150,21 +176,39 @@ impl Layers {
 
     /// Writes `composite.png`, `NN_layer-N.png`, `layers.zip` and `manifest.json` into `dir`.
     pub fn write_to_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        self.write_formats(dir, &[Format::Zip]).map(|_| ())
+    }
+
+    /// Writes `composite.png`, `NN_layer-N.png` and `manifest.json` into `dir`, and
+    /// `layers.<ext>` for each of `formats` (`zip`, `psd`, `ora`, `pptx`; `png` is the
+    /// composite, always written). Returns the files written.
+    pub fn write_formats(&self, dir: &Path, formats: &[Format]) -> anyhow::Result<Vec<std::path::PathBuf>> {
         use anyhow::Context;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let pngs = self.pngs()?;
-        let (zip, manifest) = self.zip(&pngs)?;
-        let write = |name: &str, bytes: &[u8]| {
+        let names = self.names();
+        let doc = self.document(&names, Some(&pngs));
+        let manifest = app::export::zip::manifest(&doc);
+        let mut written = Vec::new();
+        let mut write = |name: &str, bytes: &[u8]| {
             let path = dir.join(name);
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            written.push(path);
+            anyhow::Ok(())
         };
         // The same files and manifest as inside the ZIP.
         write(&manifest.composite, &pngs.0)?;
         for (layer, png) in manifest.layers.iter().zip(&pngs.1) {
             write(&layer.file, png)?;
         }
-        write("layers.zip", &zip)?;
         write("manifest.json", serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-        Ok(())
+        for &format in formats {
+            if format == Format::Png {
+                continue;
+            }
+            let bytes = app::export::export(&doc, format).with_context(|| format!("building layers.{format}"))?;
+            write(&format!("layers.{format}"), &bytes)?;
+        }
+        Ok(written)
     }
 }

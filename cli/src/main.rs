@@ -1,8 +1,10 @@
 //! `qwen-layers`: the command-line way in.
 //!
-//! - `decompose`: one image → composite + layer PNGs, a ZIP and manifest.json in a folder.
+//! - `decompose`: one image → composite + layer PNGs, manifest.json and the layered files of
+//!   `--formats` (ZIP by default; PSD, OpenRaster, PowerPoint) in a folder.
 //! - `batch`: every image of a folder, one output folder each.
-//! - `compose`: flatten layer PNGs (bottom first) into one image.
+//! - `compose`: flatten layer PNGs (bottom first) into one image, and/or write them as one
+//!   layered file (`--to layers.psd`, `.ora`, `.pptx`, `.zip`).
 //! - `edit`: edit one RGBA layer by an instruction with Qwen-Image-Edit-2509, keeping its alpha.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 use indicatif::{ProgressBar, ProgressStyle};
-use qwen_layers::decomposer::{composite_layers, DecomposeOptions, Decomposer, LoadOptions, Progress};
+use qwen_layers::decomposer::{composite_layers, DecomposeOptions, Decomposer, Format, LoadOptions, Progress};
 
 #[derive(Parser)]
 #[command(
@@ -35,7 +37,8 @@ enum Command {
     Decompose(DecomposeArgs),
     /// Decompose every PNG/JPEG/WebP in a folder.
     Batch(BatchArgs),
-    /// Flatten layer PNGs into one image; the first file is the bottom layer.
+    /// Flatten layer PNGs into one image (-o) and/or write them as one layered file (--to);
+    /// the first file is the bottom layer.
     Compose(ComposeArgs),
     /// Edit one RGBA layer by an instruction with Qwen-Image-Edit-2509; the layer's alpha is
     /// kept unless --rekey-alpha.
@@ -112,6 +115,22 @@ struct RunArgs {
     init_noise: Option<PathBuf>,
 }
 
+#[derive(Args, Clone)]
+struct OutputArgs {
+    /// Layered files to write beside the PNGs and manifest.json, comma-separated: zip
+    /// (layers.zip), psd (Photoshop), ora (OpenRaster), pptx (PowerPoint).
+    #[arg(long, value_delimiter = ',', default_value = "zip", value_parser = layered_format)]
+    formats: Vec<Format>,
+}
+
+/// A `--formats` entry: a layered format (the flattened PNG is always written).
+fn layered_format(s: &str) -> std::result::Result<Format, String> {
+    match s.parse::<Format>()? {
+        Format::Png => Err("png is always written (composite.png); choose among zip, psd, ora, pptx".into()),
+        f => Ok(f),
+    }
+}
+
 #[derive(Args)]
 struct DecomposeArgs {
     #[command(flatten)]
@@ -122,6 +141,8 @@ struct DecomposeArgs {
     run: RunArgs,
     #[arg(long, value_name = "DIR")]
     output_dir: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -135,6 +156,8 @@ struct BatchArgs {
     /// One sub-folder per input image is written here.
     #[arg(long, value_name = "DIR")]
     output_dir: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -142,8 +165,13 @@ struct ComposeArgs {
     /// Layer PNGs, bottom first.
     #[arg(required = true, num_args = 1..)]
     layers: Vec<PathBuf>,
+    /// The flattened image (PNG).
     #[arg(long, short, value_name = "FILE")]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// One layered file holding the layers (named after their files), its format from the
+    /// extension: .psd, .ora, .pptx or .zip.
+    #[arg(long, value_name = "FILE")]
+    to: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -293,13 +321,13 @@ fn bar() -> Bar {
     Bar(bar)
 }
 
-fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path) -> Result<()> {
+fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path, formats: &[Format]) -> Result<()> {
     let image = read_image(input)?;
     let bar = bar();
     let layers = d.decompose_with_progress(&image, opts, &bar);
     bar.0.finish_and_clear();
     let layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
-    layers.write_to_dir(out)?;
+    layers.write_formats(out, formats)?;
     let t = &layers.record.timings;
     if let Some(caption) = &layers.record.caption {
         println!("caption: {caption}");
@@ -322,7 +350,13 @@ fn decompose(a: DecomposeArgs) -> Result<()> {
     // Read the input before the (slow) model load, so a typo fails at once.
     read_image(&a.input_image)?;
     let mut d = load(&a.model)?;
-    run_one(&mut d, &a.input_image, &options(&a.run), &a.output_dir)
+    run_one(
+        &mut d,
+        &a.input_image,
+        &options(&a.run),
+        &a.output_dir,
+        &a.output.formats,
+    )
 }
 
 fn batch(a: BatchArgs) -> Result<()> {
@@ -348,7 +382,7 @@ fn batch(a: BatchArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         // One bad image must not lose the others' results.
-        if let Err(e) = run_one(&mut d, input, &opts, &a.output_dir.join(stem)) {
+        if let Err(e) = run_one(&mut d, input, &opts, &a.output_dir.join(stem), &a.output.formats) {
             eprintln!("error: {e:#}");
             failed += 1;
         }
@@ -360,11 +394,63 @@ fn batch(a: BatchArgs) -> Result<()> {
 }
 
 fn compose(a: ComposeArgs) -> Result<()> {
+    if a.output.is_none() && a.to.is_none() {
+        bail!("say where to write: -o flat.png (the flattened image) and/or --to layers.psd (the layers)");
+    }
+    // Check the layered file's format before reading the layers.
+    let layered = match &a.to {
+        Some(path) => {
+            let format = Format::from_path(&path.to_string_lossy())
+                .filter(|f| *f != Format::Png)
+                .with_context(|| {
+                    format!(
+                        "--to {}: the extension must be .psd, .ora, .pptx or .zip",
+                        path.display()
+                    )
+                })?;
+            Some((path, format))
+        }
+        None => None,
+    };
     let layers = a.layers.iter().map(|p| read_image(p)).collect::<Result<Vec<_>>>()?;
     let flat = composite_layers(&layers).map_err(|e| anyhow::anyhow!("{e} (layers must all have the same size)"))?;
-    flat.save(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    println!("{} layers → {}", layers.len(), a.output.display());
+    if let Some(output) = &a.output {
+        flat.save(output)
+            .with_context(|| format!("writing {}", output.display()))?;
+        println!("{} layers → {}", layers.len(), output.display());
+    }
+    if let Some((path, format)) = layered {
+        let names: Vec<String> = a
+            .layers
+            .iter()
+            .map(|p| {
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let doc = app::export::Document {
+            width: flat.width(),
+            height: flat.height(),
+            layers: layers
+                .iter()
+                .zip(&names)
+                .map(|(img, name)| app::export::Layer {
+                    name,
+                    visible: true,
+                    opacity: 1.0,
+                    rgba: img.as_raw(),
+                    png: None,
+                })
+                .collect(),
+            composite: flat.as_raw(),
+            composite_png: None,
+            run: None,
+        };
+        let bytes = app::export::export(&doc, format)?;
+        std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("{} layers → {} ({})", layers.len(), path.display(), format.label());
+    }
     Ok(())
 }
 

@@ -67,9 +67,16 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
         "tests/fixtures/reference/runs/layered_l2_cfgnorm.safetensors",
         "--output-dir",
         out.to_str().unwrap(),
+        "--formats",
+        "zip,psd,ora,pptx",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("2 layers at 640×640"), "{stdout}");
+    // The layered files of --formats (their content is tested in app::export).
+    let head = |name: &str| std::fs::read(out.join(name)).unwrap()[..4].to_vec();
+    assert_eq!(head("layers.psd"), b"8BPS");
+    assert_eq!(head("layers.ora"), b"PK\x03\x04");
+    assert_eq!(head("layers.pptx"), b"PK\x03\x04");
     for i in 1..=2 {
         let d = max_diff(
             &out.join(format!("0{i}_layer-{i}.png")),
@@ -110,6 +117,23 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
         swapped.to_str().unwrap(),
     ]);
     assert!(max_diff(&swapped, &out.join("composite.png")) > 0);
+    // compose --to: the layers as one layered file, named after their files, bottom first.
+    let stack = out.join("stack.ora");
+    let (code, stdout, stderr) = cli(&[
+        "compose",
+        out.join("01_layer-1.png").to_str().unwrap(),
+        out.join("02_layer-2.png").to_str().unwrap(),
+        "--to",
+        stack.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 layers → ") && stdout.contains("(ORA)"), "{stdout}");
+    let mut ora = zip::ZipArchive::new(std::fs::File::open(&stack).unwrap()).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(&mut ora.by_name("stack.xml").unwrap(), &mut xml).unwrap();
+    let top = xml.find("name=\"02_layer-2\"").expect(&xml);
+    let bottom = xml.find("name=\"01_layer-1\"").expect(&xml);
+    assert!(top < bottom, "OpenRaster lists the top layer first: {xml}");
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -188,6 +212,38 @@ fn bad_arguments_fail_clearly() {
             "--caption-language",
         ),
         (&["compose", "-o", "x.png", "Cargo.toml"], 1, "PNG, JPEG or WebP"),
+        (&["compose", "Cargo.toml"], 1, "-o flat.png"),
+        (
+            &["compose", "--to", "x.bmp", "Cargo.toml"],
+            1,
+            ".psd, .ora, .pptx or .zip",
+        ),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--output-dir",
+                "o",
+                "--formats",
+                "zip,tiff",
+            ],
+            2,
+            "unknown export format \"tiff\"",
+        ),
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--output-dir",
+                "o",
+                "--formats",
+                "png",
+            ],
+            2,
+            "png is always written",
+        ),
         (
             &["batch", "--input-dir", "/no/dir", "--prompt", "p", "--output-dir", "o"],
             1,

@@ -144,6 +144,45 @@ test("decompose, then toggle, reorder, fade, undo and export the layers", async 
   expect(manifest.run.resolution).toBe(640);
   await expect(page.locator(".export-done")).toContainText("Saved qwen-layers-seed-7.zip");
 
+  // The layered formats, built in the browser (WASM) from the same stack: Layer 2 (hidden) at
+  // the bottom, Layer 1 at 40 % on top.
+  const download = async (label: string) => {
+    const [d] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: `Download ${label}`, exact: true }).click(),
+    ]);
+    return { name: d.suggestedFilename(), bytes: fs.readFileSync(await d.path()) };
+  };
+  const psd = await download("PSD");
+  expect(psd.name).toBe("qwen-layers-seed-7.psd");
+  expect(psd.bytes.subarray(0, 4).toString("latin1")).toBe("8BPS");
+  expect([psd.bytes.readUInt32BE(18), psd.bytes.readUInt32BE(14)]).toEqual([first.w, first.h]);
+  await expect(page.locator(".export-done")).toContainText("Saved qwen-layers-seed-7.psd: 2 layers");
+  const ora = await download("ORA");
+  expect(ora.name).toBe("qwen-layers-seed-7.ora");
+  const oraEntries = readZip(ora.bytes);
+  expect(oraEntries[0]).toMatchObject({ name: "mimetype", method: 0 });
+  expect(oraEntries[0].data.toString("latin1")).toBe("image/openraster");
+  const stack = oraEntries.find((e) => e.name === "stack.xml")!.data.toString("utf8");
+  const oraLayers = [...stack.matchAll(/<layer name="([^"]*)"[^>]* opacity="([^"]*)" visibility="([^"]*)"/g)].map(
+    (m) => [m[1], Number(m[2]), m[3]],
+  );
+  expect(oraLayers).toEqual([
+    ["Layer 1", 0.4, "visible"],
+    ["Layer 2", 1, "hidden"],
+  ]);
+  const pptx = await download("PPTX");
+  expect(pptx.name).toBe("qwen-layers-seed-7.pptx");
+  const slide = readZip(pptx.bytes).find((e) => e.name === "ppt/slides/slide1.xml")!.data.toString("utf8");
+  const pictures = [...slide.matchAll(/<p:pic><p:nvPicPr><p:cNvPr id="\d+" name="([^"]*)"[^>]*?( hidden="1")?\/>/g)];
+  expect(pictures.map((m) => [m[1], !!m[2]])).toEqual([
+    ["Layer 2", true],
+    ["Layer 1", false],
+  ]);
+  const flat = await download("flattened PNG");
+  expect(flat.name).toBe("composite-flattened.png");
+  expect(pngSize(flat.bytes)).toEqual([first.w, first.h]);
+
   // Single-layer PNG download.
   const [pngDownload] = await Promise.all([
     page.waitForEvent("download"),

@@ -23,7 +23,7 @@ use crate::layer_stack::{Decomposition, RunInfo};
 pub use canvas::{
     bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, Stage, StageView, Timing, Zoom,
 };
-pub use export_bar::{zip_name, ExportBar};
+pub use export_bar::{export_file_name, zip_name, ExportBar};
 pub use header::{Header, ModelMode};
 pub use layers::{layer_file_name, LayerPanel};
 pub use params::{FieldErrors, Params, ParamsPanel};

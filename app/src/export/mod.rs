@@ -1,162 +1,438 @@
-//! Exports a layer stack: a ZIP with one PNG per layer (in stack order, bottom first), the
-//! flattened composite and a `manifest.json` recording order, names, visibility and the run's
-//! parameters. Pure Rust, so the browser builds it locally and the server/CLI write the same file.
+//! Exports a layer stack to the files other tools open. Pure Rust, so the browser (WASM) builds
+//! the same bytes locally that the server and the CLI write.
+//!
+//! Every format takes one [`Document`]: the layers in stack order (**bottom first**) with their
+//! name, visibility, opacity and straight-alpha RGBA8 pixels, the flattened composite, and the
+//! run's record where the format has room for it.
+//!
+//! - [`zip`]: a ZIP of PNGs (composite + one per layer) and `manifest.json`.
+//! - [`psd`]: Adobe Photoshop, layered, 8-bit RGB + transparency, with the merged image.
+//! - [`ora`]: OpenRaster (GIMP, Krita, MyPaint): a ZIP with `stack.xml` and PNGs.
+//! - [`pptx`]: PowerPoint: one slide, one full-slide picture per layer, bottom first.
+//! - [`Format::Png`]: the flattened composite alone.
 
-use std::io::{Cursor, Write};
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-use zip::write::SimpleFileOptions;
+pub mod ora;
+pub mod pptx;
+pub mod psd;
+pub mod zip;
+
+pub use self::zip::{build_zip, Manifest, ManifestLayer};
 
 /// One layer as exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManifestLayer {
-    pub name: String,
-    /// File name inside the ZIP.
-    pub file: String,
-    /// Position in the stack, 1 = bottom.
-    pub position: u32,
+#[derive(Debug, Clone, Copy)]
+pub struct Layer<'a> {
+    pub name: &'a str,
     pub visible: bool,
+    /// Opacity multiplier in [0, 1] (values outside are clamped).
     pub opacity: f32,
+    /// Straight-alpha RGBA8, `width × height × 4` bytes.
+    pub rgba: &'a [u8],
+    /// The same pixels already encoded as PNG, when the caller has them (saves re-encoding).
+    pub png: Option<&'a [u8]>,
 }
 
-/// `manifest.json` of an export.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    /// Always "bottom-to-top": `layers[0]` is drawn first.
-    pub layer_order: String,
+/// What every format is built from.
+#[derive(Debug, Clone)]
+pub struct Document<'a> {
     pub width: u32,
     pub height: u32,
-    pub composite: String,
-    pub layers: Vec<ManifestLayer>,
+    /// Stack order, bottom first (`layers[0]` is drawn first).
+    pub layers: Vec<Layer<'a>>,
+    /// The flattened image (visible layers, opacity applied), straight-alpha RGBA8.
+    pub composite: &'a [u8],
+    /// The composite as PNG, when the caller has it.
+    pub composite_png: Option<&'a [u8]>,
     /// The run that produced the layers (seed, parameters, model, timings), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<serde_json::Value>,
 }
 
-/// A layer to put in the ZIP.
-pub struct ExportLayer<'a> {
-    pub name: &'a str,
-    pub png: &'a [u8],
-    pub visible: bool,
-    pub opacity: f32,
-}
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("export failed: {0}")]
-pub struct ExportError(String);
+pub struct ExportError(pub String);
 
-/// A file name safe inside a ZIP: `01_layer-1.png`.
-fn layer_file_name(position: usize, name: &str) -> String {
-    let slug: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    format!("{position:02}_{}.png", if slug.is_empty() { "layer" } else { &slug })
+impl From<::zip::result::ZipError> for ExportError {
+    fn from(e: ::zip::result::ZipError) -> Self {
+        Self(e.to_string())
+    }
 }
 
-/// Builds the ZIP: `composite.png`, `NN_<name>.png` per layer (bottom first) and `manifest.json`.
-pub fn build_zip(
-    width: u32,
-    height: u32,
-    composite_png: &[u8],
-    layers: &[ExportLayer<'_>],
-    run: Option<serde_json::Value>,
-) -> Result<(Vec<u8>, Manifest), ExportError> {
-    let err = |e: &dyn std::fmt::Display| ExportError(e.to_string());
-    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    // PNGs are already deflated: store them, compress only the manifest.
-    let stored = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let deflated = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file("composite.png", stored).map_err(|e| err(&e))?;
-    zip.write_all(composite_png).map_err(|e| err(&e))?;
-    let mut manifest_layers = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.iter().enumerate() {
-        let file = layer_file_name(i + 1, layer.name);
-        zip.start_file(file.as_str(), stored).map_err(|e| err(&e))?;
-        zip.write_all(layer.png).map_err(|e| err(&e))?;
-        manifest_layers.push(ManifestLayer {
-            name: layer.name.to_string(),
-            file,
-            position: i as u32 + 1,
-            visible: layer.visible,
-            opacity: layer.opacity,
-        });
+impl From<std::io::Error> for ExportError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
     }
-    let manifest = Manifest {
-        format: "qwen-layers/1".into(),
-        layer_order: crate::api::LAYER_ORDER.into(),
-        width,
-        height,
-        composite: "composite.png".into(),
-        layers: manifest_layers,
-        run,
-    };
-    zip.start_file("manifest.json", deflated).map_err(|e| err(&e))?;
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| err(&e))?;
-    zip.write_all(&json).map_err(|e| err(&e))?;
-    let bytes = zip.finish().map_err(|e| err(&e))?.into_inner();
-    Ok((bytes, manifest))
+}
+
+impl From<serde_json::Error> for ExportError {
+    fn from(e: serde_json::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Name of the program in files that record who wrote them.
+pub const CREATOR: &str = "Qwen Layers";
+
+impl<'a> Document<'a> {
+    /// Checks that the size is non-zero and every image holds `width × height` RGBA pixels.
+    pub fn check(&self) -> Result<(), ExportError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(ExportError(format!("the image is {}×{}", self.width, self.height)));
+        }
+        let expected = self.width as usize * self.height as usize * 4;
+        let wrong = |what: &str, got: usize| {
+            ExportError(format!(
+                "{what} has {got} bytes, expected {expected} ({}×{} RGBA)",
+                self.width, self.height
+            ))
+        };
+        if self.composite.len() != expected {
+            return Err(wrong("the composite", self.composite.len()));
+        }
+        for layer in &self.layers {
+            if layer.rgba.len() != expected {
+                return Err(wrong(&format!("layer \"{}\"", layer.name), layer.rgba.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A layer's PNG: the caller's, or encoded now.
+    pub fn layer_png(&self, index: usize) -> Result<Cow<'a, [u8]>, ExportError> {
+        let layer = &self.layers[index];
+        match layer.png {
+            Some(png) => Ok(Cow::Borrowed(png)),
+            None => encode_png(self.width, self.height, layer.rgba).map(Cow::Owned),
+        }
+    }
+
+    /// The composite's PNG: the caller's, or encoded now.
+    pub fn composite_png(&self) -> Result<Cow<'a, [u8]>, ExportError> {
+        match self.composite_png {
+            Some(png) => Ok(Cow::Borrowed(png)),
+            None => encode_png(self.width, self.height, self.composite).map(Cow::Owned),
+        }
+    }
+
+    /// The run as one line of text (`prompt: …; seed: 42; …`) for a format's description field.
+    pub fn run_summary(&self) -> Option<String> {
+        let run = self.run.as_ref()?.as_object()?;
+        let parts: Vec<String> = run
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+fn encode_png(width: u32, height: u32, rgba: &[u8]) -> Result<Vec<u8>, ExportError> {
+    let img = image::RgbaImage::from_raw(width, height, rgba.to_vec())
+        .ok_or_else(|| ExportError(format!("{} bytes are not a {width}×{height} RGBA image", rgba.len())))?;
+    crate::image_data::encode_png(&img).map_err(|e| ExportError(e.error))
+}
+
+/// Escapes text for XML content and attribute values.
+pub(crate) fn xml_escape(text: &str) -> Cow<'_, str> {
+    if !text.contains(['&', '<', '>', '"', '\'']) && !text.chars().any(is_xml_invalid) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters other than tab/newline are not allowed in XML 1.0 at all.
+            c if is_xml_invalid(c) => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn is_xml_invalid(c: char) -> bool {
+    (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// The export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// PNGs + manifest.json in a ZIP.
+    Zip,
+    /// Adobe Photoshop.
+    Psd,
+    /// OpenRaster.
+    Ora,
+    /// PowerPoint.
+    Pptx,
+    /// The flattened composite as one PNG.
+    Png,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [Format::Zip, Format::Psd, Format::Ora, Format::Pptx, Format::Png];
+
+    /// File extension, also the name used on command lines.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Zip => "zip",
+            Format::Psd => "psd",
+            Format::Ora => "ora",
+            Format::Pptx => "pptx",
+            Format::Png => "png",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Zip => "application/zip",
+            Format::Psd => "image/vnd.adobe.photoshop",
+            Format::Ora => "image/openraster",
+            Format::Pptx => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            Format::Png => "image/png",
+        }
+    }
+
+    /// What a button or a list calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Zip => "ZIP",
+            Format::Psd => "PSD",
+            Format::Ora => "ORA",
+            Format::Pptx => "PPTX",
+            Format::Png => "flattened PNG",
+        }
+    }
+
+    /// The format a file name's extension names (`layers.psd` → PSD).
+    pub fn from_path(path: &str) -> Option<Format> {
+        let ext = path.rsplit_once('.')?.1;
+        ext.parse().ok()
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        Format::ALL.into_iter().find(|f| f.extension() == s).ok_or_else(|| {
+            let names: Vec<&str> = Format::ALL.iter().map(|f| f.extension()).collect();
+            format!("unknown export format \"{s}\" (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// Builds the file of `format` from `doc`.
+pub fn export(doc: &Document<'_>, format: Format) -> Result<Vec<u8>, ExportError> {
+    doc.check()?;
+    match format {
+        Format::Zip => zip::build(doc).map(|(bytes, _)| bytes),
+        Format::Psd => psd::build(doc),
+        Format::Ora => ora::build(doc),
+        Format::Pptx => pptx::build(doc),
+        Format::Png => doc.composite_png().map(Cow::into_owned),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A small document with awkward content for every format's tests.
+
+    use super::*;
+
+    /// Three 37×5 layers, bottom first: an opaque gradient, a half-transparent object with holes
+    /// and colour under transparent pixels, and a hidden layer with a Unicode name that is
+    /// transparent except for one corner. Rows longer than 128 bytes, runs and noise exercise
+    /// both PackBits branches.
+    pub struct Fixture {
+        pub width: u32,
+        pub height: u32,
+        pub pixels: Vec<Vec<u8>>,
+        pub names: Vec<String>,
+        pub visible: Vec<bool>,
+        pub opacity: Vec<f32>,
+        pub composite: Vec<u8>,
+    }
+
+    impl Fixture {
+        pub fn new() -> Self {
+            Self::sized(150, 5)
+        }
+
+        pub fn sized(width: u32, height: u32) -> Self {
+            let (w, h) = (width as usize, height as usize);
+            let mut seed = 0x2545_f491_u32;
+            let mut noise = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            };
+            let mut bottom = Vec::with_capacity(w * h * 4);
+            let mut middle = Vec::with_capacity(w * h * 4);
+            let mut top = vec![0u8; w * h * 4];
+            for y in 0..h {
+                for x in 0..w {
+                    bottom.extend_from_slice(&[(x * 255 / w) as u8, (y * 40) as u8, 200, 255]);
+                    let inside = x >= 3 && x < w - 4 && y >= 1;
+                    let alpha = if inside && x % 7 != 0 { noise() | 1 } else { 0 };
+                    // Colour under transparent pixels stays in the file: an editor may use it.
+                    middle.extend_from_slice(&[noise(), 9, if inside { 250 } else { 0 }, alpha]);
+                }
+            }
+            for y in 0..2.min(h) {
+                for x in (w - 3)..w {
+                    top[(y * w + x) * 4..][..4].copy_from_slice(&[255, 255, 0, 255]);
+                }
+            }
+            let pixels = vec![bottom, middle, top];
+            let opacity = vec![1.0, 0.4, 1.0];
+            let visible = vec![true, true, false];
+            let layers: Vec<crate::compose::LayerPixels<'_>> = pixels
+                .iter()
+                .zip(&opacity)
+                .zip(&visible)
+                .filter(|(_, v)| **v)
+                .map(|((p, o), _)| crate::compose::LayerPixels { rgba: p, opacity: *o })
+                .collect();
+            let mut composite = vec![0; w * h * 4];
+            crate::compose::Compositor::default()
+                .composite_into(width, height, &layers, &mut composite)
+                .unwrap();
+            Self {
+                width,
+                height,
+                pixels,
+                names: vec!["Layer 1".into(), "Sky & \"sun\" <1>".into(), "Ünïcødé 层 ☀".into()],
+                visible,
+                opacity,
+                composite,
+            }
+        }
+
+        pub fn document(&self) -> Document<'_> {
+            Document {
+                width: self.width,
+                height: self.height,
+                layers: (0..self.pixels.len())
+                    .map(|i| Layer {
+                        name: &self.names[i],
+                        visible: self.visible[i],
+                        opacity: self.opacity[i],
+                        rgba: &self.pixels[i],
+                        png: None,
+                    })
+                    .collect(),
+                composite: &self.composite,
+                composite_png: None,
+                run: Some(serde_json::json!({"prompt": "a cat & a <sofa>", "seed": 42, "steps": 2})),
+            }
+        }
+    }
+
+    pub fn decode_png(bytes: &[u8]) -> image::RgbaImage {
+        crate::image_data::decode_image_bytes(bytes, u64::MAX).unwrap()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::Fixture;
     use super::*;
-    use std::io::Read;
 
     #[test]
-    fn zip_holds_layers_in_stack_order_and_a_manifest() {
-        let layers = [
-            ExportLayer {
-                name: "Layer 1",
-                png: b"bottom",
-                visible: true,
-                opacity: 1.0,
-            },
-            ExportLayer {
-                name: "Sky & sun!",
-                png: b"top",
-                visible: false,
-                opacity: 0.5,
-            },
-        ];
-        let (bytes, manifest) = build_zip(4, 3, b"comp", &layers, Some(serde_json::json!({"seed": 42}))).unwrap();
-        let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
-        let names: Vec<String> = (0..archive.len())
-            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            names,
-            ["composite.png", "01_layer-1.png", "02_sky-sun.png", "manifest.json"]
+    fn formats_parse_from_names_and_paths() {
+        for f in Format::ALL {
+            assert_eq!(f.extension().parse::<Format>(), Ok(f));
+            assert_eq!(Format::from_path(&format!("out/layers.{}", f.extension())), Some(f));
+        }
+        assert_eq!(" PSD ".parse::<Format>(), Ok(Format::Psd));
+        let err = "tiff".parse::<Format>().unwrap_err();
+        assert!(err.contains("zip, psd, ora, pptx, png"), "{err}");
+        assert_eq!(Format::from_path("noextension"), None);
+    }
+
+    #[test]
+    fn a_wrong_sized_layer_is_refused_by_name() {
+        let fx = Fixture::new();
+        let mut doc = fx.document();
+        doc.layers[1].rgba = &doc.layers[1].rgba[4..];
+        for f in Format::ALL {
+            let err = export(&doc, f).unwrap_err();
+            assert!(
+                err.0
+                    .contains("layer \"Sky & \"sun\" <1>\" has 2996 bytes, expected 3000 (150×5 RGBA)"),
+                "{f}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn png_export_is_the_composite() {
+        let fx = Fixture::new();
+        let png = export(&fx.document(), Format::Png).unwrap();
+        assert_eq!(testing::decode_png(&png).into_raw(), fx.composite);
+    }
+
+    /// Writes the fixture in every format, with what a reader should find, for the manual check
+    /// by other tools (`tests/export_check.py`: psd-tools, python-pptx). Run with
+    /// `EXPORT_SAMPLES_DIR=target/export-samples cargo test -p app --lib -- --ignored export_samples`.
+    #[test]
+    #[ignore = "writes files for tests/export_check.py"]
+    fn export_samples() {
+        let dir = std::path::PathBuf::from(
+            std::env::var("EXPORT_SAMPLES_DIR").unwrap_or_else(|_| "../target/export-samples".into()),
         );
-        let mut top = Vec::new();
-        archive
-            .by_name("02_sky-sun.png")
-            .unwrap()
-            .read_to_end(&mut top)
-            .unwrap();
-        assert_eq!(top, b"top");
-        let mut json = String::new();
-        archive
-            .by_name("manifest.json")
-            .unwrap()
-            .read_to_string(&mut json)
-            .unwrap();
-        let parsed: Manifest = serde_json::from_str(&json).unwrap();
-        assert_eq!(parsed, manifest);
-        assert_eq!(parsed.layer_order, "bottom-to-top");
-        assert_eq!(parsed.layers[1].position, 2);
-        assert!(!parsed.layers[1].visible);
-        assert_eq!(parsed.run.unwrap()["seed"], 42);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fx = Fixture::sized(320, 180);
+        let doc = fx.document();
+        for f in Format::ALL {
+            std::fs::write(dir.join(format!("layers.{f}")), export(&doc, f).unwrap()).unwrap();
+        }
+        for i in 0..doc.layers.len() {
+            std::fs::write(dir.join(format!("layer-{}.png", i + 1)), doc.layer_png(i).unwrap()).unwrap();
+        }
+        let expected = serde_json::json!({
+            "width": fx.width,
+            "height": fx.height,
+            "layers": (0..fx.names.len()).map(|i| serde_json::json!({
+                "name": fx.names[i],
+                "visible": fx.visible[i],
+                "opacity": fx.opacity[i],
+                "png": format!("layer-{}.png", i + 1),
+            })).collect::<Vec<_>>(),
+            "composite": "layers.png",
+        });
+        std::fs::write(dir.join("expected.json"), serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn xml_text_is_escaped() {
+        assert_eq!(xml_escape("plain"), "plain");
+        assert_eq!(xml_escape("a<b>&\"c'\u{1}"), "a&lt;b&gt;&amp;&quot;c&apos;\u{FFFD}");
+    }
+
+    #[test]
+    fn the_run_becomes_one_line() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.document().run_summary().as_deref(),
+            Some("prompt: a cat & a <sofa>; seed: 42; steps: 2")
+        );
     }
 }

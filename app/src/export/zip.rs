@@ -1,0 +1,153 @@
+//! The ZIP export: one PNG per layer (in stack order, bottom first), the flattened composite and
+//! a `manifest.json` recording order, names, visibility, opacity and the run's parameters
+//! (docs/outputs.md).
+
+use std::io::{Cursor, Write};
+
+use ::zip::write::SimpleFileOptions;
+use serde::{Deserialize, Serialize};
+
+use super::{Document, ExportError};
+
+/// One layer as listed in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestLayer {
+    pub name: String,
+    /// File name inside the ZIP.
+    pub file: String,
+    /// Position in the stack, 1 = bottom.
+    pub position: u32,
+    pub visible: bool,
+    pub opacity: f32,
+}
+
+/// `manifest.json` of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// Always "bottom-to-top": `layers[0]` is drawn first.
+    pub layer_order: String,
+    pub width: u32,
+    pub height: u32,
+    pub composite: String,
+    pub layers: Vec<ManifestLayer>,
+    /// The run that produced the layers (seed, parameters, model, timings), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<serde_json::Value>,
+}
+
+/// A file name safe inside a ZIP: `01_layer-1.png`.
+pub fn layer_file_name(position: usize, name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    format!("{position:02}_{}.png", if slug.is_empty() { "layer" } else { &slug })
+}
+
+/// The manifest of `doc` (also written beside the files by the CLI).
+pub fn manifest(doc: &Document<'_>) -> Manifest {
+    Manifest {
+        format: "qwen-layers/1".into(),
+        layer_order: crate::api::LAYER_ORDER.into(),
+        width: doc.width,
+        height: doc.height,
+        composite: "composite.png".into(),
+        layers: doc
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ManifestLayer {
+                name: l.name.to_string(),
+                file: layer_file_name(i + 1, l.name),
+                position: i as u32 + 1,
+                visible: l.visible,
+                opacity: l.opacity,
+            })
+            .collect(),
+        run: doc.run.clone(),
+    }
+}
+
+/// Builds the ZIP: `composite.png`, `NN_<name>.png` per layer (bottom first) and `manifest.json`.
+pub fn build(doc: &Document<'_>) -> Result<(Vec<u8>, Manifest), ExportError> {
+    let manifest = manifest(doc);
+    let mut zip = ::zip::ZipWriter::new(Cursor::new(Vec::new()));
+    // PNGs are already deflated: store them, compress only the manifest.
+    let stored = SimpleFileOptions::default().compression_method(::zip::CompressionMethod::Stored);
+    let deflated = SimpleFileOptions::default().compression_method(::zip::CompressionMethod::Deflated);
+    zip.start_file(manifest.composite.as_str(), stored)?;
+    zip.write_all(&doc.composite_png()?)?;
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        zip.start_file(layer.file.as_str(), stored)?;
+        zip.write_all(&doc.layer_png(i)?)?;
+    }
+    zip.start_file("manifest.json", deflated)?;
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    zip.write_all(&json)?;
+    let bytes = zip.finish()?.into_inner();
+    Ok((bytes, manifest))
+}
+
+/// [`build`] for a checked document, as `(bytes, manifest)`.
+pub fn build_zip(doc: &Document<'_>) -> Result<(Vec<u8>, Manifest), ExportError> {
+    doc.check()?;
+    build(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{decode_png, Fixture};
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn zip_holds_layers_in_stack_order_and_a_manifest() {
+        let fx = Fixture::new();
+        let mut doc = fx.document();
+        // A PNG the caller already has is stored as it is, not re-encoded.
+        doc.layers[0].png = Some(b"not re-encoded");
+        let (bytes, manifest) = build_zip(&doc).unwrap();
+        let mut archive = ::zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "composite.png",
+                "01_layer-1.png",
+                "02_sky-sun-1.png",
+                "03_n-c-d.png",
+                "manifest.json"
+            ]
+        );
+        let mut read = |name: &str| {
+            let mut v = Vec::new();
+            archive.by_name(name).unwrap().read_to_end(&mut v).unwrap();
+            v
+        };
+        assert_eq!(read("01_layer-1.png"), b"not re-encoded");
+        assert_eq!(decode_png(&read("02_sky-sun-1.png")).into_raw(), fx.pixels[1]);
+        assert_eq!(decode_png(&read("composite.png")).into_raw(), fx.composite);
+        let parsed: Manifest = serde_json::from_slice(&read("manifest.json")).unwrap();
+        assert_eq!(parsed, manifest);
+        assert_eq!(parsed.layer_order, "bottom-to-top");
+        assert_eq!((parsed.width, parsed.height), (150, 5));
+        assert_eq!(parsed.layers[2].name, "Ünïcødé 层 ☀");
+        assert_eq!(parsed.layers[1].position, 2);
+        assert_eq!(parsed.layers[1].opacity, 0.4);
+        assert!(!parsed.layers[2].visible);
+        assert_eq!(parsed.run.unwrap()["seed"], 42);
+    }
+}
