@@ -70,6 +70,23 @@ pub struct DecomposeRequest {
     /// Language of the automatic caption for an empty prompt: "en" (default) or "cn".
     #[serde(default)]
     pub caption_language: Option<String>,
+    /// Layered files to return beside the ZIP, in `files`: any of "psd", "ora", "pptx", "png"
+    /// (the flattened composite), "zip".
+    #[serde(default)]
+    pub formats: Option<Vec<String>>,
+}
+
+/// A layered file of the run, as `formats` asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct ExportedFile {
+    /// "psd", "ora", "pptx", "png" or "zip".
+    pub format: String,
+    /// A file name for it, e.g. `layers.psd`.
+    pub filename: String,
+    pub mime: String,
+    /// The file, base64.
+    pub data: String,
 }
 
 /// One returned image: index 0 "Composite", then "Layer 1" … "Layer N".
@@ -101,6 +118,9 @@ pub struct DecomposeResponse {
     /// The automatic caption used when the prompt was empty.
     #[serde(default)]
     pub caption: Option<String>,
+    /// The files the request's `formats` asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ExportedFile>,
 }
 
 /// The seed's field names (`layer_image`, `instruction`); `image` and `prompt` are accepted too.
@@ -222,6 +242,8 @@ pub struct DecomposeJob {
     pub seed: u64,
     /// Caption in Chinese instead of English (empty prompt only).
     pub caption_in_chinese: bool,
+    /// Layered files to return beside the ZIP.
+    pub formats: Vec<crate::export::Format>,
 }
 
 /// An edit request after validation.
@@ -339,9 +361,17 @@ impl DecomposeRequest {
         validate_prompt("prompt", &self.prompt)?;
         let negative_prompt = self.negative_prompt.clone().unwrap_or_else(|| " ".into());
         validate_prompt("negative_prompt", &negative_prompt)?;
+        let mut formats = Vec::new();
+        for name in self.formats.iter().flatten() {
+            let format: crate::export::Format = name.parse().map_err(ApiError::bad_request)?;
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
         let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
         validate_aspect_ratio(&image)?;
         Ok(DecomposeJob {
+            formats,
             image,
             prompt: self.prompt.clone(),
             negative_prompt,

@@ -767,6 +767,7 @@ mod tests {
             width: 3,
             height: 2,
             caption: None,
+            files: Vec::new(),
         }
     }
 

@@ -171,6 +171,7 @@ impl Layers {
             width,
             height,
             caption: self.record.caption.clone(),
+            files: Vec::new(),
         })
     }
 

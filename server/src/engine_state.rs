@@ -10,7 +10,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use app::api::{ApiError, DecomposeJob, DecomposeResponse, DownloadStatus, EditJob, EditStatusResponse};
+use app::api::{ApiError, DecomposeJob, DecomposeResponse, DownloadStatus, EditJob, EditStatusResponse, ExportedFile};
+use base64::Engine as _;
 use engine::gpu::OffloadOptions;
 use engine::pipeline::edit::EDIT_COMPONENTS;
 use engine::pipeline::{
@@ -323,7 +324,15 @@ impl EngineState {
             .decompose_with_progress(&job.image, &options, progress)
             .map_err(api_error)?;
         let encoding = std::time::Instant::now();
-        let response = layers.to_response()?;
+        let mut response = layers.to_response()?;
+        for &format in &job.formats {
+            response.files.push(ExportedFile {
+                format: format.extension().into(),
+                filename: format!("layers.{}", format.extension()),
+                mime: format.mime().into(),
+                data: base64::engine::general_purpose::STANDARD.encode(layers.export(format)?),
+            });
+        }
         // One line per run with every phase: what scripts/e2e_rest.py reads back.
         let t = &layers.record.timings;
         tracing::info!(

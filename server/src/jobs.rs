@@ -212,6 +212,7 @@ mod tests {
             width: 640,
             height: 640,
             caption: None,
+            files: Vec::new(),
         }
     }
 

@@ -228,6 +228,7 @@ mod tests {
             width: 640,
             height: 480,
             caption: None,
+            files: Vec::new(),
         }
     }
 

@@ -82,6 +82,11 @@ async fn bad_requests_get_clear_json_errors_and_the_server_keeps_serving() {
         (json!({"image": "aGVsbG8gd29ybGQ="}), 422, "PNG, JPEG or WebP"),
         (json!({"prompt": "no image"}), 400, "image"),
         (json!({"image": good_image, "layer_num": "four"}), 400, "invalid JSON"),
+        (
+            json!({"image": good_image, "formats": ["psd", "tiff"]}),
+            400,
+            "unknown export format \"tiff\"",
+        ),
     ];
     for (body, code, needle) in cases {
         let (status, json, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
@@ -329,6 +334,37 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
             "layer {i}: REST and the Rust API differ"
         );
     }
+
+    // Layered files beside the ZIP, as `formats` asks: each one as its readers expect it.
+    let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": 2, "steps": 1, "seed": 5,
+                      "formats": ["psd", "ora", "pptx", "png", "psd"]});
+    let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
+    assert_eq!(code, 200, "{resp}");
+    let files = resp["files"].as_array().unwrap();
+    let listed: Vec<_> = files.iter().map(|f| f["filename"].as_str().unwrap()).collect();
+    assert_eq!(
+        listed,
+        ["layers.psd", "layers.ora", "layers.pptx", "layers.png"],
+        "in order, once each"
+    );
+    let bytes = |i: usize| {
+        base64::engine::general_purpose::STANDARD
+            .decode(files[i]["data"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(&bytes(0)[..4], b"8BPS", "a Photoshop file");
+    assert_eq!(files[0]["mime"], "image/vnd.adobe.photoshop");
+    let mut ora = zip::ZipArchive::new(std::io::Cursor::new(bytes(1))).unwrap();
+    assert_eq!(
+        ora.by_index(0).unwrap().name().unwrap(),
+        "mimetype",
+        "OpenRaster's mimetype comes first"
+    );
+    assert!(ora.by_name("stack.xml").is_ok());
+    let mut pptx = zip::ZipArchive::new(std::io::Cursor::new(bytes(2))).unwrap();
+    assert!(pptx.by_name("ppt/slides/slide1.xml").is_ok());
+    let flattened = image::load_from_memory(&bytes(3)).unwrap().to_rgba8();
+    assert_eq!(flattened, images[0], "the flattened PNG is the composite");
 
     // An empty prompt is captioned automatically and the caption reported.
     let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1, "seed": 5});

@@ -63,6 +63,7 @@ impl Params {
             seed: self.seed,
             cfg_normalize: None,
             caption_language: Some(if self.caption_in_chinese { "cn" } else { "en" }.into()),
+            formats: None,
         }
     }
 }
