@@ -53,7 +53,8 @@ def main():
     prompt = "a red ball, a yellow box and a green sail in front of a gradient sky"
 
     t0 = time.perf_counter()
-    layered = QwenImageLayeredPipeline.from_pretrained(args.layered, torch_dtype=bf).to(dev)
+    # Straight onto the device (a CPU copy of 58 GB first would not fit beside the checkpoint).
+    layered = QwenImageLayeredPipeline.from_pretrained(args.layered, torch_dtype=bf, device_map=dev)
     sync(dev)
     emit(run="diffusers_e2e_load", model="layered", seconds=round(time.perf_counter() - t0, 2))
     edit = None
@@ -74,7 +75,7 @@ def main():
                 t0 = time.perf_counter()
                 # Edit-2509 uses the same Qwen2.5-VL text encoder: shared, as our server shares it.
                 edit = QwenImageEditPlusPipeline.from_pretrained(
-                    args.edit, text_encoder=layered.text_encoder, torch_dtype=bf).to(dev)
+                    args.edit, text_encoder=layered.text_encoder, torch_dtype=bf, device_map=dev)
                 sync(dev)
                 emit(run="diffusers_e2e_load", model="edit-2509", seconds=round(time.perf_counter() - t0, 2))
             source = (layer or photo).convert("RGB")
