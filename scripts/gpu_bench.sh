@@ -163,6 +163,7 @@ fi
 # streamed tensor by tensor; Edit-2509's DiT and text encoder are links to Layered's shards, so
 # both fit on the disk), then the disk's own cold read rate for the load timings.
 CKPT="${CKPT:-/tmp/ckpt}"
+[ -f /dev/shm/ckpt/edit/model_index.json ] && CKPT=/dev/shm/ckpt  # written there by an earlier call
 write_checkpoints() {
   [ -f "$CKPT/edit/model_index.json" ] && return 0
   log "write full-size random checkpoints"
