@@ -64,7 +64,7 @@ fi
 if has parity; then
   for dt in ${PARITY_DTYPES:-f32 bf16}; do
     log "parity tests on CUDA, $dt"
-    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 240 "$BIN/device_parity" --test-threads=1 --nocapture \
+    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout "${PARITY_LIMIT:-240}" "$BIN/device_parity" --test-threads=1 --nocapture \
       > "$OUT/parity_$dt.log" 2>&1
     echo "exit $?"
     grep -E "^test |test result|worst|GPU vs CPU|vs CPU|final latents|PNGs|offload resident|panicked|not within|differ" \
