@@ -273,5 +273,6 @@ log "table"
 python3 "$G/gpu_compare.py" "$OUT/ours.jsonl" "$OUT/anchor.jsonl" "$OUT/gpu.txt" | tee "$OUT/table.md"
 cp "$OUT/table.md" "$OUT/ours.jsonl" "$OUT/clocks.txt" "$RESULTS/" 2>/dev/null
 cat "$OUT"/ckpt.jsonl "$OUT"/e2e.jsonl > "$RESULTS/e2e.jsonl" 2>/dev/null
+[ -s "$RESULTS/e2e.jsonl" ] && python3 "$G/e2e_table.py" "$RESULTS/e2e.jsonl" | tee "$RESULTS/e2e_table.md"
 [ -f "$OUT/anchor.jsonl" ] && cp "$OUT/anchor.jsonl" "$RESULTS/"
 tar czf "$RESULTS/logs.tgz" -C /tmp gpu-logs
