@@ -222,7 +222,7 @@ if has e2e || has e2e_offload || has e2e_diffusers || has load; then
   [ "${COLD:-0}" = 1 ] && cold_start
 fi
 has e2e && e2e_ours off "${E2E_CASES:-decompose640,decompose640,decompose1024,edit,edit}" "${E2E_LIMIT:-420}"
-has e2e_offload && e2e_ours on "${E2E_OFFLOAD_CASES:-decompose640,decompose640,edit,edit}" "${E2E_LIMIT:-300}"
+has e2e_offload && e2e_ours on "${E2E_OFFLOAD_CASES:-decompose640,decompose640,edit,edit}" "${E2E_OFFLOAD_LIMIT:-300}"
 if has e2e_diffusers; then
   log "diffusers end to end on the same checkpoints"
   sample_clocks e2e_diffusers
