@@ -51,6 +51,11 @@ def test_photo(size=1024):
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def opaque_pixels(data_url):
+    img = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGBA")
+    return sum(1 for a in img.getchannel("A").getdata() if a > 0)
+
+
 class Sampler:
     """GPU memory in use (nvidia-smi) and the server's RSS, every 100 ms, with timestamps."""
 
@@ -179,8 +184,9 @@ def main():
                         "cfg_scale": args.cfg, "seed": 7}
                 path = "/decompose"
             elif case == "edit":
-                if layer is None:
-                    sys.exit("an edit case needs a decompose case before it (it edits one of its layers)")
+                # The most opaque layer of the last decompose (random weights can leave a layer
+                # empty, which an edit that keeps alpha refuses), else the photo itself.
+                layer = layer or photo
                 body = {"layer_image": layer, "instruction": "make it blue", "steps": args.steps,
                         "cfg_scale": args.cfg, "seed": 7}
                 path = "/edit-layer"
@@ -207,7 +213,7 @@ def main():
                 answer = json.loads(raw)
                 row["generation_time"] = answer["generation_time"]
                 row["size"] = [answer["width"], answer["height"]]
-                layer = answer["layers"][1]["image"]
+                layer = max((l["image"] for l in answer["layers"][1:]), key=opaque_pixels)
             else:
                 row["edited_png_ok"] = ctype.startswith("image/png") and raw[:8] == b"\x89PNG\r\n\x1a\n"
             print(json.dumps(row), flush=True)
