@@ -87,6 +87,31 @@ pub fn put_rgba(canvas: &web_sys::HtmlCanvasElement, width: u32, height: u32, rg
     ctx.put_image_data(&data, 0.0, 0.0).map_err(js_err)
 }
 
+/// Copies `src` (e.g. a WebGL canvas, premultiplied like a 2D canvas) onto `canvas` exactly,
+/// resizing its bitmap to `width`×`height`.
+pub fn copy_canvas(
+    canvas: &web_sys::HtmlCanvasElement,
+    src: &web_sys::HtmlCanvasElement,
+    width: u32,
+    height: u32,
+) -> Result<(), String> {
+    if canvas.width() != width {
+        canvas.set_width(width);
+    }
+    if canvas.height() != height {
+        canvas.set_height(height);
+    }
+    let ctx: web_sys::CanvasRenderingContext2d = canvas
+        .get_context("2d")
+        .map_err(js_err)?
+        .ok_or("the canvas has no 2d context")?
+        .dyn_into()
+        .map_err(|_| "not a 2d context".to_string())?;
+    // "copy": the pixels replace what was there (no blending with the last frame).
+    ctx.set_global_composite_operation("copy").map_err(js_err)?;
+    ctx.draw_image_with_html_canvas_element(src, 0.0, 0.0).map_err(js_err)
+}
+
 /// A detached canvas (for measuring the drawing cost without touching the page).
 pub fn scratch_canvas() -> Option<web_sys::HtmlCanvasElement> {
     web_sys::window()?

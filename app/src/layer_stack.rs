@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::api::DecomposeResponse;
+use crate::compose::live::StageLayer;
 use crate::compose::LayerPixels;
 
 /// One decoded image: straight-alpha RGBA8 pixels for compositing and the PNG data URL they came
@@ -392,6 +393,19 @@ impl LayerStack {
             .filter(|l| l.visible && l.opacity > 0.0)
             .map(|l| LayerPixels {
                 rgba: &l.shown().rgba,
+                opacity: l.opacity,
+            })
+            .collect()
+    }
+
+    /// What the canvas's live compositor draws: every layer, hidden ones included (so a toggle
+    /// is seen as a change to one layer), bottom first, as shown.
+    pub fn to_stage(&self) -> Vec<StageLayer<'_>> {
+        self.layers
+            .iter()
+            .map(|l| StageLayer {
+                pixels: &l.shown().rgba,
+                visible: l.visible,
                 opacity: l.opacity,
             })
             .collect()

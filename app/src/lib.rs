@@ -9,8 +9,12 @@ pub mod components;
 pub mod compose;
 pub mod error;
 pub mod export;
+#[cfg(feature = "hydrate")]
+pub mod gl;
 pub mod image_data;
 pub mod layer_stack;
+#[cfg(feature = "hydrate")]
+pub mod render;
 pub mod server_fns;
 
 #[cfg(feature = "ssr")]

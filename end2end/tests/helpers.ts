@@ -110,18 +110,49 @@ export function readZip(zip: Buffer): ZipEntry[] {
 /** The canvas's pixels (RGBA) and size. */
 export async function canvasPixels(page: Page): Promise<{ w: number; h: number; data: number[] }> {
   return page.evaluate(() => {
+    // Copied onto a 2D canvas first: the stage's canvas may hold a WebGL2 context.
     const c = document.getElementById("composite-canvas") as HTMLCanvasElement;
-    const ctx = c.getContext("2d")!;
+    const copy = document.createElement("canvas");
+    copy.width = c.width;
+    copy.height = c.height;
+    const ctx = copy.getContext("2d")!;
+    ctx.drawImage(c, 0, 0);
     const img = ctx.getImageData(0, 0, c.width, c.height);
     return { w: c.width, h: c.height, data: Array.from(img.data) };
   });
+}
+
+/** Every `step`-th pixel of every `step`-th row of the canvas, RGBA (for comparing large canvases). */
+export async function canvasSample(page: Page, step = 7): Promise<number[]> {
+  return page.evaluate((step) => {
+    const c = document.getElementById("composite-canvas") as HTMLCanvasElement;
+    const copy = document.createElement("canvas");
+    copy.width = c.width;
+    copy.height = c.height;
+    const ctx = copy.getContext("2d")!;
+    ctx.drawImage(c, 0, 0);
+    const data = ctx.getImageData(0, 0, c.width, c.height).data;
+    const out: number[] = [];
+    for (let y = 0; y < c.height; y += step) {
+      for (let x = 0; x < c.width; x += step) {
+        const o = (y * c.width + x) * 4;
+        out.push(data[o], data[o + 1], data[o + 2], data[o + 3]);
+      }
+    }
+    return out;
+  }, step);
 }
 
 /** A short fingerprint of the canvas pixels (to compare states). */
 export async function canvasHash(page: Page): Promise<string> {
   return page.evaluate(async () => {
     const c = document.getElementById("composite-canvas") as HTMLCanvasElement;
-    const data = c.getContext("2d")!.getImageData(0, 0, c.width, c.height).data;
+    const copy = document.createElement("canvas");
+    copy.width = c.width;
+    copy.height = c.height;
+    const ctx = copy.getContext("2d")!;
+    ctx.drawImage(c, 0, 0);
+    const data = ctx.getImageData(0, 0, c.width, c.height).data;
     const digest = await crypto.subtle.digest("SHA-256", data);
     return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
   });

@@ -1,6 +1,8 @@
-//! The stage: a canvas that composites the visible layers in order (in WASM, with the same code
-//! as the server) over a checkerboard, redrawn on every toggle, reorder, opacity change or edit;
-//! zoom to fit or 100 %; and the compositing time, measured with `performance.now()`.
+//! The stage: a canvas that composites the visible layers in order over a checkerboard, redrawn
+//! on every toggle, reorder, opacity change or edit; zoom to fit or 100 %; and the compositing
+//! time, measured with `performance.now()`. It draws with WebGL2 where a GPU runs it, else in
+//! WASM with the same code as the server (`crate::render`); a change to one layer blends three
+//! images (the caches below and above it, made when the pointer comes onto the layer's row).
 
 use leptos::prelude::*;
 
@@ -61,15 +63,34 @@ impl Zoom {
 }
 
 /// One compositing measurement.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
     pub layers: usize,
     pub width: u32,
     pub height: u32,
-    /// `Compositor::composite_into` alone.
+    /// Compositing alone (WebGL2: until the GPU finished).
     pub compose_ms: f64,
-    /// Compositing plus `putImageData`.
+    /// Compositing plus putting the pixels on the canvas.
     pub frame_ms: f64,
+    /// "WASM" or "WebGL2", and what the draw did ("all layers", "3-image blend", …).
+    pub path: &'static str,
+    pub plan: &'static str,
+}
+
+impl Timing {
+    pub fn text(&self) -> String {
+        format!(
+            "Composited {} layer{} ({}×{}) in {:.1} ms · drawn in {:.1} ms · {}, {}",
+            self.layers,
+            if self.layers == 1 { "" } else { "s" },
+            self.width,
+            self.height,
+            self.compose_ms,
+            self.frame_ms,
+            self.path,
+            self.plan,
+        )
+    }
 }
 
 #[component]
@@ -84,65 +105,114 @@ pub fn Stage() -> impl IntoView {
     // The scale "fit" currently gives (for the zoom label and the +/− steps).
     let fit_scale = RwSignal::new(1.0f64);
 
+    // The image's size: what the layout depends on (a toggle or a fade leaves it alone).
+    let size = Memo::new(move |_| result.with(|r| r.as_ref().map(|d| (d.stack.width(), d.stack.height()))));
+
     #[cfg(feature = "hydrate")]
     {
+        use crate::render::{Path, Renderer};
         use std::cell::RefCell;
         use std::rc::Rc;
-        let compositor = Rc::new(RefCell::new((crate::compose::Compositor::default(), Vec::<u8>::new())));
+        let AppState { pointed_layer, .. } = expect_context::<AppState>();
+        let renderer = Rc::new(RefCell::new(None::<Renderer>));
+        let gl_lost = std::cell::Cell::new(false);
+        let requested = crate::render::requested_path();
+        let draw_renderer = Rc::clone(&renderer);
         Effect::new(move |_| {
             let Some(canvas) = canvas_ref.get() else { return };
             let mode = view_mode.get();
             result.with(|r| {
                 let Some(d) = r else { return };
                 let (w, h) = (d.stack.width(), d.stack.height());
-                let outcome = match mode {
-                    StageView::ModelComposite => crate::browser::put_rgba(&canvas, w, h, &d.composite.rgba),
-                    StageView::Layers => {
-                        let mut guard = compositor.borrow_mut();
-                        let (comp, out) = &mut *guard;
-                        out.resize(w as usize * h as usize * 4, 0);
-                        let layers = d.stack.to_composite();
-                        let t0 = crate::browser::now_ms();
-                        let composed = comp.composite_into(w, h, &layers, out).map_err(|e| e.to_string());
-                        let t1 = crate::browser::now_ms();
-                        let drawn = composed.and_then(|()| crate::browser::put_rgba(&canvas, w, h, out));
-                        let t2 = crate::browser::now_ms();
-                        timing.set(Some(Timing {
-                            layers: layers.len(),
-                            width: w,
-                            height: h,
-                            compose_ms: t1 - t0,
-                            frame_ms: t2 - t0,
-                        }));
-                        drawn
+                let mut slot = draw_renderer.borrow_mut();
+                // Twice at most: after a lost WebGL context, again with WASM.
+                for _ in 0..2 {
+                    if !slot.as_ref().is_some_and(|r| r.is_for(&canvas)) {
+                        let path = if gl_lost.get() { Some(Path::Wasm) } else { requested };
+                        *slot = Some(Renderer::new(&canvas, path));
                     }
-                };
-                draw_error.set(outcome.err());
+                    let renderer = slot.as_mut().expect("bound above");
+                    let _ = canvas.set_attribute("data-compositor", renderer.path().label());
+                    let outcome = match mode {
+                        StageView::ModelComposite => renderer.draw_image(w, h, &d.composite.rgba),
+                        StageView::Layers => {
+                            let layers = d.stack.to_stage();
+                            renderer.draw(w, h, &layers).map(|drawn| {
+                                timing.set(Some(Timing {
+                                    layers: layers.iter().filter(|l| l.effective().is_some()).count(),
+                                    width: w,
+                                    height: h,
+                                    compose_ms: drawn.compose_ms,
+                                    frame_ms: drawn.frame_ms,
+                                    path: renderer.path().label(),
+                                    plan: drawn.plan.label(),
+                                }))
+                            })
+                        }
+                    };
+                    if renderer.is_lost() {
+                        leptos::logging::warn!("the WebGL context was lost; compositing with WASM");
+                        gl_lost.set(true);
+                        *slot = None;
+                        continue;
+                    }
+                    // When the canvas was last drawn (`performance.now()`), for measuring the
+                    // time from an input to the drawn canvas.
+                    let _ = canvas.set_attribute("data-drawn-at", &format!("{:.3}", crate::browser::now_ms()));
+                    draw_error.set(outcome.err());
+                    break;
+                }
             });
+        });
+        // The pointer (or the keyboard focus) came onto a layer's row: make the caches for a
+        // change to that layer while the user moves to its controls, so the change itself only
+        // blends three images.
+        Effect::new(move |_| {
+            let Some(id) = pointed_layer.get() else { return };
+            if view_mode.get_untracked() != StageView::Layers {
+                return;
+            }
+            let renderer = Rc::clone(&renderer);
+            leptos::prelude::set_timeout(
+                move || {
+                    if pointed_layer.get_untracked() != Some(id) {
+                        return; // the pointer moved on
+                    }
+                    result.with_untracked(|r| {
+                        let Some(d) = r else { return };
+                        let Some(pivot) = d.stack.position(id) else { return };
+                        if let Some(renderer) = renderer.borrow_mut().as_mut() {
+                            let layers = d.stack.to_stage();
+                            if let Err(e) = renderer.prepare(d.stack.width(), d.stack.height(), &layers, pivot - 1) {
+                                leptos::logging::warn!("preparing the canvas caches: {e}");
+                            }
+                        }
+                    });
+                },
+                std::time::Duration::ZERO,
+            );
         });
         // The scale that fits the image in the wrapper (up or down), recomputed when the result
         // or the window size changes.
         let refit = move || {
             let Some(wrap) = wrap_ref.get_untracked() else { return };
-            let Some((w, h)) = result.with_untracked(|r| r.as_ref().map(|d| (d.stack.width(), d.stack.height())))
-            else {
-                return;
-            };
+            let Some((w, h)) = size.get_untracked() else { return };
             let avail_w = f64::from((wrap.client_width() - FIT_MARGIN).max(16));
             let avail_h = f64::from((wrap.client_height() - FIT_MARGIN).max(16));
             fit_scale.set((avail_w / f64::from(w)).min(avail_h / f64::from(h)));
         };
+        // (Tracking the size, not the stack: reading the wrapper's size forces a layout, which
+        // would cost every toggle a millisecond.)
         Effect::new(move |_| {
             wrap_ref.track();
-            result.track();
+            size.track();
             refit();
         });
         let resize = window_event_listener(leptos::ev::resize, move |_| refit());
         on_cleanup(move || resize.remove());
     }
 
-    let size = move || result.with(|r| r.as_ref().map(|d| (d.stack.width(), d.stack.height())));
-    let canvas_style = move || match size() {
+    let canvas_style = move || match size.get() {
         Some((w, h)) => {
             let s = zoom.get().current_scale(fit_scale.get());
             format!(
@@ -232,207 +302,12 @@ pub fn Stage() -> impl IntoView {
                 ></canvas>
             </div>
             <p class="timing" id="compose-time" aria-live="off">
-                {move || {
-                    timing
-                        .get()
-                        .map(|t| {
-                            format!(
-                                "Composited {} layer{} ({}×{}) in {:.1} ms · drawn in {:.1} ms",
-                                t.layers,
-                                if t.layers == 1 { "" } else { "s" },
-                                t.width,
-                                t.height,
-                                t.compose_ms,
-                                t.frame_ms,
-                            )
-                        })
-                }}
+                {move || timing.get().map(|t| t.text())}
             </p>
             {move || draw_error.get().map(|e| view! { <p class="error" role="alert">{e}</p> })}
         </section>
     }
     .into_any()
-}
-
-/// Synthetic layers for the speed test.
-///
-/// `Typical` looks like a decomposition: an opaque background (Layer 1), then objects (discs
-/// with a soft edge over transparency), and every third layer a full-frame translucent veil
-/// (haze, shadow) that blends at every pixel. `Worst` makes every pixel of every layer
-/// translucent, so nothing can be skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchScene {
-    Typical,
-    Worst,
-}
-
-pub fn bench_layers(count: usize, size: u32, scene: BenchScene) -> Vec<Vec<u8>> {
-    (0..count)
-        .map(|i| {
-            let s = f64::from(size);
-            let (cx, cy) = (s * (0.2 + 0.06 * i as f64), s * (0.8 - 0.05 * i as f64));
-            let r = s * 0.3;
-            let colour = [(40 * i) as u8, (255 - 20 * i) as u8, (90 + 15 * i) as u8];
-            let mut px = vec![0u8; (size * size * 4) as usize];
-            for y in 0..size {
-                for x in 0..size {
-                    let a = match scene {
-                        BenchScene::Worst => 1 + ((x + y + i as u32) % 254) as u8,
-                        BenchScene::Typical if i == 0 => 255,
-                        BenchScene::Typical if i % 3 == 2 => 96,
-                        BenchScene::Typical => {
-                            let d = ((f64::from(x) - cx).powi(2) + (f64::from(y) - cy).powi(2)).sqrt();
-                            ((r - d) * 64.0).clamp(0.0, 255.0) as u8 // a 4-pixel soft edge
-                        }
-                    };
-                    let o = ((y * size + x) * 4) as usize;
-                    px[o..o + 4].copy_from_slice(&[colour[0], colour[1], colour[2], a]);
-                }
-            }
-            px
-        })
-        .collect()
-}
-
-/// Median, best and worst of a set of times.
-pub fn summarize(times: &mut [f64]) -> (f64, f64, f64) {
-    times.sort_by(|a, b| a.total_cmp(b));
-    let median = if times.is_empty() {
-        0.0
-    } else if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
-    (
-        median,
-        times.first().copied().unwrap_or(0.0),
-        times.last().copied().unwrap_or(0.0),
-    )
-}
-
-/// Number of layers and their side in the speed test (the target: ≤ 16 ms for 10 × 1024²).
-pub const BENCH_LAYERS: usize = 10;
-pub const BENCH_SIZE: u32 = 1024;
-const BENCH_RUNS: usize = 15;
-
-/// A speed test of browser compositing at the size the target is stated for.
-#[component]
-pub fn Benchmark() -> impl IntoView {
-    let outcome = RwSignal::new(None::<Result<BenchReport, String>>);
-    let running = RwSignal::new(false);
-    let run = move |_| {
-        running.set(true);
-        outcome.set(None);
-        #[cfg(feature = "hydrate")]
-        leptos::task::spawn_local(async move {
-            // Let "Measuring…" paint first.
-            crate::browser::sleep_ms(30).await;
-            outcome.set(Some(measure()));
-            running.set(false);
-        });
-    };
-    view! {
-        <details class="benchmark">
-            <summary>"Compositing speed"</summary>
-            <p class="hint">
-                {format!(
-                    "Composites {BENCH_LAYERS} layers of {BENCH_SIZE}×{BENCH_SIZE} in this browser, {BENCH_RUNS} times for each of two scenes: typical (an opaque background, objects, translucent veils) and worst case (every pixel of every layer translucent). Target: 16 ms, one frame."
-                )}
-            </p>
-            <button type="button" class="secondary" id="bench-button" disabled=move || running.get() on:click=run>
-                "Measure"
-            </button>
-            <output
-                id="bench-result"
-                aria-live="polite"
-                data-typical-ms=move || outcome.with(|o| o.as_ref().and_then(|r| r.as_ref().ok()).map(|r| format!("{:.2}", r.typical.median)))
-                data-worst-ms=move || outcome.with(|o| o.as_ref().and_then(|r| r.as_ref().ok()).map(|r| format!("{:.2}", r.worst.median)))
-            >
-                {move || match outcome.get() {
-                    None if running.get() => "Measuring…".to_string(),
-                    None => String::new(),
-                    Some(Ok(r)) => r.text(),
-                    Some(Err(e)) => format!("The measurement failed: {e}"),
-                }}
-            </output>
-        </details>
-    }
-    .into_any()
-}
-
-/// What the speed test found, per scene.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct BenchReport {
-    pub typical: BenchLine,
-    pub worst: BenchLine,
-}
-
-/// Times of one scene, in ms.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct BenchLine {
-    pub median: f64,
-    pub best: f64,
-    pub worst: f64,
-    /// Compositing plus drawing on a canvas (median).
-    pub frame: f64,
-}
-
-impl BenchReport {
-    pub fn text(&self) -> String {
-        let line = |name: &str, l: &BenchLine| {
-            format!(
-                "{name}: median {:.1} ms (best {:.1}, worst {:.1}), drawn {:.1} ms",
-                l.median, l.best, l.worst, l.frame
-            )
-        };
-        format!(
-            "{BENCH_LAYERS} × {BENCH_SIZE}² — {}; {}",
-            line("typical", &self.typical),
-            line("worst case", &self.worst)
-        )
-    }
-}
-
-#[cfg(feature = "hydrate")]
-fn measure() -> Result<BenchReport, String> {
-    use crate::compose::{Compositor, LayerPixels};
-    let canvas = crate::browser::scratch_canvas();
-    let mut report = BenchReport::default();
-    for scene in [BenchScene::Typical, BenchScene::Worst] {
-        let layers = bench_layers(BENCH_LAYERS, BENCH_SIZE, scene);
-        let refs: Vec<LayerPixels<'_>> = layers.iter().map(|l| LayerPixels { rgba: l, opacity: 1.0 }).collect();
-        let mut out = vec![0u8; (BENCH_SIZE * BENCH_SIZE * 4) as usize];
-        let mut comp = Compositor::default();
-        let err = |e: crate::compose::ComposeError| e.to_string();
-        comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out)
-            .map_err(err)?; // warm-up
-        let (mut compose, mut frame) = (Vec::new(), Vec::new());
-        for _ in 0..BENCH_RUNS {
-            let t0 = crate::browser::now_ms();
-            comp.composite_into(BENCH_SIZE, BENCH_SIZE, &refs, &mut out)
-                .map_err(err)?;
-            let t1 = crate::browser::now_ms();
-            if let Some(c) = &canvas {
-                crate::browser::put_rgba(c, BENCH_SIZE, BENCH_SIZE, &out)?;
-            }
-            let t2 = crate::browser::now_ms();
-            compose.push(t1 - t0);
-            frame.push(t2 - t0);
-        }
-        let (median, best, worst) = summarize(&mut compose);
-        let line = BenchLine {
-            median,
-            best,
-            worst,
-            frame: summarize(&mut frame).0,
-        };
-        match scene {
-            BenchScene::Typical => report.typical = line,
-            BenchScene::Worst => report.worst = line,
-        }
-    }
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -447,26 +322,5 @@ mod tests {
         assert_eq!(Zoom::Scale(0.25).step(1.0, false), Zoom::Scale(0.25));
         assert_eq!(Zoom::Scale(1.0).step(1.0, true), Zoom::Scale(1.5));
         assert_eq!(Zoom::Fit.label(0.625), "62 %");
-    }
-
-    #[test]
-    fn bench_scenes_have_the_alpha_they_claim() {
-        let alphas = |l: &Vec<u8>| l.chunks_exact(4).map(|p| p[3]).collect::<Vec<_>>();
-        let typical = bench_layers(4, 64, BenchScene::Typical);
-        assert_eq!(typical.len(), 4);
-        assert!(typical.iter().all(|l| l.len() == 64 * 64 * 4));
-        assert!(alphas(&typical[0]).iter().all(|a| *a == 255), "opaque background");
-        let disc = alphas(&typical[1]);
-        assert!(disc.contains(&0) && disc.contains(&255) && disc.iter().any(|a| *a > 0 && *a < 255));
-        assert!(alphas(&typical[2]).iter().all(|a| *a == 96));
-        let worst = bench_layers(3, 64, BenchScene::Worst);
-        assert!(worst.iter().all(|l| alphas(l).iter().all(|a| *a > 0 && *a < 255)));
-    }
-
-    #[test]
-    fn summary_is_median_best_worst() {
-        assert_eq!(summarize(&mut [3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
-        assert_eq!(summarize(&mut [4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
-        assert_eq!(summarize(&mut []), (0.0, 0.0, 0.0));
     }
 }

@@ -2,6 +2,8 @@
 //! with a thumbnail, name, visibility eye, drag handle and move up/down buttons, opacity, an edit
 //! box, before/after and undo for edits, and a PNG download. Undo/redo for the whole stack.
 
+use std::sync::Arc;
+
 use leptos::prelude::*;
 
 use super::AppState;
@@ -42,6 +44,20 @@ fn change<T>(
         }
     });
     out
+}
+
+/// What one layer's row shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RowState {
+    name: String,
+    visible: bool,
+    opacity: f32,
+    thumb: Arc<str>,
+    edited: bool,
+    show_before: bool,
+    position: usize,
+    count: usize,
+    last_instruction: String,
 }
 
 #[component]
@@ -136,7 +152,9 @@ pub fn LayerPanel() -> impl IntoView {
 #[component]
 fn CompositeRow() -> impl IntoView {
     let AppState { result, .. } = expect_context::<AppState>();
-    let url = move || result.with(|r| r.as_ref().map(|d| d.composite.data_url.to_string()).unwrap_or_default());
+    // A memo of the shared URL: changes to the stack do not copy (and compare) the whole PNG.
+    let data_url = Memo::new(move |_| result.with(|r| r.as_ref().map(|d| Arc::clone(&d.composite.data_url))));
+    let url = move || data_url.with(|u| u.as_deref().unwrap_or_default().to_string());
     let download = move |_| {
         #[cfg(feature = "hydrate")]
         result.with_untracked(|r| {
@@ -177,22 +195,35 @@ fn LayerRow(
 ) -> impl IntoView {
     let state = expect_context::<AppState>();
     let AppState { result, announce, .. } = state;
-    let with_layer = move |f: &dyn Fn(&crate::layer_stack::Layer, &LayerStack) -> String| {
+    // What the row shows, as one memo: a change to another layer (or to the canvas alone)
+    // leaves this row's closures and DOM untouched.
+    let row = Memo::new(move |_| {
         result.with(|r| {
             r.as_ref()
-                .and_then(|d| d.stack.get(id).map(|l| f(l, &d.stack)))
+                .and_then(|d| Some((d.stack.get(id)?, &d.stack)))
+                .map(|(l, s)| RowState {
+                    name: l.name.clone(),
+                    visible: l.visible,
+                    opacity: l.opacity,
+                    thumb: Arc::clone(&l.shown().data_url),
+                    edited: l.is_edited(),
+                    show_before: l.show_before,
+                    position: s.position(id).unwrap_or(0),
+                    count: s.len(),
+                    last_instruction: l.current().instruction.clone().unwrap_or_default(),
+                })
                 .unwrap_or_default()
         })
-    };
-    let name = move || with_layer(&|l, _| l.name.clone());
-    let visible = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).is_some_and(|l| l.visible));
-    let opacity = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).map_or(1.0, |l| l.opacity));
-    let thumb = move || with_layer(&|l, _| l.shown().data_url.to_string());
-    let edited = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).is_some_and(|l| l.is_edited()));
-    let show_before = move || result.with(|r| r.as_ref().and_then(|d| d.stack.get(id)).is_some_and(|l| l.show_before));
-    let position = move || result.with(|r| r.as_ref().and_then(|d| d.stack.position(id)).unwrap_or(0));
-    let count = move || result.with(|r| r.as_ref().map_or(0, |d| d.stack.len()));
-    let last_instruction = move || with_layer(&|l, _| l.current().instruction.clone().unwrap_or_default());
+    });
+    let name = move || row.with(|r| r.name.clone());
+    let visible = move || row.with(|r| r.visible);
+    let opacity = move || row.with(|r| r.opacity);
+    let thumb = move || row.with(|r| r.thumb.to_string());
+    let edited = move || row.with(|r| r.edited);
+    let show_before = move || row.with(|r| r.show_before);
+    let position = move || row.with(|r| r.position);
+    let count = move || row.with(|r| r.count);
+    let last_instruction = move || row.with(|r| r.last_instruction.clone());
 
     let toggle = move |_| {
         change(result, announce, |s| {
@@ -353,6 +384,8 @@ fn LayerRow(
             on:dragenter=on_dragover
             on:drop=on_drop
             on:keydown=on_keydown
+            on:pointerenter=move |_| state.pointed_layer.set(Some(id))
+            on:focusin=move |_| state.pointed_layer.set(Some(id))
         >
             <div class="layer-main" draggable="true" on:dragstart=on_dragstart on:dragend=on_dragend>
                 <span class="drag-handle" title="Drag to reorder" aria-hidden="true">

@@ -2,6 +2,7 @@
 //! the image upload, the parameters, the run (progress, cancel), the canvas, the layer panel with
 //! its edit box, and export.
 
+mod benchmark;
 mod canvas;
 mod edit;
 mod export_bar;
@@ -20,9 +21,11 @@ use leptos_router::StaticSegment;
 use crate::api::{ConfigResponse, EditStatusResponse, StatusResponse};
 use crate::layer_stack::{Decomposition, RunInfo};
 
-pub use canvas::{
-    bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, Stage, StageView, Timing, Zoom,
+pub use benchmark::{
+    bench_decomposition, bench_layers, summarize, BenchLine, BenchReport, BenchScene, Benchmark, BENCH_LAYERS,
+    BENCH_SIZE,
 };
+pub use canvas::{Stage, StageView, Timing, Zoom};
 pub use export_bar::{export_file_name, zip_name, ExportBar};
 pub use header::{Header, ModelMode};
 pub use layers::{layer_file_name, LayerPanel};
@@ -89,6 +92,9 @@ pub struct AppState {
     pub runs_changed: RwSignal<u32>,
     /// The server wants its API token and this browser has not signed in.
     pub needs_token: RwSignal<bool>,
+    /// The layer whose row the pointer or the keyboard focus is on (the canvas readies its
+    /// caches for a change to it).
+    pub pointed_layer: RwSignal<Option<u32>>,
 }
 
 impl AppState {
@@ -107,6 +113,7 @@ impl AppState {
             announce: RwSignal::new(String::new()),
             runs_changed: RwSignal::new(0),
             needs_token: RwSignal::new(false),
+            pointed_layer: RwSignal::new(None),
         }
     }
 }
