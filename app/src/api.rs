@@ -437,7 +437,23 @@ mod tests {
             seed: None,
             cfg_normalize: None,
             caption_language: None,
+            formats: None,
         }
+    }
+
+    #[test]
+    fn formats_are_parsed_once_each_and_unknown_ones_refused() {
+        let limits = Limits::default();
+        let mut req = request(tiny_png());
+        req.formats = Some(vec!["PSD".into(), "ora".into(), "psd".into()]);
+        let job = req.validate(&limits, 1).unwrap();
+        assert_eq!(job.formats, [crate::export::Format::Psd, crate::export::Format::Ora]);
+        req.formats = Some(vec!["gif".into()]);
+        let err = req.validate(&limits, 1).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert!(err.error.contains("unknown export format \"gif\""), "{}", err.error);
+        req.formats = None;
+        assert!(req.validate(&limits, 1).unwrap().formats.is_empty());
     }
 
     fn tiny_png() -> String {
