@@ -11,21 +11,7 @@ use crate::layer_stack::{Decomposition, LayerStack};
 
 /// The file name a single layer downloads as: `layer-2.png`.
 pub fn layer_file_name(name: &str) -> String {
-    let slug: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect::<String>()
-        .split('-')
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    format!("{}.png", if slug.is_empty() { "layer" } else { &slug })
+    format!("{}.png", crate::export::zip::file_stem(name))
 }
 
 /// Applies a change to the stack (if there is one) and says what happened for screen readers.

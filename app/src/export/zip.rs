@@ -36,9 +36,10 @@ pub struct Manifest {
     pub run: Option<serde_json::Value>,
 }
 
-/// A file name safe inside a ZIP: `01_layer-1.png`.
-pub fn layer_file_name(position: usize, name: &str) -> String {
-    let slug: String = name
+/// A layer name as a file-name stem: lower-case ASCII letters and digits joined by `-`
+/// (`Sky & sun!` → `sky-sun`), `layer` when nothing is left.
+pub fn file_stem(name: &str) -> String {
+    let slug = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -52,7 +53,16 @@ pub fn layer_file_name(position: usize, name: &str) -> String {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join("-");
-    format!("{position:02}_{}.png", if slug.is_empty() { "layer" } else { &slug })
+    if slug.is_empty() {
+        "layer".into()
+    } else {
+        slug
+    }
+}
+
+/// A file name safe inside a ZIP: `01_layer-1.png`.
+pub fn layer_file_name(position: usize, name: &str) -> String {
+    format!("{position:02}_{}.png", file_stem(name))
 }
 
 /// The manifest of `doc` (also written beside the files by the CLI).
