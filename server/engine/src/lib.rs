@@ -7,6 +7,7 @@
 //! - [`transformer`]: QwenImageTransformer2DModel (the 20B MMDiT) with both RoPE variants.
 //! - [`scheduler`], [`latents`]: flow-match Euler schedule and latent packing.
 //! - [`vae`], [`image_proc`]: AutoencoderKLQwenImage (RGB and RGBA) and pixel pre/post-processing.
+//! - [`lora`]: LoRA adapters for the DiT (every published layout), merged at load.
 //! - [`pipeline`]: decompose and edit, end to end.
 //! - [`runtime`]: the device and dtype a server or CLI runs on.
 //! - [`gpu`]: CUDA settings, streamed CPU offload, VRAM accounting, clear CUDA errors, and the
@@ -19,6 +20,7 @@ pub mod error;
 pub mod gpu;
 pub mod image_proc;
 pub mod latents;
+pub mod lora;
 pub mod pipeline;
 pub mod rope_tables;
 pub mod runtime;

@@ -24,7 +24,10 @@ use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
 use crate::pipeline::denoise::Denoise;
 pub use crate::pipeline::denoise::StepTrace;
-use crate::pipeline::loading::{load_text_model, load_transformer, text_model_or_shared, LoadOptions, SharedTextModel};
+use crate::pipeline::loading::{
+    load_text_model, load_transformer, loaded_transformer, swap_transformer_lora, text_model_or_shared, LoadOptions,
+    SharedTextModel,
+};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
@@ -191,7 +194,8 @@ pub struct LayeredPipeline {
     options: LoadOptions,
     tokenizer: QwenTokenizer,
     text_encoder: Option<Qwen25VLTextModel>,
-    transformer: QwenImageTransformer,
+    /// `None` only after a failed LoRA swap ([`crate::pipeline::loading::swap_transformer_lora`]).
+    transformer: Option<QwenImageTransformer>,
     vae: AutoencoderKLQwenImage,
     scheduler_config: SchedulerConfig,
 }
@@ -235,7 +239,7 @@ impl LayeredPipeline {
             options,
             tokenizer,
             text_encoder,
-            transformer,
+            transformer: Some(transformer),
             vae,
             scheduler_config,
         })
@@ -243,6 +247,17 @@ impl LayeredPipeline {
 
     pub fn model(&self) -> &ModelDir {
         &self.model
+    }
+
+    /// Merges `lora` into the DiT in place of the adapters it has now (nothing happens when they
+    /// are the same); see [`swap_transformer_lora`].
+    pub fn set_lora(&mut self, lora: &[crate::lora::LoraSpec]) -> Result<()> {
+        swap_transformer_lora(&mut self.transformer, &self.model, &mut self.options, lora)
+    }
+
+    /// The adapters merged into the DiT now.
+    pub fn lora(&self) -> &[crate::lora::LoraSpec] {
+        &self.options.lora
     }
 
     /// The kept text encoder, for the edit pipeline to use instead of loading the same weights.
@@ -398,7 +413,7 @@ impl LayeredPipeline {
         let is_rgb = Tensor::zeros(batch, DType::U32, &device)?;
         let t = Instant::now();
         let denoise = Denoise {
-            transformer: &self.transformer,
+            transformer: loaded_transformer(&self.transformer)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),

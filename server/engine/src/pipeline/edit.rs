@@ -27,7 +27,9 @@ use crate::image_proc;
 use crate::latents::{pack, unpack};
 use crate::pipeline::decompose::Timings;
 use crate::pipeline::denoise::{Denoise, StepTrace};
-use crate::pipeline::loading::{load_transformer, text_model_or_shared, LoadOptions, SharedTextModel};
+use crate::pipeline::loading::{
+    load_transformer, loaded_transformer, swap_transformer_lora, text_model_or_shared, LoadOptions, SharedTextModel,
+};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
@@ -219,7 +221,8 @@ pub struct EditPipeline {
     tokenizer: QwenTokenizer,
     /// Kept between runs only with `LoadOptions::keep_text_encoder`.
     encoder: Option<PromptEncoder>,
-    transformer: QwenImageTransformer,
+    /// `None` only after a failed LoRA swap ([`crate::pipeline::loading::swap_transformer_lora`]).
+    transformer: Option<QwenImageTransformer>,
     vae: AutoencoderKLQwenImage,
     scheduler_config: SchedulerConfig,
 }
@@ -265,7 +268,7 @@ impl EditPipeline {
             options,
             tokenizer,
             encoder,
-            transformer,
+            transformer: Some(transformer),
             vae,
             scheduler_config,
         })
@@ -273,6 +276,17 @@ impl EditPipeline {
 
     pub fn model(&self) -> &ModelDir {
         &self.model
+    }
+
+    /// Merges `lora` into the DiT in place of the adapters it has now (nothing happens when they
+    /// are the same); see [`swap_transformer_lora`].
+    pub fn set_lora(&mut self, lora: &[crate::lora::LoraSpec]) -> Result<()> {
+        swap_transformer_lora(&mut self.transformer, &self.model, &mut self.options, lora)
+    }
+
+    /// The adapters merged into the DiT now.
+    pub fn lora(&self) -> &[crate::lora::LoraSpec] {
+        &self.options.lora
     }
 
     /// The kept language model, for the decompose pipeline to use instead of loading the same
@@ -423,7 +437,7 @@ impl EditPipeline {
         let (txt, txt_mask) = txt;
         let t = Instant::now();
         let denoise = Denoise {
-            transformer: &self.transformer,
+            transformer: loaded_transformer(&self.transformer)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),
@@ -491,7 +505,7 @@ impl EditPipeline {
     /// The transformer's text input: `[1, L, D]` alone, or cond and uncond padded and stacked
     /// `[2, L, D]` with their key mask for one batched CFG forward.
     fn text_conditioning(&self, embeds: &EditPromptEmbeds, options: &EditOptions) -> Result<(Tensor, Option<Tensor>)> {
-        let want = self.transformer.config().joint_attention_dim;
+        let want = loaded_transformer(&self.transformer)?.config().joint_attention_dim;
         let check = |t: &Tensor, what: &str| match t.dims() {
             &[1, l, d] if l > 0 && d == want => Ok(()),
             d => Err(Error::InvalidInput(format!(

@@ -8,6 +8,7 @@
 use candle_core::{DType, Device};
 
 use crate::gpu::OffloadOptions;
+use crate::lora::{linear_modules, LoraSet, LoraSpec};
 use crate::text_encoder::Qwen25VLTextModel;
 use crate::transformer::QwenImageTransformer;
 use crate::weights::{ModelDir, WeightsIdentity};
@@ -27,6 +28,9 @@ pub struct LoadOptions {
     /// `cpu_offload`: keep the transformer's and the language model's blocks in host memory and
     /// stream them to the GPU one block ahead of use (CUDA only; see [`crate::gpu::offload`]).
     pub offload: Option<OffloadOptions>,
+    /// LoRA adapters merged into the DiT's weights as they load ([`crate::lora`]); the text
+    /// encoder and the VAE never take any.
+    pub lora: Vec<LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -37,23 +41,52 @@ impl Default for LoadOptions {
             keep_text_encoder: false,
             vae_decode_chunk: 2,
             offload: None,
+            lora: Vec::new(),
         }
     }
 }
 
-/// The DiT of `model`, resident or streamed as `options` say.
+/// The adapters of `options.lora`, read and checked against `model`'s transformer (every key
+/// must name one of its linear layers, with fitting shapes) before anything is loaded.
+pub fn transformer_lora(model: &ModelDir, options: &LoadOptions) -> Result<LoraSet> {
+    if options.lora.is_empty() {
+        return Ok(LoraSet::default());
+    }
+    LoraSet::load(&options.lora, &linear_modules(model, "transformer")?)
+}
+
+/// The DiT of `model`, resident or streamed as `options` say, with `options.lora` merged.
 pub fn load_transformer(
     model: &ModelDir,
     cfg: &crate::transformer::Config,
     options: &LoadOptions,
 ) -> Result<QwenImageTransformer> {
+    let lora = transformer_lora(model, options)?;
+    load_transformer_with(model, cfg, options, &lora)
+}
+
+/// [`load_transformer`] with adapters already read (see [`transformer_lora`]).
+pub fn load_transformer_with(
+    model: &ModelDir,
+    cfg: &crate::transformer::Config,
+    options: &LoadOptions,
+    lora: &LoraSet,
+) -> Result<QwenImageTransformer> {
     crate::gpu::configure_matmul(&options.device, options.dtype);
-    let vb = model.var_builder("transformer", options.dtype, &options.device)?;
+    if !lora.is_empty() {
+        tracing::info!(
+            adapters = lora.specs().len(),
+            layers = lora.modules(),
+            "merging LoRA adapters into the transformer"
+        );
+    }
+    let vb = lora.wrap(model.var_builder("transformer", options.dtype, &options.device)?);
     Ok(match options.offload {
         None => QwenImageTransformer::new(cfg, vb)?,
         Some(offload) => {
-            // The blocks are read from the memory-mapped files on the CPU into host buffers.
-            let host = model.var_builder("transformer", options.dtype, &Device::Cpu)?;
+            // The blocks are read from the memory-mapped files on the CPU into host buffers,
+            // merged with the adapters on the way (the host copies hold the merged weights).
+            let host = lora.wrap(model.var_builder("transformer", options.dtype, &Device::Cpu)?);
             QwenImageTransformer::new_offloaded(cfg, vb, &host, offload)?
         }
     })
@@ -122,4 +155,52 @@ pub fn load_text_model(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25
         ..offload
     };
     Ok(Qwen25VLTextModel::new_offloaded(&cfg, vb, &host, offload)?)
+}
+
+/// Puts `lora` in place of the adapters merged into a pipeline's DiT (`slot`, loaded with
+/// `options`). The new adapters are read and checked first, so a bad file leaves everything as it
+/// was; then the old DiT is dropped (its memory is needed) and loaded again from the
+/// memory-mapped checkpoint with the new adapters merged. The text encoder, vision tower and VAE
+/// stay. Keeping an unmerged copy to swap adapters without reading the DiT again would double its
+/// memory (≈ 41 GB in bf16), and un-merging in bf16 would drift with every switch; the read comes
+/// from the page cache when the host has room for the checkpoint. If the reload fails, the old
+/// adapters are loaded again; if that fails too, the slot stays empty and runs report it.
+pub fn swap_transformer_lora(
+    slot: &mut Option<QwenImageTransformer>,
+    model: &ModelDir,
+    options: &mut LoadOptions,
+    lora: &[LoraSpec],
+) -> Result<()> {
+    if options.lora == lora && slot.is_some() {
+        return Ok(());
+    }
+    let cfg: crate::transformer::Config = model.read_json("transformer", "config.json")?;
+    let new_options = LoadOptions {
+        lora: lora.to_vec(),
+        ..options.clone()
+    };
+    let set = transformer_lora(model, &new_options)?;
+    *slot = None;
+    match load_transformer_with(model, &cfg, &new_options, &set) {
+        Ok(t) => {
+            *slot = Some(t);
+            *options = new_options;
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("loading the transformer with new LoRA adapters failed: {e}");
+            *slot = load_transformer(model, &cfg, options).ok();
+            Err(e)
+        }
+    }
+}
+
+/// The DiT in `slot`, or why there is none (a failed adapter swap).
+pub fn loaded_transformer(slot: &Option<QwenImageTransformer>) -> Result<&QwenImageTransformer> {
+    slot.as_ref().ok_or_else(|| {
+        crate::Error::InvalidInput(
+            "the transformer is not loaded: the last LoRA change failed and so did restoring the previous adapters"
+                .into(),
+        )
+    })
 }
