@@ -10,6 +10,7 @@
 //! - [`lora`]: LoRA adapters for the DiT (every published layout), merged at load.
 //! - [`pipeline`]: decompose and edit, end to end.
 //! - [`runtime`]: the device and dtype a server or CLI runs on.
+//! - [`z_image`]: Z-Image-Turbo (text → image): its DiT, Qwen3 encoder and VAE.
 //! - [`gpu`]: CUDA settings, streamed CPU offload, VRAM accounting, clear CUDA errors, and the
 //!   benchmark's random weights and FLOP counts.
 //!
@@ -30,5 +31,6 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod vae;
 pub mod weights;
+pub mod z_image;
 
 pub use error::{Error, Result};

@@ -54,6 +54,12 @@ pub fn edit_checkpoint() -> PathBuf {
     fixtures_dir().join("tiny-qwen-image-edit-2509")
 }
 
+/// The tiny Z-Image-Turbo checkpoint (its tokenizer's vocab.json and merges.txt are symlinks to
+/// the layered checkpoint's); its reference outputs are under `reference/extra/z_image/`.
+pub fn z_image_checkpoint() -> PathBuf {
+    fixtures_dir().join("tiny-z-image-turbo")
+}
+
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: invalid JSON: {e}", path.display()))
