@@ -18,6 +18,7 @@ Outputs (tests/fixtures/reference/extra/lora/outputs.safetensors), per case: the
 transformer's forward on the recorded inputs of transformer.safetensors (same inputs and
 img_shapes as extra_transformer.py), and one fused weight:
 - `<case>/output` [B, S_img, 64], `<case>/weight` (the fused weight of `<case>`'s probe module)
+`lightning_sigmas.json`: the shipped Lightning preset's sigmas and timesteps at 4 and 8 steps.
 Cases: each layout alone on the Edit transformer at scale 1 (`edit/<layout>`), three adapters at
 once with scales 0.7 / -0.5 / 1.0 (`edit/multi`), and one layout on the Layered transformer
 (`layered/kohya`, scale 0.8).
@@ -211,6 +212,31 @@ def forward_base(tag, r, img_shapes, add_t):
     return _BASE[tag]
 
 
+
+
+def lightning_sigmas() -> None:
+    """The shipped Lightning preset's scheduler (presets/qwen-image-lightning/scheduler_config.json,
+    the config of ModelTC/Qwen-Image-Lightning's README) as QwenImageEditPlusPipeline sets it up:
+    sigmas = linspace(1, 1/N, N), mu = calculate_shift(noisy tokens). Written to
+    tests/fixtures/reference/extra/lora/lightning_sigmas.json."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
+
+    path = ROOT / "presets" / "qwen-image-lightning" / "scheduler_config.json"
+    sched = FlowMatchEulerDiscreteScheduler.from_config(json.loads(path.read_text()))
+    c = sched.config
+    cases = []
+    for steps in (4, 8):
+        for tokens in (1024, 4096, 6188):
+            mu = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+            sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+            cases.append({"steps": steps, "noisy_tokens": tokens, "mu": mu,
+                          "sigmas": [float(x) for x in sched.sigmas.float()],
+                          "timesteps": [float(x) for x in sched.timesteps.float()]})
+    (OUT / "lightning_sigmas.json").write_text(json.dumps({"generator": "tests/reference/extra_lora.py",
+                                                           "cases": cases}, indent=1) + "\n")
+
+
 if __name__ == "__main__":
-    np.random.seed(0)
     main()
+    lightning_sigmas()

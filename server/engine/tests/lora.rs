@@ -263,3 +263,76 @@ fn unknown_keys_are_named() {
     assert!(err(dir.join("junk.safetensors")).contains("junk.safetensors"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_shipped_lightning_scheduler_matches_diffusers_bit_for_bit() {
+    // presets/qwen-image-lightning/scheduler_config.json, set up as the edit pipeline does.
+    let path = ts::fixtures_dir().join("../../presets/qwen-image-lightning/scheduler_config.json");
+    let cfg: engine::scheduler::SchedulerConfig =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(cfg.shift_terminal, None);
+    let fixture = ts::load_json("extra/lora/lightning_sigmas.json");
+    for case in fixture["cases"].as_array().unwrap() {
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let tokens = case["noisy_tokens"].as_u64().unwrap() as usize;
+        let mut s = engine::scheduler::FlowMatchEulerScheduler::new(cfg.clone()).unwrap();
+        let mu = s.edit_mu(tokens);
+        assert!(
+            (mu - case["mu"].as_f64().unwrap()).abs() < 1e-12,
+            "mu at {tokens} tokens"
+        );
+        s.set_timesteps(steps, Some(mu)).unwrap();
+        let want: Vec<f32> = ts::json_f64s(&case["sigmas"])
+            .unwrap()
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        assert_eq!(s.sigmas(), want.as_slice(), "{steps} steps, {tokens} tokens");
+        let want: Vec<f32> = ts::json_f64s(&case["timesteps"])
+            .unwrap()
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        assert_eq!(s.timesteps(), want.as_slice());
+    }
+}
+
+#[test]
+fn a_lightning_style_edit_runs_four_steps_without_cfg() {
+    let path = ts::fixtures_dir().join("../../presets/qwen-image-lightning/scheduler_config.json");
+    let scheduler: engine::scheduler::SchedulerConfig =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let options = LoadOptions {
+        lora: vec![lora("lightning", 1.0)],
+        ..LoadOptions::default()
+    };
+    let mut edit = EditPipeline::load(ModelDir::open(ts::edit_checkpoint()).unwrap(), options).unwrap();
+    let opts = engine::pipeline::EditOptions {
+        num_inference_steps: 4,
+        true_cfg_scale: 1.0,
+        scheduler: Some(scheduler),
+        height: Some(64),
+        width: Some(96),
+        ..Default::default()
+    };
+    let image = image::RgbImage::from_pixel(48, 32, image::Rgb([200, 40, 40]));
+    let mut steps = Vec::new();
+    let out = edit
+        .edit_traced(
+            &[image],
+            "make it blue",
+            &opts,
+            &engine::pipeline::NoProgress,
+            &mut |t| steps.push((t.step, t.v_uncond.is_some())),
+        )
+        .unwrap();
+    assert_eq!(
+        steps,
+        [(0, false), (1, false), (2, false), (3, false)],
+        "4 steps, no uncond pass"
+    );
+    assert_eq!(out.record.num_inference_steps, 4);
+    assert!(out.record.scheduler_override);
+    assert_eq!(out.record.lora, [lora("lightning", 1.0).describe()]);
+    assert_eq!(out.image.dimensions(), (96, 64));
+}

@@ -53,6 +53,7 @@ fn options() -> EditOptions {
         width: Some(c["width"].as_u64().unwrap() as u32),
         // diffusers 0.42.1 + transformers 5 give the image tokens 1-D positions.
         mrope: MropeMode::OneD,
+        scheduler: None,
     }
 }
 

@@ -87,6 +87,9 @@ pub struct DecomposeOptions {
     pub caption_language: CaptionLanguage,
     /// The longest caption, in tokens (the reference's 512).
     pub caption_max_new_tokens: usize,
+    /// A scheduler config in place of the checkpoint's (a preset's, e.g. a step-distilled
+    /// LoRA's `scheduler_config.json`).
+    pub scheduler: Option<SchedulerConfig>,
 }
 
 impl Default for DecomposeOptions {
@@ -104,6 +107,7 @@ impl Default for DecomposeOptions {
             max_sequence_length: DEFAULT_MAX_SEQUENCE_LENGTH,
             caption_language: CaptionLanguage::En,
             caption_max_new_tokens: CAPTION_MAX_NEW_TOKENS,
+            scheduler: None,
         }
     }
 }
@@ -176,6 +180,10 @@ pub struct RunRecord {
     pub init_noise: Option<String>,
     pub device: String,
     pub dtype: String,
+    /// The LoRA adapters merged into the DiT (`path` or `path:scale`).
+    pub lora: Vec<String>,
+    /// Whether the run's scheduler config replaced the checkpoint's (a preset).
+    pub scheduler_override: bool,
     pub timings: Timings,
 }
 
@@ -400,7 +408,11 @@ impl LayeredPipeline {
         // 5. Denoise.
         let grid = (1, lat_h / 2, lat_w / 2);
         let img_shapes: Vec<(usize, usize, usize)> = std::iter::repeat_n(grid, frames + 1).collect();
-        let mut scheduler = FlowMatchEulerScheduler::new(self.scheduler_config.clone())?;
+        let scheduler_config = options
+            .scheduler
+            .clone()
+            .unwrap_or_else(|| self.scheduler_config.clone());
+        let mut scheduler = FlowMatchEulerScheduler::new(scheduler_config)?;
         scheduler.set_timesteps(options.num_inference_steps, Some(layered_mu(cond_tokens)))?;
         let (txt, txt_mask, batch) = match &negative {
             Some((ne, nm)) => {
@@ -461,6 +473,8 @@ impl LayeredPipeline {
             init_noise: options.init_noise.as_ref().map(|p| p.display().to_string()),
             device: format!("{:?}", self.options.device),
             dtype: format!("{:?}", self.options.dtype),
+            lora: self.options.lora.iter().map(crate::lora::LoraSpec::describe).collect(),
+            scheduler_override: options.scheduler.is_some(),
             timings,
         };
         Ok(DecomposeOutput {

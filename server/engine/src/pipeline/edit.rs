@@ -82,6 +82,9 @@ pub struct EditOptions {
     /// Positions of the image tokens in the prompt encoder: true 3-D M-RoPE (what Qwen2.5-VL was
     /// trained with) or the 1-D positions diffusers 0.42.1 + transformers 5 compute.
     pub mrope: MropeMode,
+    /// A scheduler config in place of the checkpoint's (a preset's, e.g. Qwen-Image-Lightning's
+    /// `scheduler_config.json`).
+    pub scheduler: Option<SchedulerConfig>,
 }
 
 impl Default for EditOptions {
@@ -95,6 +98,7 @@ impl Default for EditOptions {
             height: None,
             width: None,
             mrope: MropeMode::ThreeD,
+            scheduler: None,
         }
     }
 }
@@ -187,6 +191,10 @@ pub struct EditRunRecord {
     pub init_noise: Option<String>,
     pub device: String,
     pub dtype: String,
+    /// The LoRA adapters merged into the DiT (`path` or `path:scale`).
+    pub lora: Vec<String>,
+    /// Whether the run's scheduler config replaced the checkpoint's (a preset).
+    pub scheduler_override: bool,
     pub timings: Timings,
 }
 
@@ -431,7 +439,11 @@ impl EditPipeline {
         let noisy_tokens = latents.dim(1)?;
 
         // Denoise.
-        let mut scheduler = FlowMatchEulerScheduler::new(self.scheduler_config.clone())?;
+        let scheduler_config = options
+            .scheduler
+            .clone()
+            .unwrap_or_else(|| self.scheduler_config.clone());
+        let mut scheduler = FlowMatchEulerScheduler::new(scheduler_config)?;
         let mu = scheduler.edit_mu(noisy_tokens);
         scheduler.set_timesteps(options.num_inference_steps, Some(mu))?;
         let (txt, txt_mask) = txt;
@@ -475,6 +487,8 @@ impl EditPipeline {
             init_noise: options.init_noise.as_ref().map(|p| p.display().to_string()),
             device: format!("{:?}", self.options.device),
             dtype: format!("{:?}", self.options.dtype),
+            lora: self.options.lora.iter().map(crate::lora::LoraSpec::describe).collect(),
+            scheduler_override: options.scheduler.is_some(),
             timings,
         };
         Ok(EditOutput {
