@@ -53,8 +53,10 @@ pub struct DecomposeRequest {
     pub prompt: String,
     #[serde(default)]
     pub negative_prompt: Option<String>,
+    /// How many layers: a number in the layer range, or "auto" (the model runs with
+    /// `AUTO_MAX_LAYERS` and layers that add nothing visible are dropped, see `auto_layers`).
     #[serde(default)]
-    pub layer_num: Option<u32>,
+    pub layer_num: Option<LayerNum>,
     #[serde(default)]
     pub resolution: Option<u32>,
     #[serde(default)]
@@ -74,6 +76,67 @@ pub struct DecomposeRequest {
     /// (the flattened composite), "zip".
     #[serde(default)]
     pub formats: Option<Vec<String>>,
+}
+
+/// `layer_num` of a request: a count, or the word "auto" ([`crate::layer_count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum LayerNum {
+    Count(u32),
+    Auto(AutoWord),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+impl LayerNum {
+    pub const AUTO: LayerNum = LayerNum::Auto(AutoWord::Auto);
+}
+
+/// What a `layer_num` that is neither a count nor "auto" is told.
+const LAYER_NUM_EXPECTED: &str = "layer_num must be a whole number or \"auto\"";
+
+impl<'de> Deserialize<'de> for LayerNum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Word(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(LAYER_NUM_EXPECTED))? {
+            Raw::Count(n) => Ok(LayerNum::Count(n)),
+            Raw::Word(w) if w.trim().eq_ignore_ascii_case("auto") => Ok(LayerNum::AUTO),
+            Raw::Word(_) => Err(serde::de::Error::custom(LAYER_NUM_EXPECTED)),
+        }
+    }
+}
+
+impl std::str::FromStr for LayerNum {
+    type Err = String;
+
+    /// A flag's text: `auto` or a count in the layer range.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(LayerNum::AUTO);
+        }
+        flags::layer_num(s).map(LayerNum::Count)
+    }
+}
+
+impl std::fmt::Display for LayerNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerNum::Count(n) => write!(f, "{n}"),
+            LayerNum::Auto(_) => f.write_str("auto"),
+        }
+    }
 }
 
 /// A layered file of the run, as `formats` asked for it.
@@ -121,6 +184,10 @@ pub struct DecomposeResponse {
     /// The files the request's `formats` asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ExportedFile>,
+    /// With `layer_num: "auto"`: how many layers the model produced, which were kept and
+    /// which were dropped and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_layers: Option<crate::layer_count::AutoLayers>,
 }
 
 /// The seed's field names (`layer_image`, `instruction`); `image` and `prompt` are accepted too.
@@ -234,7 +301,10 @@ pub struct DecomposeJob {
     pub image: image::RgbaImage,
     pub prompt: String,
     pub negative_prompt: String,
+    /// Layers to ask the model for ([`crate::layer_count::AUTO_MAX_LAYERS`] when `auto_layers`).
     pub layer_num: u32,
+    /// `layer_num: "auto"`: drop the layers that add nothing visible.
+    pub auto_layers: bool,
     pub resolution: u32,
     pub steps: u32,
     pub cfg_scale: f32,
@@ -354,7 +424,11 @@ impl DecomposeRequest {
     /// Resolves defaults, checks every field and decodes the image. `random_seed` is used when
     /// the request has none.
     pub fn validate(&self, limits: &Limits, random_seed: u64) -> Result<DecomposeJob, ApiError> {
-        let layer_num = validate_layer_num(self.layer_num.unwrap_or(limits.default_layer_num))?;
+        let (layer_num, auto_layers) = match self.layer_num {
+            Some(LayerNum::Auto(_)) => (crate::layer_count::AUTO_MAX_LAYERS, true),
+            Some(LayerNum::Count(n)) => (validate_layer_num(n)?, false),
+            None => (validate_layer_num(limits.default_layer_num)?, false),
+        };
         let resolution = validate_resolution(self.resolution.unwrap_or(limits.default_resolution))?;
         let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
         let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
@@ -376,6 +450,7 @@ impl DecomposeRequest {
             prompt: self.prompt.clone(),
             negative_prompt,
             layer_num,
+            auto_layers,
             resolution,
             steps,
             cfg_scale,
@@ -461,6 +536,39 @@ mod tests {
     }
 
     #[test]
+    fn layer_num_is_a_count_or_auto() {
+        let parse =
+            |json: &str| serde_json::from_str::<DecomposeRequest>(&format!(r#"{{"image": "x", "layer_num": {json}}}"#));
+        assert_eq!(parse("3").unwrap().layer_num, Some(LayerNum::Count(3)));
+        assert_eq!(parse(r#""auto""#).unwrap().layer_num, Some(LayerNum::AUTO));
+        assert_eq!(parse(r#"" AUTO""#).unwrap().layer_num, Some(LayerNum::AUTO));
+        for bad in [r#""many""#, "-1", "2.5", "true"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(r#"layer_num must be a whole number or "auto""#),
+                "{bad}: {err}"
+            );
+        }
+        // Serialised back the same way.
+        assert_eq!(serde_json::to_value(LayerNum::AUTO).unwrap(), "auto");
+        assert_eq!(serde_json::to_value(LayerNum::Count(5)).unwrap(), 5);
+        let mut r = request(tiny_png());
+        r.layer_num = Some(LayerNum::AUTO);
+        let job = r.validate(&Limits::default(), 0).unwrap();
+        assert_eq!(
+            (job.layer_num, job.auto_layers),
+            (crate::layer_count::AUTO_MAX_LAYERS, true)
+        );
+        r.layer_num = Some(LayerNum::Count(3));
+        assert!(!r.validate(&Limits::default(), 0).unwrap().auto_layers);
+        // The command lines' flag.
+        assert_eq!("auto".parse::<LayerNum>(), Ok(LayerNum::AUTO));
+        assert_eq!("7".parse::<LayerNum>(), Ok(LayerNum::Count(7)));
+        assert!("12".parse::<LayerNum>().unwrap_err().contains("between 2 and 10"));
+        assert_eq!(LayerNum::AUTO.to_string(), "auto");
+    }
+
+    #[test]
     fn defaults_are_filled_in() {
         let job = request(tiny_png()).validate(&Limits::default(), 7).unwrap();
         assert_eq!((job.layer_num, job.resolution, job.steps, job.seed), (4, 640, 50, 7));
@@ -475,8 +583,8 @@ mod tests {
     fn out_of_range_fields_are_422_naming_the_field() {
         type Mutation = Box<dyn Fn(&mut DecomposeRequest)>;
         let cases: Vec<(Mutation, &str)> = vec![
-            (Box::new(|r| r.layer_num = Some(1)), "layer_num"),
-            (Box::new(|r| r.layer_num = Some(11)), "layer_num"),
+            (Box::new(|r| r.layer_num = Some(LayerNum::Count(1))), "layer_num"),
+            (Box::new(|r| r.layer_num = Some(LayerNum::Count(11))), "layer_num"),
             (Box::new(|r| r.resolution = Some(800)), "resolution"),
             (Box::new(|r| r.steps = Some(0)), "steps"),
             (Box::new(|r| r.steps = Some(MAX_STEPS + 1)), "steps"),
@@ -497,7 +605,7 @@ mod tests {
     #[test]
     fn accepted_edges_pass() {
         let mut r = request(tiny_png());
-        r.layer_num = Some(10);
+        r.layer_num = Some(LayerNum::Count(10));
         r.resolution = Some(1024);
         r.steps = Some(1);
         r.cfg_scale = Some(1.0);

@@ -440,6 +440,9 @@ pub struct RunInfo {
     /// The automatic caption used as the prompt, when the prompt was empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption: Option<String>,
+    /// What an automatic layer count kept and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_layers: Option<crate::layer_count::AutoLayers>,
 }
 
 impl LayerStack {
@@ -782,6 +785,7 @@ mod tests {
             height: 2,
             caption: None,
             files: Vec::new(),
+            auto_layers: None,
         }
     }
 
@@ -940,6 +944,7 @@ mod tests {
             cfg_scale: 4.0,
             generation_time: 1.5,
             caption: None,
+            auto_layers: None,
         };
         (s, run)
     }

@@ -12,6 +12,7 @@ pub mod export;
 #[cfg(feature = "hydrate")]
 pub mod gl;
 pub mod image_data;
+pub mod layer_count;
 pub mod layer_stack;
 #[cfg(feature = "hydrate")]
 pub mod render;

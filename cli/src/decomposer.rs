@@ -20,6 +20,7 @@ use app::api::{ApiError, DecomposeResponse, LayerImage, LAYER_ORDER};
 pub use app::export::Format;
 use app::export::{Document, Layer, Manifest};
 use app::image_data::{encode_png, png_data_url, to_base64};
+pub use app::layer_count::{AutoLayers, AUTO_MAX_LAYERS};
 use image::RgbaImage;
 
 pub use app::compose::composite_layers;
@@ -76,6 +77,8 @@ pub struct Layers {
     pub composite: RgbaImage,
     pub layers: Vec<RgbaImage>,
     pub record: RunRecord,
+    /// What [`Layers::keep_visible`] dropped (an automatic layer count).
+    pub auto_layers: Option<AutoLayers>,
 }
 
 /// A layer's display name: "Layer 1" is the bottom one.
@@ -90,7 +93,32 @@ impl Layers {
             composite,
             layers,
             record,
+            auto_layers: None,
         })
+    }
+
+    /// The automatic layer count: drops the layers that add nothing visible (empty, covered by
+    /// the layers above, duplicates; [`app::layer_count`]), recomposites, and records what went.
+    pub fn keep_visible(self) -> engine::Result<Self> {
+        let pixels: Vec<&[u8]> = self.layers.iter().map(|l| l.as_raw().as_slice()).collect();
+        let report = app::layer_count::prune(&pixels);
+        let kept: Vec<RgbaImage> = report
+            .kept
+            .iter()
+            .map(|&position| self.layers[position as usize - 1].clone())
+            .collect();
+        let mut out = Self::new(kept, self.record)?;
+        out.auto_layers = Some(report);
+        Ok(out)
+    }
+
+    /// The run record as exports carry it, with the automatic count's report.
+    fn run_json(&self) -> Option<serde_json::Value> {
+        let mut run = serde_json::to_value(&self.record).ok()?;
+        if let (Some(auto), Some(map)) = (&self.auto_layers, run.as_object_mut()) {
+            map.insert("auto_layers".into(), serde_json::to_value(auto).ok()?);
+        }
+        Some(run)
     }
 
     /// PNG bytes of the composite and of each layer.
@@ -122,7 +150,7 @@ impl Layers {
                 .collect(),
             composite: self.composite.as_raw(),
             composite_png: pngs.map(|p| p.0.as_slice()),
-            run: serde_json::to_value(&self.record).ok(),
+            run: self.run_json(),
         }
     }
 
@@ -172,6 +200,7 @@ impl Layers {
             height,
             caption: self.record.caption.clone(),
             files: Vec::new(),
+            auto_layers: self.auto_layers.clone(),
         })
     }
 

@@ -18,7 +18,9 @@ use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 use indicatif::{ProgressBar, ProgressStyle};
-use qwen_layers::decomposer::{composite_layers, DecomposeOptions, Decomposer, Format, LoadOptions, Progress};
+use qwen_layers::decomposer::{
+    composite_layers, DecomposeOptions, Decomposer, Format, LoadOptions, Progress, AUTO_MAX_LAYERS,
+};
 
 #[derive(Parser)]
 #[command(
@@ -97,8 +99,10 @@ struct RunArgs {
     caption_language: CaptionArg,
     #[arg(long, default_value = " ")]
     negative_prompt: String,
-    #[arg(long, default_value_t = api::DEFAULT_LAYER_NUM, value_parser = flags::layer_num)]
-    num_layers: u32,
+    /// A count, or `auto`: up to AUTO_MAX_LAYERS (6), then the layers that add nothing visible
+    /// (empty, covered, duplicates) are dropped; manifest.json says which and why.
+    #[arg(long, default_value_t = api::LayerNum::Count(api::DEFAULT_LAYER_NUM), value_parser = layer_num)]
+    num_layers: api::LayerNum,
     #[arg(long, default_value_t = api::DEFAULT_RESOLUTION, value_parser = flags::resolution)]
     resolution: u32,
     #[arg(long, default_value_t = api::DEFAULT_STEPS, value_parser = flags::steps)]
@@ -121,6 +125,11 @@ struct OutputArgs {
     /// (layers.zip), psd (Photoshop), ora (OpenRaster), pptx (PowerPoint).
     #[arg(long, value_delimiter = ',', default_value = "zip", value_parser = layered_format)]
     formats: Vec<Format>,
+}
+
+/// `--num-layers`: a count in the layer range or `auto`.
+fn layer_num(s: &str) -> std::result::Result<api::LayerNum, String> {
+    s.parse()
 }
 
 /// A `--formats` entry: a layered format (the flattened PNG is always written).
@@ -276,7 +285,10 @@ fn options(run: &RunArgs) -> DecomposeOptions {
     DecomposeOptions {
         prompt: run.prompt.clone(),
         negative_prompt: Some(run.negative_prompt.clone()),
-        layers: run.num_layers as usize,
+        layers: match run.num_layers {
+            api::LayerNum::Count(n) => n,
+            api::LayerNum::Auto(_) => AUTO_MAX_LAYERS,
+        } as usize,
         resolution: run.resolution,
         num_inference_steps: run.steps as usize,
         true_cfg_scale: f64::from(run.cfg_scale),
@@ -321,12 +333,21 @@ fn bar() -> Bar {
     Bar(bar)
 }
 
-fn run_one(d: &mut Decomposer, input: &Path, opts: &DecomposeOptions, out: &Path, formats: &[Format]) -> Result<()> {
+fn run_one(d: &mut Decomposer, input: &Path, run: &RunArgs, out: &Path, formats: &[Format]) -> Result<()> {
     let image = read_image(input)?;
     let bar = bar();
-    let layers = d.decompose_with_progress(&image, opts, &bar);
+    let layers = d.decompose_with_progress(&image, &options(run), &bar);
     bar.0.finish_and_clear();
-    let layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
+    let mut layers = layers.with_context(|| format!("decomposing {}", input.display()))?;
+    if matches!(run.num_layers, api::LayerNum::Auto(_)) {
+        layers = layers.keep_visible()?;
+        for d in layers.auto_layers.iter().flat_map(|a| &a.dropped) {
+            println!(
+                "dropped layer {} of {AUTO_MAX_LAYERS}: {:?}, {}",
+                d.layer, d.reason, d.detail
+            );
+        }
+    }
     layers.write_formats(out, formats)?;
     let t = &layers.record.timings;
     if let Some(caption) = &layers.record.caption {
@@ -350,13 +371,7 @@ fn decompose(a: DecomposeArgs) -> Result<()> {
     // Read the input before the (slow) model load, so a typo fails at once.
     read_image(&a.input_image)?;
     let mut d = load(&a.model)?;
-    run_one(
-        &mut d,
-        &a.input_image,
-        &options(&a.run),
-        &a.output_dir,
-        &a.output.formats,
-    )
+    run_one(&mut d, &a.input_image, &a.run, &a.output_dir, &a.output.formats)
 }
 
 fn batch(a: BatchArgs) -> Result<()> {
@@ -374,7 +389,6 @@ fn batch(a: BatchArgs) -> Result<()> {
         bail!("{} holds no PNG, JPEG or WebP images", a.input_dir.display());
     }
     let mut d = load(&a.model)?;
-    let opts = options(&a.run);
     let mut failed = 0;
     for input in &inputs {
         let stem = input
@@ -382,7 +396,7 @@ fn batch(a: BatchArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         // One bad image must not lose the others' results.
-        if let Err(e) = run_one(&mut d, input, &opts, &a.output_dir.join(stem), &a.output.formats) {
+        if let Err(e) = run_one(&mut d, input, &a.run, &a.output_dir.join(stem), &a.output.formats) {
             eprintln!("error: {e:#}");
             failed += 1;
         }

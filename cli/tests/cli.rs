@@ -137,9 +137,74 @@ fn decompose_reproduces_the_reference_layers_and_compose_recombines_them() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `--num-layers auto`: the model runs with six layers, the kept ones are written and the
+/// manifest says what was dropped and why (the rules themselves: `app::layer_count`'s tests).
+#[test]
+fn auto_layer_count_writes_the_kept_layers_and_reports_the_rest() {
+    let out = temp_dir("auto");
+    let (code, stdout, stderr) = cli(&[
+        "decompose",
+        "--model-path",
+        "tests/fixtures/tiny-qwen-image-layered",
+        "--device",
+        "cpu",
+        "--input-image",
+        "tests/fixtures/reference/images/input_rgba_square.png",
+        "--prompt",
+        "an apple",
+        "--num-layers",
+        "auto",
+        "--steps",
+        "1",
+        "--resolution",
+        "640",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let auto = &manifest["run"]["auto_layers"];
+    assert_eq!(auto["produced"], 6, "{manifest}");
+    let kept = auto["kept"].as_array().unwrap();
+    let dropped = auto["dropped"].as_array().unwrap();
+    assert_eq!(kept.len() + dropped.len(), 6, "{auto}");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), kept.len());
+    assert!(
+        stdout.contains(&format!("{} layers at 640×640", kept.len())),
+        "{stdout}"
+    );
+    for d in dropped {
+        assert!(
+            stdout.contains(&format!("dropped layer {} of 6", d["layer"])),
+            "{stdout}"
+        );
+        assert!(
+            ["empty", "covered", "duplicate"].contains(&d["reason"].as_str().unwrap()),
+            "{d}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bad_arguments_fail_clearly() {
     let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &[
+                "decompose",
+                "--input-image",
+                "x.png",
+                "--prompt",
+                "p",
+                "--output-dir",
+                "o",
+                "--num-layers",
+                "many",
+            ],
+            2,
+            "`many` is not a number",
+        ),
         (
             &[
                 "decompose",

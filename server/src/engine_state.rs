@@ -320,9 +320,12 @@ impl EngineState {
             ..DecomposeOptions::default()
         };
         let decomposer = self.decomposer(progress)?;
-        let layers = decomposer
+        let mut layers = decomposer
             .decompose_with_progress(&job.image, &options, progress)
             .map_err(api_error)?;
+        if job.auto_layers {
+            layers = layers.keep_visible().map_err(api_error)?;
+        }
         let encoding = std::time::Instant::now();
         let mut response = layers.to_response()?;
         for &format in &job.formats {

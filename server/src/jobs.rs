@@ -213,6 +213,7 @@ mod tests {
             height: 640,
             caption: None,
             files: Vec::new(),
+            auto_layers: None,
         }
     }
 

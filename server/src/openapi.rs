@@ -128,11 +128,12 @@ pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     let schemas = &mut doc["components"]["schemas"];
+    // `layer_num` is a count in the layer range or "auto": the range goes on the count.
+    if let Some(count) = schemas["LayerNum"]["oneOf"][0].as_object_mut() {
+        count.insert("minimum".into(), json!(LAYER_RANGE.start()));
+        count.insert("maximum".into(), json!(LAYER_RANGE.end()));
+    }
     let limits = [
-        (
-            "layer_num",
-            json!({"minimum": LAYER_RANGE.start(), "maximum": LAYER_RANGE.end()}),
-        ),
         (
             "resolution",
             json!({"enum": RESOLUTIONS.iter().map(|&r| Some(r)).chain([None]).collect::<Vec<_>>()}),
@@ -153,4 +154,26 @@ pub fn document() -> Value {
     }
     schemas["EditLayerRequest"]["properties"]["steps"]["minimum"] = json!(app::api::EDIT_MIN_STEPS);
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_num_is_a_count_in_range_or_auto() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let variants = schemas["LayerNum"]["oneOf"].as_array().unwrap();
+        assert_eq!(variants[0]["type"], "integer");
+        assert_eq!(
+            (variants[0]["minimum"].clone(), variants[0]["maximum"].clone()),
+            (json!(2), json!(10))
+        );
+        assert_eq!(variants[1]["$ref"], "#/components/schemas/AutoWord");
+        assert_eq!(schemas["AutoWord"]["enum"], json!(["auto"]));
+        let reasons = &schemas["DropReason"]["enum"];
+        assert_eq!(reasons, &json!(["empty", "duplicate", "covered"]));
+        assert!(schemas["DecomposeResponse"]["properties"]["auto_layers"].is_object());
+    }
 }

@@ -229,6 +229,7 @@ mod tests {
             height: 480,
             caption: None,
             files: Vec::new(),
+            auto_layers: None,
         }
     }
 

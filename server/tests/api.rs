@@ -366,6 +366,39 @@ async fn rest_decompose_on_the_tiny_checkpoint_returns_what_the_cli_writes() {
     let flattened = image::load_from_memory(&bytes(3)).unwrap().to_rgba8();
     assert_eq!(flattened, images[0], "the flattened PNG is the composite");
 
+    // layer_num "auto": six layers from the model, the ones kept come back, the rest are
+    // reported with their reasons (the rules: app::layer_count's tests).
+    let body = json!({"image": input_data_url(), "prompt": "a red apple", "layer_num": "auto", "steps": 1, "seed": 5,
+                      "formats": ["zip"]});
+    let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;
+    assert_eq!(code, 200, "{resp}");
+    let auto = &resp["auto_layers"];
+    assert_eq!(auto["produced"], 6, "{auto}");
+    let kept = auto["kept"].as_array().unwrap().len();
+    assert_eq!(kept + auto["dropped"].as_array().unwrap().len(), 6, "{auto}");
+    assert_eq!(resp["layer_count"].as_u64(), Some(kept as u64));
+    assert_eq!(resp["layers"].as_array().unwrap().len(), kept + 1);
+    let zip_bytes = base64::engine::general_purpose::STANDARD
+        .decode(resp["files"][0]["data"].as_str().unwrap())
+        .unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let manifest: Value = serde_json::from_reader(zip.by_name("manifest.json").unwrap()).unwrap();
+    assert_eq!(&manifest["run"]["auto_layers"], auto, "the manifest carries the report");
+    let (code, err, _) = post(
+        &s.base,
+        "/api/qwen-image/decompose",
+        json!({"image": input_data_url(), "layer_num": "some"}).to_string(),
+    )
+    .await;
+    assert_eq!(code, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"layer_num must be a whole number or "auto""#),
+        "{err}"
+    );
+
     // An empty prompt is captioned automatically and the caption reported.
     let body = json!({"image": input_data_url(), "prompt": "", "layer_num": 2, "steps": 1, "seed": 5});
     let (code, resp, _) = post(&s.base, "/api/qwen-image/decompose", body.to_string()).await;

@@ -3,7 +3,8 @@
 
 use leptos::prelude::*;
 
-use crate::api::{ConfigResponse, DecomposeRequest, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS};
+use crate::api::{ConfigResponse, DecomposeRequest, LayerNum, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS};
+use crate::layer_count::AUTO_MAX_LAYERS;
 
 const ICON_SHUFFLE: &str = "M16 3h5v5M4 20 21 3M21 16v5h-5M15 15l6 6M4 4l5 5";
 
@@ -15,6 +16,8 @@ pub const MAX_SEED: u64 = (1 << 53) - 1;
 pub struct Params {
     pub prompt: String,
     pub layer_num: u32,
+    /// Let the server choose the count (`layer_num: "auto"`); `layer_num` is kept for later.
+    pub auto_layers: bool,
     pub resolution: u32,
     pub steps: u32,
     pub cfg_scale: f32,
@@ -28,6 +31,7 @@ impl Default for Params {
         Self {
             prompt: String::new(),
             layer_num: crate::api::DEFAULT_LAYER_NUM,
+            auto_layers: false,
             resolution: crate::api::DEFAULT_RESOLUTION,
             steps: crate::api::DEFAULT_STEPS,
             cfg_scale: crate::api::DEFAULT_CFG_SCALE,
@@ -43,6 +47,7 @@ impl Params {
         Self {
             prompt: self.prompt.clone(),
             layer_num: config.layer_num,
+            auto_layers: self.auto_layers,
             resolution: config.resolution,
             steps: config.steps,
             cfg_scale: config.cfg_scale,
@@ -56,7 +61,11 @@ impl Params {
             image,
             prompt: self.prompt.trim().to_string(),
             negative_prompt: None,
-            layer_num: Some(self.layer_num),
+            layer_num: Some(if self.auto_layers {
+                LayerNum::AUTO
+            } else {
+                LayerNum::Count(self.layer_num)
+            }),
             resolution: Some(self.resolution),
             steps: Some(self.steps),
             cfg_scale: Some(self.cfg_scale),
@@ -174,6 +183,7 @@ pub fn ParamsPanel(
                         step="1"
                         value=Signal::derive(move || params.with(|p| p.layer_num.to_string()))
                         invalid=Signal::derive(move || errors.with(|e| e.layers.is_some()))
+                        off=Signal::derive(move || params.with(|p| p.auto_layers))
                         on_input=field_input(params, errors, parse_layers, |p, n| p.layer_num = n, |e| &mut e.layers)
                     />
                     <NumberField
@@ -185,6 +195,7 @@ pub fn ParamsPanel(
                         step="1"
                         value=Signal::derive(move || params.with(|p| p.steps.to_string()))
                         invalid=Signal::derive(move || errors.with(|e| e.steps.is_some()))
+                        off=Signal::derive(|| false)
                         on_input=field_input(
                             params,
                             errors,
@@ -202,9 +213,32 @@ pub fn ParamsPanel(
                         step="0.5"
                         value=Signal::derive(move || params.with(|p| p.cfg_scale.to_string()))
                         invalid=Signal::derive(move || errors.with(|e| e.cfg.is_some()))
+                        off=Signal::derive(|| false)
                         on_input=field_input(params, errors, parse_cfg, |p, v| p.cfg_scale = v, |e| &mut e.cfg)
                     />
                 </div>
+                <label class="check auto-layers">
+                    <input
+                        type="checkbox"
+                        id="auto-layers"
+                        aria-describedby="auto-layers-hint"
+                        prop:checked=move || params.with(|p| p.auto_layers)
+                        on:change=move |ev| {
+                            let on = event_target_checked(&ev);
+                            params.update(|p| p.auto_layers = on);
+                            // The count is not used then, so its message must not block the run.
+                            if on {
+                                errors.update(|e| e.layers = None);
+                            }
+                        }
+                    />
+                    "Choose the layer count automatically"
+                </label>
+                <p id="auto-layers-hint" class="hint">
+                    {format!(
+                        "Splits into up to {AUTO_MAX_LAYERS} layers, then drops empty, covered and duplicate ones (the result says which)."
+                    )}
+                </p>
                 <FieldError id="layers-error" msg=Signal::derive(move || errors.with(|e| e.layers.clone()))/>
                 <FieldError id="steps-error" msg=Signal::derive(move || errors.with(|e| e.steps.clone()))/>
                 <FieldError id="cfg-error" msg=Signal::derive(move || errors.with(|e| e.cfg.clone()))/>
@@ -338,6 +372,8 @@ fn NumberField<F>(
     step: &'static str,
     value: Signal<String>,
     invalid: Signal<bool>,
+    /// Not used now (e.g. the layer count while it is automatic).
+    off: Signal<bool>,
     on_input: F,
 ) -> impl IntoView
 where
@@ -355,6 +391,7 @@ where
                 step=step
                 aria-invalid=move || invalid.get().to_string()
                 aria-describedby=format!("{id}-error")
+                disabled=move || off.get()
                 prop:value=move || value.get()
                 on:input=on_input
             />
@@ -419,6 +456,7 @@ mod tests {
             Params {
                 prompt: "a cat".into(),
                 layer_num: 2,
+                auto_layers: false,
                 resolution: 1024,
                 steps: 3,
                 cfg_scale: 2.5,
@@ -434,8 +472,15 @@ mod tests {
         assert_eq!(req.prompt, "a cat");
         assert_eq!(
             (req.layer_num, req.resolution, req.steps, req.seed),
-            (Some(2), Some(1024), Some(3), Some(5))
+            (Some(LayerNum::Count(2)), Some(1024), Some(3), Some(5))
         );
+        let auto = Params {
+            auto_layers: true,
+            ..Params::default()
+        };
+        assert_eq!(auto.to_request("x".into()).layer_num, Some(LayerNum::AUTO));
+        // The choice survives the server's defaults arriving.
+        assert!(auto.with_defaults(&config).auto_layers);
         assert_eq!(req.caption_language.as_deref(), Some("en"));
         let cn = Params {
             caption_in_chinese: true,

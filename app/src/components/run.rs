@@ -436,6 +436,7 @@ fn show_result(state: AppState, response: &DecomposeResponse, prompt: &str, step
                 cfg_scale,
                 generation_time: response.generation_time,
                 caption: response.caption.clone(),
+                auto_layers: response.auto_layers.clone(),
             }));
             result.set(Some(d));
             run.set(RunState::Done {
