@@ -13,7 +13,7 @@
 # STAGES (env) selects parts: parity,ours,anchor (default); init (opt-in: each side on the other's
 # random-weight distribution, clocks per run); quick (opt-in: our 640² and 1024² steps and
 # diffusers' alone, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
-# and offload with a 20 GiB VRAM budget); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
+# and offload with a 20 GiB VRAM budget); vae (opt-in: our VAE, plain and fused, and diffusers'); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
 # checkpoints of both models in the released layout, then our release server driven over REST with
 # offload off / on, and diffusers' pipelines on the same checkpoints: scripts/e2e_rest.py and
 # scripts/diffusers_e2e.py); load (opt-in: engine-bench's DiT from that checkpoint). Each
@@ -154,9 +154,23 @@ if has extra; then
     --offload on --vram-budget-gb 20 --phases dit
 fi
 
-if has anchor || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers; then
+if has anchor || has vae || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
+fi
+
+# STAGES=vae: our VAE (plain path, then the fused kernels) at 640² and 1024², its pieces alone,
+# and diffusers' VAE on the same card.
+if has vae; then
+  sample_clocks vae
+  TIMEOUT=150 run_ours vae640 --random-weights --resolution 640 --layers 4 --steps 3 --warmup 1 --phases vae,vae-ops --check-finite
+  TIMEOUT=150 run_ours vae1024 --random-weights --resolution 1024 --layers 4 --steps 2 --warmup 1 --phases vae --check-finite
+  log "diffusers VAE"
+  PYTHONPATH=/tmp/site timeout 240 python3 "$G/diffusers_anchor.py" vae640 > "$OUT/anchor_vae.log" 2>&1
+  echo "exit $?"
+  stop_clocks vae
+  grep '^{' "$OUT/anchor_vae.log" | tee -a "$OUT/anchor.jsonl" | cut -c1-300
+  grep -v '^{' "$OUT/anchor_vae.log" | tail -3
 fi
 
 # A full-size random checkpoint of each model in the released layout (scripts/write_random_checkpoint.py,

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["softmax", "fused", "attention", "attention_sm90"];
+const KERNELS: &[&str] = &["softmax", "fused", "vae", "attention", "attention_sm90"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -191,6 +191,54 @@ fn layered_vae_matches_reference() {
     );
 }
 
+/// The VAE's CUDA kernels (column-GEMM convolution, norm + bias + SiLU, bias + residual) against
+/// its plain candle path on the same bf16 weights. They round once where the plain path rounds
+/// after every op, so through the deep random network they differ from it about as much as the
+/// plain path differs from f32: the same tolerance, and their error against f32 is printed.
+#[test]
+fn vae_fused_kernels_match_plain_path() {
+    let (device, dtype) = setup();
+    if !engine::gpu::fused::applies_to(&Tensor::zeros(1, dtype, &device).unwrap()) {
+        println!("skipped: the fused kernels need bf16 on a CUDA build");
+        return;
+    }
+    let dir = ModelDir::open(ts::layered_checkpoint()).unwrap();
+    let cfg: engine::vae::Config = dir.read_json("vae", "config.json").unwrap();
+    let mut vae = AutoencoderKLQwenImage::new(&cfg, dir.var_builder("vae", dtype, &device).unwrap()).unwrap();
+    let png = image_proc::decode_rgba(&ts::read_reference_bytes("images/input_rgba_small.png")).unwrap();
+    let x = image_proc::to_tensor(&png, &device).unwrap();
+    let z = ts::load_tensor("vae.safetensors", "layered/batch2_z")
+        .squeeze(2)
+        .unwrap()
+        .to_device(&device)
+        .unwrap();
+    let run = |vae: &AutoencoderKLQwenImage| (vae.encode_mean(&x).unwrap(), vae.decode(&z).unwrap());
+    vae.set_kernels(engine::vae::VaeKernels::Plain);
+    let (plain_mean, plain_pixels) = run(&vae);
+    vae.set_kernels(engine::vae::VaeKernels::Fused);
+    let launches = engine::gpu::fused::kernel_launches();
+    let (mean, pixels) = run(&vae);
+    assert!(
+        engine::gpu::fused::kernel_launches() > launches,
+        "the fused kernels never ran"
+    );
+    println!(
+        "vae fused vs plain encode: {}",
+        ts::assert_close(&mean, &plain_mean, HALF_FORWARD, "fused posterior mean")
+    );
+    println!(
+        "vae fused vs plain decode: {}",
+        ts::assert_close(&pixels, &plain_pixels, HALF_FORWARD, "fused decode")
+    );
+    let stored = |n: &str| ts::load_tensor("vae.safetensors", n).squeeze(2).unwrap();
+    for (what, actual, expected) in [
+        ("plain", &plain_pixels, "layered/batch2_decoded"),
+        ("fused", &pixels, "layered/batch2_decoded"),
+    ] {
+        println!("vae {what} decode vs f32: {}", ts::compare(actual, &stored(expected)));
+    }
+}
+
 #[test]
 fn text_encoder_matches_reference() {
     let (device, dtype) = setup();

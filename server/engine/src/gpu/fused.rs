@@ -273,7 +273,7 @@ pub(crate) mod cuda {
     /// Empty when the build targets a GPU other than Hopper (build.rs).
     const ATTENTION_SM90_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx"));
     /// Threads per block of the element-wise kernels.
-    const THREADS: u32 = 256;
+    pub(crate) const THREADS: u32 = 256;
 
     pub(crate) fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
         match t.device() {
@@ -336,7 +336,7 @@ pub(crate) mod cuda {
     ///
     /// # Safety
     /// The kernel's reads and writes must stay within the buffers passed to `builder`.
-    unsafe fn launch(builder: &mut LaunchArgs<'_>, grid: (u32, u32, u32), threads: u32) -> Result<()> {
+    pub(crate) unsafe fn launch(builder: &mut LaunchArgs<'_>, grid: (u32, u32, u32), threads: u32) -> Result<()> {
         // SAFETY: forwarded to the caller.
         unsafe { launch_with_smem(builder, grid, threads, 0) }
     }
@@ -372,7 +372,7 @@ pub(crate) mod cuda {
     }
 
     /// Grid size for a grid-stride loop over `n` items, a few waves deep.
-    fn grid_for(n: usize) -> u32 {
+    pub(crate) fn grid_for(n: usize) -> u32 {
         n.div_ceil(THREADS as usize).clamp(1, 132 * 16) as u32
     }
 

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod offload;
 pub mod random_weights;
 pub mod softmax;
+pub mod vae_kernels;
 
 use candle_core::{DType, Device};
 

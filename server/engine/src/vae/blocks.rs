@@ -5,6 +5,25 @@
 use candle_core::{DType, IndexOp, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::gpu::vae_kernels;
+
+/// Which implementation the blocks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeKernels {
+    /// The fused CUDA kernels ([`vae_kernels`]) wherever they apply (bf16 on a GPU), the plain
+    /// path elsewhere.
+    #[default]
+    Fused,
+    /// candle's ops throughout: the parity reference.
+    Plain,
+}
+
+impl VaeKernels {
+    fn fused_for(self, x: &Tensor) -> bool {
+        self == VaeKernels::Fused && vae_kernels::applies_to(x)
+    }
+}
+
 /// A 2-D convolution with bias, from either a stored causal 3-D kernel or a plain 2-D one.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -50,12 +69,33 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// The convolution without its bias: our column GEMM on a GPU in bf16 (candle's conv2d
+    /// there is im2col in the transposed layout at 7–30 TFLOP/s), candle's conv2d elsewhere.
+    fn conv(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
+        if k == VaeKernels::Fused && crate::gpu::fused::applies_to(x) {
+            return vae_kernels::conv2d(x, &self.weight, self.padding, self.stride);
+        }
+        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)
+    }
+
+    /// `conv(x) + bias (+ residual)`, the additions in one fused pass where it applies.
+    pub fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>, k: VaeKernels) -> Result<Tensor> {
+        let y = self.conv(x, k)?;
+        if k.fused_for(&y) {
+            return vae_kernels::bias_residual(&y, &self.bias, residual);
+        }
+        let y = y.broadcast_add(&self.bias)?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
+    }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.bias)
+        self.forward_with(x, None, VaeKernels::Plain)
     }
 }
 
@@ -77,6 +117,24 @@ impl RmsNorm {
             gamma,
             scale: (dim as f64).sqrt(),
         })
+    }
+
+    /// The norm of `x + bias` (the previous convolution's bias, if given), then SiLU if `silu`:
+    /// one fused pass where it applies.
+    pub fn forward_with(&self, x: &Tensor, bias: Option<&Tensor>, silu: bool, k: VaeKernels) -> Result<Tensor> {
+        if k.fused_for(x) {
+            return vae_kernels::channel_norm(x, bias, &self.gamma, self.scale, silu);
+        }
+        let x = match bias {
+            Some(b) => x.broadcast_add(b)?,
+            None => x.clone(),
+        };
+        let y = self.forward(&x)?;
+        if silu {
+            candle_nn::ops::silu(&y)
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -119,17 +177,18 @@ impl ResidualBlock {
     }
 }
 
-impl Module for ResidualBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl ResidualBlock {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x)?,
+            Some(conv) => conv.forward_with(x, None, k)?,
             None => x.clone(),
         };
-        let h = candle_nn::ops::silu(&self.norm1.forward(x)?)?;
-        let h = self.conv1.forward(&h)?;
-        let h = candle_nn::ops::silu(&self.norm2.forward(&h)?)?;
+        let h = self.norm1.forward_with(x, None, true, k)?;
+        // conv1's bias is added inside norm2's pass.
+        let h = self.conv1.conv(&h, k)?;
+        let h = self.norm2.forward_with(&h, Some(&self.conv1.bias), true, k)?;
         // (dropout: identity at inference)
-        self.conv2.forward(&h)? + shortcut
+        self.conv2.forward_with(&h, Some(&shortcut), k)
     }
 }
 
@@ -158,12 +217,14 @@ impl AttentionBlock {
     }
 }
 
-impl Module for AttentionBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl AttentionBlock {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
         let dtype = x.dtype();
-        let qkv = self.to_qkv.forward(&self.norm.forward(x)?)?;
+        let qkv = self
+            .to_qkv
+            .forward_with(&self.norm.forward_with(x, None, false, k)?, None, k)?;
         // [B, 3C, H, W] → [B, HW, 3C]; q, k, v are consecutive C-wide channel groups.
         let qkv = qkv.reshape((b, 3 * c, n))?.transpose(1, 2)?.to_dtype(DType::F32)?;
         let q = (qkv.narrow(D::Minus1, 0, c)?.contiguous()? / (self.dim as f64).sqrt())?;
@@ -171,7 +232,7 @@ impl Module for AttentionBlock {
         let v = qkv.narrow(D::Minus1, 2 * c, c)?.contiguous()?;
         let out = attention(&q, &k_t, &v, (MAX_SCORE_ELEMENTS / n.max(1)).max(1))?; // [B, HW, C]
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?.to_dtype(dtype)?;
-        self.proj.forward(&out)? + x
+        self.proj.forward_with(&out, Some(x), k)
     }
 }
 
@@ -204,11 +265,11 @@ impl MidBlock {
     }
 }
 
-impl Module for MidBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.resnets[0].forward(x)?;
+impl MidBlock {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
+        let mut x = self.resnets[0].forward(x, k)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = resnet.forward(&attn.forward(&x)?)?;
+            x = resnet.forward(&attn.forward(&x, k)?, k)?;
         }
         Ok(x)
     }
@@ -230,11 +291,11 @@ impl Downsample {
     }
 }
 
-impl Module for Downsample {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Downsample {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         // Pad one zero column on the right and one row at the bottom only.
         let x = x.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
-        self.conv.forward(&x)
+        self.conv.forward_with(&x, None, k)
     }
 }
 
@@ -254,10 +315,10 @@ impl Upsample {
     }
 }
 
-impl Module for Upsample {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Upsample {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        self.conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+        self.conv.forward_with(&x.upsample_nearest2d(2 * h, 2 * w)?, None, k)
     }
 }
 
@@ -375,7 +436,7 @@ mod tests {
         let down = Downsample::new(vb(conv), 1).unwrap();
         let x = arange(16, &[1, 1, 4, 4]);
         let y = down
-            .forward(&x)
+            .forward(&x, VaeKernels::Plain)
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -408,7 +469,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let y = up.forward(&x).unwrap();
+        let y = up.forward(&x, VaeKernels::Plain).unwrap();
         assert_eq!(y.dims(), &[1, 1, 4, 4]);
         let rows = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(

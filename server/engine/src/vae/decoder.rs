@@ -1,10 +1,10 @@
 //! `QwenImageDecoder3d` on one frame: conv_in, the mid block, up blocks (residual blocks then an
 //! upsampler that halves the channels), and the head (norm, SiLU, conv_out to pixel channels).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{Conv2d, MidBlock, ResidualBlock, RmsNorm, Upsample};
+use super::blocks::{Conv2d, MidBlock, ResidualBlock, RmsNorm, Upsample, VaeKernels};
 use super::Config;
 
 /// `QwenImageUpBlock`: `num_res_blocks + 1` residual blocks, then an optional upsampler.
@@ -28,14 +28,14 @@ impl UpBlock {
     }
 }
 
-impl Module for UpBlock {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl UpBlock {
+    fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let mut x = x.clone();
         for resnet in &self.resnets {
-            x = resnet.forward(&x)?;
+            x = resnet.forward(&x, k)?;
         }
         match &self.upsampler {
-            Some(up) => up.forward(&x),
+            Some(up) => up.forward(&x, k),
             None => Ok(x),
         }
     }
@@ -87,16 +87,16 @@ impl Decoder {
     }
 }
 
-impl Module for Decoder {
+impl Decoder {
     /// `[B, z_dim, h, w]` (after `post_quant_conv`) → `[B, C_out, 8h, 8w]`, not yet clamped.
-    fn forward(&self, z: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, z: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let _span = tracing::trace_span!("vae.decoder").entered();
-        let x = self.conv_in.forward(z)?;
-        let mut x = self.mid_block.forward(&x)?;
+        let x = self.conv_in.forward_with(z, None, k)?;
+        let mut x = self.mid_block.forward(&x, k)?;
         for block in &self.up_blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, k)?;
         }
-        let x = candle_nn::ops::silu(&self.norm_out.forward(&x)?)?;
-        self.conv_out.forward(&x)
+        let x = self.norm_out.forward_with(&x, None, true, k)?;
+        self.conv_out.forward_with(&x, None, k)
     }
 }

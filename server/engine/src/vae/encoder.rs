@@ -1,10 +1,10 @@
 //! `QwenImageEncoder3d` on one frame: conv_in, a flat list of down blocks, the mid block, and the
 //! head (norm, SiLU, conv_out to `2 · z_dim` channels: mean and log-variance).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{AttentionBlock, Conv2d, Downsample, MidBlock, ResidualBlock, RmsNorm};
+use super::blocks::{AttentionBlock, Conv2d, Downsample, MidBlock, ResidualBlock, RmsNorm, VaeKernels};
 use super::Config;
 
 /// One entry of `encoder.down_blocks`: the checkpoint numbers residual blocks, optional
@@ -17,12 +17,12 @@ enum DownLayer {
     Downsample(Downsample),
 }
 
-impl Module for DownLayer {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl DownLayer {
+    fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         match self {
-            DownLayer::Residual(m) => m.forward(x),
-            DownLayer::Attention(m) => m.forward(x),
-            DownLayer::Downsample(m) => m.forward(x),
+            DownLayer::Residual(m) => m.forward(x, k),
+            DownLayer::Attention(m) => m.forward(x, k),
+            DownLayer::Downsample(m) => m.forward(x, k),
         }
     }
 }
@@ -80,16 +80,16 @@ impl Encoder {
     }
 }
 
-impl Module for Encoder {
+impl Encoder {
     /// `[B, C_in, H, W]` → `[B, 2·z_dim, H/8, W/8]` (before `quant_conv`).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, k: VaeKernels) -> Result<Tensor> {
         let _span = tracing::trace_span!("vae.encoder").entered();
-        let mut x = self.conv_in.forward(x)?;
+        let mut x = self.conv_in.forward_with(x, None, k)?;
         for layer in &self.down_blocks {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, k)?;
         }
-        let x = self.mid_block.forward(&x)?;
-        let x = candle_nn::ops::silu(&self.norm_out.forward(&x)?)?;
-        self.conv_out.forward(&x)
+        let x = self.mid_block.forward(&x, k)?;
+        let x = self.norm_out.forward_with(&x, None, true, k)?;
+        self.conv_out.forward_with(&x, None, k)
     }
 }

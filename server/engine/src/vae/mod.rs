@@ -27,7 +27,7 @@ mod config;
 mod decoder;
 mod encoder;
 
-pub use blocks::Conv2d;
+pub use blocks::{Conv2d, VaeKernels};
 pub use config::Config;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
@@ -47,6 +47,7 @@ pub struct AutoencoderKLQwenImage {
     latents_std: Tensor,
     config: Config,
     dtype: DType,
+    kernels: VaeKernels,
 }
 
 impl AutoencoderKLQwenImage {
@@ -64,7 +65,14 @@ impl AutoencoderKLQwenImage {
             latents_std: Tensor::new(to_f32(&cfg.latents_std), vb.device())?,
             config: cfg.clone(),
             dtype: vb.dtype(),
+            kernels: VaeKernels::default(),
         })
+    }
+
+    /// Chooses the fused CUDA kernels (the default; used only where they apply) or the plain
+    /// path (the parity reference).
+    pub fn set_kernels(&mut self, kernels: VaeKernels) {
+        self.kernels = kernels;
     }
 
     pub fn config(&self) -> &Config {
@@ -103,7 +111,7 @@ impl AutoencoderKLQwenImage {
         }
         let moments = self
             .quant_conv
-            .forward(&self.encoder.forward(&x.to_dtype(self.dtype)?)?)?;
+            .forward(&self.encoder.forward(&x.to_dtype(self.dtype)?, self.kernels)?)?;
         moments.narrow(1, 0, self.config.z_dim)
     }
 
@@ -127,7 +135,7 @@ impl AutoencoderKLQwenImage {
             candle_core::bail!("vae decode: empty latents ({h}×{w})");
         }
         let x = self.post_quant_conv.forward(&z.to_dtype(self.dtype)?)?;
-        self.decoder.forward(&x)?.clamp(-1f32, 1f32)
+        self.decoder.forward(&x, self.kernels)?.clamp(-1f32, 1f32)
     }
 
     /// [`Self::decode`] `chunk` batch items at a time, so decoding N layers holds at most `chunk`

@@ -78,7 +78,7 @@ pub struct Cli {
     steps: u64,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Any of text, dit, vae, profile.
+    /// Any of text, dit, vae, vae-ops, profile.
     #[arg(long, value_delimiter = ',', default_value = "text,dit,vae")]
     phases: Vec<String>,
     /// Stream the DiT's blocks from host memory.

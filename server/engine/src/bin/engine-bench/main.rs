@@ -7,7 +7,9 @@
 //! - dit: one denoising step with true CFG = one batch-2 forward (cond 30 text tokens, uncond 6,
 //!   padded and key-masked) over (layers + 2) frames of (res/16)² tokens, optionally with the
 //!   blocks streamed from host memory (`--offload on`);
-//! - vae: RGBA encode of one image, decode of each layer (one at a time, as the anchor).
+//! - vae: RGBA encode of one image, decode of each layer (one at a time, as the anchor, and
+//!   batched), through the plain path and the fused kernels.
+//! - vae-ops: the decoder's convolution, norm, bias and upsampling alone at its widest shapes.
 //!
 //! - profile: the pieces of one transformer block at the step's shapes, each timed alone
 //!   (synchronised, median of several runs), with the GEMM and copy ceilings of the card, to see
@@ -87,6 +89,9 @@ fn run(args: &Args) -> engine::Result<()> {
             s.reset_peak();
         }
         vae::vae_phase(args, &cfgs, &source, &device, &sampler)?;
+    }
+    if args.phases.iter().any(|p| p == "vae-ops") {
+        vae::vae_ops_profile(args, &device)?;
     }
     Ok(())
 }
