@@ -76,6 +76,10 @@ pub struct DecomposeRequest {
     /// (the flattened composite), "zip".
     #[serde(default)]
     pub formats: Option<Vec<String>>,
+    /// A decompose preset of the server's config (`/config` lists them): its steps, CFG scale,
+    /// scheduler and LoRA adapters; `steps` / `cfg_scale` given here still win.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 /// `layer_num` of a request: a count, or the word "auto" ([`crate::layer_count`]).
@@ -209,6 +213,10 @@ pub struct EditLayerRequest {
     /// Keep the layer's original alpha (default) or re-derive it by keying the background.
     #[serde(default)]
     pub keep_alpha: Option<bool>,
+    /// An edit preset of the server's config, e.g. "fast-edit-8" (Qwen-Image-Lightning: 8 steps,
+    /// no CFG, its scheduler and LoRA); `steps` / `cfg_scale` given here still win.
+    #[serde(default)]
+    pub preset: Option<String>,
 }
 
 /// Defaults the server runs with (from config.toml + flags).
@@ -226,6 +234,9 @@ pub struct ConfigResponse {
     pub max_steps: u32,
     pub max_image_pixels: u64,
     pub max_body_bytes: u64,
+    /// LoRA adapters of both pipelines and the presets requests can name.
+    #[serde(default)]
+    pub adapters: crate::api_lora::AdapterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +258,9 @@ pub struct StatusResponse {
     /// Whether the decompose and edit pipelines both stay loaded or replace each other.
     #[serde(default)]
     pub pipelines: String,
+    /// The LoRA adapters merged into each loaded pipeline now.
+    #[serde(default)]
+    pub lora: crate::api_lora::ActiveLora,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,6 +295,8 @@ pub struct Limits {
     pub default_steps: u32,
     pub default_cfg_scale: f32,
     pub max_image_pixels: u64,
+    /// The presets requests can name.
+    pub presets: Vec<crate::api_lora::PresetInfo>,
 }
 
 impl Default for Limits {
@@ -291,6 +307,7 @@ impl Default for Limits {
             default_steps: DEFAULT_STEPS,
             default_cfg_scale: DEFAULT_CFG_SCALE,
             max_image_pixels: 36_000_000,
+            presets: Vec::new(),
         }
     }
 }
@@ -314,6 +331,8 @@ pub struct DecomposeJob {
     pub caption_in_chinese: bool,
     /// Layered files to return beside the ZIP.
     pub formats: Vec<crate::export::Format>,
+    /// The preset it runs with.
+    pub preset: Option<String>,
 }
 
 /// An edit request after validation.
@@ -325,6 +344,8 @@ pub struct EditJob {
     pub cfg_scale: f32,
     pub seed: u64,
     pub keep_alpha: bool,
+    /// The preset it runs with.
+    pub preset: Option<String>,
 }
 
 pub fn validate_steps(steps: u32) -> Result<u32, ApiError> {
@@ -430,8 +451,17 @@ impl DecomposeRequest {
             None => (validate_layer_num(limits.default_layer_num)?, false),
         };
         let resolution = validate_resolution(self.resolution.unwrap_or(limits.default_resolution))?;
-        let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
-        let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
+        let preset = self
+            .preset
+            .as_deref()
+            .map(|name| crate::api_lora::resolve_preset(&limits.presets, name, crate::api_lora::PIPELINE_DECOMPOSE))
+            .transpose()?;
+        let steps = validate_steps(self.steps.or(preset.map(|p| p.steps)).unwrap_or(limits.default_steps))?;
+        let cfg_scale = validate_cfg_scale(
+            self.cfg_scale
+                .or(preset.map(|p| p.cfg_scale))
+                .unwrap_or(limits.default_cfg_scale),
+        )?;
         validate_prompt("prompt", &self.prompt)?;
         let negative_prompt = self.negative_prompt.clone().unwrap_or_else(|| " ".into());
         validate_prompt("negative_prompt", &negative_prompt)?;
@@ -445,6 +475,7 @@ impl DecomposeRequest {
         let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
         validate_aspect_ratio(&image)?;
         Ok(DecomposeJob {
+            preset: preset.map(|p| p.name.clone()),
             formats,
             image,
             prompt: self.prompt.clone(),
@@ -475,16 +506,26 @@ impl EditLayerRequest {
             return Err(ApiError::unprocessable("instruction must not be empty"));
         }
         validate_prompt("instruction", &self.prompt)?;
-        let steps = validate_steps(self.steps.unwrap_or(limits.default_steps))?;
+        let preset = self
+            .preset
+            .as_deref()
+            .map(|name| crate::api_lora::resolve_preset(&limits.presets, name, crate::api_lora::PIPELINE_EDIT))
+            .transpose()?;
+        let steps = validate_steps(self.steps.or(preset.map(|p| p.steps)).unwrap_or(limits.default_steps))?;
         if steps < EDIT_MIN_STEPS {
             return Err(ApiError::unprocessable(format!(
                 "an edit needs at least {EDIT_MIN_STEPS} inference steps (Qwen-Image-Edit's schedule), got steps = {steps}"
             )));
         }
-        let cfg_scale = validate_cfg_scale(self.cfg_scale.unwrap_or(limits.default_cfg_scale))?;
+        let cfg_scale = validate_cfg_scale(
+            self.cfg_scale
+                .or(preset.map(|p| p.cfg_scale))
+                .unwrap_or(limits.default_cfg_scale),
+        )?;
         let image = crate::image_data::decode_image(&self.image, limits.max_image_pixels)?;
         validate_aspect_ratio(&image)?;
         Ok(EditJob {
+            preset: preset.map(|p| p.name.clone()),
             image,
             prompt: self.prompt.clone(),
             steps,
@@ -513,6 +554,7 @@ mod tests {
             cfg_normalize: None,
             caption_language: None,
             formats: None,
+            preset: None,
         }
     }
 
@@ -626,6 +668,7 @@ mod tests {
             cfg_scale: None,
             seed: None,
             keep_alpha: None,
+            preset: None,
         };
         let err = r.validate(&Limits::default(), 0).unwrap_err();
         assert_eq!(err.status, 422);
@@ -647,6 +690,7 @@ mod tests {
             cfg_scale: None,
             seed: None,
             keep_alpha: None,
+            preset: None,
         };
         let err = r.validate(&Limits::default(), 0).unwrap_err();
         assert_eq!(err.status, 422);
@@ -676,6 +720,46 @@ mod tests {
         .unwrap();
         assert_eq!(seed, ours);
         assert_eq!((seed.image.as_str(), seed.prompt.as_str()), ("abc", "make it red"));
+    }
+
+    #[test]
+    fn a_preset_sets_steps_and_cfg_unless_the_request_does() {
+        let fast = crate::api_lora::PresetInfo {
+            name: crate::api_lora::FAST_EDIT_PRESET.into(),
+            label: "Fast edit (8 steps)".into(),
+            pipeline: crate::api_lora::PIPELINE_EDIT.into(),
+            steps: 8,
+            cfg_scale: 1.0,
+            scheduler_config: None,
+            lora: vec![],
+            available: true,
+            reason: None,
+        };
+        let limits = Limits {
+            presets: vec![fast],
+            ..Limits::default()
+        };
+        let mut r: EditLayerRequest = serde_json::from_value(serde_json::json!({
+            "layer_image": tiny_png(), "instruction": "make it red", "preset": "fast-edit-8"
+        }))
+        .unwrap();
+        let job = r.validate(&limits, 0).unwrap();
+        assert_eq!(
+            (job.steps, job.cfg_scale, job.preset.as_deref()),
+            (8, 1.0, Some("fast-edit-8"))
+        );
+        r.steps = Some(4);
+        assert_eq!(r.validate(&limits, 0).unwrap().steps, 4);
+        r.preset = Some("nope".into());
+        let err = r.validate(&limits, 0).unwrap_err();
+        assert_eq!(err.status, 422);
+        assert!(err.error.contains("unknown preset \"nope\""), "{err}");
+        // A decompose request cannot use an edit preset.
+        let mut d = request(tiny_png());
+        d.preset = Some("fast-edit-8".into());
+        assert!(d.validate(&limits, 0).unwrap_err().error.contains("edit pipeline"));
+        d.preset = None;
+        assert_eq!(d.validate(&limits, 0).unwrap().preset, None);
     }
 
     #[test]

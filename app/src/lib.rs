@@ -3,6 +3,7 @@
 //! the server provides as context — this crate never depends on the server or the engine).
 
 pub mod api;
+pub mod api_lora;
 #[cfg(feature = "hydrate")]
 pub mod browser;
 pub mod components;

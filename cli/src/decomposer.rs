@@ -55,6 +55,11 @@ impl Decomposer {
         &self.pipeline
     }
 
+    /// The pipeline, to change what it runs with (e.g. [`LayeredPipeline::set_lora`]).
+    pub fn pipeline_mut(&mut self) -> &mut LayeredPipeline {
+        &mut self.pipeline
+    }
+
     /// Decomposes `image` into layers.
     pub fn decompose(&mut self, image: &RgbaImage, options: &DecomposeOptions) -> engine::Result<Layers> {
         self.decompose_with_progress(image, options, &NoProgress)

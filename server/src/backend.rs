@@ -45,6 +45,9 @@ pub struct ServerBackend {
     text_encoder: String,
     /// Whether both pipelines stay loaded, for `/status`.
     pipelines: String,
+    /// LoRA adapters and presets, for `/config`; what is merged now, for `/status`.
+    adapters: app::api_lora::AdapterConfig,
+    active_lora: crate::adapters::SharedActiveLora,
 }
 
 /// Where a queued decomposition's result arrives.
@@ -89,6 +92,7 @@ impl ServerBackend {
             default_steps: options.settings.num_inference_steps,
             default_cfg_scale: options.settings.cfg_scale,
             max_image_pixels: options.max_image_pixels,
+            presets: engine.adapter_config().presets,
         };
         let unavailable = engine.decompose_unavailable();
         let edit = engine.edit_state();
@@ -96,6 +100,8 @@ impl ServerBackend {
         let prompts = engine.prompt_checker();
         let (_, text_encoder) = engine.text_encoder_residency();
         let (_, pipelines) = engine.pipeline_residency();
+        let adapters = engine.adapter_config();
+        let active_lora = engine.active_lora();
         let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
         let store = Arc::new(store);
         Arc::new(Self {
@@ -110,6 +116,8 @@ impl ServerBackend {
             prompts,
             text_encoder,
             pipelines,
+            adapters,
+            active_lora,
         })
     }
 
@@ -214,6 +222,7 @@ impl Backend for ServerBackend {
             max_steps: app::api::MAX_STEPS,
             max_image_pixels: self.options.max_image_pixels,
             max_body_bytes: self.options.max_body_bytes,
+            adapters: self.adapters.clone(),
         }
     }
 
@@ -236,6 +245,7 @@ impl Backend for ServerBackend {
             busy: in_flight > 0,
             text_encoder: self.text_encoder.clone(),
             pipelines: self.pipelines.clone(),
+            lora: self.active_lora.lock().map(|a| a.clone()).unwrap_or_default(),
         }
     }
 

@@ -61,6 +61,14 @@ pub struct ServerArgs {
     /// Default resolution bucket: 640 or 1024.
     #[arg(long, value_parser = flags::resolution)]
     pub qwen_image_resolution: Option<u32>,
+    /// A LoRA adapter merged into the decompose transformer, `PATH[:SCALE]` (repeat the flag for
+    /// several); replaces the profile's `lora` list.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = engine::lora::LoraSpec::parse)]
+    pub lora: Vec<engine::lora::LoraSpec>,
+    /// A LoRA adapter merged into the edit transformer, `PATH[:SCALE]` (repeatable); replaces the
+    /// profile's `edit_lora` list.
+    #[arg(long = "edit-lora", value_name = "PATH[:SCALE]", value_parser = engine::lora::LoraSpec::parse)]
+    pub edit_lora: Vec<engine::lora::LoraSpec>,
     /// Address to bind. Anything but loopback exposes the API to the network: set --api-token.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -159,6 +167,12 @@ impl ServerArgs {
         if let Some(v) = self.qwen_image_resolution {
             s.resolution = v;
         }
+        if !self.lora.is_empty() {
+            s.lora = self.lora.clone();
+        }
+        if !self.edit_lora.is_empty() {
+            s.edit_lora = self.edit_lora.clone();
+        }
         Ok(s)
     }
 }
@@ -217,6 +231,30 @@ mod tests {
         assert!(!s.cpu_offload);
         assert_eq!(s.layer_num, 5);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lora_flags_replace_the_profiles_lists() {
+        let a = parse(&[
+            "--lora",
+            "/m/a.safetensors:0.5",
+            "--lora",
+            "/m/b.safetensors",
+            "--edit-lora",
+            "/m/l.safetensors",
+        ])
+        .unwrap();
+        let s = a.settings().unwrap();
+        assert_eq!(
+            s.lora,
+            [
+                engine::lora::LoraSpec::new("/m/a.safetensors", 0.5),
+                engine::lora::LoraSpec::new("/m/b.safetensors", 1.0)
+            ]
+        );
+        assert_eq!(s.edit_lora, [engine::lora::LoraSpec::new("/m/l.safetensors", 1.0)]);
+        let err = parse(&["--edit-lora", "/m/l.safetensors:99"]).unwrap_err().to_string();
+        assert!(err.contains("--edit-lora") && err.contains("between"), "{err}");
     }
 
     #[test]

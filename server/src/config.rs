@@ -4,10 +4,17 @@
 //! from Hugging Face), `cpu_offload`, `layer_num`, `num_inference_steps`, `cfg_scale`,
 //! `resolution`. A profile other than `default` starts from `default` and overrides what it sets.
 //! Unknown keys and out-of-range values are errors naming the key, the file and the line.
+//!
+//! LoRA adapters (issue 20): `lora = [{ path = "…", scale = 1.0 }]` (the decompose DiT) and
+//! `edit_lora = […]` (the edit DiT) in `[<profile>.qwen_image]`, merged for every run; and named
+//! presets, `[<profile>.presets.<name>]` with `pipeline` ("edit" or "decompose"), `label`,
+//! `steps`, `cfg_scale`, `scheduler_config` (a `scheduler_config.json` file) and their own `lora`,
+//! which a request picks with `preset`. Relative paths are relative to the config file's folder.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use engine::lora::LoraSpec;
 use serde::Deserialize;
 
 pub use app::api::{DEFAULT_EDIT_MODEL_REPO, DEFAULT_MODEL_REPO};
@@ -22,6 +29,25 @@ pub struct QwenImageSettings {
     pub num_inference_steps: u32,
     pub cfg_scale: f32,
     pub resolution: u32,
+    /// Adapters merged into the decompose DiT for every run.
+    pub lora: Vec<LoraSpec>,
+    /// Adapters merged into the edit DiT for every run.
+    pub edit_lora: Vec<LoraSpec>,
+    /// Named presets requests can pick.
+    pub presets: BTreeMap<String, PresetSettings>,
+}
+
+/// One `[<profile>.presets.<name>]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresetSettings {
+    pub label: String,
+    /// [`app::api_lora::PIPELINE_EDIT`] or [`app::api_lora::PIPELINE_DECOMPOSE`].
+    pub pipeline: &'static str,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub scheduler_config: Option<PathBuf>,
+    /// Merged on top of the pipeline's own adapters while the preset runs.
+    pub lora: Vec<LoraSpec>,
 }
 
 impl Default for QwenImageSettings {
@@ -34,6 +60,9 @@ impl Default for QwenImageSettings {
             num_inference_steps: app::api::DEFAULT_STEPS,
             cfg_scale: app::api::DEFAULT_CFG_SCALE,
             resolution: app::api::DEFAULT_RESOLUTION,
+            lora: Vec::new(),
+            edit_lora: Vec::new(),
+            presets: BTreeMap::new(),
         }
     }
 }
@@ -60,12 +89,53 @@ struct QwenImageTable {
     num_inference_steps: Option<Steps>,
     cfg_scale: Option<CfgScale>,
     resolution: Option<Resolution>,
+    lora: Option<Vec<LoraEntry>>,
+    edit_lora: Option<Vec<LoraEntry>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileTable {
     qwen_image: Option<QwenImageTable>,
+    presets: Option<BTreeMap<String, PresetTable>>,
+}
+
+/// `{ path = "…", scale = 1.0 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraEntry {
+    path: String,
+    #[serde(default)]
+    scale: Option<LoraScale>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "f64")]
+struct LoraScale(f64);
+impl TryFrom<f64> for LoraScale {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        LoraSpec::parse(&format!("x:{v}")).map(|s| Self(s.scale))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresetTable {
+    label: Option<String>,
+    pipeline: PipelineName,
+    steps: Steps,
+    cfg_scale: CfgScale,
+    scheduler_config: Option<String>,
+    #[serde(default)]
+    lora: Vec<LoraEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PipelineName {
+    Edit,
+    Decompose,
 }
 
 // Range-checked values: the check runs inside deserialisation, so the TOML error carries the
@@ -115,7 +185,60 @@ impl TryFrom<i64> for Resolution {
     }
 }
 
+/// Paths relative to the config file's folder.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn specs(base: &Path, entries: &[LoraEntry]) -> Vec<LoraSpec> {
+    entries
+        .iter()
+        .map(|e| LoraSpec::new(resolve(base, &e.path), e.scale.map_or(1.0, |s| s.0)))
+        .collect()
+}
+
+impl PresetTable {
+    fn settings(&self, name: &str, base: &Path) -> Result<PresetSettings, String> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("preset name {name:?}: use letters, digits, '-' and '_' only"));
+        }
+        let pipeline = match self.pipeline {
+            PipelineName::Edit => app::api_lora::PIPELINE_EDIT,
+            PipelineName::Decompose => app::api_lora::PIPELINE_DECOMPOSE,
+        };
+        if pipeline == app::api_lora::PIPELINE_EDIT && self.steps.0 < app::api::EDIT_MIN_STEPS {
+            return Err(format!(
+                "preset {name}: an edit needs at least {} steps, got {}",
+                app::api::EDIT_MIN_STEPS,
+                self.steps.0
+            ));
+        }
+        Ok(PresetSettings {
+            label: self.label.clone().unwrap_or_else(|| name.to_string()),
+            pipeline,
+            steps: self.steps.0,
+            cfg_scale: self.cfg_scale.0,
+            scheduler_config: self.scheduler_config.as_deref().map(|p| resolve(base, p)),
+            lora: specs(base, &self.lora),
+        })
+    }
+}
+
 impl QwenImageTable {
+    fn apply_lora(&self, s: &mut QwenImageSettings, base: &Path) {
+        if let Some(v) = &self.lora {
+            s.lora = specs(base, v);
+        }
+        if let Some(v) = &self.edit_lora {
+            s.edit_lora = specs(base, v);
+        }
+    }
+
     fn apply(&self, s: &mut QwenImageSettings) {
         if let Some(v) = &self.model_path {
             s.model_path = v.clone();
@@ -170,9 +293,24 @@ pub fn parse_profile(text: &str, path: &Path, profile: &str) -> Result<QwenImage
         path: path.into(),
         message: e.to_string().trim_end().to_string(),
     })?;
+    let base = path.parent().unwrap_or(Path::new(""));
     let mut settings = QwenImageSettings::default();
-    if let Some(table) = profiles.get("default").and_then(|p| p.qwen_image.as_ref()) {
-        table.apply(&mut settings);
+    let presets = |table: &ProfileTable, settings: &mut QwenImageSettings| -> Result<(), ConfigError> {
+        for (name, preset) in table.presets.iter().flatten() {
+            let p = preset.settings(name, base).map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message,
+            })?;
+            settings.presets.insert(name.clone(), p);
+        }
+        Ok(())
+    };
+    if let Some(table) = profiles.get("default") {
+        if let Some(t) = &table.qwen_image {
+            t.apply(&mut settings);
+            t.apply_lora(&mut settings, base);
+        }
+        presets(table, &mut settings)?;
     }
     if profile != "default" {
         let table = profiles.get(profile).ok_or_else(|| ConfigError::UnknownProfile {
@@ -182,7 +320,9 @@ pub fn parse_profile(text: &str, path: &Path, profile: &str) -> Result<QwenImage
         })?;
         if let Some(t) = &table.qwen_image {
             t.apply(&mut settings);
+            t.apply_lora(&mut settings, base);
         }
+        presets(table, &mut settings)?;
     }
     Ok(settings)
 }
@@ -260,6 +400,74 @@ resolution = 1024
         ] {
             let err = parse(text, "default").unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(line), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn lora_lists_and_presets_parse_relative_to_the_file() {
+        let text = r#"
+[default.qwen_image]
+lora = [{ path = "a.safetensors" }, { path = "/abs/b.safetensors", scale = -0.5 }]
+
+[default.presets.fast-edit-8]
+label = "Fast edit (8 steps)"
+pipeline = "edit"
+steps = 8
+cfg_scale = 1.0
+scheduler_config = "presets/s.json"
+lora = [{ path = "l.safetensors", scale = 1.0 }]
+
+[big.qwen_image]
+edit_lora = [{ path = "e.safetensors", scale = 0.8 }]
+[big.presets.mine]
+pipeline = "decompose"
+steps = 20
+cfg_scale = 2.0
+"#;
+        let s = parse_profile(text, Path::new("/etc/q/config.toml"), "default").unwrap();
+        assert_eq!(
+            s.lora,
+            [
+                LoraSpec::new("/etc/q/a.safetensors", 1.0),
+                LoraSpec::new("/abs/b.safetensors", -0.5)
+            ]
+        );
+        assert!(s.edit_lora.is_empty());
+        let p = &s.presets["fast-edit-8"];
+        assert_eq!((p.pipeline, p.steps, p.cfg_scale), ("edit", 8, 1.0));
+        assert_eq!(p.scheduler_config.as_deref(), Some(Path::new("/etc/q/presets/s.json")));
+        assert_eq!(p.lora, [LoraSpec::new("/etc/q/l.safetensors", 1.0)]);
+        let big = parse_profile(text, Path::new("/etc/q/config.toml"), "big").unwrap();
+        assert_eq!(big.lora.len(), 2, "inherited");
+        assert_eq!(big.edit_lora, [LoraSpec::new("/etc/q/e.safetensors", 0.8)]);
+        assert_eq!(big.presets.len(), 2);
+        assert_eq!(big.presets["mine"].label, "mine");
+    }
+
+    #[test]
+    fn bad_lora_and_preset_entries_name_the_key() {
+        for (text, needle) in [
+            (
+                "[default.qwen_image]\nlora = [{ path = \"a\", scale = 50.0 }]\n",
+                "scale",
+            ),
+            ("[default.qwen_image]\nlora = [{ file = \"a\" }]\n", "file"),
+            (
+                "[default.presets.x]\npipeline = \"edit\"\nsteps = 1\ncfg_scale = 1.0\n",
+                "at least 2 steps",
+            ),
+            (
+                "[default.presets.x]\npipeline = \"video\"\nsteps = 8\ncfg_scale = 1.0\n",
+                "pipeline",
+            ),
+            ("[default.presets.x]\npipeline = \"edit\"\ncfg_scale = 1.0\n", "steps"),
+            (
+                "[default.presets.\"a b\"]\npipeline = \"edit\"\nsteps = 8\ncfg_scale = 1.0\n",
+                "preset name",
+            ),
+        ] {
+            let err = parse(text, "default").unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
         }
     }
 

@@ -34,6 +34,9 @@ pub struct EngineState {
     editor: Option<EditPipeline>,
     loaded: Arc<AtomicBool>,
     edit_state: SharedEditState,
+    /// LoRA adapters and presets (issue 20), and what is merged now (for `/status`).
+    adapters: crate::adapters::Adapters,
+    active_lora: crate::adapters::SharedActiveLora,
 }
 
 /// Where the edit model stands; shared with the backend, which answers `edit-status` and refuses
@@ -212,6 +215,38 @@ impl EngineState {
             editor: None,
             loaded: Arc::default(),
             edit_state,
+            adapters: crate::adapters::Adapters::default(),
+            active_lora: Arc::default(),
+        }
+    }
+
+    /// The configured LoRA adapters and presets. A pipeline whose own adapter files are missing
+    /// cannot run (said in `/status` / `edit-status`); a preset whose files are missing is refused
+    /// by name when a request picks it.
+    pub fn with_adapters(mut self, adapters: crate::adapters::Adapters) -> Self {
+        if let (Some(problem), Ok(_)) = (adapters.decompose_problem(), &self.layered) {
+            self.layered = Err(problem);
+        }
+        if let Some(problem) = adapters.edit_problem() {
+            self.set_edit_state(EditState::Unavailable(problem));
+        }
+        self.adapters = adapters;
+        self
+    }
+
+    /// The adapters and presets as `/config` lists them.
+    pub fn adapter_config(&self) -> app::api_lora::AdapterConfig {
+        self.adapters.config()
+    }
+
+    /// What is merged into each loaded pipeline now, kept current by the worker.
+    pub fn active_lora(&self) -> crate::adapters::SharedActiveLora {
+        self.active_lora.clone()
+    }
+
+    fn note_active(&self, update: impl FnOnce(&mut app::api_lora::ActiveLora)) {
+        if let Ok(mut a) = self.active_lora.lock() {
+            update(&mut a);
         }
     }
 
@@ -283,11 +318,25 @@ impl EngineState {
             .map(|e| format!("the decompose model is not available: {e}"))
     }
 
-    fn decomposer(&mut self, progress: &dyn Progress) -> Result<&mut Decomposer, ApiError> {
+    /// The decompose pipeline with `lora` merged: loaded with it, or its DiT swapped.
+    fn decomposer(
+        &mut self,
+        progress: &dyn Progress,
+        lora: &[engine::lora::LoraSpec],
+    ) -> Result<&mut Decomposer, ApiError> {
+        if let Some(d) = self.decomposer.as_mut() {
+            if d.pipeline().lora() != lora {
+                progress.phase(Phase::Loading);
+                d.pipeline_mut().set_lora(lora).map_err(api_error)?;
+            }
+        }
         if self.decomposer.is_none() {
             let model = self.layered.clone().map_err(ApiError::unavailable)?;
             progress.phase(Phase::Loading);
-            let options = self.load_options();
+            let options = LoadOptions {
+                lora: lora.to_vec(),
+                ..self.load_options()
+            };
             let shared = self.editor.as_ref().and_then(EditPipeline::shared_text_model);
             if !self.pipeline_residency().0 {
                 self.drop_editor();
@@ -319,7 +368,20 @@ impl EngineState {
             },
             ..DecomposeOptions::default()
         };
-        let decomposer = self.decomposer(progress)?;
+        let (lora, scheduler) = self
+            .adapters
+            .for_run(app::api_lora::PIPELINE_DECOMPOSE, job.preset.as_deref())?;
+        let options = DecomposeOptions { scheduler, ..options };
+        let decomposer = self.decomposer(progress, &lora)?;
+        let merged = crate::adapters::lora_info(decomposer.pipeline().lora());
+        self.note_active(|a| {
+            a.decompose = merged;
+            a.decompose_preset = job.preset.clone();
+        });
+        let decomposer = self
+            .decomposer
+            .as_mut()
+            .ok_or_else(|| ApiError::internal("the decompose pipeline went away"))?;
         let mut layers = decomposer
             .decompose_with_progress(&job.image, &options, progress)
             .map_err(api_error)?;
@@ -356,12 +418,23 @@ impl EngineState {
     /// Frees the edit pipeline (to make room for the decompose one).
     fn drop_editor(&mut self) {
         if self.editor.take().is_some() {
+            self.note_active(|a| {
+                a.edit.clear();
+                a.edit_preset = None;
+            });
             self.set_edit_state(EditState::Idle);
         }
     }
 
     /// The edit pipeline, loaded (and downloaded into the hub cache if needed) on first use.
-    fn editor(&mut self) -> Result<&mut EditPipeline, ApiError> {
+    /// The edit pipeline with `lora` merged: loaded with it (downloaded into the hub cache if
+    /// needed), or its DiT swapped.
+    fn editor(&mut self, lora: &[engine::lora::LoraSpec]) -> Result<&mut EditPipeline, ApiError> {
+        if let Some(e) = self.editor.as_mut() {
+            if e.lora() != lora {
+                e.set_lora(lora).map_err(api_error)?;
+            }
+        }
         if self.editor.is_none() {
             if let Some(reason) = self.edit_state.lock().ok().and_then(|s| s.refusal()) {
                 return Err(ApiError::unavailable(reason));
@@ -371,6 +444,10 @@ impl EngineState {
             let shared = self.decomposer.as_ref().and_then(|d| d.pipeline().shared_text_model());
             // Room for the edit model: the decompose one goes, unless both fit.
             if !self.pipeline_residency().0 && self.decomposer.take().is_some() {
+                self.note_active(|a| {
+                    a.decompose.clear();
+                    a.decompose_preset = None;
+                });
                 self.loaded.store(false, Ordering::SeqCst);
             }
             let started = std::time::Instant::now();
@@ -379,8 +456,16 @@ impl EngineState {
                 current: None,
                 published: 0,
             };
-            let loaded = ModelDir::fetch(&self.edit_source, &mut download)
-                .and_then(|model| EditPipeline::load_sharing(model, self.load_options(), shared.as_ref()));
+            let loaded = ModelDir::fetch(&self.edit_source, &mut download).and_then(|model| {
+                EditPipeline::load_sharing(
+                    model,
+                    LoadOptions {
+                        lora: lora.to_vec(),
+                        ..self.load_options()
+                    },
+                    shared.as_ref(),
+                )
+            });
             match loaded {
                 Ok(pipe) => {
                     tracing::info!(seconds = started.elapsed().as_secs_f64(), model = %pipe.model().describe(), "edit model loaded");
@@ -422,7 +507,26 @@ impl EngineState {
             },
             key_color: None,
         };
-        let editor = self.editor()?;
+        let (lora, scheduler) = self
+            .adapters
+            .for_run(app::api_lora::PIPELINE_EDIT, job.preset.as_deref())?;
+        let options = LayerEditOptions {
+            edit: EditOptions {
+                scheduler,
+                ..options.edit
+            },
+            ..options
+        };
+        let editor = self.editor(&lora)?;
+        let merged = crate::adapters::lora_info(editor.lora());
+        self.note_active(|a| {
+            a.edit = merged;
+            a.edit_preset = job.preset.clone();
+        });
+        let editor = self
+            .editor
+            .as_mut()
+            .ok_or_else(|| ApiError::internal("the edit pipeline went away"))?;
         let out = edit_layer(editor, &job.image, &job.prompt, &options, &NoProgress).map_err(api_error)?;
         let t = &out.edit.record.timings;
         tracing::info!(

@@ -2,6 +2,7 @@
 //! engine, configuration and flags. The `server` binary runs it; the `qwen-layers` crate (the
 //! Rust API it builds on) holds the CLI.
 
+pub mod adapters;
 pub mod backend;
 pub mod cli;
 pub mod config;
@@ -72,7 +73,8 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         max_image_pixels: args.max_image_pixels,
         settings: settings.clone(),
     };
-    let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime);
+    let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime)
+        .with_adapters(crate::adapters::Adapters::from_settings(&settings));
     let data_dir = args.data_dir();
     let store = RunStore::open(
         &data_dir,

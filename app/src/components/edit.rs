@@ -11,6 +11,20 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
     let AppState { edit_status, .. } = state;
     let instruction = RwSignal::new(String::new());
     let keep_alpha = RwSignal::new(true);
+    // "Fast edit (8 steps)": the server's fast edit preset (a step-distilled LoRA, no CFG), shown
+    // when its config has one; off by default.
+    let fast = RwSignal::new(false);
+    let fast_preset = move || {
+        state.config.with(|c| {
+            c.as_ref().and_then(|c| {
+                c.adapters
+                    .presets
+                    .iter()
+                    .find(|p| p.name == crate::api_lora::FAST_EDIT_PRESET)
+                    .cloned()
+            })
+        })
+    };
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let field_id = format!("layer-{id}-instruction");
@@ -34,7 +48,20 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
         }
         if !busy.get_untracked() {
             #[cfg(feature = "hydrate")]
-            run_edit(state, id, prompt, keep_alpha.get_untracked(), busy, error, editing);
+            {
+                let preset = (fast.get_untracked() && fast_preset().is_some_and(|p| p.available))
+                    .then(|| crate::api_lora::FAST_EDIT_PRESET.to_string());
+                run_edit(
+                    state,
+                    id,
+                    prompt,
+                    keep_alpha.get_untracked(),
+                    preset,
+                    busy,
+                    error,
+                    editing,
+                );
+            }
         }
     };
     let unavailable = move || {
@@ -80,6 +107,27 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                 />
                 "Keep the layer's shape (its transparency)"
             </label>
+            {move || {
+                fast_preset()
+                    .map(|p| {
+                        let title = p.reason.clone().unwrap_or_else(|| {
+                            format!("{} steps without CFG: a step-distilled LoRA and its scheduler", p.steps)
+                        });
+                        let available = p.available;
+                        view! {
+                            <label class="check" title=title>
+                                <input
+                                    type="checkbox"
+                                    data-testid="fast-edit"
+                                    prop:checked=move || fast.get()
+                                    on:change=move |ev| fast.set(event_target_checked(&ev))
+                                    disabled=move || busy.get() || !available
+                                />
+                                {p.label.clone()}
+                            </label>
+                        }
+                    })
+            }}
             {unavailable}
             <div class="edit-buttons">
                 <button type="submit" class="primary small" disabled=move || busy.get()>
@@ -121,11 +169,13 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
 }
 
 #[cfg(feature = "hydrate")]
+#[allow(clippy::too_many_arguments)]
 fn run_edit(
     state: AppState,
     id: u32,
     prompt: String,
     keep_alpha: bool,
+    preset: Option<String>,
     busy: RwSignal<bool>,
     error: RwSignal<Option<String>>,
     editing: RwSignal<Option<u32>>,
@@ -167,6 +217,7 @@ fn run_edit(
             cfg_scale: None,
             seed,
             keep_alpha: Some(keep_alpha),
+            preset,
         };
         let outcome = match crate::server_fns::edit_layer(request).await {
             Ok(url) => Bitmap::from_data_url(&url)

@@ -73,6 +73,7 @@ impl Params {
             cfg_normalize: None,
             caption_language: Some(if self.caption_in_chinese { "cn" } else { "en" }.into()),
             formats: None,
+            preset: None,
         }
     }
 }
@@ -444,6 +445,7 @@ mod tests {
             max_steps: 200,
             max_image_pixels: 100,
             max_body_bytes: 100,
+            adapters: Default::default(),
         };
         let typed = Params {
             prompt: "a cat".into(),
