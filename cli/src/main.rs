@@ -13,8 +13,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use app::api::{self, flags};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::lora::LoraSpec;
 use engine::pipeline::{edit_layer, AlphaMode, EditOptions, EditPipeline, LayerEditOptions};
 use engine::runtime::Runtime;
+use engine::scheduler::SchedulerConfig;
 use engine::text_encoder::CaptionLanguage;
 use engine::weights::ModelDir;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +89,10 @@ struct ModelArgs {
     /// Default: bf16 on CUDA, f32 on CPU.
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// A LoRA adapter merged into the transformer, `PATH[:SCALE]` (repeat for several): the
+    /// layouts people publish for Qwen-Image (diffusers/PEFT, kohya, Lightning, ComfyUI).
+    #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+    lora: Vec<LoraSpec>,
 }
 
 #[derive(Args, Clone)]
@@ -117,6 +123,15 @@ struct RunArgs {
     /// Initial latents (`noise`, [1, layers+1, 16, H/8, W/8]) from a safetensors file.
     #[arg(long, value_name = "FILE")]
     init_noise: Option<PathBuf>,
+    /// A scheduler_config.json to run with instead of the model's (e.g. the one a step-distilled
+    /// LoRA was trained for).
+    #[arg(long, value_name = "FILE", value_parser = scheduler_file)]
+    scheduler_config: Option<SchedulerConfig>,
+}
+
+/// `--scheduler-config`: the file, read and checked when the flags are parsed.
+fn scheduler_file(path: &str) -> std::result::Result<SchedulerConfig, String> {
+    SchedulerConfig::from_file(Path::new(path)).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Clone)]
@@ -216,6 +231,15 @@ struct EditArgs {
     /// Initial latents (`noise`, [1, 1, 16, H/8, W/8]) from a safetensors file.
     #[arg(long, value_name = "FILE")]
     init_noise: Option<PathBuf>,
+    /// A LoRA adapter merged into the edit transformer, `PATH[:SCALE]` (repeatable). A Lightning
+    /// edit: `--edit-lora Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors
+    /// --scheduler-config presets/qwen-image-lightning/scheduler_config.json --steps 8
+    /// --cfg-scale 1`.
+    #[arg(long = "edit-lora", alias = "lora", value_name = "PATH[:SCALE]", value_parser = LoraSpec::parse)]
+    edit_lora: Vec<LoraSpec>,
+    /// A scheduler_config.json to run with instead of the model's.
+    #[arg(long, value_name = "FILE", value_parser = scheduler_file)]
+    scheduler_config: Option<SchedulerConfig>,
     /// The edited layer (PNG, same size as the input).
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
@@ -276,6 +300,10 @@ fn prepare(
 
 fn load(model: &ModelArgs) -> Result<Decomposer> {
     let (dir, options, spinner) = prepare(&model.model_path, model.device, model.dtype)?;
+    let options = LoadOptions {
+        lora: model.lora.clone(),
+        ..options
+    };
     let d = Decomposer::from_model_dir(dir, options);
     spinner.finish_and_clear();
     Ok(d?)
@@ -295,6 +323,7 @@ fn options(run: &RunArgs) -> DecomposeOptions {
         cfg_normalize: !run.no_cfg_normalize,
         seed: run.seed,
         init_noise: run.init_noise.clone(),
+        scheduler: run.scheduler_config.clone(),
         caption_language: match run.caption_language {
             CaptionArg::En => CaptionLanguage::En,
             CaptionArg::Cn => CaptionLanguage::Cn,
@@ -475,6 +504,10 @@ fn edit(a: EditArgs) -> Result<()> {
         bail!("--instruction is empty: say what to change in the layer");
     }
     let (dir, options, spinner) = prepare(&a.model_path, a.device, a.dtype)?;
+    let options = LoadOptions {
+        lora: a.edit_lora.clone(),
+        ..options
+    };
     let pipe = EditPipeline::load(dir, options);
     spinner.finish_and_clear();
     let mut pipe = pipe.with_context(|| format!("loading the edit model {}", a.model_path))?;
@@ -486,6 +519,7 @@ fn edit(a: EditArgs) -> Result<()> {
             num_inference_steps: a.steps as usize,
             seed: a.seed,
             init_noise: a.init_noise.clone(),
+            scheduler: a.scheduler_config.clone(),
             ..EditOptions::default()
         },
         alpha: if a.rekey_alpha {

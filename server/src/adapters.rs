@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use app::api::ApiError;
 use app::api_lora::{ActiveLora, AdapterConfig, LoraInfo, PresetInfo, PIPELINE_DECOMPOSE, PIPELINE_EDIT};
 use engine::lora::LoraSpec;
-use engine::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
+use engine::scheduler::SchedulerConfig;
 
 use crate::config::{PresetSettings, QwenImageSettings};
 
@@ -44,15 +44,6 @@ fn missing(specs: &[LoraSpec]) -> Option<String> {
         .map(|s| format!("LoRA file {} does not exist", s.path.display()))
 }
 
-/// A preset's scheduler config, read and checked.
-fn read_scheduler(path: &std::path::Path) -> Result<SchedulerConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("scheduler config {}: {e}", path.display()))?;
-    let cfg: SchedulerConfig =
-        serde_json::from_str(&text).map_err(|e| format!("scheduler config {}: {e}", path.display()))?;
-    FlowMatchEulerScheduler::new(cfg.clone()).map_err(|e| format!("scheduler config {}: {e}", path.display()))?;
-    Ok(cfg)
-}
-
 pub fn lora_info(specs: &[LoraSpec]) -> Vec<LoraInfo> {
     specs
         .iter()
@@ -70,7 +61,11 @@ impl Adapters {
             .presets
             .iter()
             .map(|(name, p)| {
-                let scheduler = p.scheduler_config.as_deref().map(read_scheduler).transpose();
+                let scheduler = p
+                    .scheduler_config
+                    .as_deref()
+                    .map(|path| SchedulerConfig::from_file(path).map_err(|e| format!("scheduler config: {e}")))
+                    .transpose();
                 let (scheduler, problem) = match scheduler {
                     Ok(s) => (s, missing(&p.lora)),
                     Err(e) => (None, Some(e)),

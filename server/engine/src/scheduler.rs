@@ -97,6 +97,19 @@ fn falsy_or_number<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Optio
 }
 
 impl SchedulerConfig {
+    /// A `scheduler_config.json` (a checkpoint's, or a preset's such as the one a step-distilled
+    /// LoRA was trained for), refused by name when it asks for what this port does not implement.
+    pub fn from_file(path: &std::path::Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|source| crate::Error::Json {
+            path: path.into(),
+            source,
+        })?;
+        FlowMatchEulerScheduler::new(cfg.clone())
+            .map_err(|e| crate::Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
     /// Qwen/Qwen-Image-Layered `scheduler/scheduler_config.json` (mirrors of the release).
     pub fn layered() -> Self {
         Self {
