@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod api_lora;
+pub mod api_z_image;
 #[cfg(feature = "hydrate")]
 pub mod browser;
 pub mod components;
@@ -18,6 +19,7 @@ pub mod layer_stack;
 #[cfg(feature = "hydrate")]
 pub mod render;
 pub mod server_fns;
+pub mod server_fns_z_image;
 
 #[cfg(feature = "ssr")]
 pub mod backend;

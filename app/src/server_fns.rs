@@ -18,7 +18,7 @@ fn backend() -> Result<crate::backend::SharedBackend, ApiError> {
 
 /// Who is calling: the server's request policy put it in the request's extensions.
 #[cfg(feature = "ssr")]
-fn caller() -> crate::backend::Caller {
+pub(crate) fn caller() -> crate::backend::Caller {
     use_context::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<crate::backend::Caller>().cloned())
         .unwrap_or_default()
@@ -26,7 +26,7 @@ fn caller() -> crate::backend::Caller {
 
 /// Sets the HTTP status of a failed call to the one the REST route would answer.
 #[cfg(feature = "ssr")]
-fn answer<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+pub(crate) fn answer<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &result {
         e.set_response_status();
     }

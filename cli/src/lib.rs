@@ -4,5 +4,6 @@
 //! only on the engine and `app`; the web server builds on it.
 
 pub mod decomposer;
+pub mod generator;
 
 pub use decomposer::{composite_layers, Decomposer, Layers};

@@ -6,6 +6,9 @@
 //! - `compose`: flatten layer PNGs (bottom first) into one image, and/or write them as one
 //!   layered file (`--to layers.psd`, `.ora`, `.pptx`, `.zip`).
 //! - `edit`: edit one RGBA layer by an instruction with Qwen-Image-Edit-2509, keeping its alpha.
+//! - `generate`: a prompt → an image with Z-Image-Turbo (`--then-decompose N`: and into layers).
+
+mod generate;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,6 +50,9 @@ enum Command {
     /// Edit one RGBA layer by an instruction with Qwen-Image-Edit-2509; the layer's alpha is
     /// kept unless --rekey-alpha.
     Edit(EditArgs),
+    /// Generate an image from a prompt with Z-Image-Turbo (and decompose it with
+    /// --then-decompose N).
+    Generate(generate::GenerateArgs),
     /// Download models into the Hugging Face cache with a progress bar (default: both
     /// Qwen-Image-Layered and Qwen-Image-Edit-2509); files already there are skipped.
     Download(DownloadArgs),
@@ -257,6 +263,7 @@ fn main() {
         Command::Compose(a) => compose(a),
         Command::Edit(a) => edit(a),
         Command::Download(a) => download(a),
+        Command::Generate(a) => generate::generate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -20,6 +20,6 @@ test("the page hydrates: the mode toggle changes the DOM", async ({ page }) => {
   await zimage.click();
   await expect(zimage).toHaveAttribute("aria-pressed", "true");
   await expect(qwen).toHaveAttribute("aria-pressed", "false");
-  await expect(page.getByText("Z-Image mode is not available yet")).toBeVisible();
+  await expect(page.getByRole("heading", { name: "Text to image (Z-Image-Turbo)" })).toBeVisible();
   expect(errors).toEqual([]);
 });

@@ -185,7 +185,8 @@ impl ServerBackend {
         }
     }
 
-    fn queue_handle(&self) -> Arc<JobQueue<EngineState>> {
+    /// The worker queue (Z-Image jobs run on the same worker).
+    pub(crate) fn queue_handle(&self) -> Arc<JobQueue<EngineState>> {
         self.queue.clone()
     }
 

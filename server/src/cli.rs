@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use app::api::flags;
 use clap::{Parser, ValueEnum};
 
-use crate::config::{self, QwenImageSettings};
+use crate::config::{self, QwenImageSettings, ZImageSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelType {
     /// Qwen-Image-Layered (decompose) + Qwen-Image-Edit-2509 (layer edits).
     Qwenimage,
-    /// Z-Image (not available yet).
+    /// Z-Image-Turbo (text → image, then "Decompose into layers").
     Zimage,
 }
 
@@ -38,8 +38,29 @@ pub struct ServerArgs {
     /// Profile of the settings file: [<PROFILE>.qwen_image].
     #[arg(long, default_value = "default")]
     pub profile: String,
+    /// The mode the page opens in; one server serves both, each model loading on first use.
     #[arg(long, value_enum, default_value = "qwenimage")]
     pub model_type: ModelType,
+    /// Z-Image-Turbo: local diffusers folder or Hugging Face repo id.
+    #[arg(long, value_name = "PATH_OR_REPO")]
+    pub z_image_model_path: Option<String>,
+    /// Stream Z-Image's transformer layers from host memory (low VRAM).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub z_image_cpu_offload: Option<bool>,
+    /// Default Z-Image denoising steps (Turbo: 8–9).
+    #[arg(long, value_parser = flags::steps)]
+    pub z_image_steps: Option<u32>,
+    /// Default Z-Image CFG scale (Turbo: 0 = off).
+    #[arg(long, value_parser = flags::cfg_scale)]
+    pub z_image_cfg_scale: Option<f32>,
+    /// Default Z-Image width and height (multiples of 16).
+    #[arg(long, value_parser = app::api_z_image::flags::size)]
+    pub z_image_width: Option<u32>,
+    #[arg(long, value_parser = app::api_z_image::flags::size)]
+    pub z_image_height: Option<u32>,
+    /// A fixed seed for Z-Image requests that give none (default: random).
+    #[arg(long)]
+    pub z_image_seed: Option<u64>,
     /// Qwen-Image-Layered: local diffusers folder or Hugging Face repo id.
     #[arg(long, value_name = "PATH_OR_REPO")]
     pub qwen_image_model_path: Option<String>,
@@ -128,6 +149,46 @@ impl ServerArgs {
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
             .unwrap_or_else(|| PathBuf::from("."));
         base.join("qwen-layers")
+    }
+
+    /// The profile's Z-Image settings with the `--z-image-*` flags applied on top.
+    pub fn z_image_settings(&self) -> Result<ZImageSettings, config::ConfigError> {
+        let mut s = match self.config_file() {
+            Some(path) => config::load_z_image_profile(&path, &self.profile)?,
+            None => ZImageSettings::default(),
+        };
+        if let Some(v) = &self.z_image_model_path {
+            s.model_path = v.clone();
+        }
+        if let Some(v) = self.z_image_cpu_offload {
+            s.cpu_offload = v;
+        }
+        let d = &mut s.defaults;
+        if let Some(v) = self.z_image_steps {
+            d.steps = v;
+        }
+        if let Some(v) = self.z_image_cfg_scale {
+            d.cfg_scale = v;
+        }
+        if let Some(v) = self.z_image_width {
+            d.width = v;
+        }
+        if let Some(v) = self.z_image_height {
+            d.height = v;
+        }
+        if self.z_image_seed.is_some() {
+            d.seed = self.z_image_seed;
+        }
+        Ok(s)
+    }
+
+    /// The settings file in use: `--config`, else `./config.toml` when it exists.
+    fn config_file(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None if std::path::Path::new("config.toml").is_file() => Some("config.toml".into()),
+            None => None,
+        }
     }
 
     /// The profile's settings with the flags applied on top.
@@ -270,6 +331,46 @@ mod tests {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn z_image_flags_override_the_profile() {
+        let dir = std::env::temp_dir().join(format!("server-cli-z-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[default.z_image]\nmodel_path = \"/m/z\"\nsteps = 8\nwidth = 768\n",
+        )
+        .unwrap();
+        let a = parse(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--model-type",
+            "zimage",
+            "--z-image-steps",
+            "4",
+            "--z-image-height",
+            "512",
+            "--z-image-seed",
+            "3",
+            "--z-image-cpu-offload",
+        ])
+        .unwrap();
+        assert_eq!(a.model_type, ModelType::Zimage);
+        let s = a.z_image_settings().unwrap();
+        assert_eq!(s.model_path, "/m/z");
+        assert_eq!((s.defaults.steps, s.defaults.width, s.defaults.height), (4, 768, 512));
+        assert_eq!(s.defaults.seed, Some(3));
+        assert!(s.cpu_offload);
+        for (args, needle) in [
+            (vec!["--z-image-width", "1000"], "multiple of 16"),
+            (vec!["--z-image-steps", "0"], "--z-image-steps"),
+        ] {
+            let err = parse(&args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `config.toml`: named profiles of settings, each a `[<profile>.qwen_image]` table.
+//! `config.toml`: named profiles of settings, each a `[<profile>.qwen_image]` table and, for the
+//! Z-Image mode, a `[<profile>.z_image]` table (`model_path`, `steps`, `cfg_scale`, `width`,
+//! `height`, `seed`, `cpu_offload`).
 //!
 //! Keys of the seed: `model_path`, `edit_model_path` (empty = download `Qwen/Qwen-Image-Edit-2509`
 //! from Hugging Face), `cpu_offload`, `layer_num`, `num_inference_steps`, `cfg_scale`,
@@ -98,6 +100,91 @@ struct QwenImageTable {
 struct ProfileTable {
     qwen_image: Option<QwenImageTable>,
     presets: Option<BTreeMap<String, PresetTable>>,
+    z_image: Option<ZImageTable>,
+}
+
+/// The Z-Image settings of one profile after merging with `default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZImageSettings {
+    /// A local diffusers folder or a Hugging Face repo id.
+    pub model_path: String,
+    pub cpu_offload: bool,
+    /// What requests without these fields get.
+    pub defaults: app::api_z_image::ZImageDefaults,
+}
+
+impl Default for ZImageSettings {
+    fn default() -> Self {
+        Self {
+            model_path: app::api_z_image::DEFAULT_Z_IMAGE_REPO.into(),
+            cpu_offload: false,
+            defaults: app::api_z_image::ZImageDefaults::default(),
+        }
+    }
+}
+
+/// One `[<profile>.z_image]` table as written; absent keys inherit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZImageTable {
+    model_path: Option<String>,
+    cpu_offload: Option<bool>,
+    steps: Option<Steps>,
+    cfg_scale: Option<CfgScale>,
+    width: Option<ZSize>,
+    height: Option<ZSize>,
+    seed: Option<Seed>,
+}
+
+impl ZImageTable {
+    fn apply(&self, s: &mut ZImageSettings) {
+        if let Some(v) = &self.model_path {
+            s.model_path = v.clone();
+        }
+        if let Some(v) = self.cpu_offload {
+            s.cpu_offload = v;
+        }
+        if let Some(v) = self.steps {
+            s.defaults.steps = v.0;
+        }
+        if let Some(v) = self.cfg_scale {
+            s.defaults.cfg_scale = v.0;
+        }
+        if let Some(v) = self.width {
+            s.defaults.width = v.0;
+        }
+        if let Some(v) = self.height {
+            s.defaults.height = v.0;
+        }
+        if let Some(v) = self.seed {
+            s.defaults.seed = Some(v.0);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+struct ZSize(u32);
+impl TryFrom<i64> for ZSize {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        let v = u32::try_from(v).map_err(|_| format!("width/height must be a positive multiple of 16, got {v}"))?;
+        app::api_z_image::validate_size("width/height", v)
+            .map(Self)
+            .map_err(|e| e.error)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+struct Seed(u64);
+impl TryFrom<i64> for Seed {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        u64::try_from(v)
+            .map(Self)
+            .map_err(|_| format!("seed must be ≥ 0, got {v}"))
+    }
 }
 
 /// `{ path = "…", scale = 1.0 }`.
@@ -327,9 +414,77 @@ pub fn parse_profile(text: &str, path: &Path, profile: &str) -> Result<QwenImage
     Ok(settings)
 }
 
+/// Reads `path` and returns the Z-Image settings of `profile` (merged over `default`).
+pub fn load_z_image_profile(path: &Path, profile: &str) -> Result<ZImageSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    parse_z_image_profile(&text, path, profile)
+}
+
+/// Parses config text for the `[<profile>.z_image]` tables (the profile must exist, as for
+/// [`parse_profile`]; a profile without a `z_image` table inherits `default`'s).
+pub fn parse_z_image_profile(text: &str, path: &Path, profile: &str) -> Result<ZImageSettings, ConfigError> {
+    let profiles: BTreeMap<String, ProfileTable> = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let mut settings = ZImageSettings::default();
+    if let Some(table) = profiles.get("default").and_then(|p| p.z_image.as_ref()) {
+        table.apply(&mut settings);
+    }
+    if profile != "default" {
+        let table = profiles.get(profile).ok_or_else(|| ConfigError::UnknownProfile {
+            path: path.into(),
+            profile: profile.into(),
+            available: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        if let Some(t) = &table.z_image {
+            t.apply(&mut settings);
+        }
+    }
+    Ok(settings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn z_image_tables_inherit_and_check_their_values() {
+        let text = "[default.z_image]\nmodel_path = \"/m/z\"\nsteps = 8\nseed = 7\n\n[big.z_image]\nwidth = 1280\ncpu_offload = true\n";
+        let d = parse_z_image_profile(text, Path::new("config.toml"), "default").unwrap();
+        assert_eq!(
+            (d.model_path.as_str(), d.defaults.steps, d.defaults.seed),
+            ("/m/z", 8, Some(7))
+        );
+        assert_eq!(
+            (d.defaults.width, d.defaults.cfg_scale, d.cpu_offload),
+            (1024, 0.0, false)
+        );
+        let b = parse_z_image_profile(text, Path::new("config.toml"), "big").unwrap();
+        assert_eq!(
+            (b.model_path.as_str(), b.defaults.width, b.cpu_offload),
+            ("/m/z", 1280, true)
+        );
+        // The Qwen-Image settings of the same file are unaffected.
+        assert_eq!(
+            parse_profile(text, Path::new("config.toml"), "big").unwrap(),
+            QwenImageSettings::default()
+        );
+        for (bad, key) in [
+            ("[default.z_image]\nwidth = 1000\n", "width"),
+            ("[default.z_image]\nsteps = 0\n", "steps"),
+            ("[default.z_image]\nseed = -1\n", "seed"),
+            ("[default.z_image]\nsampler = \"x\"\n", "sampler"),
+        ] {
+            let err = parse_z_image_profile(bad, Path::new("config.toml"), "default")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("line 2"), "{key}: {err}");
+        }
+    }
 
     const SAMPLE: &str = r#"
 [default.qwen_image]

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod queue;
 pub mod routes;
 pub mod run_store;
+pub mod z_image;
 
 use std::sync::Arc;
 
@@ -52,10 +53,12 @@ const OUTPUT_NAME: &str = match option_env!("LEPTOS_OUTPUT_NAME") {
 
 /// Builds the whole app: REST API, server functions, SSR pages and static files.
 pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBackend>)> {
-    if args.model_type == ModelType::Zimage {
-        anyhow::bail!("--model-type zimage: Z-Image is not available yet; use --model-type qwenimage");
-    }
     let settings = args.settings()?;
+    let z_settings = args.z_image_settings()?;
+    let mode = match args.model_type {
+        ModelType::Zimage => "zimage",
+        ModelType::Qwenimage => "qwenimage",
+    };
     let device = match args.device {
         DeviceChoice::Cuda => "cuda",
         DeviceChoice::Cpu => "cpu",
@@ -66,13 +69,15 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
     runtime.offload = settings.cpu_offload;
     println!("runs on: {}", runtime.startup_summary());
     let options = ServerOptions {
-        model_type: "qwenimage".into(),
+        model_type: mode.into(),
         device: runtime.describe(),
         queue_depth: args.queue_depth,
         max_body_bytes: args.max_body_mb * 1024 * 1024,
         max_image_pixels: args.max_image_pixels,
         settings: settings.clone(),
     };
+    let mut z_runtime = runtime.clone();
+    z_runtime.offload = z_settings.cpu_offload;
     let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime)
         .with_adapters(crate::adapters::Adapters::from_settings(&settings));
     let data_dir = args.data_dir();
@@ -83,6 +88,7 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
     )
     .with_context(|| format!("opening the results folder under {} (--data-dir)", data_dir.display()))?;
     let backend = ServerBackend::new(options, engine, store);
+    let z_image = z_image::ZImageService::new(z_settings, mode, z_runtime, backend.queue_handle());
 
     let site_root = std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into());
     let leptos_options = LeptosOptions::builder()
@@ -97,6 +103,7 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
     };
     let routes = generate_route_list(app::App);
     let shared: SharedBackend = backend.clone();
+    let shared_z: app::server_fns_z_image::SharedZImageBackend = z_image.clone();
     let policy = Arc::new(DoorPolicy {
         token: args.api_token.clone(),
         allowed_hosts: args.allowed_host.clone(),
@@ -104,16 +111,24 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         body_timeout: args.request_timeout(),
         upload_slots: tokio::sync::Semaphore::new(args.max_uploads as usize),
     });
-    let api = routes::api_router(backend.clone()).merge(
+    let api = routes::api_router(backend.clone()).merge(z_image::router(z_image.clone())).merge(
         Router::new()
             .route(door::SESSION_PATH, axum::routing::post(door::sign_in))
             .with_state(policy.clone()),
     );
     let router = Router::new()
-        .leptos_routes_with_context(&state, routes, move || provide_context(shared.clone()), {
-            let o = leptos_options.clone();
-            move || app::shell(o.clone())
-        })
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || {
+                provide_context(shared.clone());
+                provide_context(shared_z.clone());
+            },
+            {
+                let o = leptos_options.clone();
+                move || app::shell(o.clone())
+            },
+        )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(app::shell))
         .with_state(state)
         .merge(api)

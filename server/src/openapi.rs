@@ -125,7 +125,9 @@ impl utoipa::Modify for BearerToken {
 
 /// The document, with the contract's limits (from `app::api`) on the request fields.
 pub fn document() -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    let mut api = ApiDoc::openapi();
+    api.merge(crate::z_image::ZImageApi::openapi());
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serialises");
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     let schemas = &mut doc["components"]["schemas"];
     // `layer_num` is a count in the layer range or "auto": the range goes on the count.
@@ -141,7 +143,7 @@ pub fn document() -> Value {
         ("steps", json!({"minimum": 1, "maximum": MAX_STEPS})),
         ("cfg_scale", json!({"minimum": 0, "maximum": MAX_CFG_SCALE})),
     ];
-    for schema in ["DecomposeRequest", "EditLayerRequest"] {
+    for schema in ["DecomposeRequest", "EditLayerRequest", "GenerateRequest"] {
         for (field, limit) in &limits {
             let property = schemas
                 .get_mut(schema)
@@ -153,6 +155,7 @@ pub fn document() -> Value {
         }
     }
     schemas["EditLayerRequest"]["properties"]["steps"]["minimum"] = json!(app::api::EDIT_MIN_STEPS);
+    crate::z_image::document_limits(schemas);
     doc
 }
 

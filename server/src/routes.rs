@@ -25,7 +25,7 @@ use crate::http_error::{DoorErrors, ErrorResponse};
 type ApiResult<T> = Result<T, ErrorResponse>;
 
 /// Parses a JSON body, turning every failure (too large, not JSON, wrong fields) into a 4xx.
-fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status().as_u16();
         if status == 413 {
@@ -38,7 +38,7 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
 }
 
 /// A job id from the path; an undecodable one (invalid UTF-8, say) is a JSON 400.
-fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(id)| id)
         .map_err(|e| ApiError::bad_request(format!("invalid job id in the path: {e}")))
 }

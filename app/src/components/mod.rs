@@ -12,6 +12,7 @@ mod params;
 mod results;
 mod run;
 mod upload;
+mod z_image;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -33,6 +34,7 @@ pub use params::{FieldErrors, Params, ParamsPanel};
 pub use results::ResultsArea;
 pub use run::{duration, progress_view, run_label, ProgressView, RecentRuns, RunPanel, RunState};
 pub use upload::{file_size, inspect_upload, UploadArea, UploadedImage};
+pub use z_image::{as_upload, progress_label, ZForm, ZImagePanel, ZImageState, ZRun};
 
 /// The HTML document the server renders around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -141,6 +143,8 @@ fn TokenForm(needs_token: RwSignal<bool>) -> impl IntoView {
 fn HomePage() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
+    let z_state = ZImageState::new();
+    provide_context(z_state);
     let AppState {
         mode,
         image,
@@ -161,6 +165,10 @@ fn HomePage() -> impl IntoView {
             match crate::server_fns::get_config().await {
                 Ok(c) => {
                     params.update(|p| *p = p.with_defaults(&c));
+                    // `--model-type zimage`: the page opens in the Z-Image mode.
+                    if c.model_type == "zimage" {
+                        mode.set(ModelMode::ZImage);
+                    }
                     config.set(Some(c));
                 }
                 Err(e) if e.error == crate::api::TOKEN_REQUIRED => needs_token.set(true),
@@ -177,20 +185,27 @@ fn HomePage() -> impl IntoView {
                 edit_status.set(Some(s));
             }
         });
+        #[cfg(feature = "hydrate")]
+        z_image::fetch_status(z_state);
     });
 
     let busy = Signal::derive(move || run.with(RunState::is_busy));
     view! {
         <Header mode/>
         <main class="workspace" data-ready=move || config.with(Option::is_some).to_string()>
-            <section class="inputs" aria-label="Input">
-                <UploadArea image config/>
-                <ParamsPanel params errors=field_errors config disabled=busy/>
-                <TokenForm needs_token/>
-                <RunPanel/>
-                <RecentRuns/>
-            </section>
-            <ResultsArea/>
+            <Show
+                when=move || mode.get() == ModelMode::QwenImage
+                fallback=move || view! { <TokenForm needs_token/> <ZImagePanel/> }
+            >
+                <section class="inputs" aria-label="Input">
+                    <UploadArea image config/>
+                    <ParamsPanel params errors=field_errors config disabled=busy/>
+                    <TokenForm needs_token/>
+                    <RunPanel/>
+                    <RecentRuns/>
+                </section>
+                <ResultsArea/>
+            </Show>
         </main>
         <footer class="footer">
             <Benchmark/>

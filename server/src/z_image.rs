@@ -1,0 +1,576 @@
+//! The Z-Image mode on the server: `POST /api/z-image/generate` (waits), followable jobs
+//! (`/api/z-image/jobs`, progress, ETA, cancel) and `GET /api/z-image/status`.
+//!
+//! Jobs run on the same worker queue as decomposition (one worker owns the device, so a
+//! generation and a decomposition never compete for it); the Z-Image model loads on the first
+//! job and stays loaded. Results live in memory for [`KEEP_FINISHED`] (an image is one PNG; they
+//! are not written to the run store).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use app::api::{ApiError, JobStarted, JobState};
+use app::api_z_image::{GenerateJob, GenerateRequest, GenerateResponse, ZImageJobStatus, ZImageStatusResponse};
+use app::backend::Caller;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use engine::gpu::OffloadOptions;
+use engine::pipeline::{LoadOptions, Phase, Progress};
+use engine::runtime::Runtime;
+use engine::weights::ModelDir;
+use qwen_layers::generator::Generator;
+
+use crate::config::ZImageSettings;
+use crate::engine_state::EngineState;
+use crate::http_error::{DoorErrors, ErrorResponse};
+use crate::queue::JobQueue;
+use crate::routes::{job_id, parse_json};
+
+/// How long a finished job (and its image) stays readable.
+pub const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
+
+/// The loaded model, owned by the worker thread (the mutex is only ever taken there).
+type Slot = Arc<Mutex<Option<Generator>>>;
+
+#[derive(Debug)]
+struct Record {
+    state: JobState,
+    phase: &'static str,
+    step: u32,
+    total_steps: u32,
+    started: Option<Instant>,
+    denoise_started: Option<(Instant, u32)>,
+    finished: Option<Instant>,
+    error: Option<String>,
+    result: Option<GenerateResponse>,
+}
+
+/// One job: written by the worker, read by status requests.
+#[derive(Debug)]
+pub struct ZJob {
+    pub id: String,
+    owner: Option<String>,
+    record: Mutex<Record>,
+    cancel: AtomicBool,
+}
+
+impl ZJob {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, outcome: &Result<GenerateResponse, ApiError>) {
+        let mut r = self.lock();
+        r.finished = Some(Instant::now());
+        match outcome {
+            Ok(resp) => {
+                r.state = JobState::Done;
+                r.phase = "done";
+                r.step = r.total_steps;
+                r.result = Some(resp.clone());
+            }
+            Err(e) if self.cancel.load(Ordering::SeqCst) && e.status == app::api::CANCELLED_STATUS => {
+                r.state = JobState::Cancelled;
+                r.phase = "cancelled";
+                r.error = Some(e.error.clone());
+            }
+            Err(e) => {
+                r.state = JobState::Failed;
+                r.phase = "failed";
+                r.error = Some(e.error.clone());
+            }
+        }
+    }
+
+    pub fn status(&self) -> ZImageJobStatus {
+        let r = self.lock();
+        let elapsed = match (r.started, r.finished) {
+            (Some(s), Some(f)) => f.duration_since(s).as_secs_f64(),
+            (Some(s), None) => s.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        let eta_seconds = match (r.denoise_started, r.finished) {
+            (Some((t0, s0)), None) if r.step > s0 => {
+                let per_step = t0.elapsed().as_secs_f64() / f64::from(r.step - s0);
+                Some(per_step * f64::from(r.total_steps - r.step))
+            }
+            _ => None,
+        };
+        ZImageJobStatus {
+            id: self.id.clone(),
+            state: r.state,
+            phase: r.phase.into(),
+            step: r.step,
+            total_steps: r.total_steps,
+            elapsed,
+            eta_seconds,
+            error: r.error.clone(),
+            result: r.result.clone(),
+        }
+    }
+}
+
+impl Progress for ZJob {
+    fn phase(&self, phase: Phase) {
+        let mut r = self.lock();
+        r.phase = phase.name();
+    }
+
+    fn step(&self, done: usize, total: usize) {
+        let mut r = self.lock();
+        r.step = done as u32;
+        r.total_steps = total as u32;
+        if r.denoise_started.is_none() {
+            r.denoise_started = Some((Instant::now(), done as u32));
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// Cancels its job when a waiting client goes away.
+struct CancelOnDrop(Option<Arc<ZJob>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Z-Image's state on the server.
+pub struct ZImageService {
+    settings: ZImageSettings,
+    default_mode: String,
+    runtime: Runtime,
+    /// The model folder, or why it cannot be used (found at startup, never downloaded).
+    model: Result<ModelDir, String>,
+    slot: Slot,
+    loaded: Arc<AtomicBool>,
+    queue: Arc<JobQueue<EngineState>>,
+    jobs: Mutex<HashMap<String, Arc<ZJob>>>,
+    /// Refuses over-long prompts before queueing (when the tokenizer could be read).
+    tokenizer: Option<engine::tokenizer::QwenTokenizer>,
+}
+
+impl ZImageService {
+    pub fn new(
+        settings: ZImageSettings,
+        default_mode: &str,
+        runtime: Runtime,
+        queue: Arc<JobQueue<EngineState>>,
+    ) -> Arc<Self> {
+        let model = match &runtime.problem {
+            Some(p) => Err(p.clone()),
+            None => ModelDir::resolve(&settings.model_path, false).map_err(|e| e.to_string()),
+        };
+        let tokenizer = model
+            .as_ref()
+            .ok()
+            .and_then(|m| engine::tokenizer::QwenTokenizer::from_model_dir(m).ok());
+        Arc::new(Self {
+            settings,
+            default_mode: default_mode.into(),
+            runtime,
+            model,
+            slot: Arc::new(Mutex::new(None)),
+            loaded: Arc::new(AtomicBool::new(false)),
+            queue,
+            jobs: Mutex::new(HashMap::new()),
+            tokenizer,
+        })
+    }
+
+    pub fn settings(&self) -> &ZImageSettings {
+        &self.settings
+    }
+
+    pub fn status(&self) -> ZImageStatusResponse {
+        let loaded = self.loaded.load(Ordering::SeqCst);
+        ZImageStatusResponse {
+            status: match (&self.model, loaded) {
+                (Err(_), _) => "unavailable",
+                (Ok(_), true) => "ready",
+                (Ok(_), false) => "idle",
+            }
+            .into(),
+            model_loaded: loaded,
+            model: self.settings.model_path.clone(),
+            device: self.runtime.describe(),
+            reason: self.model.as_ref().err().cloned(),
+            default_mode: self.default_mode.clone(),
+            defaults: self.settings.defaults,
+        }
+    }
+
+    fn load_options(&self) -> LoadOptions {
+        let cuda = self.runtime.device.is_cuda();
+        LoadOptions {
+            device: self.runtime.device.clone(),
+            dtype: self.runtime.dtype,
+            // The tiny test models and the CPU keep it; a GPU run loads Qwen3 (8 GB) per job.
+            keep_text_encoder: !cuda,
+            offload: (self.settings.cpu_offload && cuda).then(OffloadOptions::default),
+            ..LoadOptions::default()
+        }
+    }
+
+    fn validate(&self, request: &GenerateRequest) -> Result<GenerateJob, ApiError> {
+        let job = request.validate(&self.settings.defaults, crate::backend::random_seed())?;
+        let model = self
+            .model
+            .as_ref()
+            .map_err(|reason| ApiError::unavailable(reason.clone()))?;
+        let _ = model;
+        if let Some(tok) = &self.tokenizer {
+            let options = qwen_layers::generator::options(&job);
+            for (what, text) in [
+                ("prompt", Some(job.prompt.as_str())),
+                ("negative_prompt", job.negative_prompt.as_deref()),
+            ] {
+                if let (Some(text), true) = (text, what == "prompt" || options.uses_cfg()) {
+                    engine::z_image::text::prompt_ids(tok, text, what)
+                        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+                }
+            }
+        }
+        Ok(job)
+    }
+
+    fn prune(jobs: &mut HashMap<String, Arc<ZJob>>) {
+        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| f.elapsed() < KEEP_FINISHED));
+    }
+
+    /// Validates and queues; the receiver yields the outcome.
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
+        &self,
+        request: GenerateRequest,
+        caller: &Caller,
+    ) -> Result<
+        (
+            Arc<ZJob>,
+            tokio::sync::oneshot::Receiver<Result<GenerateResponse, ApiError>>,
+        ),
+        ApiError,
+    > {
+        let job = self.validate(&request)?;
+        let model = self.model.clone().map_err(ApiError::unavailable)?;
+        let handle = Arc::new(ZJob {
+            id: format!("zimg-{}", crate::door::random_id()),
+            owner: caller.owner.clone(),
+            record: Mutex::new(Record {
+                state: JobState::Queued,
+                phase: "queued",
+                step: 0,
+                total_steps: job.steps,
+                started: None,
+                denoise_started: None,
+                finished: None,
+                error: None,
+                result: None,
+            }),
+            cancel: AtomicBool::new(false),
+        });
+        {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            Self::prune(&mut jobs);
+            jobs.insert(handle.id.clone(), handle.clone());
+        }
+        let (worker, slot, loaded, options) = (
+            handle.clone(),
+            self.slot.clone(),
+            self.loaded.clone(),
+            self.load_options(),
+        );
+        let submitted = self.queue.submit(move |_engine: &mut EngineState| {
+            let out = run(&worker, &job, &model, &slot, &loaded, options);
+            worker.finish(&out);
+            out
+        });
+        match submitted {
+            Ok(done) => Ok((handle, done)),
+            Err(e) => {
+                self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn find(&self, id: &str, caller: &Caller) -> Result<Arc<ZJob>, ApiError> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.get(id)
+            .filter(|j| j.owner.is_none() || j.owner == caller.owner)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!(
+                        "no Z-Image job {id} (finished images are kept for {} minutes)",
+                        KEEP_FINISHED.as_secs() / 60
+                    ),
+                )
+            })
+    }
+
+    pub fn start(&self, request: GenerateRequest, caller: &Caller) -> Result<JobStarted, ApiError> {
+        let (handle, _) = self.enqueue(request, caller)?;
+        Ok(JobStarted { id: handle.id.clone() })
+    }
+
+    pub async fn generate(&self, request: GenerateRequest, caller: &Caller) -> Result<GenerateResponse, ApiError> {
+        let (handle, done) = self.enqueue(request, caller)?;
+        let mut guard = CancelOnDrop(Some(handle));
+        let out = done
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
+        guard.0 = None;
+        out
+    }
+
+    pub fn job_status(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
+        Ok(self.find(id, caller)?.status())
+    }
+
+    pub fn cancel(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
+        let job = self.find(id, caller)?;
+        job.cancel.store(true, Ordering::SeqCst);
+        Ok(job.status())
+    }
+}
+
+impl app::server_fns_z_image::ZImageBackend for ZImageService {
+    fn status(&self) -> ZImageStatusResponse {
+        ZImageService::status(self)
+    }
+    fn start(&self, request: GenerateRequest, caller: &Caller) -> Result<JobStarted, ApiError> {
+        ZImageService::start(self, request, caller)
+    }
+    fn job_status(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
+        ZImageService::job_status(self, id, caller)
+    }
+    fn cancel(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
+        ZImageService::cancel(self, id, caller)
+    }
+}
+
+/// On the worker: load the model if needed, generate, answer.
+fn run(
+    job_handle: &ZJob,
+    job: &GenerateJob,
+    model: &ModelDir,
+    slot: &Slot,
+    loaded: &AtomicBool,
+    options: LoadOptions,
+) -> Result<GenerateResponse, ApiError> {
+    if job_handle.is_cancelled() {
+        return Err(ApiError::cancelled());
+    }
+    {
+        let mut r = job_handle.lock();
+        r.state = JobState::Running;
+        r.phase = "starting";
+        r.started = Some(Instant::now());
+    }
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        job_handle.phase(Phase::Loading);
+        let generator = Generator::from_model_dir(model.clone(), options).map_err(engine_error)?;
+        *slot = Some(generator);
+        loaded.store(true, Ordering::SeqCst);
+    }
+    let generator = slot.as_ref().expect("loaded above");
+    let out = generator.generate(job, job_handle).map_err(engine_error)?;
+    tracing::info!(
+        "z-image {}×{} {} steps: encode {:.2}s, denoise {:.2}s, decode {:.2}s",
+        job.width,
+        job.height,
+        job.steps,
+        out.record.timings.encode_prompt,
+        out.record.timings.denoise,
+        out.record.timings.decode
+    );
+    out.response(job)
+}
+
+fn engine_error(e: engine::Error) -> ApiError {
+    match e {
+        engine::Error::Cancelled => ApiError::cancelled(),
+        engine::Error::InvalidInput(m) => ApiError::unprocessable(m),
+        other => ApiError::internal(format!("Z-Image failed: {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// REST
+// ---------------------------------------------------------------------------------------------
+
+type ApiResult<T> = Result<T, ErrorResponse>;
+
+/// Generate an image from a prompt and wait for it.
+#[utoipa::path(post, path = "/api/z-image/generate", request_body = GenerateRequest,
+    responses((status = 200, description = "the image", body = GenerateResponse), DoorErrors))]
+pub(crate) async fn generate(
+    State(service): State<Arc<ZImageService>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: GenerateRequest = parse_json(body)?;
+    Ok(Json(service.generate(request, &caller).await?).into_response())
+}
+
+/// Queue a generation; follow it with `GET /api/z-image/jobs/{id}`.
+#[utoipa::path(post, path = "/api/z-image/jobs", request_body = GenerateRequest,
+    responses((status = 202, description = "queued", body = JobStarted), DoorErrors))]
+pub(crate) async fn start_job(
+    State(service): State<Arc<ZImageService>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: GenerateRequest = parse_json(body)?;
+    Ok((StatusCode::ACCEPTED, Json(service.start(request, &caller)?)).into_response())
+}
+
+/// A generation's state, phase, step, ETA and (when done) image.
+#[utoipa::path(get, path = "/api/z-image/jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ZImageJobStatus), DoorErrors))]
+pub(crate) async fn job_status(
+    State(service): State<Arc<ZImageService>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(service.job_status(&job_id(path)?, &caller)?).into_response())
+}
+
+/// Stop a generation between denoising steps.
+#[utoipa::path(post, path = "/api/z-image/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = ZImageJobStatus), DoorErrors))]
+pub(crate) async fn cancel_job(
+    State(service): State<Arc<ZImageService>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(service.cancel(&job_id(path)?, &caller)?).into_response())
+}
+
+/// The Z-Image model's state, the page's default mode and the generation defaults.
+#[utoipa::path(get, path = "/api/z-image/status", responses((status = 200, body = ZImageStatusResponse), DoorErrors))]
+pub(crate) async fn status(State(service): State<Arc<ZImageService>>) -> Response {
+    Json(service.status()).into_response()
+}
+
+async fn not_found() -> ErrorResponse {
+    ErrorResponse(ApiError::new(404, "no such API endpoint"))
+}
+
+async fn method_not_allowed() -> ErrorResponse {
+    ErrorResponse(ApiError::new(405, "method not allowed on this endpoint"))
+}
+
+/// The `/api/z-image/*` routes (the door's policy is layered on by the caller).
+pub fn router(service: Arc<ZImageService>) -> Router {
+    Router::new()
+        .route("/api/z-image/generate", post(generate).fallback(method_not_allowed))
+        .route("/api/z-image/jobs", post(start_job).fallback(method_not_allowed))
+        .route("/api/z-image/jobs/{id}", get(job_status).fallback(method_not_allowed))
+        .route(
+            "/api/z-image/jobs/{id}/cancel",
+            post(cancel_job).fallback(method_not_allowed),
+        )
+        .route("/api/z-image/status", get(status).fallback(method_not_allowed))
+        .route("/api/z-image/{*rest}", axum::routing::any(not_found))
+        .with_state(service)
+}
+
+/// The contract's limits on [`GenerateRequest`]'s fields in the OpenAPI document's `schemas`
+/// (steps and cfg_scale get the shared ones in [`crate::openapi::document`]).
+pub fn document_limits(schemas: &mut serde_json::Value) {
+    use app::api_z_image::{Z_MAX_SIZE, Z_MIN_SIZE, Z_SIZE_MULTIPLE};
+    use serde_json::json;
+    let properties = &mut schemas["GenerateRequest"]["properties"];
+    for field in ["width", "height"] {
+        if let Some(p) = properties[field].as_object_mut() {
+            p.extend(
+                json!({"minimum": Z_MIN_SIZE, "maximum": Z_MAX_SIZE, "multipleOf": Z_SIZE_MULTIPLE})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    if let Some(p) = properties["prompt"].as_object_mut() {
+        p.insert("minLength".into(), json!(1));
+        p.insert("maxLength".into(), json!(app::api::MAX_PROMPT_CHARS));
+    }
+}
+
+// The page's server functions (`app::server_fns_z_image`), declared for the document.
+
+/// `z_image_start`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ZImageStartCall {
+    request: GenerateRequest,
+}
+
+/// `z_image_job_status`'s and `z_image_cancel`'s body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ZImageJobCall {
+    id: String,
+}
+
+#[utoipa::path(get, path = "/api/app/z_image_status", responses((status = 200, body = ZImageStatusResponse), DoorErrors))]
+#[allow(dead_code)]
+fn app_z_image_status() {}
+
+#[utoipa::path(post, path = "/api/app/z_image_start", request_body = ZImageStartCall,
+    responses((status = 200, body = JobStarted), DoorErrors))]
+#[allow(dead_code)]
+fn app_z_image_start() {}
+
+#[utoipa::path(post, path = "/api/app/z_image_job_status", request_body = ZImageJobCall,
+    responses((status = 200, body = ZImageJobStatus), DoorErrors))]
+#[allow(dead_code)]
+fn app_z_image_job_status() {}
+
+#[utoipa::path(post, path = "/api/app/z_image_cancel", request_body = ZImageJobCall,
+    responses((status = 200, body = ZImageJobStatus), DoorErrors))]
+#[allow(dead_code)]
+fn app_z_image_cancel() {}
+
+/// The routes' part of the OpenAPI document (merged into [`crate::openapi::document`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        generate,
+        start_job,
+        job_status,
+        cancel_job,
+        status,
+        app_z_image_status,
+        app_z_image_start,
+        app_z_image_job_status,
+        app_z_image_cancel
+    ),
+    components(schemas(
+        GenerateRequest,
+        GenerateResponse,
+        ZImageJobStatus,
+        ZImageStatusResponse,
+        app::api_z_image::ZImageDefaults,
+        JobStarted,
+        JobState
+    ))
+)]
+pub struct ZImageApi;
