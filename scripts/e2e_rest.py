@@ -32,6 +32,8 @@ from PIL import Image, ImageDraw
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r"(\w+)=([-0-9.e]+)\b")
+# The per-phase peaks of `vram_peak_gib=PhaseVram { encode_prompt: Some(3.1), … }`.
+VRAM = re.compile(r"(\w+): Some\(([-0-9.e]+)\)")
 
 
 def test_photo(size=1024):
@@ -129,7 +131,12 @@ def log_events(path, offset):
     for line in ANSI.sub("", text).splitlines():
         for message in ("layers decomposed", "layer edited", "decompose model loaded", "edit model loaded"):
             if message in line:
-                events.append((message, {k: float(v) for k, v in FIELD.findall(line.split(message, 1)[1])}))
+                rest = line.split(message, 1)[1]
+                fields = {k: float(v) for k, v in FIELD.findall(rest)}
+                if "vram_peak_gib=" in rest:
+                    peaks = VRAM.findall(rest.split("vram_peak_gib=", 1)[1])
+                    fields.update({f"vram_{k}_gib": float(v) for k, v in peaks})
+                events.append((message, fields))
     return events, end
 
 

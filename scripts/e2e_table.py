@@ -33,6 +33,17 @@ def main():
               f"{fmt(phases.get('encode_image'), 3)} | {fmt(denoise)} | {fmt(phases.get('decode'), 3)} | "
               f"{fmt(phases.get('png_zip'), 3)} | {fmt(outside, 3)} | {fmt(r.get('peak_vram_gib'))} | "
               f"{fmt(r.get('peak_rss_gib'))} |")
+    # Peak device memory per phase (driver-level, from the server's own sampler), where logged.
+    vram = [(r, r.get("layers_decomposed") or r.get("layer_edited") or {}) for r in rows if r.get("run") == "e2e"]
+    vram = [(r, p) for r, p in vram if any(k.startswith("vram_") for k in p)]
+    if vram:
+        print()
+        print("| request | offload | VRAM: text enc. | VAE enc. | denoise | VAE dec. (GiB) |")
+        print("|---|---|---|---|---|---|")
+        for r, p in vram:
+            name = r["case"] + (" (first)" if r.get("first_of_kind") else "")
+            cells = " | ".join(fmt(p.get(f"vram_{k}_gib")) for k in ("encode_prompt", "encode_image", "denoise", "decode"))
+            print(f"| {name} | {r['offload']} | {cells} |")
     theirs = [r for r in rows if r.get("run") == "diffusers_e2e"]
     if theirs:
         print()

@@ -410,6 +410,7 @@ impl EngineState {
             png_zip = encoding.elapsed().as_secs_f64(),
             width = response.width,
             height = response.height,
+            vram_peak_gib = ?t.vram_peak_gib,
             "layers decomposed"
         );
         Ok(response)
@@ -538,6 +539,7 @@ impl EngineState {
             width = out.edit.record.width,
             height = out.edit.record.height,
             key = ?out.key_color,
+            vram_peak_gib = ?t.vram_peak_gib,
             "layer edited"
         );
         app::image_data::encode_png(&out.layer)

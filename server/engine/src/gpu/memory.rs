@@ -109,3 +109,30 @@ impl Drop for VramSampler {
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
+
+/// Each phase's peak device memory in a run, in GiB *used on the device* (driver-level, so the
+/// CUDA context and the allocation pool's cache count: what `nvidia-smi` shows). `None` off CUDA.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseVram {
+    pub encode_prompt: Option<f64>,
+    pub encode_image: Option<f64>,
+    pub denoise: Option<f64>,
+    pub decode: Option<f64>,
+}
+
+/// Samples a run's device memory (every 2 ms, on CUDA only) and hands out each phase's peak.
+pub struct PhasePeaks(Option<VramSampler>);
+
+impl PhasePeaks {
+    pub fn start(device: &Device) -> Self {
+        Self(VramSampler::start(device, Duration::from_millis(2)))
+    }
+
+    /// The peak since the previous call (or the start), in GiB; the next phase starts from now.
+    pub fn phase_done(&self) -> Option<f64> {
+        let sampler = self.0.as_ref()?;
+        let peak = sampler.peak_used();
+        sampler.reset_peak();
+        Some(gib(peak))
+    }
+}

@@ -148,7 +148,7 @@ impl DecomposeOptions {
     }
 }
 
-/// Seconds spent in each phase.
+/// Seconds spent in each phase, and (on CUDA) each phase's peak device memory.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub load: f64,
@@ -158,6 +158,7 @@ pub struct Timings {
     pub denoise: f64,
     pub decode: f64,
     pub total: f64,
+    pub vram_peak_gib: crate::gpu::memory::PhaseVram,
 }
 
 /// What a run did: recorded in every output manifest for reproducibility.
@@ -320,6 +321,7 @@ impl LayeredPipeline {
         let t_start = Instant::now();
         let mut timings = Timings::default();
         let device = self.options.device.clone();
+        let vram = crate::gpu::memory::PhasePeaks::start(&device);
 
         // 1. The working size and the condition image.
         let (src_w, src_h) = image.dimensions();
@@ -384,6 +386,7 @@ impl LayeredPipeline {
                 _ => None,
             };
             timings.encode_prompt = t.elapsed().as_secs_f64();
+            timings.vram_peak_gib.encode_prompt = vram.phase_done();
             (pe, pm, negative)
         };
         check_cancel(progress)?;
@@ -395,6 +398,7 @@ impl LayeredPipeline {
         let cond_latents = pack(&self.vae.normalize_latents(&mean)?.to_dtype(DType::F32)?)?;
         let cond_tokens = cond_latents.dim(1)?;
         timings.encode_image = t.elapsed().as_secs_f64();
+        timings.vram_peak_gib.encode_image = vram.phase_done();
 
         // 4. Noise, unpacked shape first (frame 0 = composite), then packed.
         let frames = options.layers + 1;
@@ -437,6 +441,7 @@ impl LayeredPipeline {
         };
         let latents = denoise.run(&mut scheduler, latents, progress, observe)?;
         timings.denoise = t.elapsed().as_secs_f64();
+        timings.vram_peak_gib.denoise = vram.phase_done();
 
         // 6. Decode every layer (frame 0, the regenerated composite, is dropped).
         progress.phase(Phase::Decoding);
@@ -454,6 +459,7 @@ impl LayeredPipeline {
             .map(|i| image_proc::tensor_to_rgba8(&decoded.get(i)?))
             .collect::<Result<Vec<_>>>()?;
         timings.decode = t.elapsed().as_secs_f64();
+        timings.vram_peak_gib.decode = vram.phase_done();
         timings.total = t_start.elapsed().as_secs_f64();
 
         let record = RunRecord {

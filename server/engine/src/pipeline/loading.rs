@@ -145,7 +145,8 @@ pub fn load_text_model(model: &ModelDir, options: &LoadOptions) -> Result<Qwen25
     let Some(offload) = options.offload else {
         return Ok(Qwen25VLTextModel::load(model, options.dtype, &options.device)?.1);
     };
-    // Only the embeddings and the final norm stay on the GPU; every block streams (the encoder
+    // Only the final norm stays on the GPU (the embedding table is looked up in host memory);
+    // every block streams (the encoder
     // runs once per job, so keeping blocks resident would only take VRAM from the DiT).
     let cfg: crate::text_encoder::Config = model.read_json("text_encoder", "config.json")?;
     let vb = model.var_builder("text_encoder", options.dtype, &options.device)?;

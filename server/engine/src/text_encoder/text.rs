@@ -198,7 +198,11 @@ impl DecoderLayer {
 /// Cloning shares the weights (the captioner and the prompt encoder use one model).
 #[derive(Debug, Clone)]
 pub struct Qwen25VLTextModel {
+    /// On the run's device, or in host memory when the layers are streamed (1.1 GB for the 7B;
+    /// a lookup of a few hundred rows costs nothing on the CPU).
     embed_tokens: Embedding,
+    /// The run's device (the embeddings' rows are moved there).
+    device: Device,
     layers: std::sync::Arc<Blocks<DecoderLayer>>,
     norm: RmsNorm,
     rope: MultimodalRope,
@@ -227,13 +231,15 @@ impl Qwen25VLTextModel {
         let layers = (0..cfg.text_config.num_hidden_layers)
             .map(|i| build(i, vb_lm.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        Self::with_layers(cfg, vb, Blocks::OnDevice(layers))
+        let text = &cfg.text_config;
+        let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, vb_lm.pp("embed_tokens"))?;
+        Self::with_layers(cfg, vb, embed_tokens, Blocks::OnDevice(layers))
     }
 
     /// Like [`Self::new`], but the decoder layers stay in host memory and stream to the GPU one
-    /// layer ahead of use ([`crate::gpu::offload`]); `vb` gives the embeddings and the final
-    /// norm on the run's device, `layers_source` (the component root, typically memory-mapped on
-    /// the CPU) the layers.
+    /// layer ahead of use ([`crate::gpu::offload`]); `vb` gives the final norm on the run's
+    /// device, `layers_source` (the component root, typically memory-mapped on the CPU) the
+    /// layers and the embedding table, which stays there.
     pub fn new_offloaded(
         cfg: &Config,
         vb: VarBuilder,
@@ -249,7 +255,9 @@ impl Qwen25VLTextModel {
             vb.device(),
             options,
         )?;
-        Self::with_layers(cfg, vb, Blocks::Streamed(layers))
+        let text = &cfg.text_config;
+        let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, source.pp("embed_tokens"))?;
+        Self::with_layers(cfg, vb, embed_tokens, Blocks::Streamed(layers))
     }
 
     fn layer_builder(text: &TextConfig) -> BuildBlock<DecoderLayer> {
@@ -257,12 +265,17 @@ impl Qwen25VLTextModel {
         Box::new(move |i, vb| DecoderLayer::new(&text, i, vb))
     }
 
-    fn with_layers(cfg: &Config, vb: VarBuilder, layers: Blocks<DecoderLayer>) -> Result<Self> {
+    fn with_layers(
+        cfg: &Config,
+        vb: VarBuilder,
+        embed_tokens: Embedding,
+        layers: Blocks<DecoderLayer>,
+    ) -> Result<Self> {
         let text = &cfg.text_config;
         let vb_lm = language_model_vb(&vb)?;
-        let embed_tokens = candle_nn::embedding(text.vocab_size, text.hidden_size, vb_lm.pp("embed_tokens"))?;
         Ok(Self {
             embed_tokens,
+            device: vb.device().clone(),
             layers: std::sync::Arc::new(layers),
             norm: RmsNorm::new(text.hidden_size, text.rms_norm_eps, vb_lm.pp("norm"))?,
             rope: MultimodalRope::new(text, vb.device())?,
@@ -288,7 +301,7 @@ impl Qwen25VLTextModel {
     /// or the checkpoint has no `lm_head` (`vb` at the component root, as for [`Self::new`]).
     pub fn lm_head(&self, vb: VarBuilder) -> Result<LmHead> {
         let weight = if self.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
-            self.embed_tokens.embeddings().clone()
+            self.embed_tokens.embeddings().to_device(&self.device)?
         } else {
             let (vocab, hidden) = self.embed_tokens.embeddings().dims2()?;
             vb.get((vocab, hidden), "lm_head.weight")?
@@ -305,13 +318,19 @@ impl Qwen25VLTextModel {
     }
 
     pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
+        &self.device
     }
 
     /// Embeddings `[B, S, D]` of token ids `[B, S]` (the vision tower later overwrites the
     /// `<|image_pad|>` rows before [`Self::forward`]).
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+        let table = self.embed_tokens.embeddings().device();
+        if table.same_device(&self.device) {
+            return self.embed_tokens.forward(ids);
+        }
+        self.embed_tokens
+            .forward(&ids.to_device(table)?)?
+            .to_device(&self.device)
     }
 
     /// The last hidden state `[B, S, D]` after the final norm.
