@@ -476,10 +476,16 @@ fn bf16_matches_diffusers_bf16() {
 #[test]
 fn unsupported_configs_are_refused_by_key() {
     let cfg = Config {
+        guidance_embeds: true,
+        ..Config::edit_2509()
+    };
+    assert!(cfg.validate().unwrap_err().to_string().contains("guidance_embeds"));
+    // Edit-2511's flag is implemented (tests/edit_2511.rs).
+    let cfg = Config {
         zero_cond_t: true,
         ..Config::edit_2509()
     };
-    assert!(cfg.validate().unwrap_err().to_string().contains("zero_cond_t"));
+    assert!(cfg.validate().is_ok());
     let cfg = Config {
         axes_dims_rope: [16, 56, 54],
         ..Config::edit_2509()

@@ -51,6 +51,31 @@ impl FeedForward {
     }
 }
 
+/// Edit-2511's `zero_cond_t`: the image tokens from `noisy` on (the condition images) are
+/// modulated with `temb0`, the embedding of t = 0, instead of the step's `temb`.
+#[derive(Debug, Clone, Copy)]
+pub struct CondModulation<'a> {
+    /// `[B, D]`: `time_text_embed` of a zero timestep.
+    pub temb0: &'a Tensor,
+    /// Noisy image tokens (the first image segment); the rest are condition tokens.
+    pub noisy: usize,
+}
+
+/// Applies `f` to the noisy tokens with `noisy` and to the condition tokens with `cond`, and
+/// joins the two along the token axis; with no split, `f` on all tokens with `noisy`.
+fn per_segment<M>(
+    x: &Tensor,
+    noisy: &M,
+    cond: Option<(&M, usize)>,
+    f: impl Fn(&Tensor, &M, usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let s = x.dim(1)?;
+    match cond {
+        Some((c, n)) if n < s => Tensor::cat(&[f(x, noisy, 0, n)?, f(x, c, n, s - n)?], 1),
+        _ => f(x, noisy, 0, s),
+    }
+}
+
 /// Shift, scale and gate of one modulated sub-layer, each `[B, 1, D]`.
 struct Modulation {
     shift: Tensor,
@@ -118,25 +143,54 @@ impl TransformerBlock {
         key_mask: Option<&KeyMask>,
         kernels: &Kernels,
     ) -> Result<(Tensor, Tensor)> {
+        self.forward_with_cond(img, txt, temb, None, rope, key_mask, kernels)
+    }
+
+    /// [`Self::forward`] with Edit-2511's separate modulation of the condition tokens (`cond`,
+    /// when the model has `zero_cond_t`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_cond(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        temb: &Tensor,
+        cond: Option<CondModulation>,
+        rope: &RopeTables,
+        key_mask: Option<&KeyMask>,
+        kernels: &Kernels,
+    ) -> Result<(Tensor, Tensor)> {
         let _enter = self.span.enter();
         if kernels.fused && self.fused_supported(img) {
-            return self.forward_fused(img, txt, temb, rope, key_mask, kernels);
+            return self.forward_fused(img, txt, temb, cond, rope, key_mask, kernels);
         }
         let temb = temb.silu()?;
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
         let (txt_attn_mod, txt_mlp_mod) = Modulation::pair(&self.txt_mod.forward(&temb)?)?;
+        let cond_mods = match cond {
+            Some(c) => Some((Modulation::pair(&self.img_mod.forward(&c.temb0.silu()?)?)?, c.noisy)),
+            None => None,
+        };
+        let attn_cond = cond_mods.as_ref().map(|((a, _), n)| (a, *n));
+        let mlp_cond = cond_mods.as_ref().map(|((_, m), n)| (m, *n));
+        let modulate = |x: &Tensor, m: &Modulation, from: usize, len: usize| m.modulate(&x.narrow(1, from, len)?);
 
         let (img_attn, txt_attn) = self.attn.forward(
-            &img_attn_mod.modulate(img)?,
+            &per_segment(img, &img_attn_mod, attn_cond, modulate)?,
             &txt_attn_mod.modulate(txt)?,
             rope,
             key_mask,
         )?;
-        let img = img_attn_mod.gated_residual(img, &img_attn)?;
+        let img = per_segment(img, &img_attn_mod, attn_cond, |x, m, from, len| {
+            m.gated_residual(&x.narrow(1, from, len)?, &img_attn.narrow(1, from, len)?)
+        })?;
         let txt = txt_attn_mod.gated_residual(txt, &txt_attn)?;
 
-        let img_mlp = self.img_mlp.forward(&img_mlp_mod.modulate(&img)?)?;
-        let img = img_mlp_mod.gated_residual(&img, &img_mlp)?;
+        let img_mlp = self
+            .img_mlp
+            .forward(&per_segment(&img, &img_mlp_mod, mlp_cond, modulate)?)?;
+        let img = per_segment(&img, &img_mlp_mod, mlp_cond, |x, m, from, len| {
+            m.gated_residual(&x.narrow(1, from, len)?, &img_mlp.narrow(1, from, len)?)
+        })?;
         let txt_mlp = self.txt_mlp.forward(&txt_mlp_mod.modulate(&txt)?)?;
         let txt = txt_mlp_mod.gated_residual(&txt, &txt_mlp)?;
         if img.dtype() == DType::F16 {
@@ -160,11 +214,13 @@ impl TransformerBlock {
     /// pass, biases folded into the pass after each GEMM (q/k/v preparation, GELU, gated
     /// residual), fused attention where its shape allows. Same function as the plain path up to bf16 rounding (the
     /// plain path rounds after every op, this one once per kernel).
+    #[allow(clippy::too_many_arguments)]
     fn forward_fused(
         &self,
         img: &Tensor,
         txt: &Tensor,
         temb: &Tensor,
+        cond: Option<CondModulation>,
         rope: &RopeTables,
         key_mask: Option<&KeyMask>,
         kernels: &Kernels,
@@ -177,8 +233,25 @@ impl TransformerBlock {
         let img_params = self.img_mod.forward(&temb)?.contiguous()?;
         let txt_params = self.txt_mod.forward(&temb)?.contiguous()?;
         let part = |p: &Tensor, i: usize| p.narrow(1, i * d, d);
+        // Edit-2511: the condition tokens' own (t = 0) parameters; each kernel then runs once per
+        // segment of the image tokens.
+        let cond_params = match cond {
+            Some(c) => Some((self.img_mod.forward(&c.temb0.silu()?)?.contiguous()?, c.noisy)),
+            None => None,
+        };
+        let cond_params = cond_params.as_ref().map(|(p, n)| (p, *n));
+        let img_ln = |x: &Tensor, i: usize| {
+            per_segment(x, &img_params, cond_params, |x, p, from, len| {
+                ln_modulate(&x.narrow(1, from, len)?, &part(p, i)?, &part(p, i + 1)?, EPS)
+            })
+        };
+        let img_gate = |x: &Tensor, y: &Tensor, bias: &Tensor, i: usize| {
+            per_segment(x, &img_params, cond_params, |x, p, from, len| {
+                gated_residual(&x.narrow(1, from, len)?, &y.narrow(1, from, len)?, bias, &part(p, i)?)
+            })
+        };
 
-        let img_in = ln_modulate(img, &part(&img_params, 0)?, &part(&img_params, 1)?, EPS)?;
+        let img_in = img_ln(img, 0)?;
         let txt_in = ln_modulate(txt, &part(&txt_params, 0)?, &part(&txt_params, 1)?, EPS)?;
         let kv_len = key_mask
             .and_then(KeyMask::kv_len)
@@ -201,12 +274,12 @@ impl TransformerBlock {
                 (i, t, zeros.clone(), zeros)
             }
         };
-        let img = gated_residual(img, &img_attn, &img_bias, &part(&img_params, 2)?)?;
+        let img = img_gate(img, &img_attn, &img_bias, 2)?;
         let txt = gated_residual(txt, &txt_attn, &txt_bias, &part(&txt_params, 2)?)?;
 
-        let img_in = ln_modulate(&img, &part(&img_params, 3)?, &part(&img_params, 4)?, EPS)?;
+        let img_in = img_ln(&img, 3)?;
         let (img_mlp, img_bias) = self.img_mlp.forward_fused_without_out_bias(&img_in, kernels)?;
-        let img = gated_residual(&img, &img_mlp, img_bias, &part(&img_params, 5)?)?;
+        let img = img_gate(&img, &img_mlp, img_bias, 5)?;
         let txt_in = ln_modulate(&txt, &part(&txt_params, 3)?, &part(&txt_params, 4)?, EPS)?;
         let (txt_mlp, txt_bias) = self.txt_mlp.forward_fused_without_out_bias(&txt_in, kernels)?;
         let txt = gated_residual(&txt, &txt_mlp, txt_bias, &part(&txt_params, 5)?)?;

@@ -31,7 +31,8 @@ pub struct Config {
     /// Widths of the frame / height / width RoPE axes; they sum to `attention_head_dim`.
     #[serde(default = "default_axes_dims_rope")]
     pub axes_dims_rope: [usize; 3],
-    /// Edit-2511's separate modulation for condition tokens; not used by Layered or Edit-2509.
+    /// Edit-2511: the condition images' tokens are modulated with the embedding of t = 0 (the
+    /// noisy tokens, the text and the output norm with the step's t); off for Layered and 2509.
     #[serde(default)]
     pub zero_cond_t: bool,
     /// Layered: `addition_t_embedding` (2 rows) added to the timestep embedding.
@@ -111,9 +112,6 @@ impl Config {
     pub fn validate(&self) -> candle_core::Result<()> {
         if self.guidance_embeds {
             candle_core::bail!("transformer config: guidance_embeds=true (guidance-distilled model) is not supported");
-        }
-        if self.zero_cond_t {
-            candle_core::bail!("transformer config: zero_cond_t=true (Qwen-Image-Edit-2511) is not supported");
         }
         let axes: usize = self.axes_dims_rope.iter().sum();
         if axes != self.attention_head_dim || self.axes_dims_rope.iter().any(|d| d % 2 != 0) {

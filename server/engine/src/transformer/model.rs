@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::attention::KeyMask;
-use super::block::TransformerBlock;
+use super::block::{CondModulation, TransformerBlock};
 use super::config::Config;
 use super::embeddings::TimeTextEmbed;
 use super::norm::{layer_norm, RmsNorm};
@@ -284,6 +284,15 @@ impl QwenImageTransformer {
         };
 
         let temb = self.timestep_embedding(sigma, additional_t_cond)?;
+        // Edit-2511 (`zero_cond_t`): the condition images' tokens are modulated as at t = 0.
+        let temb0 = match self.cfg.zero_cond_t {
+            true => Some(self.timestep_embedding(&sigma.zeros_like()?, additional_t_cond)?),
+            false => None,
+        };
+        let cond = temb0.as_ref().map(|temb0| CondModulation {
+            temb0,
+            noisy: img_shapes.first().map_or(0, |&(f, h, w)| f * h * w),
+        });
         let mut img = self.img_in.forward(&img.to_dtype(self.dtype)?)?;
         let txt_normed = self.txt_norm.forward(&txt.to_dtype(self.dtype)?)?;
         let mut txt = self.txt_in.forward(&txt_normed)?;
@@ -298,7 +307,7 @@ impl QwenImageTransformer {
             None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
         };
         self.transformer_blocks.for_each(|block| {
-            (img, txt) = block.forward(&img, &txt, &temb, &rope, Some(&key_mask), &self.kernels)?;
+            (img, txt) = block.forward_with_cond(&img, &txt, &temb, cond, &rope, Some(&key_mask), &self.kernels)?;
             record(&img);
             record(&txt);
             Ok(())
