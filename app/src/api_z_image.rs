@@ -138,7 +138,7 @@ pub struct GenerateJob {
 
 /// A side length: a multiple of [`Z_SIZE_MULTIPLE`] within [`Z_MIN_SIZE`]..=[`Z_MAX_SIZE`].
 pub fn validate_size(what: &str, v: u32) -> Result<u32, ApiError> {
-    if !(Z_MIN_SIZE..=Z_MAX_SIZE).contains(&v) || v % Z_SIZE_MULTIPLE != 0 {
+    if !(Z_MIN_SIZE..=Z_MAX_SIZE).contains(&v) || !v.is_multiple_of(Z_SIZE_MULTIPLE) {
         return Err(ApiError::unprocessable(format!(
             "{what} must be a multiple of {Z_SIZE_MULTIPLE} between {Z_MIN_SIZE} and {Z_MAX_SIZE}, got {v}"
         )));

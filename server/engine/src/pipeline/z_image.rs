@@ -110,7 +110,7 @@ impl GenerateOptions {
     /// Checks what a caller can get wrong, with messages that say what is allowed.
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || v % SIZE_MULTIPLE != 0 {
+            if v == 0 || !v.is_multiple_of(SIZE_MULTIPLE) {
                 return Err(Error::InvalidInput(format!(
                     "{name} must be a positive multiple of {SIZE_MULTIPLE}, got {v}"
                 )));

@@ -78,7 +78,7 @@ impl Config {
                 self.all_f_patch_size
             );
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             candle_core::bail!(
                 "z-image transformer: dim={} is not a multiple of n_heads={}",
                 self.dim,

@@ -261,17 +261,16 @@ impl AxisTables {
     /// Appends the rows of positions `ids` to `cos`/`sin`.
     fn push_rows(&self, ids: impl Iterator<Item = [usize; 3]>, cos: &mut Vec<f32>, sin: &mut Vec<f32>) -> Result<()> {
         for id in ids {
-            for a in 0..3 {
-                if id[a] >= self.lens[a] {
+            for (a, &p) in id.iter().enumerate() {
+                if p >= self.lens[a] {
                     candle_core::bail!(
-                        "z-image RoPE: position {} on axis {a} is past axes_lens[{a}]={} (image or prompt too long)",
-                        id[a],
+                        "z-image RoPE: position {p} on axis {a} is past axes_lens[{a}]={} (image or prompt too long)",
                         self.lens[a]
                     );
                 }
                 let h = self.half[a];
-                cos.extend_from_slice(&self.cos[a][id[a] * h..(id[a] + 1) * h]);
-                sin.extend_from_slice(&self.sin[a][id[a] * h..(id[a] + 1) * h]);
+                cos.extend_from_slice(&self.cos[a][p * h..(p + 1) * h]);
+                sin.extend_from_slice(&self.sin[a][p * h..(p + 1) * h]);
             }
         }
         Ok(())
