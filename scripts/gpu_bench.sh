@@ -13,7 +13,8 @@
 # STAGES (env) selects parts: parity,ours,anchor (default); init (opt-in: each side on the other's
 # random-weight distribution, clocks per run); quick (opt-in: our 640² and 1024² steps and
 # diffusers' alone, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
-# and offload with a 20 GiB VRAM budget); vae (opt-in: our VAE, plain and fused, and diffusers'); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
+# and offload with a 20 GiB VRAM budget); vae (opt-in: our VAE, plain and fused, and diffusers'); zimage (opt-in:
+# Z-Image-Turbo, ours over REST vs diffusers' ZImagePipeline on a full-size random checkpoint); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
 # checkpoints of both models in the released layout, then our release server driven over REST with
 # offload off / on, and diffusers' pipelines on the same checkpoints: scripts/e2e_rest.py and
 # scripts/diffusers_e2e.py); load (opt-in: engine-bench's DiT from that checkpoint). Each
@@ -249,6 +250,24 @@ if has e2e_diffusers; then
 fi
 if has load; then
   TIMEOUT=200 run_ours load --model "$CKPT/layered" --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
+fi
+
+# Z-Image-Turbo (issue 22): a full-size random checkpoint in its released layout (written once,
+# into ZCKPT, /dev/shm by default: 20 GB), then our release server over REST and diffusers'
+# ZImagePipeline on it, Z_SIZE² (1024) and Z_STEPS (8), no CFG, Z_RUNS timed runs each after a
+# 2-step warm-up (scripts/z_image_bench.py). Z_ARGS="--offload" measures both with offload.
+if has zimage; then
+  log "z-image: ours vs diffusers, ${Z_SIZE:-1024}², ${Z_STEPS:-8} steps"
+  sample_clocks zimage
+  PYTHONPATH=/tmp/site timeout "${Z_LIMIT:-540}" "$PY" "$G/z_image_bench.py" "${ZCKPT:-/dev/shm/zckpt}" \
+    --size "${CKPT_SIZE:-full}" --server "$BIN/server" --width "${Z_SIZE:-1024}" --height "${Z_SIZE:-1024}" \
+    --steps "${Z_STEPS:-8}" --runs "${Z_RUNS:-2}" --log "$OUT/server_zimage.log" ${Z_ARGS:-} \
+    > "$OUT/zimage.log" 2>&1
+  echo "exit $?"
+  stop_clocks zimage
+  grep '^{' "$OUT/zimage.log" | tee -a "$OUT/zimage.jsonl" | cut -c1-300
+  grep -E "Error|error|panick" "$OUT/zimage.log" "$OUT/server_zimage.log" | head -5
+  cp "$OUT/zimage.jsonl" "$RESULTS/" 2>/dev/null
 fi
 
 if has anchor; then

@@ -48,7 +48,7 @@ for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:dev
   xz -6 -T2 -c "/tmp/$name.stripped" > "$DEST/$name.xz"
 done
 cp scripts/gpu_bench.sh scripts/gpu_compare.py scripts/write_random_checkpoint.py scripts/e2e_rest.py \
-  scripts/diffusers_e2e.py scripts/e2e_table.py scripts/diffusers_same_init.py \
+  scripts/diffusers_e2e.py scripts/e2e_table.py scripts/diffusers_same_init.py scripts/z_image_bench.py \
   "$SHARED/bench/diffusers_anchor.py" "$DEST/"
 nvcc -O2 -std=c++17 -o "$DEST/gemm_sweep" scripts/gemm_algos/sweep.cu -lcublasLt
 echo "$ROOT" > "$DEST/compiled_at"
