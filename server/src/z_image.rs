@@ -215,12 +215,13 @@ impl ZImageService {
 
     fn load_options(&self) -> LoadOptions {
         let cuda = self.runtime.device.is_cuda();
+        let offload = self.settings.cpu_offload && cuda;
+        let total_vram = engine::gpu::memory::mem_info(&self.runtime.device).map(|(_, total)| total);
         LoadOptions {
             device: self.runtime.device.clone(),
             dtype: self.runtime.dtype,
-            // The tiny test models and the CPU keep it; a GPU run loads Qwen3 (8 GB) per job.
-            keep_text_encoder: !cuda,
-            offload: (self.settings.cpu_offload && cuda).then(OffloadOptions::default),
+            keep_text_encoder: keep_text_encoder(cuda, offload, total_vram),
+            offload: offload.then(OffloadOptions::default),
             ..LoadOptions::default()
         }
     }
@@ -364,6 +365,17 @@ impl app::server_fns_z_image::ZImageBackend for ZImageService {
     }
 }
 
+/// A card with at least this much memory keeps Z-Image's Qwen3 encoder (~8 GB in bf16) resident
+/// beside its DiT (~12 GB), the VAE and 1024² activations, whatever else is loaded.
+pub const KEEP_Z_TEXT_ENCODER_MIN_VRAM: u64 = 40 << 30;
+
+/// Whether the Qwen3 encoder stays loaded between jobs: always on the CPU; on a GPU, not with
+/// offload (it is loaded onto the card for each job's encoding, then dropped), else from
+/// [`KEEP_Z_TEXT_ENCODER_MIN_VRAM`] on.
+pub fn keep_text_encoder(cuda: bool, offload: bool, total_vram: Option<u64>) -> bool {
+    !cuda || (!offload && total_vram.is_some_and(|t| t >= KEEP_Z_TEXT_ENCODER_MIN_VRAM))
+}
+
 /// On the worker: load the model if needed, generate, answer.
 fn run(
     job_handle: &ZJob,
@@ -408,6 +420,20 @@ fn engine_error(e: engine::Error) -> ApiError {
         engine::Error::Cancelled => ApiError::cancelled(),
         engine::Error::InvalidInput(m) => ApiError::unprocessable(m),
         other => ApiError::internal(format!("Z-Image failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_encoder_stays_where_there_is_room() {
+        assert!(keep_text_encoder(false, false, None));
+        assert!(keep_text_encoder(true, false, Some(141 << 30)));
+        assert!(!keep_text_encoder(true, false, Some(24 << 30)));
+        assert!(!keep_text_encoder(true, false, None));
+        assert!(!keep_text_encoder(true, true, Some(141 << 30)));
     }
 }
 

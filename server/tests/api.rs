@@ -234,9 +234,9 @@ fn startup_errors_are_clear_and_nonzero() {
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (code, err) = run(&["--model-type", "zimage"]);
+    let (code, err) = run(&["--model-type", "zimage", "--z-image-width", "1000"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("Z-Image is not available yet"), "{err}");
+    assert!(err.contains("--z-image-width") && err.contains("multiple of 16"), "{err}");
 
     let dir = std::env::temp_dir().join(format!("server-api-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
