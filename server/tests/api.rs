@@ -236,7 +236,10 @@ fn startup_errors_are_clear_and_nonzero() {
     };
     let (code, err) = run(&["--model-type", "zimage", "--z-image-width", "1000"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--z-image-width") && err.contains("multiple of 16"), "{err}");
+    assert!(
+        err.contains("--z-image-width") && err.contains("multiple of 16"),
+        "{err}"
+    );
 
     let dir = std::env::temp_dir().join(format!("server-api-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
