@@ -155,7 +155,8 @@ if has extra; then
     --offload on --vram-budget-gb 20 --phases dit
 fi
 
-if has anchor || has vae || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers; then
+if has anchor || has vae || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers \
+  || has e2e_lightning_diffusers; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
 fi
@@ -248,6 +249,44 @@ if has e2e_diffusers; then
   grep '^{' "$OUT/diffusers_e2e.log" | tee -a "$OUT/e2e.jsonl"
   grep -v '^{' "$OUT/diffusers_e2e.log" | grep -v "it/s\]\|s/it\]" | tail -4
 fi
+# Fast edits (issue 20; opt-in stages e2e_lightning, e2e_lightning_diffusers): a random full-size
+# LoRA in Qwen-Image-Lightning's released layout (rank 64, the 720 attention/MLP linears of the edit
+# DiT) beside the checkpoint, then the same layer edit at 50 steps x true CFG and with the 8- and
+# 4-step presets (the LoRA merged into the DiT, presets/qwen-image-lightning/scheduler_config.json,
+# no CFG): ours over REST (the first preset request includes swapping the adapters), and diffusers
+# with load_lora_weights + fuse_lora and the same scheduler file (scripts/e2e_lightning.py).
+# LIGHTNING_CASES, LIGHTNING_LIMIT, LIGHTNING_DIFFUSERS_LIMIT, LIGHTNING_ARGS trim or rehearse it.
+if has e2e_lightning || has e2e_lightning_diffusers; then
+  write_checkpoints
+  LORA="$CKPT/lightning-random-r64.safetensors"
+  [ -f "$LORA" ] || PYTHONPATH=/tmp/site timeout 300 "$PY" scripts/write_random_lora.py "$LORA" --from "$CKPT/edit" \
+    --rank "${LIGHTNING_RANK:-64}" | tee -a "$OUT/lightning.jsonl"
+  SCHED=presets/qwen-image-lightning/scheduler_config.json
+fi
+if has e2e_lightning; then
+  log "ours over REST: edit at 50 steps x CFG vs the 8/4-step Lightning-style presets"
+  sample_clocks e2e_lightning
+  PYTHONPATH=/tmp/site timeout "${LIGHTNING_LIMIT:-480}" "$PY" scripts/e2e_lightning.py ours "$BIN/server" \
+    --edit "$CKPT/edit" --lora "$LORA" --scheduler "$SCHED" --cases "${LIGHTNING_CASES:-edit,edit,fast8,fast8,fast4,edit}" \
+    --tag h200 --log "$OUT/server_lightning.log" ${LIGHTNING_ARGS:-} 2>&1 | tee -a "$OUT/lightning.jsonl" | cut -c1-600
+  stop_clocks e2e_lightning
+  grep -E "runs on|error|panick|LoRA" "$OUT/server_lightning.log" | head -8
+fi
+if has e2e_lightning_diffusers; then
+  log "diffusers: the same edit, then load_lora_weights + fuse_lora with the preset's scheduler"
+  sample_clocks e2e_lightning_diffusers
+  PYTHONPATH=/tmp/site timeout "${LIGHTNING_DIFFUSERS_LIMIT:-480}" "$PY" scripts/e2e_lightning.py diffusers \
+    --edit "$CKPT/edit" --lora "$LORA" --scheduler "$SCHED" ${LIGHTNING_ARGS:-} > "$OUT/diffusers_lightning.log" 2>&1
+  echo "exit $?"
+  stop_clocks e2e_lightning_diffusers
+  grep '^{' "$OUT/diffusers_lightning.log" | tee -a "$OUT/lightning.jsonl"
+  grep -v '^{' "$OUT/diffusers_lightning.log" | grep -v "it/s\]\|s/it\]" | tail -4
+fi
+if [ -s "$OUT/lightning.jsonl" ]; then
+  "$PY" scripts/e2e_lightning.py table "$OUT/lightning.jsonl" | tee "$RESULTS/lightning_table.md"
+  cp "$OUT/lightning.jsonl" "$RESULTS/"
+fi
+
 if has load; then
   TIMEOUT=200 run_ours load --model "$CKPT/layered" --resolution 640 --layers 4 --steps 1 --warmup 0 --phases dit
 fi
