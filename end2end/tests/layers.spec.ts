@@ -213,8 +213,7 @@ test("a layer edit replaces the layer with before/after and undo", async ({ page
   await expect(page.getByLabel("Prompt")).not.toHaveValue("");
   const before = await canvasHash(page);
 
-  // The Edit button appears on hover/focus and opens an instruction box.
-  await row(page, "Layer 2").hover();
+  // The Edit button (always shown) opens an instruction box.
   const edit = page.getByRole("button", { name: "Edit Layer 2" });
   await expect(edit).toBeVisible();
   await edit.click();

@@ -12,6 +12,9 @@ test("a missing model is explained, and a decompose error is shown where the but
   await openApp(page, `${NO_MODEL}/`);
   await expect(page.locator("#model-notice")).toContainText("The decompose model is unavailable.");
   await expect(page.locator("#model-notice")).toContainText(status.reason);
+  // The models' state line says it too.
+  await expect(page.locator("#model-status-decompose")).toHaveAttribute("data-state", "unavailable");
+  await expect(page.locator("#model-status-decompose")).toContainText("Layers model: unavailable");
 
   await page.setInputFiles("#image-input", { name: "scene.png", mimeType: "image/png", buffer: scenePng() });
   await page.getByLabel("Prompt").fill("a red box and a sun");

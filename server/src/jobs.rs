@@ -21,8 +21,9 @@ struct Record {
     step: u32,
     total_steps: u32,
     started: Option<Instant>,
-    /// When denoising began and how many steps had finished then (for the ETA).
+    /// When denoising began and when its last step finished (for the ETA).
     denoise_started: Option<Instant>,
+    last_step: Option<Instant>,
     finished: Option<Instant>,
     error: Option<String>,
     /// The result, while it is not in the run store (it failed to save, say).
@@ -90,10 +91,10 @@ impl JobHandle {
         let r = self.lock();
         let now = Instant::now();
         let elapsed = r.started.map_or(0.0, |s| (r.finished.unwrap_or(now) - s).as_secs_f64());
-        let eta_seconds = match (r.state, r.denoise_started) {
-            (JobState::Running, Some(t0)) if r.step > 0 && r.total_steps >= r.step => {
-                let per_step = (now - t0).as_secs_f64() / f64::from(r.step);
-                Some(per_step * f64::from(r.total_steps - r.step))
+        // Only while denoising: the other phases are not timed per step (the page names them).
+        let eta_seconds = match (r.state, r.phase, r.denoise_started, r.last_step) {
+            (JobState::Running, "denoising", Some(t0), Some(t1)) => {
+                denoise_eta(r.step, r.total_steps, (t1 - t0).as_secs_f64(), (now - t1).as_secs_f64())
             }
             _ => None,
         };
@@ -123,6 +124,9 @@ impl Progress for JobHandle {
 
     fn step(&self, done: usize, total: usize) {
         let mut r = self.lock();
+        if done as u32 > r.step {
+            r.last_step = Some(Instant::now());
+        }
         r.step = done as u32;
         r.total_steps = total as u32;
     }
@@ -130,6 +134,20 @@ impl Progress for JobHandle {
     fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
     }
+}
+
+/// Seconds of denoising left after `step` of `total` steps took `finished_secs`, the running step
+/// having run `running_secs`: the mean step time for each step left, less what the running step
+/// has done, but never less than the steps after the running one need, so a step slower than
+/// the mean holds the estimate instead of driving it to zero. `None` before the first step ends
+/// and after the last.
+pub fn denoise_eta(step: u32, total: u32, finished_secs: f64, running_secs: f64) -> Option<f64> {
+    if step == 0 || step >= total {
+        return None;
+    }
+    let per_step = finished_secs / f64::from(step);
+    let left = f64::from(total - step);
+    Some((per_step * left - running_secs).max(per_step * (left - 1.0)))
 }
 
 /// All jobs the server knows about.
@@ -155,6 +173,7 @@ impl JobRegistry {
                 total_steps,
                 started: None,
                 denoise_started: None,
+                last_step: None,
                 finished: None,
                 error: None,
                 result: None,
@@ -241,6 +260,9 @@ mod tests {
         );
         let eta = s.eta_seconds.unwrap();
         assert!(eta > 0.05 && eta < 5.0, "eta {eta}: 8 steps left at ≥ 10 ms a step");
+        // Decoding has no steps to time: no ETA (the page says "Decoding the layers").
+        a.phase(Phase::Decoding);
+        assert_eq!(reg.status(&a).eta_seconds, None);
         assert_eq!(reg.status(&b).queue_position, Some(0));
         a.finish(&Ok(response()), false);
         let s = reg.status(&a);
@@ -253,6 +275,23 @@ mod tests {
             s.result.is_none(),
             "a stored result is read from the store, not kept in memory"
         );
+    }
+
+    #[test]
+    fn the_eta_counts_down_during_a_step_and_never_grows() {
+        // 2 of 10 steps in 2 s: 1 s a step, 8 left.
+        assert_eq!(denoise_eta(2, 10, 2.0, 0.0), Some(8.0));
+        assert_eq!(denoise_eta(2, 10, 2.0, 0.25), Some(7.75));
+        // A step slower than the mean holds the estimate at the 7 steps after it.
+        assert_eq!(denoise_eta(2, 10, 2.0, 5.0), Some(7.0));
+        let mut last = f64::INFINITY;
+        for tenth in 0..30 {
+            let eta = denoise_eta(2, 10, 2.0, f64::from(tenth) / 10.0).unwrap();
+            assert!(eta <= last, "the estimate grew while a step ran: {eta} > {last}");
+            last = eta;
+        }
+        assert_eq!(denoise_eta(0, 10, 0.0, 3.0), None, "nothing timed yet");
+        assert_eq!(denoise_eta(10, 10, 9.0, 0.0), None, "denoising is over");
     }
 
     #[test]

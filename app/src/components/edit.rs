@@ -28,6 +28,32 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let field_id = format!("layer-{id}-instruction");
+    // Seconds since "Apply edit", counted on the page while the (blocking) edit request runs.
+    let elapsed = RwSignal::new(0u32);
+    Effect::new(move |was_busy: Option<bool>| {
+        let now = busy.get();
+        if now {
+            elapsed.set(0);
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                while busy.try_get_untracked().unwrap_or(false) {
+                    crate::browser::sleep_ms(1000).await;
+                    if busy.try_get_untracked().unwrap_or(false) {
+                        elapsed.try_update(|e| *e += 1);
+                    }
+                }
+            });
+        } else if was_busy == Some(true) {
+            // The edit model has loaded (or failed): the page's model status says so.
+            #[cfg(feature = "hydrate")]
+            leptos::task::spawn_local(async move {
+                if let Ok(s) = crate::server_fns::get_edit_status().await {
+                    edit_status.try_set(Some(s));
+                }
+            });
+        }
+        now
+    });
 
     // Opening the box puts the cursor in the instruction (`autofocus` only works at page load).
     #[cfg(feature = "hydrate")]
@@ -95,7 +121,11 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                 rows="2"
                 placeholder="e.g. make it blue; add a red scarf; turn it into a watercolour"
                 prop:value=move || instruction.get()
-                on:input=move |ev| instruction.set(event_target_value(&ev))
+                on:input=move |ev| {
+                    instruction.set(event_target_value(&ev));
+                    // A message about the old instruction no longer applies.
+                    error.set(None);
+                }
                 disabled=move || busy.get()
             ></textarea>
             <label class="check">
@@ -138,18 +168,11 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                 </button>
             </div>
             <Show when=move || busy.get()>
-                <p class="hint" role="status">
-                    {move || {
-                        edit_status
-                            .with(|s| match s {
-                                // The first edit of a model not cached yet downloads it (~57 GB).
-                                Some(s) if s.status == "downloading" => {
-                                    format!("First edit: {}.", s.reason.clone().unwrap_or_default())
-                                }
-                                _ => "Editing the layer — this can take a while on a large model.".to_string(),
-                            })
-                    }}
-                </p>
+                {move || {
+                    let (label, note) = edit_status.with(|s| edit_phase(s.as_ref().map(|s| (s.status.as_str(), s.reason.as_deref()))));
+                    let detail = format!("{} elapsed · {note}", super::run::duration(f64::from(elapsed.get())));
+                    view! { <super::run::ProgressBar label fraction=None detail/> }
+                }}
             </Show>
             {move || {
                 error
@@ -166,6 +189,26 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
         </form>
     }
     .into_any()
+}
+
+/// What the edit progress says, from the edit model's state (`status`, `reason`): a label and a
+/// note. The server reports no steps for an edit, so there is no fraction or ETA.
+pub fn edit_phase(model: Option<(&str, Option<&str>)>) -> (String, String) {
+    match model {
+        // The first edit of a model not cached yet downloads it (~57 GB).
+        Some(("downloading", reason)) => (
+            "Downloading the edit model".into(),
+            reason.unwrap_or("the first edit fetches the weights").to_string(),
+        ),
+        Some(("idle", _)) => (
+            "Loading the edit model, then editing".into(),
+            "the first edit loads the model".into(),
+        ),
+        _ => (
+            "Editing the layer".into(),
+            "an edit runs all its steps at once; a large model takes minutes".into(),
+        ),
+    }
 }
 
 #[cfg(feature = "hydrate")]
@@ -251,4 +294,24 @@ fn run_edit(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_phase;
+
+    #[test]
+    fn the_edit_progress_names_the_phase() {
+        assert_eq!(
+            edit_phase(Some(("idle", None))).0,
+            "Loading the edit model, then editing"
+        );
+        let (label, note) = edit_phase(Some(("downloading", Some("file 2 of 9"))));
+        assert_eq!(
+            (label.as_str(), note.as_str()),
+            ("Downloading the edit model", "file 2 of 9")
+        );
+        assert_eq!(edit_phase(Some(("ready", None))).0, "Editing the layer");
+        assert_eq!(edit_phase(None).0, "Editing the layer");
+    }
 }

@@ -5,8 +5,9 @@
 
 use leptos::prelude::*;
 
-use super::AppState;
+use super::{AppState, RunState};
 use crate::export::Format;
+use crate::layer_stack::RunInfo;
 
 /// The download's file name: `qwen-layers-seed-42.zip`; the flattened PNG is
 /// `composite-flattened.png`.
@@ -60,10 +61,22 @@ const BUTTONS: [(Format, &str, &str); 5] = [
 
 #[component]
 pub fn ExportBar() -> impl IntoView {
-    let AppState { result, run_info, .. } = expect_context::<AppState>();
+    let AppState {
+        result, run_info, run, ..
+    } = expect_context::<AppState>();
     #[cfg(not(feature = "hydrate"))]
-    let _ = (result, run_info);
-    let message = RwSignal::new(None::<Result<String, String>>);
+    let _ = result;
+    // The outcome of the last export, with the run whose layers it saved: "Saved …" is shown
+    // only while those layers are on the page and no new run is going.
+    let message = RwSignal::new(None::<(Option<RunInfo>, Result<String, String>)>);
+    let shown = move || {
+        let current = run_info.get();
+        let running = run.with(RunState::is_busy);
+        message
+            .get()
+            .filter(|(saved_from, _)| !running && *saved_from == current)
+            .map(|(_, m)| m)
+    };
     // The format being prepared, if any (one at a time).
     let busy = RwSignal::new(None::<Format>);
 
@@ -89,7 +102,7 @@ pub fn ExportBar() -> impl IntoView {
                     &super::upload::file_size(bytes.len() as u64),
                 ))
             });
-            message.set(Some(outcome));
+            message.set(Some((run, outcome)));
             busy.set(None);
         });
     };
@@ -127,8 +140,7 @@ pub fn ExportBar() -> impl IntoView {
             </p>
             <div class="export-buttons" role="group" aria-label="Export formats">{buttons}</div>
             {move || {
-                message
-                    .get()
+                shown()
                     .map(|m| match m {
                         Ok(text) => view! { <p class="export-done" role="status">{text}</p> }.into_any(),
                         Err(text) => view! { <p class="error" role="alert">{format!("Export failed: {text}")}</p> }.into_any(),

@@ -6,18 +6,21 @@ use leptos::prelude::*;
 use super::canvas::Stage;
 use super::export_bar::ExportBar;
 use super::layers::LayerPanel;
+use super::run::{RunProgress, RunState};
 use super::AppState;
 
 #[component]
 pub fn ResultsArea() -> impl IntoView {
-    let AppState { result, .. } = expect_context::<AppState>();
+    let AppState { result, run, .. } = expect_context::<AppState>();
     view! {
         <section class="results" aria-label="Results">
+            // A run shows here, where its layers will appear (above the previous ones, if any).
+            <RunProgress/>
             <Show
                 when=move || result.with(Option::is_some)
-                fallback=|| {
+                fallback=move || {
                     view! {
-                        <div class="empty-state card">
+                        <div class="empty-state card" class:hidden=move || run.with(RunState::is_busy)>
                             <div class="empty-illustration" aria-hidden="true">
                                 <span></span>
                                 <span></span>

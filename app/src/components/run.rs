@@ -34,6 +34,8 @@ pub enum RunState {
         layers: u32,
         /// The automatic caption, when the prompt was empty.
         caption: Option<String>,
+        /// What an automatic layer count kept and dropped.
+        auto_layers: Option<crate::layer_count::AutoLayers>,
     },
     Failed(String),
     Cancelled,
@@ -64,7 +66,7 @@ pub fn progress_view(s: &JobStatus) -> ProgressView {
         (_, "loading") => "Loading the model".into(),
         (_, "encoding") => "Encoding the prompt and image".into(),
         (_, "denoising") => "Denoising".into(),
-        (_, "decoding") => "Decoding the layers".into(),
+        (_, "decoding") => "Decoding the layers…".into(),
         (_, "done") => "Done".into(),
         (_, other) => {
             let mut c = other.chars();
@@ -86,8 +88,11 @@ pub fn progress_view(s: &JobStatus) -> ProgressView {
     if s.elapsed > 0.0 {
         detail.push(format!("{} elapsed", duration(s.elapsed)));
     }
-    if let Some(eta) = s.eta_seconds.filter(|e| e.is_finite() && *e >= 0.0) {
-        detail.push(format!("about {} left", duration(eta)));
+    match s.eta_seconds.filter(|e| e.is_finite() && *e >= 0.0) {
+        Some(eta) => detail.push(format!("about {} left", duration(eta))),
+        // The server times denoising steps only; the first one is still running.
+        None if s.phase == "denoising" && s.step == 0 => detail.push("timing the first step".into()),
+        None => {}
     }
     ProgressView {
         label,
@@ -144,26 +149,6 @@ pub fn RunPanel() -> impl IntoView {
             start_run(state);
         }
     };
-    let cancel = move |_| {
-        #[cfg(feature = "hydrate")]
-        {
-            let id = match run.get_untracked() {
-                RunState::Running { id, .. } => id,
-                _ => return,
-            };
-            run.update(|r| {
-                if let RunState::Running { cancelling, .. } = r {
-                    *cancelling = true;
-                }
-            });
-            leptos::task::spawn_local(async move {
-                if let Err(e) = crate::server_fns::cancel_job(id).await {
-                    leptos::logging::warn!("cancel failed: {}", e.error);
-                }
-            });
-        }
-    };
-
     let model_notice = move || {
         status.with(|s| {
             s.as_ref().filter(|s| s.status == "unavailable").map(|s| {
@@ -190,24 +175,9 @@ pub fn RunPanel() -> impl IntoView {
                 >
                     {move || if run.with(RunState::is_busy) { "Decomposing…" } else { "Decompose Image" }}
                 </button>
-                <Show when=move || run.with(|r| matches!(r, RunState::Running { .. }))>
-                    <button
-                        type="button"
-                        class="secondary cancel-button"
-                        disabled=move || run.with(|r| matches!(r, RunState::Running { cancelling: true, .. }))
-                        on:click=cancel
-                    >
-                        {move || {
-                            if run.with(|r| matches!(r, RunState::Running { cancelling: true, .. })) {
-                                "Cancelling…"
-                            } else {
-                                "Cancel"
-                            }
-                        }}
-                    </button>
-                </Show>
             </div>
             <p id="run-why" class="hint mode-note">{move || if run.with(RunState::is_busy) { None } else { blocked_reason() }}</p>
+            <ModelStatus/>
             {model_notice}
             <RunStatus run/>
         </div>
@@ -215,11 +185,85 @@ pub fn RunPanel() -> impl IntoView {
     .into_any()
 }
 
-/// The progress bar while running, then the outcome (or the error) in the same place.
+/// What a model's state is called on the page, and a word on what it means.
+pub fn model_state_text(status: &str) -> (&'static str, &'static str) {
+    match status {
+        "ready" => ("ready", "in memory"),
+        "idle" => ("idle", "loads on the first run"),
+        "loading" => ("loading", "reading the weights"),
+        "downloading" => ("downloading", "fetching the weights"),
+        "unavailable" => ("unavailable", "cannot run here"),
+        _ => ("unknown", "no answer from the server yet"),
+    }
+}
+
+/// Both models' state (idle, loading, ready, downloading, unavailable), always on the page.
 #[component]
-fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
-    move || match run.get() {
-        RunState::Idle => ().into_any(),
+fn ModelStatus() -> impl IntoView {
+    let AppState {
+        status,
+        edit_status,
+        run,
+        ..
+    } = expect_context::<AppState>();
+    // The decompose model loads inside a job: the job's phase says so before /status can.
+    let decompose = move || {
+        let phase = run.with(|r| match r {
+            RunState::Running { status: Some(s), .. } => Some(s.phase.clone()),
+            _ => None,
+        });
+        match phase.as_deref() {
+            Some("loading") => "loading".to_string(),
+            Some("encoding" | "captioning" | "denoising" | "decoding") => "ready".to_string(),
+            _ => status.with(|s| s.as_ref().map(|s| s.status.clone()).unwrap_or_default()),
+        }
+    };
+    let edit = move || edit_status.with(|s| s.as_ref().map(|s| s.status.clone()).unwrap_or_default());
+    let chip = move |label: &'static str, id: &'static str, state: Signal<String>| {
+        view! {
+            <li class="model-state" id=id data-state=move || model_state_text(&state.get()).0>
+                <span class="model-dot" aria-hidden="true"></span>
+                {label}
+                ": "
+                <strong>{move || model_state_text(&state.get()).0}</strong>
+                <span class="model-why">{move || format!(" — {}", model_state_text(&state.get()).1)}</span>
+            </li>
+        }
+    };
+    view! {
+        <ul class="model-status" aria-label="Models">
+            {chip("Layers model", "model-status-decompose", Signal::derive(decompose))}
+            {chip("Edit model", "model-status-edit", Signal::derive(edit))}
+        </ul>
+    }
+    .into_any()
+}
+
+/// The running decomposition in the results area: the progress bar and Cancel.
+#[component]
+pub fn RunProgress() -> impl IntoView {
+    let AppState { run, .. } = expect_context::<AppState>();
+    let cancelling = move || run.with(|r| matches!(r, RunState::Running { cancelling: true, .. }));
+    let cancel = move |_| {
+        #[cfg(feature = "hydrate")]
+        {
+            let id = match run.get_untracked() {
+                RunState::Running { id, .. } => id,
+                _ => return,
+            };
+            run.update(|r| {
+                if let RunState::Running { cancelling, .. } = r {
+                    *cancelling = true;
+                }
+            });
+            leptos::task::spawn_local(async move {
+                if let Err(e) = crate::server_fns::cancel_job(id).await {
+                    leptos::logging::warn!("cancel failed: {}", e.error);
+                }
+            });
+        }
+    };
+    let bar = move || match run.get() {
         RunState::Starting => {
             view! { <ProgressBar label="Uploading the image".into() fraction=None detail=String::new()/> }.into_any()
         }
@@ -236,15 +280,41 @@ fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
             };
             view! { <ProgressBar label fraction=view.fraction detail=view.detail/> }.into_any()
         }
+        _ => ().into_any(),
+    };
+    view! {
+        <Show when=move || run.with(RunState::is_busy)>
+            <section class="run-progress card" aria-labelledby="run-progress-title">
+                <h2 id="run-progress-title" class="card-title">"Decomposing your image"</h2>
+                {bar}
+                <Show when=move || run.with(|r| matches!(r, RunState::Running { .. }))>
+                    <button type="button" class="secondary cancel-button" disabled=cancelling on:click=cancel>
+                        {move || if cancelling() { "Cancelling…" } else { "Cancel" }}
+                    </button>
+                </Show>
+            </section>
+        </Show>
+    }
+    .into_any()
+}
+
+/// The outcome of the last run (or its error), under the button; the progress itself is in the
+/// results area ([`RunProgress`]).
+#[component]
+fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
+    move || match run.get() {
+        RunState::Idle | RunState::Starting | RunState::Running { .. } => ().into_any(),
         RunState::Done {
             seconds,
             seed,
             layers,
             caption,
+            auto_layers,
         } => view! {
             <p class="run-done" role="status">
                 {format!("Split into {layers} layers in {} · seed {seed}", duration(seconds))}
             </p>
+            {auto_layers.map(|a| view! { <p class="auto-report hint">{auto_summary(&a)}</p> })}
             {caption.map(|c| view! { <Caption caption=c/> })}
         }
         .into_any(),
@@ -257,6 +327,28 @@ fn RunStatus(run: RwSignal<RunState>) -> impl IntoView {
         .into_any(),
         RunState::Cancelled => view! { <p class="run-cancelled" role="status">"Cancelled."</p> }.into_any(),
     }
+}
+
+/// "Automatic count: kept 3 of 6 layers; dropped layer 2 (empty), layer 5 (covered)."
+pub fn auto_summary(a: &crate::layer_count::AutoLayers) -> String {
+    use crate::layer_count::DropReason;
+    let kept = format!("Automatic count: kept {} of {} layers", a.kept.len(), a.produced);
+    if a.dropped.is_empty() {
+        return format!("{kept}: every layer shows.");
+    }
+    let dropped: Vec<String> = a
+        .dropped
+        .iter()
+        .map(|d| {
+            let why = match d.reason {
+                DropReason::Empty => "empty",
+                DropReason::Duplicate => "duplicate",
+                DropReason::Covered => "covered",
+            };
+            format!("layer {} ({why})", d.layer)
+        })
+        .collect();
+    format!("{kept}; dropped {}.", dropped.join(", "))
 }
 
 /// The first `max` characters of a caption, cut at a word, and whether anything was cut.
@@ -303,7 +395,7 @@ fn Caption(caption: String) -> impl IntoView {
 }
 
 #[component]
-fn ProgressBar(label: String, fraction: Option<f64>, detail: String) -> impl IntoView {
+pub fn ProgressBar(label: String, fraction: Option<f64>, detail: String) -> impl IntoView {
     let percent = fraction.map(|f| (f * 100.0).round() as u32);
     view! {
         <div class="progress" role="status" aria-live="polite">
@@ -360,6 +452,8 @@ fn start_run(state: AppState) {
             cancelling: false,
         });
         let mut failures = 0;
+        // However the run ends, the model may have loaded: the page's model status says so.
+        let _refresh = RefreshStatusOnDrop(state.status);
         loop {
             crate::browser::sleep_ms(POLL_MS).await;
             let s = match get_job_status(id.clone()).await {
@@ -408,6 +502,22 @@ fn start_run(state: AppState) {
     });
 }
 
+/// Fetches the decompose model's status when dropped (at the end of a run, however it ends).
+#[cfg(feature = "hydrate")]
+struct RefreshStatusOnDrop(RwSignal<Option<crate::api::StatusResponse>>);
+
+#[cfg(feature = "hydrate")]
+impl Drop for RefreshStatusOnDrop {
+    fn drop(&mut self) {
+        let status = self.0;
+        leptos::task::spawn_local(async move {
+            if let Ok(s) = crate::server_fns::get_status().await {
+                status.try_set(Some(s));
+            }
+        });
+    }
+}
+
 /// Puts a finished decomposition on the page: the layer stack, its run info and the outcome line.
 #[cfg(feature = "hydrate")]
 fn show_result(state: AppState, response: &DecomposeResponse, prompt: &str, steps: u32, cfg_scale: f32) {
@@ -444,6 +554,7 @@ fn show_result(state: AppState, response: &DecomposeResponse, prompt: &str, step
                 seed: response.seed,
                 layers,
                 caption: response.caption.clone(),
+                auto_layers: response.auto_layers.clone(),
             });
             announce.set(format!("Done: {layers} layers."));
         }
@@ -576,6 +687,53 @@ mod tests {
             progress_view(&status(JobState::Running, "decoding", 50)).fraction,
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn decoding_is_named_and_the_first_step_is_being_timed() {
+        let v = progress_view(&status(JobState::Running, "denoising", 0));
+        assert_eq!(v.detail, "Step 0 / 50 · timing the first step");
+        let mut s = status(JobState::Running, "decoding", 50);
+        s.elapsed = 30.0;
+        let v = progress_view(&s);
+        assert_eq!(v.label, "Decoding the layers…");
+        assert_eq!(v.detail, "Step 50 / 50 · 30 s elapsed", "no ETA while decoding");
+    }
+
+    #[test]
+    fn the_automatic_count_says_what_it_dropped() {
+        use crate::layer_count::{AutoLayers, DropReason, DroppedLayer};
+        let dropped = |layer, reason| DroppedLayer {
+            layer,
+            reason,
+            detail: String::new(),
+        };
+        let a = AutoLayers {
+            produced: 6,
+            kept: vec![1, 3, 4, 6],
+            dropped: vec![dropped(2, DropReason::Empty), dropped(5, DropReason::Covered)],
+        };
+        assert_eq!(
+            auto_summary(&a),
+            "Automatic count: kept 4 of 6 layers; dropped layer 2 (empty), layer 5 (covered)."
+        );
+        let all = AutoLayers {
+            produced: 6,
+            kept: (1..=6).collect(),
+            dropped: vec![],
+        };
+        assert_eq!(
+            auto_summary(&all),
+            "Automatic count: kept 6 of 6 layers: every layer shows."
+        );
+    }
+
+    #[test]
+    fn every_model_state_has_words() {
+        for state in ["idle", "loading", "ready", "downloading", "unavailable"] {
+            assert_eq!(model_state_text(state).0, state);
+        }
+        assert_eq!(model_state_text("").0, "unknown");
     }
 
     #[test]
