@@ -70,6 +70,13 @@ if has parity; then
     echo "exit $?"
     grep -E "^test |test result|worst|GPU vs CPU|vs CPU|final latents|PNGs|offload resident|panicked|not within|differ" \
       "$OUT/parity_$dt.log" | cut -c1-220
+    # Z-Image (issue 22): a CFG run against diffusers' f32 reference; in bf16 also the flash path.
+    if [ -x "$BIN/z_image_device" ]; then
+      ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 120 "$BIN/z_image_device" --test-threads=1 --nocapture \
+        > "$OUT/parity_z_image_$dt.log" 2>&1
+      echo "z-image exit $?"
+      grep -E "^test |test result|z-image|panicked|not within" "$OUT/parity_z_image_$dt.log" | cut -c1-220
+    fi
   done
 fi
 

@@ -32,16 +32,17 @@ FEATURES="${ENGINE_GPU_FEATURES:-cuda,cudnn-attention}"
 engine_features="$(echo "$FEATURES,bench" | sed 's/\([a-z-]*\)/engine\/\1/g')"
 cargo build --release -p engine -p server -p qwen-layers --bin engine-bench --bin server --bin qwen-layers \
   --features "$engine_features,server/cuda,qwen-layers/cuda"
-test_bin="$(cargo test --release -p engine --features "$FEATURES,bench" --test device_parity --no-run --message-format=json \
+test_bins="$(cargo test --release -p engine --features "$FEATURES,bench" --test device_parity --test z_image_device \
+  --no-run --message-format=json \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     try: d = json.loads(l)
     except ValueError: continue
-    if d.get("reason") == "compiler-artifact" and d.get("executable") and d["target"]["name"] == "device_parity":
-        print(d["executable"])')"
+    if d.get("reason") == "compiler-artifact" and d.get("executable") and d["target"]["name"] in ("device_parity", "z_image_device"):
+        print(d["executable"] + ":" + d["target"]["name"])')"
 
 mkdir -p "$DEST/wheels"
-for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" "$test_bin:device_parity" \
+for pair in "$CARGO_TARGET_DIR/release/engine-bench:engine-bench" $test_bins \
   "$CARGO_TARGET_DIR/release/server:server"; do
   src="${pair%%:*}"; name="${pair##*:}"
   strip -o "/tmp/$name.stripped" "$src"
