@@ -187,7 +187,7 @@ def table(path):
         fast = [r["wall_s"] for r in rows if r["side"] == side and r.get("case") == "fast8" and "wall_s" in r]
         if plain and fast:
             print(f"\n{side}: warm 8-step preset {min(fast):.2f} s vs 50 steps x CFG {min(plain):.2f} s "
-                  f"({min(plain) / min(fast):.1f}x faster)")
+                  f"(speed-up {min(plain) / min(fast):.1f}x)")
 
 
 def main():
