@@ -504,6 +504,7 @@ impl LayerStack {
                     png: png.as_deref(),
                 })
                 .collect(),
+            groups: Vec::new(),
             composite: composite.as_raw(),
             composite_png: None,
             run: self.export_run(run)?,

@@ -153,6 +153,7 @@ impl Layers {
                     png: pngs.map(|p| p.1[i].as_slice()),
                 })
                 .collect(),
+            groups: Vec::new(),
             composite: self.composite.as_raw(),
             composite_png: pngs.map(|p| p.0.as_slice()),
             run: self.run_json(),

@@ -493,6 +493,7 @@ fn compose(a: ComposeArgs) -> Result<()> {
                     png: None,
                 })
                 .collect(),
+            groups: Vec::new(),
             composite: flat.as_raw(),
             composite_png: None,
             run: None,

@@ -20,7 +20,7 @@ pub mod pptx;
 pub mod psd;
 pub mod zip;
 
-pub use self::zip::{build_zip, Manifest, ManifestLayer};
+pub use self::zip::{build_zip, Manifest, ManifestLayer, ManifestNode};
 
 /// One layer as exported.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,28 @@ pub struct Layer<'a> {
     pub png: Option<&'a [u8]>,
 }
 
+/// A group of layers (e.g. a layer decomposed again into sub-layers): a PSD group, an OpenRaster
+/// nested stack, a node of the ZIP manifest's `tree`; PowerPoint flattens it into its pictures.
+#[derive(Debug, Clone)]
+pub struct Group<'a> {
+    pub name: &'a str,
+    pub visible: bool,
+    /// Opacity multiplier in [0, 1] for everything in the group.
+    pub opacity: f32,
+    /// The layers it holds: indices into [`Document::layers`], bottom first. Two groups' ranges
+    /// are nested or apart, never overlapping.
+    pub layers: std::ops::Range<usize>,
+}
+
+/// The stack as a tree, bottom first: layers and groups of nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// An index into [`Document::layers`].
+    Layer(usize),
+    /// An index into [`Document::groups`] and what it holds.
+    Group(usize, Vec<Node>),
+}
+
 /// What every format is built from.
 #[derive(Debug, Clone)]
 pub struct Document<'a> {
@@ -42,6 +64,8 @@ pub struct Document<'a> {
     pub height: u32,
     /// Stack order, bottom first (`layers[0]` is drawn first).
     pub layers: Vec<Layer<'a>>,
+    /// Groups over ranges of `layers` (none: a flat stack).
+    pub groups: Vec<Group<'a>>,
     /// The flattened image (visible layers, opacity applied), straight-alpha RGBA8.
     pub composite: &'a [u8],
     /// The composite as PNG, when the caller has it.
@@ -96,7 +120,79 @@ impl<'a> Document<'a> {
                 return Err(wrong(&format!("layer \"{}\"", layer.name), layer.rgba.len()));
             }
         }
-        Ok(())
+        self.tree().map(|_| ())
+    }
+
+    /// The stack as a tree, bottom first; an error names a group that is empty, reaches past
+    /// the layers or overlaps another without holding it.
+    pub fn tree(&self) -> Result<Vec<Node>, ExportError> {
+        let n = self.layers.len();
+        for g in &self.groups {
+            if g.layers.is_empty() || g.layers.end > n {
+                return Err(ExportError(format!(
+                    "group \"{}\" holds layers {:?} of {n}",
+                    g.name, g.layers
+                )));
+            }
+            for other in &self.groups {
+                let (a, b) = (&g.layers, &other.layers);
+                let overlap = a.start < b.end && b.start < a.end;
+                let nested = (a.start <= b.start && b.end <= a.end) || (b.start <= a.start && a.end <= b.end);
+                if overlap && !nested {
+                    return Err(ExportError(format!(
+                        "groups \"{}\" and \"{}\" overlap",
+                        g.name, other.name
+                    )));
+                }
+            }
+        }
+        // Outer groups first: by start, then the longer range, then their order in `groups`.
+        let mut order: Vec<usize> = (0..self.groups.len()).collect();
+        order.sort_by_key(|&i| {
+            (
+                self.groups[i].layers.start,
+                std::cmp::Reverse(self.groups[i].layers.end),
+                i,
+            )
+        });
+        let mut used = vec![false; self.groups.len()];
+        Ok(self.subtree(0..n, &order, &mut used))
+    }
+
+    fn subtree(&self, range: std::ops::Range<usize>, order: &[usize], used: &mut [bool]) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        let mut i = range.start;
+        while i < range.end {
+            let outer = order
+                .iter()
+                .copied()
+                .find(|&g| !used[g] && self.groups[g].layers.start == i && self.groups[g].layers.end <= range.end);
+            match outer {
+                Some(g) => {
+                    used[g] = true;
+                    let inner = self.subtree(self.groups[g].layers.clone(), order, used);
+                    nodes.push(Node::Group(g, inner));
+                    i = self.groups[g].layers.end;
+                }
+                None => {
+                    nodes.push(Node::Layer(i));
+                    i += 1;
+                }
+            }
+        }
+        nodes
+    }
+
+    /// Whether layer `index` shows, and its opacity, once the groups holding it are applied
+    /// (for formats without groups).
+    pub fn effective(&self, index: usize) -> (bool, f32) {
+        let layer = &self.layers[index];
+        self.groups
+            .iter()
+            .filter(|g| g.layers.contains(&index))
+            .fold((layer.visible, layer.opacity), |(v, o), g| {
+                (v && g.visible, o * g.opacity)
+            })
     }
 
     /// A layer's PNG: the caller's, or encoded now.
@@ -338,10 +434,32 @@ pub(crate) mod testing {
                         png: None,
                     })
                     .collect(),
+                groups: Vec::new(),
                 composite: &self.composite,
                 composite_png: None,
                 run: Some(serde_json::json!({"prompt": "a cat & a <sofa>", "seed": 42, "steps": 2})),
             }
+        }
+
+        /// The document with groups: "Outer ☀" (half opaque) holds the top two layers and,
+        /// nested in it, the hidden "Inner <b>" holds the top one.
+        pub fn grouped(&self) -> Document<'_> {
+            let mut doc = self.document();
+            doc.groups = vec![
+                Group {
+                    name: "Inner <b>",
+                    visible: false,
+                    opacity: 1.0,
+                    layers: 2..3,
+                },
+                Group {
+                    name: "Outer ☀",
+                    visible: true,
+                    opacity: 0.5,
+                    layers: 1..3,
+                },
+            ];
+            doc
         }
     }
 
@@ -380,6 +498,35 @@ mod tests {
                 "{f}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn groups_become_a_tree_and_bad_ones_are_refused() {
+        let fx = Fixture::new();
+        let doc = fx.grouped();
+        assert_eq!(
+            doc.tree().unwrap(),
+            [
+                Node::Layer(0),
+                Node::Group(1, vec![Node::Layer(1), Node::Group(0, vec![Node::Layer(2)])])
+            ]
+        );
+        assert_eq!(
+            fx.document().tree().unwrap(),
+            [Node::Layer(0), Node::Layer(1), Node::Layer(2)]
+        );
+        // Visibility and opacity through the groups: "Inner" is hidden, "Outer" at 50 %.
+        assert_eq!(doc.effective(0), (true, 1.0));
+        assert_eq!(doc.effective(1), (true, 0.2));
+        assert_eq!(doc.effective(2), (false, 0.5));
+        let mut bad = fx.grouped();
+        bad.groups[0].layers = 0..2; // overlaps 1..3 without holding it
+        let err = export(&bad, Format::Psd).unwrap_err();
+        assert!(err.0.contains("overlap"), "{err}");
+        bad.groups[0].layers = 2..2;
+        assert!(bad.check().unwrap_err().0.contains("holds layers 2..2 of 3"));
+        bad.groups[0].layers = 2..4;
+        assert!(bad.check().is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   readable at a fixed offset;
 //! - `stack.xml` — `<image w h version>` with one `<stack>` whose `<layer>`s are listed **top
 //!   first** (the specification's order; our documents are bottom first), each with `name`,
-//!   `src`, `x`, `y`, `opacity`, `visibility` (`visible`/`hidden`) and `composite-op`;
+//!   `src`, `x`, `y`, `opacity`, `visibility` (`visible`/`hidden`) and `composite-op`; a group
+//!   is a nested `<stack>` with its name, opacity and visibility;
 //! - `data/NN.png` — one full-canvas PNG per layer;
 //! - `mergedimage.png` — the flattened composite, and `Thumbnails/thumbnail.png` — the same at
 //!   most 256 pixels on its longer side;
@@ -29,7 +30,7 @@ pub fn build(doc: &Document<'_>) -> Result<Vec<u8>, ExportError> {
     zip.start_file("mimetype", stored)?;
     zip.write_all(b"image/openraster")?;
     zip.start_file("stack.xml", deflated)?;
-    zip.write_all(stack_xml(doc).as_bytes())?;
+    zip.write_all(stack_xml(doc)?.as_bytes())?;
     for i in 0..doc.layers.len() {
         zip.start_file(layer_src(i), stored)?;
         zip.write_all(&doc.layer_png(i)?)?;
@@ -50,26 +51,60 @@ fn layer_src(index: usize) -> String {
     format!("data/layer-{:02}.png", index + 1)
 }
 
-fn stack_xml(doc: &Document<'_>) -> String {
+fn unit_opacity(opacity: f32) -> f32 {
+    if opacity.is_finite() {
+        opacity.clamp(0.0, 1.0)
+    } else {
+        1.0
+    }
+}
+
+fn visibility(visible: bool) -> &'static str {
+    if visible {
+        "visible"
+    } else {
+        "hidden"
+    }
+}
+
+/// `nodes` (bottom first) as `<layer>`s and nested `<stack>`s, top first.
+fn push_nodes(doc: &Document<'_>, nodes: &[super::Node], xml: &mut String) {
+    for node in nodes.iter().rev() {
+        match node {
+            super::Node::Layer(i) => {
+                let layer = &doc.layers[*i];
+                xml.push_str(&format!(
+                    "<layer name=\"{}\" src=\"{}\" x=\"0\" y=\"0\" opacity=\"{}\" visibility=\"{}\" composite-op=\"svg:src-over\"/>\n",
+                    xml_escape(layer.name),
+                    layer_src(*i),
+                    unit_opacity(layer.opacity),
+                    visibility(layer.visible),
+                ));
+            }
+            // A group is a nested stack (OpenRaster's groups, which GIMP and Krita read as such).
+            super::Node::Group(g, children) => {
+                let group = &doc.groups[*g];
+                xml.push_str(&format!(
+                    "<stack name=\"{}\" x=\"0\" y=\"0\" opacity=\"{}\" visibility=\"{}\" composite-op=\"svg:src-over\" isolation=\"isolate\">\n",
+                    xml_escape(group.name),
+                    unit_opacity(group.opacity),
+                    visibility(group.visible),
+                ));
+                push_nodes(doc, children, xml);
+                xml.push_str("</stack>\n");
+            }
+        }
+    }
+}
+
+fn stack_xml(doc: &Document<'_>) -> Result<String, ExportError> {
     let mut xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<image version=\"0.0.5\" w=\"{}\" h=\"{}\" xres=\"72\" yres=\"72\">\n<stack>\n",
         doc.width, doc.height
     );
-    for (i, layer) in doc.layers.iter().enumerate().rev() {
-        let opacity = if layer.opacity.is_finite() {
-            layer.opacity.clamp(0.0, 1.0)
-        } else {
-            1.0
-        };
-        xml.push_str(&format!(
-            "<layer name=\"{}\" src=\"{}\" x=\"0\" y=\"0\" opacity=\"{opacity}\" visibility=\"{}\" composite-op=\"svg:src-over\"/>\n",
-            xml_escape(layer.name),
-            layer_src(i),
-            if layer.visible { "visible" } else { "hidden" },
-        ));
-    }
+    push_nodes(doc, &doc.tree()?, &mut xml);
     xml.push_str("</stack>\n</image>\n");
-    xml
+    Ok(xml)
 }
 
 /// The composite scaled to fit [`THUMBNAIL_MAX`] (never enlarged).
@@ -154,6 +189,48 @@ mod tests {
         );
         let run: serde_json::Value = serde_json::from_slice(&read(&mut archive, "qwen-layers.json")).unwrap();
         assert_eq!(run["seed"], 42);
+    }
+
+    #[test]
+    fn groups_are_nested_stacks_top_first() {
+        let fx = Fixture::new();
+        let bytes = export(&fx.grouped(), Format::Ora).unwrap();
+        let mut archive = ::zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let xml = String::from_utf8(read(&mut archive, "stack.xml")).unwrap();
+        let tree = roxmltree::Document::parse(&xml).unwrap();
+        let root = tree
+            .root_element()
+            .children()
+            .find(|n| n.has_tag_name("stack"))
+            .unwrap();
+        fn elements<'a, 'i>(n: roxmltree::Node<'a, 'i>) -> Vec<roxmltree::Node<'a, 'i>> {
+            n.children().filter(|c| c.is_element()).collect()
+        }
+        // Top first: the "Outer" group (holding layers 2 and 3), then layer 1.
+        let top = elements(root);
+        assert_eq!(top.len(), 2);
+        assert!(top[0].has_tag_name("stack") && top[1].has_tag_name("layer"));
+        assert_eq!(top[0].attribute("name"), Some("Outer ☀"));
+        assert_eq!(top[0].attribute("opacity"), Some("0.5"));
+        assert_eq!(top[0].attribute("visibility"), Some("visible"));
+        assert_eq!(top[1].attribute("name"), Some("Layer 1"));
+        let outer = elements(top[0]);
+        assert_eq!(outer.len(), 2);
+        assert_eq!(
+            outer[0].attribute("name"),
+            Some("Inner <b>"),
+            "the nested group is above layer 2"
+        );
+        assert_eq!(outer[0].attribute("visibility"), Some("hidden"));
+        assert_eq!(outer[1].attribute("name"), Some(fx.names[1].as_str()));
+        let inner = elements(outer[0]);
+        assert_eq!(inner.len(), 1);
+        assert_eq!(inner[0].attribute("name"), Some(fx.names[2].as_str()));
+        // Every layer's pixels are where its src says.
+        for (node, i) in [(inner[0], 2), (outer[1], 1), (top[1], 0)] {
+            let png = read(&mut archive, node.attribute("src").unwrap());
+            assert_eq!(decode_png(&png).into_raw(), fx.pixels[i], "layer {i}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! picture, in stack order (the first picture of the shape tree is drawn first, so bottom first),
 //! each covering the whole slide. Hidden layers are pictures marked `hidden="1"` (listed in the
 //! selection pane, not shown); opacity below 1 is the picture's transparency (`alphaModFix`).
+//! Groups are flattened into their pictures: a hidden group hides them, its opacity multiplies
+//! theirs.
 //! The slide has the image's aspect ratio, its longer side 13.33 in (PowerPoint's 16:9 width).
 //!
 //! The package is the smallest one PowerPoint and LibreOffice open without repair:
@@ -296,9 +298,12 @@ fn slide(doc: &Document<'_>, cx: u64, cy: u64) -> String {
     let mut pictures = String::new();
     for (i, layer) in doc.layers.iter().enumerate() {
         let name = xml_escape(layer.name);
-        let hidden = if layer.visible { "" } else { " hidden=\"1\"" };
-        let opacity = if layer.opacity.is_finite() {
-            layer.opacity.clamp(0.0, 1.0)
+        // Groups are flattened into their pictures: a hidden group hides them, its opacity
+        // multiplies theirs.
+        let (visible, opacity) = doc.effective(i);
+        let hidden = if visible { "" } else { " hidden=\"1\"" };
+        let opacity = if opacity.is_finite() {
+            opacity.clamp(0.0, 1.0)
         } else {
             1.0
         };
@@ -447,6 +452,43 @@ mod tests {
             assert_eq!(decode_png(file(&media)).into_raw(), fx.pixels[i], "layer {i}'s pixels");
         }
         assert!(text("docProps/core.xml").contains("prompt: a cat &amp; a &lt;sofa&gt;; seed: 42"));
+    }
+
+    #[test]
+    fn groups_flatten_into_ordered_pictures_with_their_visibility_and_opacity() {
+        let fx = Fixture::new();
+        let files = unzip(build(&fx.grouped()).unwrap());
+        let slide_xml = files
+            .iter()
+            .find(|(n, _)| n == "ppt/slides/slide1.xml")
+            .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+            .unwrap();
+        let slide = roxmltree::Document::parse(&slide_xml).unwrap();
+        let pictures: Vec<_> = slide.descendants().filter(|n| n.has_tag_name((NS_P, "pic"))).collect();
+        let seen: Vec<(String, bool, Option<String>)> = pictures
+            .iter()
+            .map(|pic| {
+                let c_nv_pr = pic.descendants().find(|n| n.has_tag_name((NS_P, "cNvPr"))).unwrap();
+                let amt = pic
+                    .descendants()
+                    .find(|n| n.has_tag_name((NS_A, "alphaModFix")))
+                    .map(|n| n.attribute("amt").unwrap().to_string());
+                (
+                    c_nv_pr.attribute("name").unwrap().to_string(),
+                    c_nv_pr.attribute("hidden") == Some("1"),
+                    amt,
+                )
+            })
+            .collect();
+        // Bottom first; "Outer" (50 %) holds layers 2 and 3, the hidden "Inner" layer 3.
+        assert_eq!(
+            seen,
+            [
+                (fx.names[0].clone(), false, None),
+                (fx.names[1].clone(), false, Some("20000".to_string())),
+                (fx.names[2].clone(), true, Some("50000".to_string())),
+            ]
+        );
     }
 
     #[test]

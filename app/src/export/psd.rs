@@ -13,7 +13,10 @@
 //!    Photoshop does), its channels (transparency −1, then red 0, green 1, blue 2), blend mode
 //!    `norm`, opacity, flags (bit 1 set = hidden, bit 3 = "bit 4 is meaningful"), empty mask and
 //!    blending-range data, the name as a Pascal string (ASCII, at most 31 bytes, padded to a
-//!    multiple of 4) and the full name in a `luni` block (UTF-16).
+//!    multiple of 4) and the full name in a `luni` block (UTF-16). A group is two more records
+//!    around its layers, as Photoshop writes them: below, a "bounding section divider"
+//!    (`</Layer group>`, `lsct` type 3); above, the folder (`lsct` type 1, open, blend `pass`)
+//!    with the group's name; both carry its visibility and opacity.
 //! 5. **Image data**: the composite, channel by channel, so viewers without layer support show
 //!    it. Like Photoshop (and GIMP), the colour channels of a transparent composite are matted
 //!    against white; the fourth channel holds the alpha.
@@ -68,7 +71,7 @@ pub fn build(doc: &Document<'_>) -> Result<Vec<u8>, ExportError> {
     // 3. Image resources.
     out.section(&image_resources(doc));
     // 4. Layer and mask information.
-    out.section(&layer_and_mask_information(doc));
+    out.section(&layer_and_mask_information(doc)?);
     // 5. Image data: the merged composite.
     merged_image(doc, &mut out);
     Ok(out.0)
@@ -326,15 +329,78 @@ pub fn opacity_byte(opacity: f32) -> u8 {
     (o * 255.0).round() as u8
 }
 
-fn layer_and_mask_information(doc: &Document<'_>) -> Vec<u8> {
-    if doc.layers.is_empty() {
-        return Vec::new();
+/// One layer record to write, bottom first: a layer's pixels, or the two records that bracket a
+/// group (Photoshop's "bounding section divider" below its layers and the folder above them).
+enum Record {
+    Pixels(usize),
+    GroupEnd(usize),
+    Folder(usize),
+}
+
+fn records(nodes: &[super::Node], out: &mut Vec<Record>) {
+    for node in nodes {
+        match node {
+            super::Node::Layer(i) => out.push(Record::Pixels(*i)),
+            super::Node::Group(g, children) => {
+                out.push(Record::GroupEnd(*g));
+                records(children, out);
+                out.push(Record::Folder(*g));
+            }
+        }
     }
+}
+
+/// `lsct` section divider types.
+const SECTION_OPEN_FOLDER: u32 = 1;
+const SECTION_BOUNDING_DIVIDER: u32 = 3;
+/// The name Photoshop gives the record that closes a group.
+const GROUP_END_NAME: &str = "</Layer group>";
+
+fn layer_and_mask_information(doc: &Document<'_>) -> Result<Vec<u8>, ExportError> {
+    if doc.layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut list = Vec::new();
+    records(&doc.tree()?, &mut list);
+    let count = i16::try_from(list.len()).map_err(|_| {
+        ExportError(format!(
+            "{} layers and group records are more than a PSD holds",
+            list.len()
+        ))
+    })?;
     let mut info = Out(Vec::new());
-    info.i16(-(doc.layers.len() as i16));
+    info.i16(-count);
     let mut channel_data = Out(Vec::new());
-    for layer in &doc.layers {
-        let bounds = content_bounds(layer.rgba, doc.width, doc.height);
+    for record in &list {
+        // Groups carry their visibility and opacity on both of their records (Photoshop reads
+        // the folder's, some readers the divider's).
+        let (name, visible, opacity, rgba, section) = match *record {
+            Record::Pixels(i) => {
+                let l = &doc.layers[i];
+                (l.name, l.visible, l.opacity, Some(l.rgba), None)
+            }
+            Record::GroupEnd(g) => {
+                let group = &doc.groups[g];
+                (
+                    GROUP_END_NAME,
+                    group.visible,
+                    group.opacity,
+                    None,
+                    Some(SECTION_BOUNDING_DIVIDER),
+                )
+            }
+            Record::Folder(g) => {
+                let group = &doc.groups[g];
+                (
+                    group.name,
+                    group.visible,
+                    group.opacity,
+                    None,
+                    Some(SECTION_OPEN_FOLDER),
+                )
+            }
+        };
+        let bounds = rgba.and_then(|rgba| content_bounds(rgba, doc.width, doc.height));
         let b = bounds.unwrap_or(Bounds {
             top: 0,
             left: 0,
@@ -348,9 +414,9 @@ fn layer_and_mask_information(doc: &Document<'_>) -> Vec<u8> {
         info.u16(LAYER_CHANNELS.len() as u16);
         let row_len = (b.right - b.left) as usize;
         for (id, byte) in LAYER_CHANNELS {
-            let pixels = match bounds {
-                Some(b) => plane(layer.rgba, doc.width, b, byte),
-                None => Vec::new(),
+            let pixels = match (bounds, rgba) {
+                (Some(b), Some(rgba)) => plane(rgba, doc.width, b, byte),
+                _ => Vec::new(),
             };
             let (compression, data) = encode_channel(&pixels, row_len);
             info.i16(id);
@@ -359,16 +425,29 @@ fn layer_and_mask_information(doc: &Document<'_>) -> Vec<u8> {
             channel_data.bytes(&data);
         }
         info.bytes(b"8BIM");
-        info.bytes(b"norm");
-        info.u8(opacity_byte(layer.opacity));
+        // A group folder passes its layers' blending through; layers blend normally.
+        info.bytes(if section == Some(SECTION_OPEN_FOLDER) {
+            b"pass"
+        } else {
+            b"norm"
+        });
+        info.u8(opacity_byte(opacity));
         info.u8(0); // clipping: base
-        info.u8(FLAG_BIT4_USEFUL | if layer.visible { 0 } else { FLAG_HIDDEN });
+        info.u8(FLAG_BIT4_USEFUL | if visible { 0 } else { FLAG_HIDDEN });
         info.u8(0); // filler
         let mut extra = Out(Vec::new());
         extra.u32(0); // layer mask data: none
         extra.u32(0); // layer blending ranges: none
-        extra.bytes(&pascal_name(layer.name));
-        luni_block(layer.name, &mut extra);
+        extra.bytes(&pascal_name(name));
+        luni_block(name, &mut extra);
+        if let Some(kind) = section {
+            extra.bytes(b"8BIM");
+            extra.bytes(b"lsct");
+            extra.u32(12);
+            extra.u32(kind);
+            extra.bytes(b"8BIM");
+            extra.bytes(if kind == SECTION_OPEN_FOLDER { b"pass" } else { b"norm" });
+        }
         info.section(&extra.0);
     }
     info.bytes(&channel_data.0);
@@ -378,7 +457,7 @@ fn layer_and_mask_information(doc: &Document<'_>) -> Vec<u8> {
     let mut out = Out(Vec::with_capacity(info.0.len() + 8));
     out.section(&info.0);
     out.u32(0); // global layer mask info: none
-    out.0
+    Ok(out.0)
 }
 
 /// Photoshop's merged colour for a transparent pixel: the colour over white.
@@ -480,6 +559,46 @@ mod tests {
         assert_eq!(content_bounds(&[0; 16], 2, 2), None);
     }
 
+    /// Groups are folders: the `psd` crate reads them back with their names, nesting,
+    /// visibility and opacity, and every layer in its group.
+    #[test]
+    fn groups_are_photoshop_folders() {
+        let fx = Fixture::new();
+        let bytes = export(&fx.grouped(), Format::Psd).unwrap();
+        // Three layers and two records per group, the count negative (the merged alpha is the
+        // transparency): header, colour mode data, image resources, then the two section lengths.
+        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let resources = 26 + 4 + u32_at(26);
+        let count_at = resources + 4 + u32_at(resources) + 8;
+        assert_eq!(i16::from_be_bytes([bytes[count_at], bytes[count_at + 1]]), -7);
+        let psd = ::psd::Psd::from_bytes(&bytes).unwrap();
+        assert_eq!(psd.layers().len(), 3, "group records are not layers");
+        let groups = psd.groups();
+        assert_eq!(groups.len(), 2);
+        let by_name = |name: &str| {
+            groups
+                .values()
+                .find(|g| g.name() == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let (outer, inner) = (by_name("Outer ☀"), by_name("Inner <b>"));
+        assert_eq!(outer.parent_id(), None);
+        assert_eq!(inner.parent_id(), Some(outer.id()), "Inner is inside Outer");
+        assert_eq!(outer.opacity(), 128, "0.5 × 255");
+        // psd 0.3.5's `visible()` is the hidden bit (see the test below).
+        assert_eq!((outer.visible(), inner.visible()), (false, true));
+        // Top first: layer 3 in Inner, layer 2 in Outer, layer 1 at the top level.
+        for (idx, i, parent) in [(0, 2, Some(inner.id())), (1, 1, Some(outer.id())), (2, 0, None)] {
+            let layer = psd.layer_by_idx(idx);
+            assert_eq!(layer.name(), fx.names[i]);
+            assert_eq!(layer.parent_id(), parent, "{}", fx.names[i]);
+            assert!(
+                layer.rgba() == expected_layer(&fx.pixels[i], fx.width, fx.height),
+                "layer {i}: pixels"
+            );
+        }
+    }
+
     /// Reads the file back with the `psd` crate (an independent parser) and compares the layer
     /// count, order, names, visibility, opacity, pixels and the merged image.
     #[test]
@@ -560,6 +679,7 @@ mod tests {
             width: w,
             height: h,
             layers: vec![layer("Background", &background), layer("Disc", &disc)],
+            groups: Vec::new(),
             composite: &composite,
             composite_png: None,
             run: None,
@@ -653,6 +773,7 @@ mod tests {
                 rgba: &rgba,
                 png: None,
             }],
+            groups: Vec::new(),
             composite: &rgba,
             composite_png: None,
             run: None,
@@ -667,6 +788,7 @@ mod tests {
             width: MAX_SIDE + 1,
             height: 1,
             layers: vec![],
+            groups: Vec::new(),
             composite: &[],
             composite_png: None,
             run: None,

@@ -21,6 +21,21 @@ pub struct ManifestLayer {
     pub opacity: f32,
 }
 
+/// A node of the manifest's `tree` (written when the stack has groups), bottom first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ManifestNode {
+    /// A layer, by its `position` in `layers`.
+    Layer { layer: u32 },
+    /// A group and what it holds, bottom first.
+    Group {
+        group: String,
+        visible: bool,
+        opacity: f32,
+        children: Vec<ManifestNode>,
+    },
+}
+
 /// `manifest.json` of an export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -31,6 +46,10 @@ pub struct Manifest {
     pub height: u32,
     pub composite: String,
     pub layers: Vec<ManifestLayer>,
+    /// The stack as a tree when it has groups (e.g. a layer split again): `layers` stays the
+    /// flat list in stack order, and this says which of them each group holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Vec<ManifestNode>>,
     /// The run that produced the layers (seed, parameters, model, timings), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<serde_json::Value>,
@@ -65,6 +84,24 @@ pub fn layer_file_name(position: usize, name: &str) -> String {
     format!("{position:02}_{}.png", file_stem(name))
 }
 
+fn manifest_nodes(doc: &Document<'_>, nodes: &[super::Node]) -> Vec<ManifestNode> {
+    nodes
+        .iter()
+        .map(|node| match node {
+            super::Node::Layer(i) => ManifestNode::Layer { layer: *i as u32 + 1 },
+            super::Node::Group(g, children) => {
+                let group = &doc.groups[*g];
+                ManifestNode::Group {
+                    group: group.name.to_string(),
+                    visible: group.visible,
+                    opacity: group.opacity,
+                    children: manifest_nodes(doc, children),
+                }
+            }
+        })
+        .collect()
+}
+
 /// The manifest of `doc` (also written beside the files by the CLI).
 pub fn manifest(doc: &Document<'_>) -> Manifest {
     Manifest {
@@ -85,6 +122,10 @@ pub fn manifest(doc: &Document<'_>) -> Manifest {
                 opacity: l.opacity,
             })
             .collect(),
+        tree: match doc.tree() {
+            Ok(tree) if !doc.groups.is_empty() => Some(manifest_nodes(doc, &tree)),
+            _ => None,
+        },
         run: doc.run.clone(),
     }
 }
@@ -159,5 +200,28 @@ mod tests {
         assert_eq!(parsed.layers[1].opacity, 0.4);
         assert!(!parsed.layers[2].visible);
         assert_eq!(parsed.run.unwrap()["seed"], 42);
+        assert_eq!(parsed.tree, None, "a flat stack has no tree");
+    }
+
+    #[test]
+    fn groups_are_a_tree_in_the_manifest() {
+        let fx = Fixture::new();
+        let (bytes, _) = build_zip(&fx.grouped()).unwrap();
+        let mut archive = ::zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let json: serde_json::Value = serde_json::from_reader(archive.by_name("manifest.json").unwrap()).unwrap();
+        assert_eq!(
+            json["tree"],
+            serde_json::json!([
+                {"layer": 1},
+                {"group": "Outer ☀", "visible": true, "opacity": 0.5, "children": [
+                    {"layer": 2},
+                    {"group": "Inner <b>", "visible": false, "opacity": 1.0, "children": [{"layer": 3}]}
+                ]}
+            ])
+        );
+        // The flat list stays as it was, and the tree reads back.
+        assert_eq!(json["layers"].as_array().unwrap().len(), 3);
+        let parsed: Manifest = serde_json::from_value(json).unwrap();
+        assert!(matches!(&parsed.tree.unwrap()[1], ManifestNode::Group { children, .. } if children.len() == 2));
     }
 }
