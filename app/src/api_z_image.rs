@@ -92,6 +92,8 @@ pub struct ZImageStatusResponse {
     /// "idle" (loads on the first job), "ready" or "unavailable".
     pub status: String,
     pub model_loaded: bool,
+    /// Whether the model stays loaded between jobs, and why.
+    pub residency: String,
     pub model: String,
     pub device: String,
     pub reason: Option<String>,

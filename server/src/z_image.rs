@@ -157,6 +157,8 @@ pub struct ZImageService {
     model: Result<ModelDir, String>,
     slot: Slot,
     loaded: Arc<AtomicBool>,
+    /// Whether the model stays loaded after a job, and why (for `/status`).
+    residency: (bool, String),
     queue: Arc<JobQueue<EngineState>>,
     jobs: Mutex<HashMap<String, Arc<ZJob>>>,
     /// Refuses over-long prompts before queueing (when the tokenizer could be read).
@@ -178,6 +180,11 @@ impl ZImageService {
             .as_ref()
             .ok()
             .and_then(|m| engine::tokenizer::QwenTokenizer::from_model_dir(m).ok());
+        let kept = residency(
+            runtime.device.is_cuda(),
+            settings.cpu_offload,
+            engine::gpu::memory::mem_info(&runtime.device).map(|(_, total)| total),
+        );
         Arc::new(Self {
             settings,
             default_mode: default_mode.into(),
@@ -185,6 +192,7 @@ impl ZImageService {
             model,
             slot: Arc::new(Mutex::new(None)),
             loaded: Arc::new(AtomicBool::new(false)),
+            residency: kept,
             queue,
             jobs: Mutex::new(HashMap::new()),
             tokenizer,
@@ -205,6 +213,7 @@ impl ZImageService {
             }
             .into(),
             model_loaded: loaded,
+            residency: self.residency.1.clone(),
             model: self.settings.model_path.clone(),
             device: self.runtime.describe(),
             reason: self.model.as_ref().err().cloned(),
@@ -288,14 +297,15 @@ impl ZImageService {
             Self::prune(&mut jobs);
             jobs.insert(handle.id.clone(), handle.clone());
         }
-        let (worker, slot, loaded, options) = (
+        let (worker, slot, loaded, options, keep) = (
             handle.clone(),
             self.slot.clone(),
             self.loaded.clone(),
             self.load_options(),
+            self.residency.0,
         );
         let submitted = self.queue.submit(move |_engine: &mut EngineState| {
-            let out = run(&worker, &job, &model, &slot, &loaded, options);
+            let out = run(&worker, &job, &model, &slot, &loaded, options, keep);
             worker.finish(&out);
             out
         });
@@ -365,6 +375,31 @@ impl app::server_fns_z_image::ZImageBackend for ZImageService {
     }
 }
 
+/// Whether the Z-Image model stays loaded between jobs, and why (a sentence for `/status`): on
+/// the CPU and with offload (host memory) it does; on a GPU only from
+/// [`engine::runtime::KEEP_BOTH_PIPELINES_MIN_VRAM`] on (an H200: Qwen-Image's two pipelines and
+/// Z-Image's ~20 GB side by side), else it is dropped after each job so decomposition has the card.
+pub fn residency(cuda: bool, offload: bool, total_vram: Option<u64>) -> (bool, String) {
+    let min = engine::runtime::KEEP_BOTH_PIPELINES_MIN_VRAM;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match (cuda, offload, total_vram) {
+        (false, _, _) => (true, "kept loaded between jobs (CPU)".into()),
+        (true, true, _) => (
+            true,
+            "kept loaded between jobs (cpu_offload: its layers in host memory)".into(),
+        ),
+        (true, false, Some(t)) if t >= min => (true, format!("kept loaded beside Qwen-Image ({:.0} GiB card)", gib(t))),
+        (true, false, t) => (
+            false,
+            format!(
+                "loaded for each job and dropped after it ({}; kept from {:.0} GiB)",
+                t.map_or("card size unknown".to_string(), |t| format!("a {:.0} GiB card", gib(t))),
+                gib(min)
+            ),
+        ),
+    }
+}
+
 /// A card with at least this much memory keeps Z-Image's Qwen3 encoder (~8 GB in bf16) resident
 /// beside its DiT (~12 GB), the VAE and 1024² activations, whatever else is loaded.
 pub const KEEP_Z_TEXT_ENCODER_MIN_VRAM: u64 = 40 << 30;
@@ -384,6 +419,7 @@ fn run(
     slot: &Slot,
     loaded: &AtomicBool,
     options: LoadOptions,
+    keep: bool,
 ) -> Result<GenerateResponse, ApiError> {
     if job_handle.is_cancelled() {
         return Err(ApiError::cancelled());
@@ -402,7 +438,13 @@ fn run(
         loaded.store(true, Ordering::SeqCst);
     }
     let generator = slot.as_ref().expect("loaded above");
-    let out = generator.generate(job, job_handle).map_err(engine_error)?;
+    let out = generator.generate(job, job_handle);
+    if !keep {
+        // A card without room for both modes: Z-Image's memory goes back for decomposition.
+        *slot = None;
+        loaded.store(false, Ordering::SeqCst);
+    }
+    let out = out.map_err(engine_error)?;
     tracing::info!(
         "z-image {}×{} {} steps: encode {:.2}s, denoise {:.2}s, decode {:.2}s",
         job.width,
@@ -426,6 +468,17 @@ fn engine_error(e: engine::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_stays_loaded_where_both_modes_fit() {
+        assert!(residency(false, false, None).0);
+        assert!(residency(true, true, Some(24 << 30)).0);
+        assert!(residency(true, false, Some(141 << 30)).0);
+        let (keep, why) = residency(true, false, Some(80 << 30));
+        assert!(!keep);
+        assert!(why.contains("a 80 GiB card") && why.contains("125 GiB"), "{why}");
+        assert!(!residency(true, false, None).0);
+    }
 
     #[test]
     fn the_text_encoder_stays_where_there_is_room() {

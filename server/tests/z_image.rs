@@ -65,6 +65,7 @@ async fn generate_then_decompose_over_rest() {
     assert_eq!(code, 200);
     assert_eq!(status["status"], "idle");
     assert_eq!(status["default_mode"], "zimage");
+    assert_eq!(status["residency"], "kept loaded between jobs (CPU)");
     assert_eq!(
         status["defaults"],
         json!({"width": 64, "height": 48, "steps": 2, "cfg_scale": 0.0, "seed": null})
