@@ -51,6 +51,12 @@ cfg_scale = 1.0
 scheduler_config = "{root}/presets/qwen-image-lightning/scheduler_config.json"
 lora = [{{ path = "{fx}/lightning.safetensors" }}]
 
+[default.presets.my-style]
+pipeline = "decompose"
+steps = 2
+cfg_scale = 1.0
+lora = [{{ path = "{fx}/kohya.safetensors", scale = 0.8 }}]
+
 [default.presets.not-downloaded]
 pipeline = "edit"
 steps = 8
@@ -131,6 +137,26 @@ lora = [{{ path = "missing.safetensors" }}]
     let status = get(&s.base, "/api/qwen-image/status").await;
     assert_eq!(status["lora"]["edit"].as_array().unwrap().len(), 1, "{status}");
     assert_eq!(status["lora"]["edit_preset"], Value::Null);
+
+    // A decompose preset (a user's LoRA for Qwen-Image-Layered): its adapter merged for that run.
+    let (code, resp) = post(
+        &s.base,
+        "/api/qwen-image/decompose",
+        json!({"image": image, "prompt": "a test", "layer_num": 2, "preset": "my-style", "seed": 3}),
+    )
+    .await;
+    assert_eq!(code, 200, "{}", resp.text().await.unwrap());
+    let status = get(&s.base, "/api/qwen-image/status").await;
+    assert_eq!(status["lora"]["decompose_preset"], "my-style", "{status}");
+    assert_eq!(status["lora"]["decompose"][0]["scale"], 0.8);
+    // An edit preset is not a decompose preset.
+    let (code, _) = post(
+        &s.base,
+        "/api/qwen-image/decompose",
+        json!({"image": image, "prompt": "a test", "preset": "fast-edit-8"}),
+    )
+    .await;
+    assert_eq!(code, 422);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
