@@ -6,9 +6,11 @@
 //! - `compose`: flatten layer PNGs (bottom first) into one image, and/or write them as one
 //!   layered file (`--to layers.psd`, `.ora`, `.pptx`, `.zip`).
 //! - `edit`: edit one RGBA layer by an instruction with Qwen-Image-Edit-2509, keeping its alpha.
+//! - `split`: decompose one layer of an earlier result again; its sub-layers become a group.
 //! - `generate`: a prompt → an image with Z-Image-Turbo (`--then-decompose N`: and into layers).
 
 mod generate;
+mod split;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +52,9 @@ enum Command {
     /// Edit one RGBA layer by an instruction with Qwen-Image-Edit-2509; the layer's alpha is
     /// kept unless --rekey-alpha.
     Edit(EditArgs),
+    /// Decompose one layer of an earlier result again: its sub-layers replace it as a group
+    /// (kept in manifest.json's tree, PSD folders and OpenRaster stacks).
+    Split(split::SplitArgs),
     /// Generate an image from a prompt with Z-Image-Turbo (and decompose it with
     /// --then-decompose N).
     Generate(generate::GenerateArgs),
@@ -262,6 +267,7 @@ fn main() {
         Command::Batch(a) => batch(a),
         Command::Compose(a) => compose(a),
         Command::Edit(a) => edit(a),
+        Command::Split(a) => split::split(a),
         Command::Download(a) => download(a),
         Command::Generate(a) => generate::generate(a),
     };

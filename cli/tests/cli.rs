@@ -187,6 +187,137 @@ fn auto_layer_count_writes_the_kept_layers_and_reports_the_rest() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `split`: layer 2 of a decomposition, decomposed again, becomes a group of two layers in its
+/// place; the manifest's tree, the PSD's folders and the OpenRaster stacks say so.
+#[test]
+fn split_decomposes_a_layer_again_into_a_group() {
+    let first = temp_dir("split-first");
+    let second = temp_dir("split-second");
+    let model = [
+        "--model-path",
+        "tests/fixtures/tiny-qwen-image-layered",
+        "--device",
+        "cpu",
+    ];
+    let run = [
+        "--prompt",
+        "an apple",
+        "--num-layers",
+        "2",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+    ];
+    let mut args = vec![
+        "decompose",
+        "--input-image",
+        "tests/fixtures/reference/images/input_rgba_wide.png",
+    ];
+    args.extend(model);
+    args.extend(run);
+    args.extend(["--output-dir", first.to_str().unwrap()]);
+    let (code, _, stderr) = cli(&args);
+    assert_eq!(code, 0, "{stderr}");
+
+    let mut args = vec!["split", "--run-dir", first.to_str().unwrap(), "--layer", "2"];
+    args.extend(model);
+    args.extend(run);
+    args.extend(["--output-dir", second.to_str().unwrap(), "--formats", "zip,psd,ora"]);
+    let (code, stdout, stderr) = cli(&args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Layer 2 → 2 layers in group \"Layer 2\": 3 layers"),
+        "{stdout}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(second.join("manifest.json")).unwrap()).unwrap();
+    let names: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Layer 1", "Layer 2.1", "Layer 2.2"]);
+    assert_eq!(
+        manifest["tree"],
+        serde_json::json!([
+            {"layer": 1},
+            {"group": "Layer 2", "visible": true, "opacity": 1.0, "children": [{"layer": 2}, {"layer": 3}]}
+        ])
+    );
+    assert_eq!(manifest["run"]["splits"][0]["layer"], "Layer 2");
+    assert_eq!(manifest["run"]["seed"], 3, "the first run's record stays");
+    for f in [
+        "composite.png",
+        "01_layer-1.png",
+        "02_layer-2-1.png",
+        "03_layer-2-2.png",
+        "layers.zip",
+        "layers.psd",
+    ] {
+        assert!(second.join(f).is_file(), "{f} missing");
+    }
+    // Layer 1 is carried over as it was.
+    assert_eq!(
+        max_diff(&first.join("01_layer-1.png"), &second.join("01_layer-1.png")),
+        0
+    );
+    let mut ora = zip::ZipArchive::new(std::fs::File::open(second.join("layers.ora")).unwrap()).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(&mut ora.by_name("stack.xml").unwrap(), &mut xml).unwrap();
+    assert!(xml.contains("<stack name=\"Layer 2\""), "{xml}");
+
+    // A second split nests: Layer 2.1 becomes a group inside "Layer 2".
+    let third = temp_dir("split-third");
+    let mut args = vec!["split", "--run-dir", second.to_str().unwrap(), "--layer", "2"];
+    args.extend(model);
+    args.extend(run);
+    args.extend(["--output-dir", third.to_str().unwrap()]);
+    let (code, _, stderr) = cli(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(third.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["tree"],
+        serde_json::json!([
+            {"layer": 1},
+            {"group": "Layer 2", "visible": true, "opacity": 1.0, "children": [
+                {"group": "Layer 2.1", "visible": true, "opacity": 1.0, "children": [{"layer": 2}, {"layer": 3}]},
+                {"layer": 4}
+            ]}
+        ])
+    );
+    assert_eq!(manifest["run"]["splits"].as_array().unwrap().len(), 2);
+
+    // Bad requests are refused before any model loads.
+    let (code, _, stderr) = cli(&[
+        "split",
+        "--run-dir",
+        second.to_str().unwrap(),
+        "--layer",
+        "9",
+        "--output-dir",
+        third.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--layer 9: the stack in"), "{stderr}");
+    let (code, _, stderr) = cli(&[
+        "split",
+        "--run-dir",
+        second.to_str().unwrap(),
+        "--layer",
+        "1",
+        "--output-dir",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--output-dir must differ"), "{stderr}");
+    for d in [first, second, third] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
 #[test]
 fn bad_arguments_fail_clearly() {
     let cases: &[(&[&str], i32, &str)] = &[

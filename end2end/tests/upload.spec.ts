@@ -103,7 +103,7 @@ test("the inputs can be used with the keyboard alone, in reading order", async (
   await openApp(page);
   await page.getByRole("button", { name: "Z-Image" }).focus();
   // (The caption language is offered while the prompt is empty.)
-  const order = ["image-input", "prompt", "caption-en", "layers", "steps", "cfg", "res-640", "seed"];
+  const order = ["image-input", "prompt", "caption-en", "layers", "steps", "cfg", "auto-layers", "res-640", "seed"];
   for (const id of order) {
     await page.keyboard.press("Tab");
     await expect(page.locator(":focus")).toHaveAttribute("id", id);
