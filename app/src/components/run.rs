@@ -131,7 +131,7 @@ pub fn RunPanel() -> impl IntoView {
 
     let blocked_reason = move || -> Option<String> {
         if mode.get() != ModelMode::QwenImage {
-            return Some("Z-Image mode is not available yet".into());
+            return Some("Decomposition runs in the Qwen-Image mode.".into());
         }
         if image.with(Option::is_none) {
             return Some("Choose an image first.".into());
