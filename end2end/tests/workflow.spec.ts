@@ -60,6 +60,25 @@ test("small grey text is readable: at least 4.5:1 against its background", async
   expect(errors).toEqual([]);
 });
 
+test("a small image fills the preview box instead of sitting tiny in it", async ({ page }) => {
+  const errors = watchErrors(page);
+  await openApp(page);
+  await upload(page); // 96×64
+  const preview = page.getByRole("img", { name: "Preview of scene.png" });
+  await expect(preview).toBeVisible();
+  const fit = await preview.evaluate((img: HTMLImageElement) => {
+    const box = img.getBoundingClientRect();
+    // object-fit: contain draws the picture at this scale inside the element's box.
+    const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+    const zone = img.parentElement!.getBoundingClientRect();
+    return { drawnWidth: img.naturalWidth * scale, drawnHeight: img.naturalHeight * scale, zone: zone.width };
+  });
+  // The drawn picture spans the box's width (less its padding), not its natural 96 pixels.
+  expect(fit.drawnWidth).toBeGreaterThan(0.9 * (fit.zone - 20));
+  expect(fit.drawnHeight).toBeGreaterThan(64 * 2);
+  expect(errors).toEqual([]);
+});
+
 test("the models' state is shown, and a run shows in the results area with a sane ETA", async ({ page }) => {
   const errors = watchErrors(page);
   await openApp(page);
