@@ -26,6 +26,8 @@ pub const Z_SIZE_MULTIPLE: u32 = 16;
 /// Smallest and largest side accepted.
 pub const Z_MIN_SIZE: u32 = 16;
 pub const Z_MAX_SIZE: u32 = 2048;
+/// Largest seed accepted (the schema's int64).
+pub const Z_MAX_SEED: u64 = i64::MAX as u64;
 
 /// What to generate. Absent fields take the server's defaults (`[<profile>.z_image]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +169,11 @@ impl GenerateRequest {
                 )));
             }
         }
+        if let Some(seed) = self.seed.filter(|&s| s > Z_MAX_SEED) {
+            return Err(ApiError::unprocessable(format!(
+                "seed must be between 0 and {Z_MAX_SEED}, got {seed}"
+            )));
+        }
         Ok(GenerateJob {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone().filter(|n| !n.is_empty()),
@@ -253,6 +260,13 @@ mod tests {
                     ..req("x")
                 },
                 "cfg_scale",
+            ),
+            (
+                GenerateRequest {
+                    seed: Some(1 << 63),
+                    ..req("x")
+                },
+                "seed must be",
             ),
             (
                 GenerateRequest {

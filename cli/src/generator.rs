@@ -7,7 +7,7 @@
 //! let request = GenerateRequest { prompt: "a lighthouse at dusk".into(), negative_prompt: None,
 //!     width: None, height: None, steps: None, cfg_scale: None, seed: Some(42) };
 //! let job = request.validate(&ZImageDefaults::default(), 0)?;
-//! let image = g.generate(&job, &qwen_layers::NoProgress)?;
+//! let image = g.generate(&job, &qwen_layers::generator::NoProgress)?;
 //! std::fs::write("out.png", image.png()?)?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```

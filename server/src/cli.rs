@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// A fixed seed for Z-Image requests that give none (default: random).
     #[arg(long)]
     pub z_image_seed: Option<u64>,
+    /// Largest Z-Image width × height this server generates (default 2048²: the VAE's attention
+    /// then holds 8.6 GB of scores in bf16; lower it for a CPU or a small card).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(256..))]
+    pub z_image_max_pixels: Option<u64>,
     /// Qwen-Image-Layered: local diffusers folder or Hugging Face repo id.
     #[arg(long, value_name = "PATH_OR_REPO")]
     pub qwen_image_model_path: Option<String>,
@@ -178,6 +182,9 @@ impl ServerArgs {
         }
         if self.z_image_seed.is_some() {
             d.seed = self.z_image_seed;
+        }
+        if let Some(v) = self.z_image_max_pixels {
+            s.max_pixels = v;
         }
         Ok(s)
     }

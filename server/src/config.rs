@@ -111,6 +111,9 @@ pub struct ZImageSettings {
     pub cpu_offload: bool,
     /// What requests without these fields get.
     pub defaults: app::api_z_image::ZImageDefaults,
+    /// Largest width × height generated (`--z-image-max-pixels`; the VAE's mid-block attention
+    /// holds (pixels/64)² scores, 8.6 GB in bf16 at 2048²).
+    pub max_pixels: u64,
 }
 
 impl Default for ZImageSettings {
@@ -119,6 +122,7 @@ impl Default for ZImageSettings {
             model_path: app::api_z_image::DEFAULT_Z_IMAGE_REPO.into(),
             cpu_offload: false,
             defaults: app::api_z_image::ZImageDefaults::default(),
+            max_pixels: u64::from(app::api_z_image::Z_MAX_SIZE).pow(2),
         }
     }
 }

@@ -237,6 +237,13 @@ impl ZImageService {
 
     fn validate(&self, request: &GenerateRequest) -> Result<GenerateJob, ApiError> {
         let job = request.validate(&self.settings.defaults, crate::backend::random_seed())?;
+        let pixels = u64::from(job.width) * u64::from(job.height);
+        if pixels > self.settings.max_pixels {
+            return Err(ApiError::unprocessable(format!(
+                "{}×{} is {pixels} pixels; this server generates at most {} (--z-image-max-pixels)",
+                job.width, job.height, self.settings.max_pixels
+            )));
+        }
         let model = self
             .model
             .as_ref()
@@ -586,6 +593,10 @@ pub fn document_limits(schemas: &mut serde_json::Value) {
                     .unwrap_or_default(),
             );
         }
+    }
+    if let Some(p) = properties["seed"].as_object_mut() {
+        p.insert("minimum".into(), json!(0));
+        p.insert("maximum".into(), json!(app::api_z_image::Z_MAX_SEED));
     }
     if let Some(p) = properties["prompt"].as_object_mut() {
         p.insert("minLength".into(), json!(1));

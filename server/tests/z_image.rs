@@ -55,6 +55,8 @@ fn server() -> common::Server {
         "2",
         "--qwen-image-layers",
         "2",
+        "--z-image-max-pixels",
+        "4096",
     ])
 }
 
@@ -193,6 +195,12 @@ async fn bad_requests_are_json_4xx() {
             json!({"prompt": "x", "steps": 0}),
             422,
             "steps",
+        ),
+        (
+            "/api/z-image/generate",
+            json!({"prompt": "x", "width": 128, "height": 64}),
+            422,
+            "--z-image-max-pixels",
         ),
         (
             "/api/z-image/generate",
