@@ -116,7 +116,8 @@ impl<'de> Deserialize<'de> for LayerNum {
         }
         match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(LAYER_NUM_EXPECTED))? {
             Raw::Count(n) => Ok(LayerNum::Count(n)),
-            Raw::Word(w) if w.trim().eq_ignore_ascii_case("auto") => Ok(LayerNum::AUTO),
+            // Exactly the word the OpenAPI document lists (flags, typed by people, are looser).
+            Raw::Word(w) if w == "auto" => Ok(LayerNum::AUTO),
             Raw::Word(_) => Err(serde::de::Error::custom(LAYER_NUM_EXPECTED)),
         }
     }
@@ -583,8 +584,7 @@ mod tests {
             |json: &str| serde_json::from_str::<DecomposeRequest>(&format!(r#"{{"image": "x", "layer_num": {json}}}"#));
         assert_eq!(parse("3").unwrap().layer_num, Some(LayerNum::Count(3)));
         assert_eq!(parse(r#""auto""#).unwrap().layer_num, Some(LayerNum::AUTO));
-        assert_eq!(parse(r#"" AUTO""#).unwrap().layer_num, Some(LayerNum::AUTO));
-        for bad in [r#""many""#, "-1", "2.5", "true"] {
+        for bad in [r#""many""#, r#"" AUTO""#, r#""4""#, "-1", "2.5", "true"] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(
                 err.contains(r#"layer_num must be a whole number or "auto""#),
