@@ -111,11 +111,13 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         body_timeout: args.request_timeout(),
         upload_slots: tokio::sync::Semaphore::new(args.max_uploads as usize),
     });
-    let api = routes::api_router(backend.clone()).merge(z_image::router(z_image.clone())).merge(
-        Router::new()
-            .route(door::SESSION_PATH, axum::routing::post(door::sign_in))
-            .with_state(policy.clone()),
-    );
+    let api = routes::api_router(backend.clone())
+        .merge(z_image::router(z_image.clone()))
+        .merge(
+            Router::new()
+                .route(door::SESSION_PATH, axum::routing::post(door::sign_in))
+                .with_state(policy.clone()),
+        );
     let router = Router::new()
         .leptos_routes_with_context(
             &state,
