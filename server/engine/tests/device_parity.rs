@@ -945,6 +945,45 @@ fn fused_block_matches_plain_path() {
             );
         }
     }
+
+    // Edit-2511's zero_cond_t: the first image's 64 tokens modulated with t, the condition
+    // images' tokens with the t = 0 embedding, per token segment in both paths.
+    use engine::transformer::block::CondModulation;
+    let temb0 = Tensor::randn(0f32, 1.0, (2, dim), &device).unwrap();
+    let temb0_16 = bf(&temb0);
+    let cond = |t0| Some(CondModulation { temb0: t0, noisy: 64 });
+    let run = |block: &TransformerBlock, dtype_in: &dyn Fn(&Tensor) -> Tensor, t0, kernels: &fused::Kernels| {
+        block
+            .forward_with_cond(
+                &dtype_in(&img),
+                &dtype_in(&txt),
+                &dtype_in(&temb),
+                cond(t0),
+                &rope,
+                Some(&key_mask),
+                kernels,
+            )
+            .unwrap()
+    };
+    let (want_img, want_txt) = run(&block32, &|t| t.clone(), &temb0, &plain_kernels);
+    let (plain_img, plain_txt) = run(&block16, &bf, &temb0_16, &plain_kernels);
+    let (fused_img, fused_txt) = run(&block16, &bf, &temb0_16, &fused::Kernels::default());
+    for (what, fused_out, plain_out, want) in [
+        ("image", &fused_img, &plain_img, &want_img),
+        ("text", &fused_txt, &plain_txt, &want_txt),
+    ] {
+        let e_fused = ts::compare(&f32_cpu(fused_out), &f32_cpu(want));
+        let e_plain = ts::compare(&f32_cpu(plain_out), &f32_cpu(want));
+        println!("block {what} with zero_cond_t: fused bf16 vs f32 {e_fused}; plain bf16 vs f32 {e_plain}");
+        assert!(
+            e_fused.rel <= HALF_CROSS_DEVICE,
+            "zero_cond_t fused block ({what}): {e_fused}"
+        );
+        assert!(
+            e_fused.rel <= 1.5 * e_plain.rel + 2e-3,
+            "zero_cond_t fused block ({what}) less accurate than the plain path: {e_fused} vs {e_plain}"
+        );
+    }
 }
 
 /// Lets two `VarBuilder`s share one [`CachedRandomWeights`].
