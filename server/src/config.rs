@@ -371,22 +371,19 @@ pub enum ConfigError {
 
 /// Reads `path` and returns the settings of `profile` (merged over `default`).
 pub fn load_profile(path: &Path, profile: &str) -> Result<QwenImageSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    parse_profile(&text, path, profile)
+    parse_profile(&read_config(path)?, path, profile)
 }
 
 /// Parses config text (`path` only names the file in errors).
 pub fn parse_profile(text: &str, path: &Path, profile: &str) -> Result<QwenImageSettings, ConfigError> {
-    let profiles: BTreeMap<String, ProfileTable> = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.into(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
+    let profiles = parse_tables(text, path)?;
     let base = path.parent().unwrap_or(Path::new(""));
     let mut settings = QwenImageSettings::default();
-    let presets = |table: &ProfileTable, settings: &mut QwenImageSettings| -> Result<(), ConfigError> {
+    for table in profile_chain(&profiles, path, profile)? {
+        if let Some(t) = &table.qwen_image {
+            t.apply(&mut settings);
+            t.apply_lora(&mut settings, base);
+        }
         for (name, preset) in table.presets.iter().flatten() {
             let p = preset.settings(name, base).map_err(|message| ConfigError::Parse {
                 path: path.into(),
@@ -394,61 +391,60 @@ pub fn parse_profile(text: &str, path: &Path, profile: &str) -> Result<QwenImage
             })?;
             settings.presets.insert(name.clone(), p);
         }
-        Ok(())
-    };
-    if let Some(table) = profiles.get("default") {
-        if let Some(t) = &table.qwen_image {
-            t.apply(&mut settings);
-            t.apply_lora(&mut settings, base);
-        }
-        presets(table, &mut settings)?;
-    }
-    if profile != "default" {
-        let table = profiles.get(profile).ok_or_else(|| ConfigError::UnknownProfile {
-            path: path.into(),
-            profile: profile.into(),
-            available: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
-        if let Some(t) = &table.qwen_image {
-            t.apply(&mut settings);
-            t.apply_lora(&mut settings, base);
-        }
-        presets(table, &mut settings)?;
     }
     Ok(settings)
 }
 
 /// Reads `path` and returns the Z-Image settings of `profile` (merged over `default`).
 pub fn load_z_image_profile(path: &Path, profile: &str) -> Result<ZImageSettings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    parse_z_image_profile(&text, path, profile)
+    parse_z_image_profile(&read_config(path)?, path, profile)
 }
 
 /// Parses config text for the `[<profile>.z_image]` tables (the profile must exist, as for
 /// [`parse_profile`]; a profile without a `z_image` table inherits `default`'s).
 pub fn parse_z_image_profile(text: &str, path: &Path, profile: &str) -> Result<ZImageSettings, ConfigError> {
-    let profiles: BTreeMap<String, ProfileTable> = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.into(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
+    let profiles = parse_tables(text, path)?;
     let mut settings = ZImageSettings::default();
-    if let Some(table) = profiles.get("default").and_then(|p| p.z_image.as_ref()) {
-        table.apply(&mut settings);
-    }
-    if profile != "default" {
-        let table = profiles.get(profile).ok_or_else(|| ConfigError::UnknownProfile {
-            path: path.into(),
-            profile: profile.into(),
-            available: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+    for table in profile_chain(&profiles, path, profile)? {
         if let Some(t) = &table.z_image {
             t.apply(&mut settings);
         }
     }
     Ok(settings)
+}
+
+/// The config file's text.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Config text as its profile tables (`path` only names the file in errors).
+fn parse_tables(text: &str, path: &Path) -> Result<BTreeMap<String, ProfileTable>, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// The tables a profile's settings come from, in the order they apply: `default`'s (if the file
+/// has one), then `profile`'s, which must exist unless it is `default`.
+fn profile_chain<'a>(
+    profiles: &'a BTreeMap<String, ProfileTable>,
+    path: &Path,
+    profile: &str,
+) -> Result<Vec<&'a ProfileTable>, ConfigError> {
+    let mut chain: Vec<&ProfileTable> = profiles.get("default").into_iter().collect();
+    if profile != "default" {
+        chain.push(profiles.get(profile).ok_or_else(|| ConfigError::UnknownProfile {
+            path: path.into(),
+            profile: profile.into(),
+            available: profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?);
+    }
+    Ok(chain)
 }
 
 #[cfg(test)]
