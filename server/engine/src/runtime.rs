@@ -25,11 +25,18 @@ impl Runtime {
         let device = match device {
             "cpu" => Device::Cpu,
             "cuda" => crate::gpu::cuda_device(0).map_err(|e| Error::InvalidInput(format!("--device cuda: {e}")))?,
+            // One of several GPUs (`--devices`): `cuda:N`.
+            other if other.starts_with("cuda:") => {
+                let ordinal = other["cuda:".len()..]
+                    .parse()
+                    .map_err(|_| Error::InvalidInput(format!("`{other}` is not cuda:<number>")))?;
+                crate::gpu::cuda_device(ordinal).map_err(|e| Error::InvalidInput(format!("{other}: {e}")))?
+            }
             "auto" if crate::gpu::cuda_compiled() => crate::gpu::cuda_device(0)?,
             "auto" => Device::Cpu,
             other => {
                 return Err(Error::InvalidInput(format!(
-                    "unknown device `{other}` (cpu, cuda or auto)"
+                    "unknown device `{other}` (cpu, cuda, cuda:N or auto)"
                 )))
             }
         };

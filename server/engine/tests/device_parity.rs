@@ -369,6 +369,74 @@ fn decompose_run_matches_reference() {
     );
 }
 
+/// CFG-parallel on two GPUs (issue 21): the unconditional branch on `cuda:1`, the conditional
+/// one on `cuda:0`, against both branches batched on `cuda:0`. The two paths run the same
+/// kernels on one row each instead of two, so in bf16 they agree within one forward's
+/// cross-device bound per step, and the run stays within the pipeline's bound of the reference.
+#[test]
+#[ignore = "needs two CUDA GPUs: `--features cuda`, ENGINE_TEST_DEVICE=cuda, run with --ignored on a multi-GPU host"]
+fn cfg_parallel_on_two_gpus_equals_batched() {
+    let (device, dtype) = setup();
+    let peer = Device::new_cuda(1).expect("a second GPU (cuda:1) for the unconditional branch");
+    let name = "layered_l2_cfgnorm";
+    let case = ts::case(&format!("run/{name}"));
+    let file = format!("runs/{name}.safetensors");
+    let load = |cfg_parallel: Option<Device>| {
+        LayeredPipeline::load(
+            ModelDir::open(ts::layered_checkpoint()).unwrap(),
+            LoadOptions {
+                device: device.clone(),
+                dtype,
+                keep_text_encoder: true,
+                cfg_parallel,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let options = DecomposeOptions {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: case["negative_prompt"].as_str().map(String::from),
+        layers: case["layers"].as_u64().unwrap() as usize,
+        resolution: case["resolution"].as_u64().unwrap() as u32,
+        num_inference_steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+        true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap(),
+        cfg_normalize: case["cfg_normalize"].as_bool().unwrap(),
+        seed: case["seed"].as_u64().unwrap(),
+        init_noise: Some(ts::reference_dir().join(&file)),
+        ..DecomposeOptions::default()
+    };
+    let image = image::open(ts::reference_dir().join(case["input_png"].as_str().unwrap()))
+        .unwrap()
+        .to_rgba8();
+    let run = |pipe: &mut LayeredPipeline| {
+        let mut uncond = Vec::new();
+        let out = pipe
+            .decompose_traced(&image, &options, &NoProgress, &mut |s| {
+                uncond.push(s.v_uncond.expect("a CFG run").clone());
+            })
+            .unwrap();
+        (out.final_latents, uncond)
+    };
+    let (batched, batched_uncond) = run(&mut load(None));
+    let (parallel, parallel_uncond) = run(&mut load(Some(peer)));
+    let step_tol = if dtype == DType::F32 { 1e-4 } else { HALF_CROSS_DEVICE };
+    for (i, (b, p)) in batched_uncond.iter().zip(&parallel_uncond).enumerate() {
+        let err = ts::compare(p, b);
+        println!("step{i}/v_uncond parallel vs batched: {err}");
+        assert!(err.rel <= step_tol, "step {i}: {err}");
+    }
+    let err = ts::compare(&parallel, &batched);
+    println!("final latents parallel vs batched: {err}");
+    assert!(err.rel <= ts::dtype_tolerance(1e-4, HALF_PIPELINE), "{err}");
+    ts::assert_close(
+        &ts::as_stored(&parallel, &file, "final_latents"),
+        &ts::load_tensor(&file, "final_latents"),
+        ts::dtype_tolerance(1e-4, HALF_PIPELINE),
+        "CFG-parallel final latents against the reference",
+    );
+}
+
 /// Off CUDA, asking either pipeline or the transformer to stream is an error that names CUDA:
 /// `cpu_offload` is never silently ignored (edit used to ignore it).
 #[test]

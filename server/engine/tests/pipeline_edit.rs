@@ -19,12 +19,17 @@ use test_support as ts;
 const RUN: &str = "runs/edit_plus.safetensors";
 
 fn pipeline() -> EditPipeline {
+    pipeline_with(LoadOptions::default())
+}
+
+/// The tiny edit pipeline with its text encoder kept, loaded with `options` otherwise.
+fn pipeline_with(options: LoadOptions) -> EditPipeline {
     let model = ModelDir::open(ts::edit_checkpoint()).unwrap();
     EditPipeline::load(
         model,
         LoadOptions {
             keep_text_encoder: true,
-            ..LoadOptions::default()
+            ..options
         },
     )
     .unwrap()
@@ -135,6 +140,37 @@ fn edit_plus_run_matches_the_reference() {
     println!("timings: {:?}", out.record.timings);
     assert_eq!(out.record.pipeline, "QwenImageEditPlusPipeline");
     assert_eq!(out.record.images, 1);
+}
+
+/// CFG-parallel (issue 21): the negative prompt (shorter, so padded and masked in the batched
+/// path) runs on a second copy of the DiT on its own thread; every step still matches the
+/// reference.
+#[test]
+fn edit_with_cfg_parallel_matches_the_reference() {
+    let c = case();
+    let mut pipe = pipeline_with(LoadOptions {
+        cfg_parallel: Some(candle_core::Device::Cpu),
+        ..LoadOptions::default()
+    });
+    let check = |what: String, actual: &Tensor| {
+        let err = ts::assert_close(actual, &ts::load_tensor(RUN, &what), 1e-4, &what);
+        println!("{what}: {err}");
+    };
+    let out = pipe
+        .edit_with_prompt_embeds(
+            &[input_image()],
+            c["prompt"].as_str().unwrap(),
+            &recorded_embeds(),
+            &options(),
+            &NoProgress,
+            &mut |s| {
+                check(format!("step{}/v_uncond", s.step), s.v_uncond.expect("CFG run"));
+                check(format!("step{}/latents_after", s.step), s.latents_after);
+            },
+        )
+        .unwrap();
+    check("final_latents".into(), &out.final_latents);
+    assert_png_matches(&out.image);
 }
 
 fn assert_png_matches(image: &image::RgbImage) {

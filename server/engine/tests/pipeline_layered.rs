@@ -11,12 +11,17 @@ use engine::weights::ModelDir;
 use test_support as ts;
 
 fn pipeline() -> LayeredPipeline {
+    pipeline_with(LoadOptions::default())
+}
+
+/// The tiny pipeline with its text encoder kept, loaded with `options` otherwise.
+fn pipeline_with(options: LoadOptions) -> LayeredPipeline {
     let model = ModelDir::open(ts::layered_checkpoint()).unwrap();
     LayeredPipeline::load(
         model,
         LoadOptions {
             keep_text_encoder: true,
-            ..LoadOptions::default()
+            ..options
         },
     )
     .unwrap()
@@ -44,9 +49,13 @@ fn options(case: &serde_json::Value, file: &str) -> DecomposeOptions {
 }
 
 fn check_run(name: &str) {
+    check_run_with(name, LoadOptions::default());
+}
+
+fn check_run_with(name: &str, load: LoadOptions) {
     let case = ts::case(&format!("run/{name}"));
     let file = format!("runs/{name}.safetensors");
-    let mut pipe = pipeline();
+    let mut pipe = pipeline_with(load);
     let opts = options(case, &file);
     assert_eq!(
         opts.uses_cfg(),
@@ -134,6 +143,20 @@ fn two_layers_cfg_normalized_matches_the_reference_run() {
 #[test]
 fn three_layers_cfg_unnormalized_chinese_prompt_matches_the_reference_run() {
     check_run("layered_l3_cfg");
+}
+
+/// CFG-parallel (issue 21): the unconditional branch on a second copy of the DiT, on its own
+/// thread (a second GPU on a CUDA host; here a second CPU copy), still matches the reference
+/// at every step.
+#[test]
+fn cfg_parallel_matches_the_reference_run() {
+    check_run_with(
+        "layered_l3_cfg",
+        LoadOptions {
+            cfg_parallel: Some(candle_core::Device::Cpu),
+            ..LoadOptions::default()
+        },
+    );
 }
 
 #[test]

@@ -28,6 +28,19 @@ pub const fn cuda_compiled() -> bool {
     cfg!(feature = "cuda")
 }
 
+/// How many CUDA devices this process can see (0 without CUDA support, a driver or a card).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
 /// Matmul settings for a run in `dtype` on `device`.
 ///
 /// In bf16/f16 runs the only f32 GEMMs are the attention's scores and weighted sums, whose

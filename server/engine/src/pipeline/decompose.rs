@@ -24,10 +24,7 @@ use crate::image_proc::{self, Filter};
 use crate::latents::{pack, pack_layered, unpack_layered};
 use crate::pipeline::denoise::Denoise;
 pub use crate::pipeline::denoise::StepTrace;
-use crate::pipeline::loading::{
-    load_text_model, load_transformer, loaded_transformer, swap_transformer_lora, text_model_or_shared, LoadOptions,
-    SharedTextModel,
-};
+use crate::pipeline::loading::{load_text_model, text_model_or_shared, Dit, LoadOptions, SharedTextModel};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{layered_mu, FlowMatchEulerScheduler, SchedulerConfig};
@@ -36,7 +33,7 @@ use crate::text_encoder::{
     CAPTION_MAX_NEW_TOKENS, DEFAULT_MAX_SEQUENCE_LENGTH,
 };
 use crate::tokenizer::{PromptTemplate, QwenTokenizer};
-use crate::transformer::{cfg, QwenImageTransformer};
+use crate::transformer::cfg;
 use crate::vae::AutoencoderKLQwenImage;
 use crate::weights::{ComponentSpec, ModelDir};
 use crate::{Error, Result};
@@ -203,8 +200,8 @@ pub struct LayeredPipeline {
     options: LoadOptions,
     tokenizer: QwenTokenizer,
     text_encoder: Option<Qwen25VLTextModel>,
-    /// `None` only after a failed LoRA swap ([`crate::pipeline::loading::swap_transformer_lora`]).
-    transformer: Option<QwenImageTransformer>,
+    /// The DiT, and its CFG-parallel copy when the options ask for one.
+    transformer: Dit,
     vae: AutoencoderKLQwenImage,
     scheduler_config: SchedulerConfig,
 }
@@ -227,7 +224,7 @@ impl LayeredPipeline {
                 model.root().display()
             )));
         }
-        let transformer = load_transformer(&model, &transformer_cfg, &options)?;
+        let transformer = Dit::load(&model, &transformer_cfg, &options)?;
         let vae_cfg: crate::vae::Config = model.read_json("vae", "config.json")?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         if vae_cfg.input_channels != 4 {
@@ -248,7 +245,7 @@ impl LayeredPipeline {
             options,
             tokenizer,
             text_encoder,
-            transformer: Some(transformer),
+            transformer,
             vae,
             scheduler_config,
         })
@@ -259,9 +256,9 @@ impl LayeredPipeline {
     }
 
     /// Merges `lora` into the DiT in place of the adapters it has now (nothing happens when they
-    /// are the same); see [`swap_transformer_lora`].
+    /// are the same); see [`Dit::set_lora`].
     pub fn set_lora(&mut self, lora: &[crate::lora::LoraSpec]) -> Result<()> {
-        swap_transformer_lora(&mut self.transformer, &self.model, &mut self.options, lora)
+        self.transformer.set_lora(&self.model, &mut self.options, lora)
     }
 
     /// The adapters merged into the DiT now.
@@ -429,7 +426,8 @@ impl LayeredPipeline {
         let is_rgb = Tensor::zeros(batch, DType::U32, &device)?;
         let t = Instant::now();
         let denoise = Denoise {
-            transformer: loaded_transformer(&self.transformer)?,
+            transformer: self.transformer.main()?,
+            cfg_peer: self.transformer.cfg_peer(&self.options)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),

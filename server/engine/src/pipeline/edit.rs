@@ -27,15 +27,13 @@ use crate::image_proc;
 use crate::latents::{pack, unpack};
 use crate::pipeline::decompose::Timings;
 use crate::pipeline::denoise::{Denoise, StepTrace};
-use crate::pipeline::loading::{
-    load_transformer, loaded_transformer, swap_transformer_lora, text_model_or_shared, LoadOptions, SharedTextModel,
-};
+use crate::pipeline::loading::{text_model_or_shared, Dit, LoadOptions, SharedTextModel};
 use crate::pipeline::noise::{load_noise, seeded_noise};
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::{FlowMatchEulerScheduler, SchedulerConfig};
 use crate::text_encoder::{encode_prompt_with_images, MropeMode, Qwen25VLTextModel, VisionTower};
 use crate::tokenizer::{PromptTemplate, QwenTokenizer};
-use crate::transformer::{cfg, QwenImageTransformer};
+use crate::transformer::cfg;
 use crate::vae::AutoencoderKLQwenImage;
 use crate::weights::{ComponentSpec, ModelDir};
 use crate::{Error, Result};
@@ -236,8 +234,8 @@ pub struct EditPipeline {
     tokenizer: QwenTokenizer,
     /// Kept between runs only with `LoadOptions::keep_text_encoder`.
     encoder: Option<PromptEncoder>,
-    /// `None` only after a failed LoRA swap ([`crate::pipeline::loading::swap_transformer_lora`]).
-    transformer: Option<QwenImageTransformer>,
+    /// The DiT, and its CFG-parallel copy when the options ask for one.
+    transformer: Dit,
     vae: AutoencoderKLQwenImage,
     scheduler_config: SchedulerConfig,
 }
@@ -269,7 +267,7 @@ impl EditPipeline {
                 vae_cfg.input_channels
             )));
         }
-        let transformer = load_transformer(&model, &transformer_cfg, &options)?;
+        let transformer = Dit::load(&model, &transformer_cfg, &options)?;
         let vae = AutoencoderKLQwenImage::new(&vae_cfg, model.var_builder("vae", options.dtype, &options.device)?)?;
         let scheduler_config: SchedulerConfig = model.read_json("scheduler", "scheduler_config.json")?;
         FlowMatchEulerScheduler::new(scheduler_config.clone())?;
@@ -283,7 +281,7 @@ impl EditPipeline {
             options,
             tokenizer,
             encoder,
-            transformer: Some(transformer),
+            transformer,
             vae,
             scheduler_config,
         })
@@ -294,9 +292,9 @@ impl EditPipeline {
     }
 
     /// Merges `lora` into the DiT in place of the adapters it has now (nothing happens when they
-    /// are the same); see [`swap_transformer_lora`].
+    /// are the same); see [`Dit::set_lora`].
     pub fn set_lora(&mut self, lora: &[crate::lora::LoraSpec]) -> Result<()> {
-        swap_transformer_lora(&mut self.transformer, &self.model, &mut self.options, lora)
+        self.transformer.set_lora(&self.model, &mut self.options, lora)
     }
 
     /// The adapters merged into the DiT now.
@@ -470,7 +468,8 @@ impl EditPipeline {
         let (txt, txt_mask) = txt;
         let t = Instant::now();
         let denoise = Denoise {
-            transformer: loaded_transformer(&self.transformer)?,
+            transformer: self.transformer.main()?,
+            cfg_peer: self.transformer.cfg_peer(&self.options)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),
@@ -542,7 +541,7 @@ impl EditPipeline {
     /// The transformer's text input: `[1, L, D]` alone, or cond and uncond padded and stacked
     /// `[2, L, D]` with their key mask for one batched CFG forward.
     fn text_conditioning(&self, embeds: &EditPromptEmbeds, options: &EditOptions) -> Result<(Tensor, Option<Tensor>)> {
-        let want = loaded_transformer(&self.transformer)?.config().joint_attention_dim;
+        let want = self.transformer.main()?.config().joint_attention_dim;
         let check = |t: &Tensor, what: &str| match t.dims() {
             &[1, l, d] if l > 0 && d == want => Ok(()),
             d => Err(Error::InvalidInput(format!(

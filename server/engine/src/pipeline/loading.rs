@@ -31,6 +31,10 @@ pub struct LoadOptions {
     /// LoRA adapters merged into the DiT's weights as they load ([`crate::lora`]); the text
     /// encoder and the VAE never take any.
     pub lora: Vec<LoraSpec>,
+    /// CFG-parallel: a second copy of the DiT on this device runs the unconditional branch while
+    /// the main copy runs the conditional one, and the two are combined each step
+    /// ([`crate::pipeline::denoise`]). `None`: both branches batched in one forward.
+    pub cfg_parallel: Option<Device>,
 }
 
 impl Default for LoadOptions {
@@ -42,7 +46,20 @@ impl Default for LoadOptions {
             vae_decode_chunk: 2,
             offload: None,
             lora: Vec::new(),
+            cfg_parallel: None,
         }
+    }
+}
+
+impl LoadOptions {
+    /// The options the CFG-parallel copy of the DiT loads with: the same, on its own device.
+    pub fn cfg_peer(&self) -> Option<LoadOptions> {
+        let device = self.cfg_parallel.clone()?;
+        Some(LoadOptions {
+            device,
+            cfg_parallel: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -192,6 +209,64 @@ pub fn swap_transformer_lora(
             tracing::error!("loading the transformer with new LoRA adapters failed: {e}");
             *slot = load_transformer(model, &cfg, options).ok();
             Err(e)
+        }
+    }
+}
+
+/// The DiT a pipeline runs: the main copy and, with [`LoadOptions::cfg_parallel`], the copy on
+/// the second device that runs the unconditional branch. Either is `None` only after a failed
+/// LoRA swap.
+#[derive(Debug)]
+pub struct Dit {
+    pub main: Option<QwenImageTransformer>,
+    pub cfg_peer: Option<QwenImageTransformer>,
+}
+
+impl Dit {
+    /// Loads the main copy, and the CFG peer when `options` ask for one, with `options.lora`.
+    pub fn load(model: &ModelDir, cfg: &crate::transformer::Config, options: &LoadOptions) -> Result<Self> {
+        let lora = transformer_lora(model, options)?;
+        let main = load_transformer_with(model, cfg, options, &lora)?;
+        let cfg_peer = match options.cfg_peer() {
+            Some(peer) => {
+                tracing::info!(device = ?peer.device, "loading a second DiT for CFG-parallel");
+                Some(load_transformer_with(model, cfg, &peer, &lora)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            main: Some(main),
+            cfg_peer,
+        })
+    }
+
+    /// Both copies with `lora` in place of the adapters they have (see [`swap_transformer_lora`]).
+    pub fn set_lora(&mut self, model: &ModelDir, options: &mut LoadOptions, lora: &[LoraSpec]) -> Result<()> {
+        if options.lora == lora && self.main.is_some() && self.cfg_peer.is_some() == options.cfg_parallel.is_some() {
+            return Ok(());
+        }
+        // The peer goes first: its device memory is elsewhere, but both take host memory.
+        self.cfg_peer = None;
+        let swapped = swap_transformer_lora(&mut self.main, model, options, lora);
+        // The peer follows what the main copy holds now: the new adapters, or the old ones restored.
+        if let Some(peer) = options.cfg_peer() {
+            let cfg: crate::transformer::Config = model.read_json("transformer", "config.json")?;
+            self.cfg_peer = Some(load_transformer(model, &cfg, &peer)?);
+        }
+        swapped
+    }
+
+    /// The main copy, or why there is none.
+    pub fn main(&self) -> Result<&QwenImageTransformer> {
+        loaded_transformer(&self.main)
+    }
+
+    /// The CFG peer, when CFG-parallel is on; an error when it should be there and is not.
+    pub fn cfg_peer(&self, options: &LoadOptions) -> Result<Option<&QwenImageTransformer>> {
+        match (&self.cfg_peer, &options.cfg_parallel) {
+            (Some(peer), _) => Ok(Some(peer)),
+            (None, None) => Ok(None),
+            (None, Some(_)) => loaded_transformer(&None).map(Some),
         }
     }
 }
