@@ -836,3 +836,85 @@ pub const TOKEN_REQUIRED: &str = "missing or wrong API token (Authorization: Bea
 pub struct JobStarted {
     pub id: String,
 }
+
+/// A finished layer edit: the edited layer, the same size as the one sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct EditResult {
+    /// `data:image/png;base64,…`
+    pub image: String,
+    /// The seed the edit ran with (the request's, or a fresh random one).
+    pub seed: u64,
+}
+
+/// A queued or running layer edit, as `GET /api/qwen-image/edit-jobs/{id}` reports it: the same
+/// fields as [`JobStatus`], with the edited layer as the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct EditJobStatus {
+    pub id: String,
+    pub state: JobState,
+    /// "queued", "starting", "loading", "encoding", "denoising", "decoding", "done", …
+    pub phase: String,
+    pub step: u32,
+    pub total_steps: u32,
+    pub elapsed: f64,
+    /// Estimated seconds left, while denoising and once a step has been timed.
+    pub eta_seconds: Option<f64>,
+    pub queue_position: Option<u32>,
+    pub error: Option<String>,
+    /// The edited layer, once `state` is `done`.
+    pub result: Option<EditResult>,
+}
+
+/// Decomposing one layer of a finished run again (`POST /api/qwen-image/runs/{id}/layers/{index}/split`):
+/// the fields of a [`DecomposeRequest`] but the image, which is the run's layer. The resolution
+/// defaults to the run's, so the sub-layers come back at the layer's size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct SplitLayerRequest {
+    /// Describes the layer. Empty = caption the layer automatically.
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    /// How many sub-layers: a number in the layer range, or "auto".
+    #[serde(default)]
+    pub layer_num: Option<LayerNum>,
+    #[serde(default)]
+    pub resolution: Option<u32>,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub cfg_scale: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub cfg_normalize: Option<bool>,
+    #[serde(default)]
+    pub caption_language: Option<String>,
+    #[serde(default)]
+    pub formats: Option<Vec<String>>,
+    #[serde(default)]
+    pub preset: Option<String>,
+}
+
+impl SplitLayerRequest {
+    /// The decompose request for `image` (the layer's data URL) from a run made at `resolution`.
+    pub fn into_decompose(self, image: String, resolution: u32) -> DecomposeRequest {
+        DecomposeRequest {
+            image,
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            layer_num: self.layer_num,
+            resolution: Some(self.resolution.unwrap_or(resolution)),
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            seed: self.seed,
+            cfg_normalize: self.cfg_normalize,
+            caption_language: self.caption_language,
+            formats: self.formats,
+            preset: self.preset,
+        }
+    }
+}

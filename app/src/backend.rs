@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::api::{
-    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
-    JobStatus, RunSummary, StatusResponse,
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditJobStatus, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, RunSummary, StatusResponse,
 };
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -37,6 +37,11 @@ pub trait Backend: Send + Sync + 'static {
     fn list_runs(&self, caller: &Caller) -> Vec<RunSummary>;
     /// Validates, queues and runs a layer edit; returns the edited layer as PNG bytes.
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>>;
+    /// Validates and queues a layer edit as a followable job (phase, step, ETA, cancel).
+    fn start_edit(&self, request: EditLayerRequest, caller: &Caller) -> Result<JobStarted, ApiError>;
+    fn edit_job_status(&self, id: &str, caller: &Caller) -> Result<EditJobStatus, ApiError>;
+    /// Asks an edit to stop (between denoising steps).
+    fn cancel_edit(&self, id: &str, caller: &Caller) -> Result<EditJobStatus, ApiError>;
 }
 
 pub type SharedBackend = Arc<dyn Backend>;

@@ -6,8 +6,8 @@ use leptos::prelude::*;
 use leptos::server_fn::codec::{GetUrl, Json};
 
 use crate::api::{
-    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
-    JobStatus, RunSummary, StatusResponse,
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditJobStatus, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, RunSummary, StatusResponse,
 };
 
 #[cfg(feature = "ssr")]
@@ -91,4 +91,21 @@ pub async fn edit_layer(request: EditLayerRequest) -> Result<String, ApiError> {
         Err(e) => Err(e),
     };
     answer(outcome.map(|png| crate::image_data::png_data_url(&png)))
+}
+
+/// Queues a layer edit and returns its job id at once; follow it with [`get_edit_job_status`]
+/// (phase, step, ETA; the edited layer as a data URL when done).
+#[server(prefix = "/api/app", endpoint = "start_edit", input = Json)]
+pub async fn start_edit(request: EditLayerRequest) -> Result<JobStarted, ApiError> {
+    answer(backend().and_then(|b| b.start_edit(request, &caller())))
+}
+
+#[server(prefix = "/api/app", endpoint = "edit_job_status", input = Json)]
+pub async fn get_edit_job_status(id: String) -> Result<EditJobStatus, ApiError> {
+    answer(backend().and_then(|b| b.edit_job_status(&id, &caller())))
+}
+
+#[server(prefix = "/api/app", endpoint = "cancel_edit", input = Json)]
+pub async fn cancel_edit(id: String) -> Result<EditJobStatus, ApiError> {
+    answer(backend().and_then(|b| b.cancel_edit(&id, &caller())))
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use app::api::{
-    ApiError, ConfigResponse, DecomposeJob, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse,
-    JobStarted, JobState, JobStatus, Limits, RunSummary, StatusResponse,
+    ApiError, ConfigResponse, DecomposeJob, DecomposeRequest, DecomposeResponse, EditJobStatus, EditLayerRequest,
+    EditResult, EditStatusResponse, JobStarted, JobState, JobStatus, Limits, RunSummary, SplitLayerRequest,
+    StatusResponse,
 };
 use app::backend::{Backend, BoxFuture, Caller};
 
@@ -33,6 +34,8 @@ pub struct ServerBackend {
     /// Set by the worker once the decompose models are in memory.
     loaded: Arc<std::sync::atomic::AtomicBool>,
     jobs: JobRegistry,
+    /// Layer edits being followed (their results stay in memory only).
+    edit_jobs: JobRegistry<EditResult>,
     /// Why decomposition cannot run (model missing…), found at startup.
     unavailable: Option<String>,
     /// The edit model's state, kept current by the worker.
@@ -53,17 +56,20 @@ pub struct ServerBackend {
 /// Where a queued decomposition's result arrives.
 type Outcome = tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError>>;
 
+/// Where a queued edit's result (the PNG) arrives.
+type EditOutcome = tokio::sync::oneshot::Receiver<Result<Vec<u8>, ApiError>>;
+
 /// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
 /// client went away stops its job between steps.
-struct CancelOnDrop(Option<Arc<JobHandle>>);
+struct CancelOnDrop<R: crate::jobs::JobOutput = DecomposeResponse>(Option<Arc<JobHandle<R>>>);
 
-impl CancelOnDrop {
+impl<R: crate::jobs::JobOutput> CancelOnDrop<R> {
     fn disarm(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl<R: crate::jobs::JobOutput> Drop for CancelOnDrop<R> {
     fn drop(&mut self) {
         if let Some(job) = self.0.take() {
             job.request_cancel();
@@ -110,6 +116,7 @@ impl ServerBackend {
             queue,
             loaded,
             jobs: JobRegistry::default(),
+            edit_jobs: JobRegistry::default(),
             unavailable,
             edit,
             store,
@@ -183,6 +190,78 @@ impl ServerBackend {
                 Err(e)
             }
         }
+    }
+
+    /// Validates an edit and queues it as a followable job; the receiver yields the PNG.
+    fn enqueue_edit(
+        &self,
+        request: EditLayerRequest,
+        caller: &Caller,
+    ) -> Result<(Arc<JobHandle<EditResult>>, EditOutcome), ApiError> {
+        let job = request.validate(&self.limits, random_seed())?;
+        if let Some(reason) = self.edit.lock().ok().and_then(|s| s.refusal()) {
+            return Err(ApiError::unavailable(reason));
+        }
+        let handle = self.edit_jobs.create(job.steps, caller.owner.clone());
+        let worker_handle = handle.clone();
+        let submitted = self.queue.submit(move |engine: &mut EngineState| {
+            if worker_handle.is_cancelled_now() {
+                worker_handle.finish(&Err(ApiError::cancelled()), false);
+                return Err(ApiError::cancelled());
+            }
+            worker_handle.start();
+            let seed = job.seed;
+            let out = engine.edit_layer(job, worker_handle.as_ref());
+            let result = out.as_ref().map_err(Clone::clone).map(|png| EditResult {
+                image: app::image_data::png_data_url(png),
+                seed,
+            });
+            worker_handle.finish(&result, false);
+            out
+        });
+        match submitted {
+            Ok(done) => Ok((handle, done)),
+            Err(e) => {
+                self.edit_jobs.remove(&handle.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decomposes layer `index` (1 = bottom) of the caller's finished run `run_id` again, as a
+    /// followable decompose job whose result is the layer's sub-layers.
+    pub fn start_split(
+        &self,
+        run_id: &str,
+        index: u32,
+        request: SplitLayerRequest,
+        caller: &Caller,
+    ) -> Result<JobStarted, ApiError> {
+        let run = self
+            .store
+            .load(run_id)
+            .filter(|r| may_see(r.owner.as_deref(), caller))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!("no finished run {run_id} (runs are kept on the server for --keep-results-hours)"),
+                )
+            })?;
+        if index == 0 {
+            return Err(ApiError::unprocessable(
+                "layer 0 is the composite, not a layer: split a layer from 1 (bottom) up",
+            ));
+        }
+        let count = run.response.layer_count;
+        let layer = run
+            .response
+            .layers
+            .iter()
+            .find(|l| l.index == index)
+            .ok_or_else(|| ApiError::new(404, format!("run {run_id} has layers 1 to {count}, not {index}")))?;
+        let decompose = request.into_decompose(layer.image.clone(), run.response.resolution);
+        let (handle, _) = self.enqueue_decompose(decompose, caller)?;
+        Ok(JobStarted { id: handle.id.clone() })
     }
 
     /// The worker queue (Z-Image jobs run on the same worker).
@@ -326,15 +405,45 @@ impl Backend for ServerBackend {
     }
 
     fn edit_layer(&self, request: EditLayerRequest) -> BoxFuture<Result<Vec<u8>, ApiError>> {
-        let job = request.validate(&self.limits, random_seed());
-        let unavailable = self.edit.lock().ok().and_then(|s| s.refusal());
-        let queue = self.queue_handle();
+        // A followable job like any other (no owner: nobody is given its id), so a client that
+        // goes away cancels it between steps.
+        let queued = self.enqueue_edit(request, &Caller::default());
         Box::pin(async move {
-            let job = job?;
-            if let Some(reason) = unavailable {
-                return Err(ApiError::unavailable(reason));
-            }
-            queue.run(move |engine| engine.edit_layer(job)).await
+            let (handle, done) = queued?;
+            let guard = CancelOnDrop(Some(handle));
+            let out = done
+                .await
+                .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the edit")));
+            guard.disarm();
+            out
         })
+    }
+
+    fn start_edit(&self, request: EditLayerRequest, caller: &Caller) -> Result<JobStarted, ApiError> {
+        let (handle, _) = self.enqueue_edit(request, caller)?;
+        Ok(JobStarted { id: handle.id.clone() })
+    }
+
+    fn edit_job_status(&self, id: &str, caller: &Caller) -> Result<EditJobStatus, ApiError> {
+        let job = self
+            .edit_jobs
+            .find(id)
+            .filter(|j| may_see(j.owner.as_deref(), caller))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!("no edit job {id} (a finished edit's record is kept for 15 minutes)"),
+                )
+            })?;
+        Ok(self.edit_jobs.status(&job))
+    }
+
+    fn cancel_edit(&self, id: &str, caller: &Caller) -> Result<EditJobStatus, ApiError> {
+        let status = self.edit_job_status(id, caller)?;
+        if let Some(job) = self.edit_jobs.find(id) {
+            job.request_cancel();
+            return Ok(self.edit_jobs.status(&job));
+        }
+        Ok(status)
     }
 }

@@ -16,7 +16,7 @@ use engine::gpu::OffloadOptions;
 use engine::pipeline::edit::EDIT_COMPONENTS;
 use engine::pipeline::{
     edit_layer, AlphaMode, DecomposeOptions, EditOptions, EditPipeline, LayerEditOptions, LayeredPipeline, LoadOptions,
-    NoProgress, Phase, Progress,
+    Phase, Progress,
 };
 use engine::runtime::Runtime;
 use engine::text_encoder::CaptionLanguage;
@@ -491,8 +491,9 @@ impl EngineState {
         Ok(self.editor.as_mut().unwrap_or_else(|| unreachable!()))
     }
 
-    /// Edits one RGBA layer; returns the edited layer (same size, RGBA) as PNG bytes.
-    pub fn edit_layer(&mut self, job: EditJob) -> Result<Vec<u8>, ApiError> {
+    /// Edits one RGBA layer; returns the edited layer (same size, RGBA) as PNG bytes. `progress`
+    /// hears the phases and steps, and a cancel stops the edit between steps.
+    pub fn edit_layer(&mut self, job: EditJob, progress: &dyn Progress) -> Result<Vec<u8>, ApiError> {
         let options = LayerEditOptions {
             edit: EditOptions {
                 negative_prompt: Some(" ".into()),
@@ -518,7 +519,11 @@ impl EngineState {
             },
             ..options
         };
+        if self.editor.is_none() {
+            progress.phase(Phase::Loading);
+        }
         let editor = self.editor(&lora)?;
+        engine::pipeline::check_cancel(progress).map_err(api_error)?;
         let merged = crate::adapters::lora_info(editor.lora());
         self.note_active(|a| {
             a.edit = merged;
@@ -528,7 +533,7 @@ impl EngineState {
             .editor
             .as_mut()
             .ok_or_else(|| ApiError::internal("the edit pipeline went away"))?;
-        let out = edit_layer(editor, &job.image, &job.prompt, &options, &NoProgress).map_err(api_error)?;
+        let out = edit_layer(editor, &job.image, &job.prompt, &options, progress).map_err(api_error)?;
         let t = &out.edit.record.timings;
         tracing::info!(
             seconds = t.total,

@@ -1,21 +1,79 @@
-//! Jobs that clients can follow: each decomposition gets an unguessable id, its owner, a state,
-//! the engine's phase and step, an ETA, and a cancel flag the engine checks between steps.
-//! Finished jobs' records stay a while; their results live in the [`crate::run_store`], so
-//! however many other jobs finish, a result is not lost.
+//! Jobs that clients can follow: each decomposition or layer edit gets an unguessable id, its
+//! owner, a state, the engine's phase and step, an ETA, and a cancel flag the engine checks
+//! between steps. Finished jobs' records stay a while; decompositions' results live in the
+//! [`crate::run_store`], so however many other jobs finish, a result is not lost. The same
+//! [`JobHandle`] and [`JobRegistry`] serve both kinds, generic over the result ([`JobOutput`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use app::api::{ApiError, DecomposeResponse, JobState, JobStatus};
+use app::api::{ApiError, DecomposeResponse, EditJobStatus, EditResult, JobState, JobStatus};
 use engine::pipeline::{Phase, Progress};
 
 /// How long a finished job's record (state, error) stays in memory; a stored result outlives it.
 const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
 
+/// What a kind of job produces, and how its status is reported.
+pub trait JobOutput: Clone + Send + Sync + 'static {
+    /// The status clients read (`JobStatus` for decompositions, `EditJobStatus` for edits).
+    type Status;
+    fn status(progress: JobProgress, result: Option<Self>) -> Self::Status;
+}
+
+/// A job's state and progress, without its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobProgress {
+    pub id: String,
+    pub state: JobState,
+    pub phase: String,
+    pub step: u32,
+    pub total_steps: u32,
+    pub elapsed: f64,
+    pub eta_seconds: Option<f64>,
+    pub queue_position: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl JobOutput for DecomposeResponse {
+    type Status = JobStatus;
+    fn status(p: JobProgress, result: Option<Self>) -> JobStatus {
+        JobStatus {
+            id: p.id,
+            state: p.state,
+            phase: p.phase,
+            step: p.step,
+            total_steps: p.total_steps,
+            elapsed: p.elapsed,
+            eta_seconds: p.eta_seconds,
+            queue_position: p.queue_position,
+            error: p.error,
+            result,
+        }
+    }
+}
+
+impl JobOutput for EditResult {
+    type Status = EditJobStatus;
+    fn status(p: JobProgress, result: Option<Self>) -> EditJobStatus {
+        EditJobStatus {
+            id: p.id,
+            state: p.state,
+            phase: p.phase,
+            step: p.step,
+            total_steps: p.total_steps,
+            elapsed: p.elapsed,
+            eta_seconds: p.eta_seconds,
+            queue_position: p.queue_position,
+            error: p.error,
+            result,
+        }
+    }
+}
+
 #[derive(Debug)]
-struct Record {
+struct Record<R> {
     state: JobState,
     phase: &'static str,
     step: u32,
@@ -26,23 +84,23 @@ struct Record {
     last_step: Option<Instant>,
     finished: Option<Instant>,
     error: Option<String>,
-    /// The result, while it is not in the run store (it failed to save, say).
-    result: Option<DecomposeResponse>,
+    /// The result, while it is not in the run store (it failed to save, say; edits' always).
+    result: Option<R>,
 }
 
 /// One job's shared state: written by the engine worker, read by status requests.
 #[derive(Debug)]
-pub struct JobHandle {
+pub struct JobHandle<R = DecomposeResponse> {
     pub id: String,
     /// Who started it ([`app::backend::Caller::owner`]); `None`: whoever holds the id.
     pub owner: Option<String>,
     seq: u64,
-    record: Mutex<Record>,
+    record: Mutex<Record<R>>,
     cancel: AtomicBool,
 }
 
-impl JobHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+impl<R: JobOutput> JobHandle<R> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record<R>> {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -55,7 +113,7 @@ impl JobHandle {
     }
 
     /// Records the final outcome; `stored`: the result is in the run store, so it is not kept here.
-    pub fn finish(&self, outcome: &Result<DecomposeResponse, ApiError>, stored: bool) {
+    pub fn finish(&self, outcome: &Result<R, ApiError>, stored: bool) {
         let mut r = self.lock();
         r.finished = Some(Instant::now());
         match outcome {
@@ -87,7 +145,7 @@ impl JobHandle {
         self.cancel.store(true, Ordering::SeqCst);
     }
 
-    pub fn status(&self, queue_position: Option<u32>) -> JobStatus {
+    pub fn status(&self, queue_position: Option<u32>) -> R::Status {
         let r = self.lock();
         let now = Instant::now();
         let elapsed = r.started.map_or(0.0, |s| (r.finished.unwrap_or(now) - s).as_secs_f64());
@@ -98,7 +156,7 @@ impl JobHandle {
             }
             _ => None,
         };
-        JobStatus {
+        let progress = JobProgress {
             id: self.id.clone(),
             state: r.state,
             phase: r.phase.to_string(),
@@ -108,12 +166,12 @@ impl JobHandle {
             eta_seconds,
             queue_position: (r.state == JobState::Queued).then_some(queue_position.unwrap_or(0)),
             error: r.error.clone(),
-            result: r.result.clone(),
-        }
+        };
+        R::status(progress, r.result.clone())
     }
 }
 
-impl Progress for JobHandle {
+impl<R: JobOutput> Progress for JobHandle<R> {
     fn phase(&self, phase: Phase) {
         let mut r = self.lock();
         r.phase = phase.name();
@@ -150,16 +208,25 @@ pub fn denoise_eta(step: u32, total: u32, finished_secs: f64, running_secs: f64)
     Some((per_step * left - running_secs).max(per_step * (left - 1.0)))
 }
 
-/// All jobs the server knows about.
-#[derive(Debug, Default)]
-pub struct JobRegistry {
-    jobs: Mutex<HashMap<String, Arc<JobHandle>>>,
+/// All jobs of one kind the server knows about.
+#[derive(Debug)]
+pub struct JobRegistry<R = DecomposeResponse> {
+    jobs: Mutex<HashMap<String, Arc<JobHandle<R>>>>,
     next: AtomicU64,
 }
 
-impl JobRegistry {
+impl<R> Default for JobRegistry<R> {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<R: JobOutput> JobRegistry<R> {
     /// Registers a new queued job of `owner` with `total_steps` denoising steps.
-    pub fn create(&self, total_steps: u32, owner: Option<String>) -> Arc<JobHandle> {
+    pub fn create(&self, total_steps: u32, owner: Option<String>) -> Arc<JobHandle<R>> {
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
         let id = format!("job-{}", crate::door::random_id());
         let handle = Arc::new(JobHandle {
@@ -188,13 +255,13 @@ impl JobRegistry {
 
     /// Forgets records finished longer ago than [`KEEP_FINISHED`] (by age only: other jobs
     /// finishing never push a record out).
-    fn prune(jobs: &mut HashMap<String, Arc<JobHandle>>) {
+    fn prune(jobs: &mut HashMap<String, Arc<JobHandle<R>>>) {
         let now = Instant::now();
         jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < KEEP_FINISHED));
     }
 
     /// The job, if it is in memory.
-    pub fn find(&self, id: &str) -> Option<Arc<JobHandle>> {
+    pub fn find(&self, id: &str) -> Option<Arc<JobHandle<R>>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
@@ -204,7 +271,7 @@ impl JobRegistry {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    pub fn status(&self, job: &JobHandle) -> JobStatus {
+    pub fn status(&self, job: &JobHandle<R>) -> R::Status {
         let ahead = {
             let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             jobs.values()
@@ -238,7 +305,7 @@ mod tests {
 
     #[test]
     fn a_job_goes_from_queued_to_done_with_progress() {
-        let reg = JobRegistry::default();
+        let reg = JobRegistry::<DecomposeResponse>::default();
         let a = reg.create(10, None);
         let b = reg.create(10, Some("session:x".into()));
         assert_eq!(reg.status(&b).queue_position, Some(1));
@@ -296,7 +363,7 @@ mod tests {
 
     #[test]
     fn cancel_and_failure_are_distinct_outcomes() {
-        let reg = JobRegistry::default();
+        let reg = JobRegistry::<DecomposeResponse>::default();
         let a = reg.create(5, None);
         assert!(!a.is_cancelled());
         a.request_cancel();
@@ -312,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_other_jobs_does_not_push_a_finished_one_out() {
-        let reg = JobRegistry::default();
+        let reg = JobRegistry::<DecomposeResponse>::default();
         let first = reg.create(1, None);
         first.finish(&Ok(response()), false);
         for _ in 0..100 {

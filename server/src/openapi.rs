@@ -5,8 +5,8 @@
 //! check it against the live routes, and `scripts/schemathesis.sh` fuzzes the server from it.
 
 use app::api::{
-    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
-    JobStatus, RunSummary, StatusResponse, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS,
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditJobStatus, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, RunSummary, StatusResponse, LAYER_RANGE, MAX_CFG_SCALE, MAX_STEPS, RESOLUTIONS,
 };
 use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
@@ -83,6 +83,21 @@ fn app_cancel_job() {}
 #[allow(dead_code)]
 fn app_edit_layer() {}
 
+#[utoipa::path(post, path = "/api/app/start_edit", request_body = EditCall,
+    responses((status = 200, body = JobStarted), DoorErrors))]
+#[allow(dead_code)]
+fn app_start_edit() {}
+
+#[utoipa::path(post, path = "/api/app/edit_job_status", request_body = JobCall,
+    responses((status = 200, body = EditJobStatus), DoorErrors))]
+#[allow(dead_code)]
+fn app_edit_job_status() {}
+
+#[utoipa::path(post, path = "/api/app/cancel_edit", request_body = JobCall,
+    responses((status = 200, body = EditJobStatus), DoorErrors))]
+#[allow(dead_code)]
+fn app_cancel_edit() {}
+
 /// Sign in with the API token: sets an HttpOnly cookie that the page's later calls carry.
 #[utoipa::path(post, path = "/api/session", request_body = SignIn,
     responses((status = 204, description = "signed in"), DoorErrors))]
@@ -100,9 +115,10 @@ fn session() {}
     paths(
         crate::routes::decompose, crate::routes::edit_layer, crate::routes::start_job, crate::routes::job_status,
         crate::routes::cancel_job, crate::routes::runs, crate::routes::config, crate::routes::status,
-        crate::routes::edit_status, crate::routes::openapi,
+        crate::routes::edit_status, crate::routes::openapi, crate::routes::start_edit_job,
+        crate::routes::edit_job_status, crate::routes::cancel_edit_job, crate::routes::split_layer,
         app_config, app_status, app_edit_status, app_runs, app_decompose, app_start_decompose, app_job_status,
-        app_cancel_job, app_edit_layer, session
+        app_cancel_job, app_edit_layer, app_start_edit, app_edit_job_status, app_cancel_edit, session
     ),
     components(schemas(ApiError)),
     modifiers(&BearerToken)
@@ -143,7 +159,12 @@ pub fn document() -> Value {
         ("steps", json!({"minimum": 1, "maximum": MAX_STEPS})),
         ("cfg_scale", json!({"minimum": 0, "maximum": MAX_CFG_SCALE})),
     ];
-    for schema in ["DecomposeRequest", "EditLayerRequest", "GenerateRequest"] {
+    for schema in [
+        "DecomposeRequest",
+        "EditLayerRequest",
+        "GenerateRequest",
+        "SplitLayerRequest",
+    ] {
         for (field, limit) in &limits {
             let property = schemas
                 .get_mut(schema)

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use app::api::{
-    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditLayerRequest, EditStatusResponse, JobStarted,
-    JobStatus, RunSummary, StatusResponse,
+    ApiError, ConfigResponse, DecomposeRequest, DecomposeResponse, EditJobStatus, EditLayerRequest, EditStatusResponse,
+    JobStarted, JobStatus, RunSummary, SplitLayerRequest, StatusResponse,
 };
 use app::backend::{Backend, Caller};
 use axum::body::Bytes;
@@ -103,6 +103,64 @@ pub(crate) async fn cancel_job(
     Ok(Json(backend.cancel_job(&job_id(path)?, &caller)?).into_response())
 }
 
+/// Queue a layer edit; follow it with `GET /edit-jobs/{id}` (phase, step, ETA; the edited
+/// layer as a PNG data URL when done).
+#[utoipa::path(post, path = "/api/qwen-image/edit-jobs", request_body = EditLayerRequest,
+    responses((status = 202, description = "queued", body = JobStarted), DoorErrors))]
+pub(crate) async fn start_edit_job(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: EditLayerRequest = parse_json(body)?;
+    let started = backend.start_edit(request, &caller)?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
+/// An edit's state, phase, step, ETA and (when done) the edited layer.
+#[utoipa::path(get, path = "/api/qwen-image/edit-jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = EditJobStatus), DoorErrors))]
+pub(crate) async fn edit_job_status(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(backend.edit_job_status(&job_id(path)?, &caller)?).into_response())
+}
+
+/// Stop an edit between denoising steps.
+#[utoipa::path(post, path = "/api/qwen-image/edit-jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = EditJobStatus), DoorErrors))]
+pub(crate) async fn cancel_edit_job(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    Ok(Json(backend.cancel_edit(&job_id(path)?, &caller)?).into_response())
+}
+
+/// Decompose layer `index` (1 = bottom) of a finished run again into sub-layers (recursive
+/// decomposition). Queued like `POST /jobs`: follow it with `GET /jobs/{id}`, whose result
+/// holds the sub-layers (composite first, then bottom to top) at the run's size.
+#[utoipa::path(post, path = "/api/qwen-image/runs/{id}/layers/{index}/split",
+    params(("id" = String, Path, description = "the run (its job id)"),
+           ("index" = u32, Path, description = "the layer, 1 = bottom")),
+    request_body = SplitLayerRequest,
+    responses((status = 202, description = "queued", body = JobStarted), DoorErrors))]
+pub(crate) async fn split_layer(
+    State(backend): State<Arc<ServerBackend>>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<(String, u32)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let (id, index) = path
+        .map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("invalid run id or layer index in the path: {e}")))?;
+    let request: SplitLayerRequest = parse_json(body)?;
+    let started = backend.start_split(&id, index, request, &caller)?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
 /// The caller's finished runs kept on disk (a browser session's or the token holder's), newest first.
 #[utoipa::path(get, path = "/api/qwen-image/runs", responses((status = 200, body = Vec<RunSummary>), DoorErrors))]
 pub(crate) async fn runs(State(backend): State<Arc<ServerBackend>>, Extension(caller): Extension<Caller>) -> Response {
@@ -167,7 +225,23 @@ pub fn api_router(backend: Arc<ServerBackend>) -> Router {
             "/api/qwen-image/jobs/{id}/cancel",
             post(cancel_job).fallback(method_not_allowed),
         )
+        .route(
+            "/api/qwen-image/edit-jobs",
+            post(start_edit_job).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/qwen-image/edit-jobs/{id}",
+            get(edit_job_status).fallback(method_not_allowed),
+        )
+        .route(
+            "/api/qwen-image/edit-jobs/{id}/cancel",
+            post(cancel_edit_job).fallback(method_not_allowed),
+        )
         .route("/api/qwen-image/runs", get(runs).fallback(method_not_allowed))
+        .route(
+            "/api/qwen-image/runs/{id}/layers/{index}/split",
+            post(split_layer).fallback(method_not_allowed),
+        )
         .route(
             "/api/qwen-image/openapi.json",
             get(openapi).fallback(method_not_allowed),
