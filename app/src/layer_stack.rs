@@ -1,7 +1,8 @@
 //! The layer stack the web app works on: the decomposed layers (bottom first), their visibility,
 //! opacity and order, every edit of each layer (so an edit can be compared and undone), and an
-//! undo/redo history of the whole arrangement. Pure data: no browser types, so it is tested
-//! natively and the UI only renders it.
+//! undo/redo history of the whole arrangement. A layer split into sub-layers (decomposed again)
+//! becomes a group of them that shows, hides and moves as one and can be turned back into the
+//! layer. Pure data: no browser types, so it is tested natively and the UI only renders it.
 //!
 //! Pixels are shared (`Arc`), so snapshots for undo cost a few pointers per layer.
 
@@ -90,6 +91,29 @@ pub struct Layer {
     pub versions: Vec<Version>,
     /// The before/after toggle: show the version before the last edit instead of the current.
     pub show_before: bool,
+    /// The group (a split layer) it belongs to.
+    pub group: Option<u32>,
+}
+
+/// A layer split into sub-layers: the sub-layers are the stack's layers with `group` set to
+/// this id, kept together; the group's visibility and opacity apply to all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerGroup {
+    /// From the same series as layer ids (the panel keys rows by them).
+    pub id: u32,
+    pub name: String,
+    pub visible: bool,
+    /// Opacity multiplier in [0, 1] for every layer in the group.
+    pub opacity: f32,
+    /// The layer it replaced, restored by [`LayerStack::unsplit`].
+    pub original: Layer,
+}
+
+/// A row of the layer panel, top of the stack first: a group's row comes above its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Row {
+    Layer(u32),
+    Group(u32),
 }
 
 impl Layer {
@@ -135,6 +159,12 @@ pub enum StackError {
     NoComposite,
     #[error("{name} could not be decoded: {reason}")]
     Decode { name: String, reason: String },
+    #[error("no group with id {0}")]
+    NoSuchGroup(u32),
+    #[error("{0} is already part of a split layer: undo that split to split the layer again")]
+    Nested(String),
+    #[error("a split needs at least one part")]
+    NoParts,
 }
 
 /// Which operation last changed the stack: consecutive opacity changes of one layer (a slider
@@ -148,14 +178,27 @@ enum LastOp {
 /// Most undo steps kept.
 pub const MAX_HISTORY: usize = 100;
 
+/// What undo restores: the layers and the groups over them.
+#[derive(Debug, Clone, PartialEq)]
+struct Arrangement {
+    layers: Vec<Layer>,
+    groups: Vec<LayerGroup>,
+}
+
 /// The layers, bottom first, with undo/redo.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerStack {
     width: u32,
     height: u32,
     layers: Vec<Layer>,
-    undo: Vec<Vec<Layer>>,
-    redo: Vec<Vec<Layer>>,
+    /// Split layers; each group's layers are next to each other in `layers`.
+    groups: Vec<LayerGroup>,
+    /// Groups shown folded in the panel (a view setting, not an undo step).
+    collapsed: Vec<u32>,
+    /// The next id for a layer or group.
+    next_id: u32,
+    undo: Vec<Arrangement>,
+    redo: Vec<Arrangement>,
     last_op: Option<LastOp>,
 }
 
@@ -179,12 +222,17 @@ impl LayerStack {
                     instruction: None,
                 }],
                 show_before: false,
+                group: None,
             });
         }
+        let next_id = out.len() as u32 + 1;
         Ok(Self {
             width,
             height,
             layers: out,
+            groups: Vec::new(),
+            collapsed: Vec::new(),
+            next_id,
             undo: Vec::new(),
             redo: Vec::new(),
             last_op: None,
@@ -233,11 +281,31 @@ impl LayerStack {
         self.index(id).ok().map(|i| i + 1)
     }
 
+    fn arrangement(&self) -> Arrangement {
+        Arrangement {
+            layers: self.layers.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+
+    fn restore(&mut self, to: Arrangement) -> Arrangement {
+        Arrangement {
+            layers: std::mem::replace(&mut self.layers, to.layers),
+            groups: std::mem::replace(&mut self.groups, to.groups),
+        }
+    }
+
     /// Saves the arrangement before a change (for undo) and forgets the redo branch.
     fn record(&mut self, op: LastOp) {
+        let before = self.arrangement();
+        self.record_from(before, op);
+    }
+
+    /// [`Self::record`] with the arrangement as it was before a change already made.
+    fn record_from(&mut self, before: Arrangement, op: LastOp) {
         let coalesce = matches!(op, LastOp::Opacity(_)) && self.last_op == Some(op);
         if !coalesce {
-            self.undo.push(self.layers.clone());
+            self.undo.push(before);
             if self.undo.len() > MAX_HISTORY {
                 self.undo.remove(0);
             }
@@ -246,38 +314,124 @@ impl LayerStack {
         self.last_op = Some(op);
     }
 
-    /// Moves a layer to `to` (0 = bottom). Returns whether anything moved.
-    pub fn move_to(&mut self, id: u32, to: usize) -> Result<bool, StackError> {
-        let from = self.index(id)?;
-        let to = to.min(self.layers.len() - 1);
-        if from == to {
-            return Ok(false);
-        }
-        self.record(LastOp::Other);
-        let layer = self.layers.remove(from);
-        self.layers.insert(to, layer);
-        Ok(true)
+    /// The layers of group `g`, as a range of the stack.
+    fn group_range(&self, g: u32) -> Option<std::ops::Range<usize>> {
+        let first = self.layers.iter().position(|l| l.group == Some(g))?;
+        let last = self.layers.iter().rposition(|l| l.group == Some(g))?;
+        Some(first..last + 1)
     }
 
-    /// Moves a layer one step towards the top. Returns whether it moved (not already on top).
+    /// What moves as one at stack position `i`: inside group `within`, its layer there; at the
+    /// top level, a layer or a whole group.
+    fn block_at(&self, i: usize, within: Option<u32>) -> Option<std::ops::Range<usize>> {
+        let l = self.layers.get(i)?;
+        match (within, l.group) {
+            (Some(g), Some(h)) if g == h => Some(i..i + 1),
+            (Some(_), _) => None,
+            (None, Some(h)) => self.group_range(h),
+            (None, None) => Some(i..i + 1),
+        }
+    }
+
+    /// Swaps `range` with the block above (or below) it; no undo record. Whether it moved.
+    fn step(&mut self, range: std::ops::Range<usize>, within: Option<u32>, up: bool) -> bool {
+        if up {
+            let Some(above) = self.block_at(range.end, within) else { return false };
+            self.layers[range.start..above.end].rotate_left(range.len());
+        } else {
+            let Some(below) = range.start.checked_sub(1).and_then(|i| self.block_at(i, within)) else {
+                return false;
+            };
+            self.layers[below.start..range.end].rotate_right(range.len());
+        }
+        true
+    }
+
+    /// Moves a layer towards `to` (0 = bottom) as far as it goes: a layer of a group stays in
+    /// its group, any other layer passes a group whole. Returns whether anything moved.
+    pub fn move_to(&mut self, id: u32, to: usize) -> Result<bool, StackError> {
+        let mut at = self.index(id)?;
+        let within = self.layers[at].group;
+        let to = to.min(self.layers.len() - 1);
+        let before = self.arrangement();
+        let mut moved = false;
+        while at != to {
+            let up = at < to;
+            if !self.step(at..at + 1, within, up) {
+                break;
+            }
+            moved = true;
+            at = self.index(id)?;
+            if (up && at > to) || (!up && at < to) {
+                break;
+            }
+        }
+        if moved {
+            self.record_from(before, LastOp::Other);
+        }
+        Ok(moved)
+    }
+
+    /// Moves a layer one step towards the top. Returns whether it moved (not already on top
+    /// of the stack, or of its group).
     pub fn move_up(&mut self, id: u32) -> Result<bool, StackError> {
-        let i = self.index(id)?;
-        self.move_to(id, i + 1)
+        self.move_by(id, true)
     }
 
     /// Moves a layer one step towards the bottom. Returns whether it moved.
     pub fn move_down(&mut self, id: u32) -> Result<bool, StackError> {
+        self.move_by(id, false)
+    }
+
+    fn move_by(&mut self, id: u32, up: bool) -> Result<bool, StackError> {
         let i = self.index(id)?;
-        if i == 0 {
-            return Ok(false);
+        let within = self.layers[i].group;
+        let before = self.arrangement();
+        let moved = self.step(i..i + 1, within, up);
+        if moved {
+            self.record_from(before, LastOp::Other);
         }
-        self.move_to(id, i - 1)
+        Ok(moved)
+    }
+
+    /// Whether the layer can move up (`true`) or down within its group or the stack.
+    pub fn can_move(&self, id: u32, up: bool) -> bool {
+        self.index(id).is_ok_and(|i| {
+            let within = self.layers[i].group;
+            if up {
+                self.block_at(i + 1, within).is_some()
+            } else {
+                i.checked_sub(1).and_then(|j| self.block_at(j, within)).is_some()
+            }
+        })
     }
 
     /// Puts the layer `id` where `target` is now (drag and drop onto a row), shifting the rest.
     pub fn move_onto(&mut self, id: u32, target: u32) -> Result<bool, StackError> {
         let to = self.index(target)?;
         self.move_to(id, to)
+    }
+
+    /// Moves a whole group one step up (or down) past the layer or group next to it.
+    pub fn move_group(&mut self, group: u32, up: bool) -> Result<bool, StackError> {
+        let range = self.group_range(group).ok_or(StackError::NoSuchGroup(group))?;
+        let before = self.arrangement();
+        let moved = self.step(range, None, up);
+        if moved {
+            self.record_from(before, LastOp::Other);
+        }
+        Ok(moved)
+    }
+
+    /// Whether the group can move up (`true`) or down.
+    pub fn can_move_group(&self, group: u32, up: bool) -> bool {
+        self.group_range(group).is_some_and(|r| {
+            if up {
+                self.block_at(r.end, None).is_some()
+            } else {
+                r.start.checked_sub(1).and_then(|j| self.block_at(j, None)).is_some()
+            }
+        })
     }
 
     pub fn set_visible(&mut self, id: u32, visible: bool) -> Result<(), StackError> {
@@ -353,6 +507,144 @@ impl LayerStack {
         Ok(layer.show_before)
     }
 
+    pub fn groups(&self) -> &[LayerGroup] {
+        &self.groups
+    }
+
+    pub fn group(&self, id: u32) -> Option<&LayerGroup> {
+        self.groups.iter().find(|g| g.id == id)
+    }
+
+    /// The group's layer ids, top first.
+    pub fn group_members_top_down(&self, id: u32) -> Vec<u32> {
+        self.layers.iter().rev().filter(|l| l.group == Some(id)).map(|l| l.id).collect()
+    }
+
+    /// The panel's rows, top of the stack first: each group's row above its layers, which are
+    /// left out while the group is collapsed.
+    pub fn rows_top_down(&self) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(self.layers.len() + self.groups.len());
+        let mut open: Option<u32> = None;
+        for l in self.layers.iter().rev() {
+            if let Some(g) = l.group {
+                if open != Some(g) {
+                    rows.push(Row::Group(g));
+                    open = Some(g);
+                }
+                if !self.is_collapsed(g) {
+                    rows.push(Row::Layer(l.id));
+                }
+            } else {
+                open = None;
+                rows.push(Row::Layer(l.id));
+            }
+        }
+        rows
+    }
+
+    /// Replaces layer `id` by a group of `parts` (bottom first, each the stack's size) named
+    /// after it, with its visibility and opacity; the layer is kept to restore with
+    /// [`Self::unsplit`] (or undo). Returns the group's id.
+    pub fn split(&mut self, id: u32, parts: Vec<(String, Bitmap)>) -> Result<u32, StackError> {
+        let i = self.index(id)?;
+        let original = self.layers[i].clone();
+        if original.group.is_some() {
+            return Err(StackError::Nested(original.name));
+        }
+        if parts.is_empty() {
+            return Err(StackError::NoParts);
+        }
+        for (name, bitmap) in &parts {
+            check_size(name, bitmap, self.width, self.height)?;
+        }
+        self.record(LastOp::Other);
+        let group = self.next_id;
+        self.next_id += 1;
+        let layers: Vec<Layer> = parts
+            .into_iter()
+            .map(|(name, bitmap)| {
+                let id = self.next_id;
+                self.next_id += 1;
+                Layer {
+                    id,
+                    name,
+                    visible: true,
+                    opacity: 1.0,
+                    versions: vec![Version {
+                        bitmap,
+                        instruction: None,
+                    }],
+                    show_before: false,
+                    group: Some(group),
+                }
+            })
+            .collect();
+        self.layers.splice(i..i + 1, layers);
+        self.groups.push(LayerGroup {
+            id: group,
+            name: original.name.clone(),
+            visible: original.visible,
+            opacity: original.opacity,
+            original,
+        });
+        Ok(group)
+    }
+
+    /// Turns a group back into the layer it was split from (its sub-layers and their edits go;
+    /// undo brings them back). Returns the restored layer's id.
+    pub fn unsplit(&mut self, group: u32) -> Result<u32, StackError> {
+        let range = self.group_range(group).ok_or(StackError::NoSuchGroup(group))?;
+        let at = self
+            .groups
+            .iter()
+            .position(|g| g.id == group)
+            .ok_or(StackError::NoSuchGroup(group))?;
+        self.record(LastOp::Other);
+        let g = self.groups.remove(at);
+        let id = g.original.id;
+        self.layers.splice(range, [g.original]);
+        self.collapsed.retain(|&c| c != group);
+        Ok(id)
+    }
+
+    /// Shows or hides a whole group (one undo step).
+    pub fn set_group_visible(&mut self, group: u32, visible: bool) -> Result<(), StackError> {
+        let i = self
+            .groups
+            .iter()
+            .position(|g| g.id == group)
+            .ok_or(StackError::NoSuchGroup(group))?;
+        if self.groups[i].visible != visible {
+            self.record(LastOp::Other);
+            self.groups[i].visible = visible;
+        }
+        Ok(())
+    }
+
+    /// Flips a group's visibility; returns the new state.
+    pub fn toggle_group_visible(&mut self, group: u32) -> Result<bool, StackError> {
+        let now = !self.group(group).ok_or(StackError::NoSuchGroup(group))?.visible;
+        self.set_group_visible(group, now)?;
+        Ok(now)
+    }
+
+    pub fn is_collapsed(&self, group: u32) -> bool {
+        self.collapsed.contains(&group)
+    }
+
+    /// Folds or unfolds a group in the panel (a view setting, not an undo step). Returns
+    /// whether it is collapsed now.
+    pub fn toggle_collapsed(&mut self, group: u32) -> Result<bool, StackError> {
+        self.group(group).ok_or(StackError::NoSuchGroup(group))?;
+        if self.is_collapsed(group) {
+            self.collapsed.retain(|&c| c != group);
+            Ok(false)
+        } else {
+            self.collapsed.push(group);
+            Ok(true)
+        }
+    }
+
     pub fn can_undo(&self) -> bool {
         !self.undo.is_empty()
     }
@@ -365,7 +657,8 @@ impl LayerStack {
     pub fn undo(&mut self) -> bool {
         match self.undo.pop() {
             Some(prev) => {
-                self.redo.push(std::mem::replace(&mut self.layers, prev));
+                let now = self.restore(prev);
+                self.redo.push(now);
                 self.last_op = None;
                 true
             }
@@ -377,7 +670,8 @@ impl LayerStack {
     pub fn redo(&mut self) -> bool {
         match self.redo.pop() {
             Some(next) => {
-                self.undo.push(std::mem::replace(&mut self.layers, next));
+                let now = self.restore(next);
+                self.undo.push(now);
                 self.last_op = None;
                 true
             }
@@ -385,15 +679,25 @@ impl LayerStack {
         }
     }
 
+    /// Whether a layer shows and its opacity, its group's applied.
+    pub fn effective(&self, layer: &Layer) -> (bool, f32) {
+        match layer.group.and_then(|g| self.group(g)) {
+            Some(g) => (layer.visible && g.visible, layer.opacity * g.opacity),
+            None => (layer.visible, layer.opacity),
+        }
+    }
+
     /// What the canvas draws: visible layers with opacity above 0, bottom first, as shown
-    /// (honouring the before/after toggle).
+    /// (honouring the before/after toggle and the groups' visibility and opacity).
     pub fn to_composite(&self) -> Vec<LayerPixels<'_>> {
         self.layers
             .iter()
-            .filter(|l| l.visible && l.opacity > 0.0)
-            .map(|l| LayerPixels {
-                rgba: &l.shown().rgba,
-                opacity: l.opacity,
+            .filter_map(|l| {
+                let (visible, opacity) = self.effective(l);
+                (visible && opacity > 0.0).then_some(LayerPixels {
+                    rgba: &l.shown().rgba,
+                    opacity,
+                })
             })
             .collect()
     }
@@ -403,10 +707,13 @@ impl LayerStack {
     pub fn to_stage(&self) -> Vec<StageLayer<'_>> {
         self.layers
             .iter()
-            .map(|l| StageLayer {
-                pixels: &l.shown().rgba,
-                visible: l.visible,
-                opacity: l.opacity,
+            .map(|l| {
+                let (visible, opacity) = self.effective(l);
+                StageLayer {
+                    pixels: &l.shown().rgba,
+                    visible,
+                    opacity,
+                }
             })
             .collect()
     }
@@ -416,10 +723,12 @@ impl LayerStack {
     pub fn to_export_composite(&self) -> Vec<LayerPixels<'_>> {
         self.layers
             .iter()
-            .filter(|l| l.visible && l.opacity > 0.0)
-            .map(|l| LayerPixels {
-                rgba: &l.current().bitmap.rgba,
-                opacity: l.opacity,
+            .filter_map(|l| {
+                let (visible, opacity) = self.effective(l);
+                (visible && opacity > 0.0).then_some(LayerPixels {
+                    rgba: &l.current().bitmap.rgba,
+                    opacity,
+                })
             })
             .collect()
     }
@@ -504,7 +813,18 @@ impl LayerStack {
                     png: png.as_deref(),
                 })
                 .collect(),
-            groups: Vec::new(),
+            groups: self
+                .groups
+                .iter()
+                .filter_map(|g| {
+                    Some(crate::export::Group {
+                        name: &g.name,
+                        visible: g.visible,
+                        opacity: g.opacity,
+                        layers: self.group_range(g.id)?,
+                    })
+                })
+                .collect(),
             composite: composite.as_raw(),
             composite_png: None,
             run: self.export_run(run)?,
@@ -910,6 +1230,106 @@ mod tests {
         let png = s.export(Format::Png, None).unwrap();
         let flat = crate::image_data::decode_image_bytes(&png, 100).unwrap();
         assert_eq!(flat.get_pixel(2, 1).0, [0, 255, 0, 64]);
+    }
+
+    /// stack3 with Layer 2 split into two parts (yellow below, transparent white above).
+    fn split_stack() -> (LayerStack, u32) {
+        let mut s = stack3();
+        let parts = vec![
+            ("Layer 2.1".into(), solid([255, 255, 0, 255])),
+            ("Layer 2.2".into(), solid([255, 255, 255, 0])),
+        ];
+        let g = s.split(2, parts).unwrap();
+        (s, g)
+    }
+
+    #[test]
+    fn a_split_layer_becomes_a_group_that_undo_restores() {
+        let (mut s, g) = split_stack();
+        assert_eq!(names(&s), ["Layer 1", "Layer 2.1", "Layer 2.2", "Layer 3"]);
+        assert_eq!(g, 4, "ids continue after the layers'");
+        assert_eq!(s.group(g).unwrap().name, "Layer 2");
+        assert_eq!(
+            s.rows_top_down(),
+            [Row::Layer(3), Row::Group(g), Row::Layer(6), Row::Layer(5), Row::Layer(1)]
+        );
+        // Collapsing hides the parts' rows, not the parts.
+        assert!(s.toggle_collapsed(g).unwrap());
+        assert_eq!(s.rows_top_down(), [Row::Layer(3), Row::Group(g), Row::Layer(1)]);
+        assert_eq!(s.to_composite().len(), 4);
+        assert!(!s.toggle_collapsed(g).unwrap());
+        // Splitting a part again is refused (one level in the page).
+        assert!(matches!(s.split(5, vec![("x".into(), solid([0; 4]))]), Err(StackError::Nested(_))));
+        assert!(matches!(s.split(1, vec![("x".into(), Bitmap::from_rgba(1, 1, vec![0; 4], "x"))]), Err(StackError::SizeMismatch { .. })));
+        // Unsplit restores the layer where the group is; undo brings the group back.
+        let before = s.clone();
+        assert_eq!(s.unsplit(g).unwrap(), 2);
+        assert_eq!(names(&s), ["Layer 1", "Layer 2", "Layer 3"]);
+        assert!(s.groups().is_empty());
+        assert!(s.undo());
+        assert_eq!(names(&s), names(&before));
+        assert_eq!(s.groups(), before.groups());
+        // Undoing the split itself restores the original stack.
+        assert!(s.undo());
+        assert_eq!(names(&s), ["Layer 1", "Layer 2", "Layer 3"]);
+        assert!(s.redo());
+        assert_eq!(s.groups().len(), 1);
+    }
+
+    #[test]
+    fn a_group_hides_and_moves_as_one_and_its_parts_stay_together() {
+        let (mut s, g) = split_stack();
+        let top = composite(&s);
+        // Hiding the group hides both parts in every view of the stack.
+        assert!(!s.toggle_group_visible(g).unwrap());
+        assert_eq!(s.to_composite().len(), 2);
+        assert_eq!(s.to_stage().iter().filter(|l| l.visible).count(), 2);
+        assert_ne!(composite(&s), top);
+        s.set_group_visible(g, true).unwrap();
+        assert_eq!(composite(&s), top);
+        // The group moves past a whole layer; a part stays inside its group.
+        assert!(s.move_group(g, true).unwrap());
+        assert_eq!(names(&s), ["Layer 1", "Layer 3", "Layer 2.1", "Layer 2.2"]);
+        assert!(!s.can_move_group(g, true));
+        assert!(!s.move_up(6).unwrap(), "the top part is on top of its group");
+        assert!(s.move_down(6).unwrap());
+        assert_eq!(names(&s), ["Layer 1", "Layer 3", "Layer 2.2", "Layer 2.1"]);
+        assert!(!s.can_move(6, false));
+        // A layer outside passes the group whole, by arrow or drag.
+        assert!(s.move_up(3).unwrap());
+        assert_eq!(names(&s), ["Layer 1", "Layer 2.2", "Layer 2.1", "Layer 3"]);
+        assert!(s.move_onto(1, 3).unwrap());
+        assert_eq!(names(&s), ["Layer 2.2", "Layer 2.1", "Layer 3", "Layer 1"]);
+        // Dragging a part outside its group leaves it at the group's edge.
+        s.move_onto(6, 1).unwrap();
+        assert_eq!(&names(&s)[..2], ["Layer 2.1", "Layer 2.2"]);
+    }
+
+    #[test]
+    fn exports_keep_the_group() {
+        let (mut s, _) = arranged_stack();
+        let part = |c| Bitmap::from_data_url(&png_url(c)).unwrap();
+        let parts = vec![
+            ("Layer 2.1".into(), part([255, 0, 0, 255])),
+            ("Layer 2.2".into(), part([0, 0, 0, 0])),
+        ];
+        let g = s.split(2, parts).unwrap();
+        s.set_group_visible(g, false).unwrap();
+        let zip = s.export(crate::export::Format::Zip, None).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut archive.by_name("manifest.json").unwrap(), &mut text).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["layers"].as_array().unwrap().len(), 3);
+        let tree = json["tree"].as_array().unwrap();
+        let group = tree.iter().find(|n| n.get("group").is_some()).unwrap();
+        assert_eq!((group["group"].as_str(), group["visible"].as_bool()), (Some("Layer 2"), Some(false)));
+        assert_eq!(group["children"].as_array().unwrap().len(), 2);
+        // The flattened image leaves the hidden group out.
+        assert_eq!(s.flatten().get_pixel(0, 0).0, composite(&s));
+        let psd = ::psd::Psd::from_bytes(&s.export(crate::export::Format::Psd, None).unwrap()).unwrap();
+        assert_eq!(psd.layers().len(), 3);
+        assert!(psd.groups().values().any(|grp| grp.name() == "Layer 2"));
     }
 
     /// Two layers, reordered (Layer 2 at the bottom, edited green, at 25 %; Layer 1 hidden on
