@@ -8,9 +8,12 @@ Runs the same on the CPU with the tiny checkpoints (a rehearsal of the GPU call)
 machine with full-size ones (scripts/gpu_bench.sh, stage e2e).
 
 usage: e2e_rest.py SERVER_BIN --layered DIR --edit DIR [--offload on|off] [--cases LIST]
-  [--steps 50] [--cfg 4] [--layers 4] [--port 7861] [--log FILE]
+  [--steps 50] [--cfg 4] [--layers 4] [--port 7861] [--log FILE] [--server-args "ARGS"]
 LIST: comma-separated of decompose640, decompose1024, edit (default decompose640,decompose640,edit,edit:
-the first of each kind loads its model, the second is warm).
+the first of each kind loads its model, the second is warm), and burstN: N 640² decompositions
+started at once as jobs (POST /jobs), timed from the first request to the last result (the
+throughput of several workers, issue 21; the queue is made deep enough).
+--server-args: more server flags, e.g. "--devices 0,1 --parallel latency".
 """
 import argparse
 import base64
@@ -140,6 +143,34 @@ def log_events(path, offset):
     return events, end
 
 
+def decompose_body(photo, resolution, args):
+    return {"image": photo, "prompt": "a red ball, a yellow box and a green sail in front of a gradient sky",
+            "layer_num": args.layers, "resolution": resolution, "steps": args.steps,
+            "cfg_scale": args.cfg, "seed": 7}
+
+
+def burst(base, photo, n, args):
+    """Starts `n` 640² decompositions at once and waits for all: the wall time from the first
+    request to the last result, and each job's time from its start to its result."""
+    body = decompose_body(photo, 640, args)
+    t0 = time.time()
+    ids = [json.loads(request(base + "/jobs", body)[2])["id"] for _ in range(n)]
+    done, states = {}, {}
+    while len(done) < n:
+        time.sleep(0.5)
+        for job in ids:
+            if job in done:
+                continue
+            st = json.loads(request(f"{base}/jobs/{job}")[2])
+            if st["state"] not in ("queued", "running"):
+                done[job] = time.time() - t0
+                states[st["state"]] = states.get(st["state"], 0) + 1
+    wall = time.time() - t0
+    return {"run": "e2e_burst", "tag": args.tag, "jobs": n, "server_args": args.server_args,
+            "wall_s": round(wall, 2), "jobs_per_min": round(60 * n / wall, 3), "states": states,
+            "first_done_s": round(min(done.values()), 2), "last_done_s": round(max(done.values()), 2)}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("server")
@@ -153,7 +184,9 @@ def main():
     p.add_argument("--port", type=int, default=7861)
     p.add_argument("--log", default=None)
     p.add_argument("--tag", default="")
+    p.add_argument("--server-args", default="")
     args = p.parse_args()
+    bursts = [int(c[len("burst"):]) for c in args.cases.split(",") if c.startswith("burst")]
 
     sampler = Sampler()
     data_dir = tempfile.mkdtemp(prefix="e2e-data-")
@@ -163,7 +196,8 @@ def main():
     server = subprocess.Popen(
         [args.server, "--qwen-image-model-path", args.layered, "--qwen-image-edit-model-path", args.edit,
          f"--qwen-image-cpu-offload={'true' if args.offload == 'on' else 'false'}", "--port", str(args.port),
-         "--data-dir", data_dir, "--queue-depth", "1", "--request-timeout-secs", "3600"],
+         "--data-dir", data_dir, "--queue-depth", str(max(bursts + [1])), "--request-timeout-secs", "3600"]
+        + args.server_args.split(),
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"))
     sampler.pid = server.pid
     base = f"http://127.0.0.1:{args.port}/api/qwen-image"
@@ -177,6 +211,8 @@ def main():
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
         print(json.dumps({"run": "e2e_server_start", "tag": args.tag, "offload": args.offload,
+                          "server_args": args.server_args,
+                          "workers": json.loads(request(base + "/status")[2]).get("workers", []),
                           "seconds": round(time.time() - started, 2)}), flush=True)
         photo = test_photo()
         offset = 0
@@ -184,11 +220,13 @@ def main():
         layer = None
         seen = set()
         for case in args.cases.split(","):
+            if case.startswith("burst"):
+                print(json.dumps(burst(base, photo, int(case[len("burst"):]), args)), flush=True)
+                _, offset = log_events(log_path, offset)
+                continue
             if case.startswith("decompose"):
                 resolution = int(case[len("decompose"):])
-                body = {"image": photo, "prompt": "a red ball, a yellow box and a green sail in front of a gradient sky",
-                        "layer_num": args.layers, "resolution": resolution, "steps": args.steps,
-                        "cfg_scale": args.cfg, "seed": 7}
+                body = decompose_body(photo, resolution, args)
                 path = "/decompose"
             elif case == "edit":
                 # The most opaque layer of the last decompose (random weights can leave a layer

@@ -14,7 +14,8 @@
 # random-weight distribution, clocks per run); quick (opt-in: our 640² and 1024² steps and
 # diffusers' alone, clocks per run); sweep (opt-in: scripts/gemm_algos/sweep.cu); extra (opt-in: the profile alone,
 # and offload with a 20 GiB VRAM budget); vae (opt-in: our VAE, plain and fused, and diffusers'); zimage (opt-in:
-# Z-Image-Turbo, ours over REST vs diffusers' ZImagePipeline on a full-size random checkpoint); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
+# Z-Image-Turbo, ours over REST vs diffusers' ZImagePipeline on a full-size random checkpoint); multi_gpu (opt-in:
+# one GPU vs CFG-parallel on two, and a burst of jobs on one GPU vs a worker per GPU); e2e, e2e_offload, e2e_diffusers (opt-in: full-size random
 # checkpoints of both models in the released layout, then our release server driven over REST with
 # offload off / on, and diffusers' pipelines on the same checkpoints: scripts/e2e_rest.py and
 # scripts/diffusers_e2e.py); load (opt-in: engine-bench's DiT from that checkpoint). Each
@@ -256,6 +257,43 @@ if has e2e_diffusers; then
   grep '^{' "$OUT/diffusers_e2e.log" | tee -a "$OUT/e2e.jsonl"
   grep -v '^{' "$OUT/diffusers_e2e.log" | grep -v "it/s\]\|s/it\]" | tail -4
 fi
+# Several GPUs of one host (issue 21; opt-in stage multi_gpu, on a kind with 2+ GPUs): the same
+# 640² decompose (4 layers, 50 steps, CFG 4) over REST on one GPU and CFG-parallel on two
+# (--parallel latency: the unconditional branch on the second card, peer copies, no NCCL); then a
+# burst of jobs on one GPU against the same burst on every GPU as workers (throughput). Each
+# server's first burst of one job per worker loads every worker before the timed burst. MULTI_RUNS
+# picks parts (one,cfg2,burst1,burstall), MULTI_BURST the timed burst's size per GPU (default 4).
+if has multi_gpu; then
+  write_checkpoints
+  gpus=$(nvidia-smi -L | wc -l)
+  all=$(seq -s, 0 $((gpus - 1)))
+  per="${MULTI_BURST:-4}"
+  for dt in ${PARITY_DTYPES:-f32 bf16}; do
+    log "CFG-parallel on cuda:0+cuda:1 against batched on cuda:0, $dt"
+    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 120 "$BIN/device_parity" --ignored --exact \
+      cfg_parallel_on_two_gpus_equals_batched --nocapture > "$OUT/parity_cfg_parallel_$dt.log" 2>&1
+    echo "exit $?"
+    grep -E "^test |test result|parallel vs batched|panicked" "$OUT/parity_cfg_parallel_$dt.log" | tail -6 | cut -c1-220
+  done
+  multi() {
+    local tag="$1" server_args="$2" cases="$3"
+    log "multi-GPU $tag: $server_args: $cases"
+    sample_clocks "multi_$tag"
+    PYTHONPATH=/tmp/site timeout "${MULTI_LIMIT:-420}" "$PY" "$G/e2e_rest.py" "$BIN/server" --layered "$CKPT/layered" \
+      --edit "$CKPT/edit" --cases "$cases" --tag "$tag" --server-args "$server_args" --log "$OUT/server_multi_$tag.log" \
+      ${E2E_ARGS:-} 2>&1 | tee -a "$OUT/multi_gpu.jsonl" | cut -c1-600
+    stop_clocks "multi_$tag"
+    grep -E "runs on|error|panick" "$OUT/server_multi_$tag.log" | head -"$((gpus + 2))"
+  }
+  for run in ${MULTI_RUNS:-one cfg2 burst1 burstall}; do
+    case "$run" in
+      one) multi one "--devices 0" "decompose640,decompose640,decompose640" ;;
+      cfg2) multi cfg2 "--devices 0,1 --parallel latency" "decompose640,decompose640,decompose640" ;;
+      burst1) multi burst1 "--devices 0" "decompose640,burst$per" ;;
+      burstall) multi "burst$gpus" "--devices $all" "burst$gpus,burst$((per * gpus))" ;;
+    esac
+  done
+fi
 # Fast edits (issue 20; opt-in stages e2e_lightning, e2e_lightning_diffusers): a random full-size
 # LoRA in Qwen-Image-Lightning's released layout (rank 64, the 720 attention/MLP linears of the edit
 # DiT) beside the checkpoint, then the same layer edit at 50 steps x true CFG and with the 8- and
@@ -354,4 +392,5 @@ cp "$OUT/table.md" "$OUT/ours.jsonl" "$OUT/clocks.txt" "$RESULTS/" 2>/dev/null
 cat "$OUT"/ckpt.jsonl "$OUT"/e2e.jsonl > "$RESULTS/e2e.jsonl" 2>/dev/null
 [ -s "$RESULTS/e2e.jsonl" ] && python3 "$G/e2e_table.py" "$RESULTS/e2e.jsonl" | tee "$RESULTS/e2e_table.md"
 [ -f "$OUT/anchor.jsonl" ] && cp "$OUT/anchor.jsonl" "$RESULTS/"
+[ -s "$OUT/multi_gpu.jsonl" ] && cp "$OUT/multi_gpu.jsonl" "$RESULTS/"
 tar czf "$RESULTS/logs.tgz" -C /tmp gpu-logs

@@ -262,6 +262,27 @@ pub struct StatusResponse {
     /// The LoRA adapters merged into each loaded pipeline now.
     #[serde(default)]
     pub lora: crate::api_lora::ActiveLora,
+    /// The engine workers: one per device (or CFG-parallel pair of devices).
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+    /// How several devices serve jobs: "throughput" (a worker per device) or "latency" (two
+    /// devices per job, CFG-parallel).
+    #[serde(default)]
+    pub parallel: String,
+}
+
+/// One engine worker in `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct WorkerStatus {
+    pub index: u32,
+    /// The device it runs on: `cuda:0`, `cuda:0+cuda:1` (a CFG-parallel pair) or `cpu`.
+    pub device: String,
+    pub busy: bool,
+    /// The kind of job running now ("decompose", "edit", "z-image"), while busy.
+    pub running: Option<String>,
+    /// Jobs it has finished since the server started.
+    pub jobs_done: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -91,7 +91,15 @@ fn may_see(owner: Option<&str>, caller: &Caller) -> bool {
 }
 
 impl ServerBackend {
+    /// A backend in front of one engine worker.
     pub fn new(options: ServerOptions, engine: EngineState, store: RunStore) -> Arc<Self> {
+        Self::with_workers(options, vec![("worker".into(), engine)], store)
+    }
+
+    /// A backend in front of several engine workers, each `(device label, state)`; the first
+    /// one's state answers what the server reports about models (they all share it).
+    pub fn with_workers(options: ServerOptions, workers: Vec<(String, EngineState)>, store: RunStore) -> Arc<Self> {
+        let engine = &workers[0].1;
         let limits = Limits {
             default_layer_num: options.settings.layer_num,
             default_resolution: options.settings.resolution,
@@ -108,7 +116,7 @@ impl ServerBackend {
         let (_, pipelines) = engine.pipeline_residency();
         let adapters = engine.adapter_config();
         let active_lora = engine.active_lora();
-        let queue = Arc::new(JobQueue::start(engine, options.queue_depth));
+        let queue = Arc::new(JobQueue::start_pool(workers, options.queue_depth));
         let store = Arc::new(store);
         Arc::new(Self {
             options,
@@ -149,7 +157,7 @@ impl ServerBackend {
         let handle = self.jobs.create(job.steps, caller.owner.clone());
         let worker_handle = handle.clone();
         let store = self.store.clone();
-        let submitted = self.queue.submit(move |engine: &mut EngineState| {
+        let submitted = self.queue.submit_kind("decompose", move |engine: &mut EngineState| {
             if worker_handle.is_cancelled_now() {
                 let out = Err(ApiError::cancelled());
                 worker_handle.finish(&out, false);
@@ -204,7 +212,7 @@ impl ServerBackend {
         }
         let handle = self.edit_jobs.create(job.steps, caller.owner.clone());
         let worker_handle = handle.clone();
-        let submitted = self.queue.submit(move |engine: &mut EngineState| {
+        let submitted = self.queue.submit_kind("edit", move |engine: &mut EngineState| {
             if worker_handle.is_cancelled_now() {
                 worker_handle.finish(&Err(ApiError::cancelled()), false);
                 return Err(ApiError::cancelled());
@@ -320,12 +328,14 @@ impl Backend for ServerBackend {
             model: self.options.settings.model_path.clone(),
             device: self.options.device.clone(),
             reason: self.unavailable.clone(),
-            queue_depth: in_flight.saturating_sub(1),
+            queue_depth: self.queue.waiting(),
             queue_capacity: self.queue.capacity(),
             busy: in_flight > 0,
             text_encoder: self.text_encoder.clone(),
             pipelines: self.pipelines.clone(),
             lora: self.active_lora.lock().map(|a| a.clone()).unwrap_or_default(),
+            workers: self.queue.workers(),
+            parallel: self.options.settings.parallel.name().into(),
         }
     }
 

@@ -102,6 +102,14 @@ pub struct ServerArgs {
     pub port: u16,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// The devices engine workers run on, e.g. `0,1,2,3` (GPU numbers, cuda:N, or cpu, which may
+    /// repeat); replaces the profile's `devices`. Default: every visible GPU.
+    #[arg(long, value_delimiter = ',', value_name = "DEVICE")]
+    pub devices: Vec<crate::workers::DeviceSpec>,
+    /// With several devices: `throughput` (a worker per device) or `latency` (each job on two
+    /// devices, CFG-parallel); replaces the profile's `parallel`.
+    #[arg(long, value_enum)]
+    pub parallel: Option<crate::workers::Parallel>,
     /// Jobs that may wait behind the running one before requests get 429.
     #[arg(long, default_value_t = 4)]
     pub queue_depth: u32,
@@ -237,6 +245,12 @@ impl ServerArgs {
         }
         if !self.lora.is_empty() {
             s.lora = self.lora.clone();
+        }
+        if !self.devices.is_empty() {
+            s.devices = Some(self.devices.clone());
+        }
+        if let Some(v) = self.parallel {
+            s.parallel = v;
         }
         if !self.edit_lora.is_empty() {
             s.edit_lora = self.edit_lora.clone();

@@ -12,6 +12,10 @@
 //! presets, `[<profile>.presets.<name>]` with `pipeline` ("edit" or "decompose"), `label`,
 //! `steps`, `cfg_scale`, `scheduler_config` (a `scheduler_config.json` file) and their own `lora`,
 //! which a request picks with `preset`. Relative paths are relative to the config file's folder.
+//!
+//! Several GPUs (issue 21): `devices = [0, 1]` (GPU numbers, `"cuda:N"` or `"cpu"`; absent =
+//! every visible GPU) and `parallel = "throughput"` (a worker per device) or `"latency"` (pairs
+//! of devices run each job CFG-parallel); see [`crate::workers`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +41,10 @@ pub struct QwenImageSettings {
     pub edit_lora: Vec<LoraSpec>,
     /// Named presets requests can pick.
     pub presets: BTreeMap<String, PresetSettings>,
+    /// The devices the engine workers use; `None`: every visible GPU (or the CPU).
+    pub devices: Option<Vec<crate::workers::DeviceSpec>>,
+    /// How several devices serve jobs.
+    pub parallel: crate::workers::Parallel,
 }
 
 /// One `[<profile>.presets.<name>]`.
@@ -65,6 +73,8 @@ impl Default for QwenImageSettings {
             lora: Vec::new(),
             edit_lora: Vec::new(),
             presets: BTreeMap::new(),
+            devices: None,
+            parallel: crate::workers::Parallel::default(),
         }
     }
 }
@@ -93,6 +103,8 @@ struct QwenImageTable {
     resolution: Option<Resolution>,
     lora: Option<Vec<LoraEntry>>,
     edit_lora: Option<Vec<LoraEntry>>,
+    devices: Option<Vec<crate::workers::DeviceSpec>>,
+    parallel: Option<crate::workers::Parallel>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,6 +364,12 @@ impl QwenImageTable {
         if let Some(v) = self.resolution {
             s.resolution = v.0;
         }
+        if let Some(v) = &self.devices {
+            s.devices = Some(v.clone());
+        }
+        if let Some(v) = self.parallel {
+            s.parallel = v;
+        }
     }
 }
 
@@ -510,6 +528,23 @@ resolution = 1024
         let s = parse(SAMPLE, "default").unwrap();
         assert_eq!(s, QwenImageSettings::default());
         assert_eq!(s.edit_model_source(), "Qwen/Qwen-Image-Edit-2509");
+    }
+
+    #[test]
+    fn devices_and_parallel_mode_are_read_and_inherited() {
+        use crate::workers::{DeviceSpec, Parallel};
+        let text = format!("{SAMPLE}\n[studio.qwen_image]\ndevices = [0, \"cuda:1\"]\nparallel = \"latency\"\n");
+        let s = parse(&text, "studio").unwrap();
+        assert_eq!(s.devices, Some(vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]));
+        assert_eq!((s.parallel, s.resolution), (Parallel::Latency, 640));
+        let d = parse(&text, "default").unwrap();
+        assert_eq!((d.devices, d.parallel), (None, Parallel::Throughput));
+        for (bad, key) in [("devices = [\"gpu0\"]", "gpu0"), ("parallel = \"fast\"", "fast")] {
+            let err = parse(&format!("[default.qwen_image]\n{bad}\n"), "default")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("line 2"), "{bad}: {err}");
+        }
     }
 
     #[test]

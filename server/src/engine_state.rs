@@ -26,6 +26,10 @@ use qwen_layers::Decomposer;
 
 pub struct EngineState {
     runtime: Runtime,
+    /// Which engine worker this is (several GPUs: one state per worker, see [`crate::workers`]).
+    worker: usize,
+    /// Latency mode: the device that runs each job's unconditional CFG branch.
+    cfg_peer: Option<candle_core::Device>,
     /// The decompose model's folder, or why it cannot be used.
     layered: Result<ModelDir, String>,
     /// The edit model: a local folder or a repo id, resolved (and downloaded) on the first edit.
@@ -209,6 +213,8 @@ impl EngineState {
         let edit_state = Arc::new(Mutex::new(EditState::at_startup(edit_model_path)));
         Self {
             runtime,
+            worker: 0,
+            cfg_peer: None,
             layered,
             edit_source: edit_model_path.to_string(),
             decomposer: None,
@@ -218,6 +224,41 @@ impl EngineState {
             adapters: crate::adapters::Adapters::default(),
             active_lora: Arc::default(),
         }
+    }
+
+    /// Another worker's state (issue 21): the same models and adapters, loaded on `runtime`'s
+    /// device (with the unconditional branch on `cfg_peer` in latency mode), sharing what the
+    /// server reports (model and edit states, merged adapters).
+    pub fn for_worker(&self, worker: usize, runtime: Runtime, cfg_peer: Option<candle_core::Device>) -> Self {
+        Self {
+            runtime,
+            worker,
+            cfg_peer,
+            layered: self.layered.clone(),
+            edit_source: self.edit_source.clone(),
+            decomposer: None,
+            editor: None,
+            loaded: self.loaded.clone(),
+            edit_state: self.edit_state.clone(),
+            adapters: self.adapters.clone(),
+            active_lora: self.active_lora.clone(),
+        }
+    }
+
+    /// Latency mode: run each job's unconditional CFG branch on `peer`.
+    pub fn with_cfg_peer(mut self, peer: Option<candle_core::Device>) -> Self {
+        self.cfg_peer = peer;
+        self
+    }
+
+    /// Which worker this state belongs to (0 for the first or only one).
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Where this worker runs.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     /// The configured LoRA adapters and presets. A pipeline whose own adapter files are missing
@@ -286,6 +327,7 @@ impl EngineState {
             dtype: self.runtime.dtype,
             keep_text_encoder: self.text_encoder_residency().0,
             offload: (self.runtime.offload && self.runtime.device.is_cuda()).then(OffloadOptions::default),
+            cfg_parallel: self.cfg_peer.clone(),
             ..LoadOptions::default()
         }
     }

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod queue;
 pub mod routes;
 pub mod run_store;
+pub mod workers;
 pub mod z_image;
 
 use std::sync::Arc;
@@ -59,27 +60,59 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         ModelType::Zimage => "zimage",
         ModelType::Qwenimage => "qwenimage",
     };
-    let device = match args.device {
-        DeviceChoice::Cuda => "cuda",
-        DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Auto => "auto",
-    };
-    // A GPU that cannot be used keeps the server up: /status reports why.
-    let mut runtime = Runtime::select(device, None).unwrap_or_else(|e| Runtime::unavailable(format!("{e:#}")));
-    runtime.offload = settings.cpu_offload;
-    println!("runs on: {}", runtime.startup_summary());
+    // The engine workers: a device each, or a pair in latency mode (issue 21).
+    let devices = settings.devices.clone().unwrap_or_else(|| {
+        let want_cuda = match args.device {
+            DeviceChoice::Cpu => false,
+            DeviceChoice::Cuda => true,
+            DeviceChoice::Auto => engine::gpu::cuda_compiled(),
+        };
+        workers::default_devices(want_cuda, engine::gpu::cuda_device_count())
+    });
+    let plans = workers::plan(&devices, settings.parallel).map_err(anyhow::Error::msg)?;
+    let mut engines: Vec<(String, EngineState)> = Vec::new();
+    for (index, plan) in plans.iter().enumerate() {
+        // A GPU that cannot be used keeps the server up: /status reports why.
+        let mut runtime =
+            Runtime::select(&plan.main.to_string(), None).unwrap_or_else(|e| Runtime::unavailable(format!("{e:#}")));
+        runtime.offload = settings.cpu_offload;
+        let cfg_peer = match &plan.cfg_peer {
+            Some(peer) => match Runtime::select(&peer.to_string(), None) {
+                Ok(r) => Some(r.device),
+                Err(e) => {
+                    runtime = Runtime::unavailable(format!("{peer} (CFG-parallel partner): {e:#}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        println!(
+            "worker {index} ({}) runs on: {}",
+            plan.label(),
+            runtime.startup_summary()
+        );
+        let engine = match engines.first() {
+            None => EngineState::new(&settings.model_path, settings.edit_model_source(), runtime)
+                .with_adapters(crate::adapters::Adapters::from_settings(&settings))
+                .with_cfg_peer(cfg_peer),
+            Some((_, first)) => first.for_worker(index, runtime, cfg_peer),
+        };
+        engines.push((plan.label(), engine));
+    }
+    let first = engines[0].1.runtime().clone();
     let options = ServerOptions {
         model_type: mode.into(),
-        device: runtime.describe(),
+        device: match engines.len() {
+            1 => first.describe(),
+            n => format!("{} × {n} workers ({})", first.describe(), settings.parallel.name()),
+        },
         queue_depth: args.queue_depth,
         max_body_bytes: args.max_body_mb * 1024 * 1024,
         max_image_pixels: args.max_image_pixels,
         settings: settings.clone(),
     };
-    let mut z_runtime = runtime.clone();
+    let mut z_runtime = first;
     z_runtime.offload = z_settings.cpu_offload;
-    let engine = EngineState::new(&settings.model_path, settings.edit_model_source(), runtime)
-        .with_adapters(crate::adapters::Adapters::from_settings(&settings));
     let data_dir = args.data_dir();
     let store = RunStore::open(
         &data_dir,
@@ -87,7 +120,7 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         args.results_budget_mb.saturating_mul(1024 * 1024),
     )
     .with_context(|| format!("opening the results folder under {} (--data-dir)", data_dir.display()))?;
-    let backend = ServerBackend::new(options, engine, store);
+    let backend = ServerBackend::with_workers(options, engines, store);
     let z_image = z_image::ZImageService::new(z_settings, mode, z_runtime, backend.queue_handle());
 
     let site_root = std::env::var("LEPTOS_SITE_ROOT").unwrap_or_else(|_| "target/site".into());

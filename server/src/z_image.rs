@@ -155,7 +155,8 @@ pub struct ZImageService {
     runtime: Runtime,
     /// The model folder, or why it cannot be used (found at startup, never downloaded).
     model: Result<ModelDir, String>,
-    slot: Slot,
+    /// One per engine worker: each loads Z-Image on its own device.
+    slots: Vec<Slot>,
     loaded: Arc<AtomicBool>,
     /// Whether the model stays loaded after a job, and why (for `/status`).
     residency: (bool, String),
@@ -190,7 +191,7 @@ impl ZImageService {
             default_mode: default_mode.into(),
             runtime,
             model,
-            slot: Arc::new(Mutex::new(None)),
+            slots: (0..queue.worker_count()).map(|_| Arc::new(Mutex::new(None))).collect(),
             loaded: Arc::new(AtomicBool::new(false)),
             residency: kept,
             queue,
@@ -304,15 +305,20 @@ impl ZImageService {
             Self::prune(&mut jobs);
             jobs.insert(handle.id.clone(), handle.clone());
         }
-        let (worker, slot, loaded, options, keep) = (
+        let (worker, slots, loaded, options, keep) = (
             handle.clone(),
-            self.slot.clone(),
+            self.slots.clone(),
             self.loaded.clone(),
             self.load_options(),
             self.residency.0,
         );
-        let submitted = self.queue.submit(move |_engine: &mut EngineState| {
-            let out = run(&worker, &job, &model, &slot, &loaded, options, keep);
+        let submitted = self.queue.submit_kind("z-image", move |engine: &mut EngineState| {
+            // On whichever worker is free: its own slot, on its own device.
+            let options = LoadOptions {
+                device: engine.runtime().device.clone(),
+                ..options
+            };
+            let out = run(&worker, &job, &model, &slots[engine.worker()], &loaded, options, keep);
             worker.finish(&out);
             out
         });
