@@ -12,7 +12,7 @@ use app::backend::{Backend, BoxFuture, Caller};
 
 use crate::config::QwenImageSettings;
 use crate::engine_state::{EngineState, PromptChecker, SharedEditState};
-use crate::jobs::{JobHandle, JobRegistry};
+use crate::jobs::{CancelOnDrop, JobHandle, JobRegistry};
 use crate::queue::JobQueue;
 use crate::run_store::{unix_now, RunStore};
 
@@ -58,24 +58,6 @@ type Outcome = tokio::sync::oneshot::Receiver<Result<DecomposeResponse, ApiError
 
 /// Where a queued edit's result (the PNG) arrives.
 type EditOutcome = tokio::sync::oneshot::Receiver<Result<Vec<u8>, ApiError>>;
-
-/// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
-/// client went away stops its job between steps.
-struct CancelOnDrop<R: crate::jobs::JobOutput = DecomposeResponse>(Option<Arc<JobHandle<R>>>);
-
-impl<R: crate::jobs::JobOutput> CancelOnDrop<R> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl<R: crate::jobs::JobOutput> Drop for CancelOnDrop<R> {
-    fn drop(&mut self) {
-        if let Some(job) = self.0.take() {
-            job.request_cancel();
-        }
-    }
-}
 
 /// The answer for a job that does not exist or belongs to someone else (the same, so ids of
 /// other people's jobs cannot be probed).
@@ -357,7 +339,7 @@ impl Backend for ServerBackend {
         let queued = self.enqueue_decompose(request, &caller);
         Box::pin(async move {
             let (handle, done) = queued?;
-            let guard = CancelOnDrop(Some(handle));
+            let guard = CancelOnDrop::new(handle);
             let out = done
                 .await
                 .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
@@ -420,7 +402,7 @@ impl Backend for ServerBackend {
         let queued = self.enqueue_edit(request, &Caller::default());
         Box::pin(async move {
             let (handle, done) = queued?;
-            let guard = CancelOnDrop(Some(handle));
+            let guard = CancelOnDrop::new(handle);
             let out = done
                 .await
                 .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the edit")));

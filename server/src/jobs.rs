@@ -12,14 +12,59 @@ use std::time::{Duration, Instant};
 use app::api::{ApiError, DecomposeResponse, EditJobStatus, EditResult, JobState, JobStatus};
 use engine::pipeline::{Phase, Progress};
 
-/// How long a finished job's record (state, error) stays in memory; a stored result outlives it.
-const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
-
 /// What a kind of job produces, and how its status is reported.
 pub trait JobOutput: Clone + Send + Sync + 'static {
-    /// The status clients read (`JobStatus` for decompositions, `EditJobStatus` for edits).
+    /// The status clients read (`JobStatus` for decompositions, `EditJobStatus` for edits,
+    /// `ZImageJobStatus` for Z-Image generations).
     type Status;
+    /// How long a finished job's record (state, error, a result not in the run store) stays in
+    /// memory; a stored result outlives it.
+    const KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
+    /// How its ids start.
+    const ID_PREFIX: &'static str = "job-";
     fn status(progress: JobProgress, result: Option<Self>) -> Self::Status;
+}
+
+/// Z-Image generations keep their image in memory only (it is not written to the run store).
+impl JobOutput for app::api_z_image::GenerateResponse {
+    type Status = app::api_z_image::ZImageJobStatus;
+    const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
+    const ID_PREFIX: &'static str = "zimg-";
+    fn status(p: JobProgress, result: Option<Self>) -> Self::Status {
+        app::api_z_image::ZImageJobStatus {
+            id: p.id,
+            state: p.state,
+            phase: p.phase,
+            step: p.step,
+            total_steps: p.total_steps,
+            elapsed: p.elapsed,
+            eta_seconds: p.eta_seconds,
+            error: p.error,
+            result,
+        }
+    }
+}
+
+/// Cancels its job when dropped before [`CancelOnDrop::disarm`]: a blocking request whose
+/// client went away stops its job between steps.
+pub struct CancelOnDrop<R: JobOutput>(Option<Arc<JobHandle<R>>>);
+
+impl<R: JobOutput> CancelOnDrop<R> {
+    pub fn new(job: Arc<JobHandle<R>>) -> Self {
+        Self(Some(job))
+    }
+
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<R: JobOutput> Drop for CancelOnDrop<R> {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.request_cancel();
+        }
+    }
 }
 
 /// A job's state and progress, without its result.
@@ -228,7 +273,7 @@ impl<R: JobOutput> JobRegistry<R> {
     /// Registers a new queued job of `owner` with `total_steps` denoising steps.
     pub fn create(&self, total_steps: u32, owner: Option<String>) -> Arc<JobHandle<R>> {
         let seq = self.next.fetch_add(1, Ordering::SeqCst);
-        let id = format!("job-{}", crate::door::random_id());
+        let id = format!("{}{}", R::ID_PREFIX, crate::door::random_id());
         let handle = Arc::new(JobHandle {
             id: id.clone(),
             owner,
@@ -253,11 +298,11 @@ impl<R: JobOutput> JobRegistry<R> {
         handle
     }
 
-    /// Forgets records finished longer ago than [`KEEP_FINISHED`] (by age only: other jobs
-    /// finishing never push a record out).
+    /// Forgets records finished longer ago than [`JobOutput::KEEP_FINISHED`] (by age only: other
+    /// jobs finishing never push a record out).
     fn prune(jobs: &mut HashMap<String, Arc<JobHandle<R>>>) {
         let now = Instant::now();
-        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < KEEP_FINISHED));
+        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| now - f < R::KEEP_FINISHED));
     }
 
     /// The job, if it is in memory.

@@ -1,15 +1,14 @@
 //! The Z-Image mode on the server: `POST /api/z-image/generate` (waits), followable jobs
 //! (`/api/z-image/jobs`, progress, ETA, cancel) and `GET /api/z-image/status`.
 //!
-//! Jobs run on the same worker queue as decomposition (one worker owns the device, so a
-//! generation and a decomposition never compete for it); the Z-Image model loads on the first
-//! job and stays loaded. Results live in memory for [`KEEP_FINISHED`] (an image is one PNG; they
-//! are not written to the run store).
+//! Jobs run on the same engine workers as decomposition (each worker owns its device, so a
+//! generation and a decomposition never compete for one), with the same job records
+//! ([`crate::jobs`]); each worker loads the Z-Image model on its first job there and keeps it.
+//! Results live in memory for [`JobOutput::KEEP_FINISHED`] (an image is one PNG; they are not
+//! written to the run store).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use app::api::{ApiError, JobStarted, JobState};
 use app::api_z_image::{GenerateJob, GenerateRequest, GenerateResponse, ZImageJobStatus, ZImageStatusResponse};
@@ -30,123 +29,15 @@ use qwen_layers::generator::Generator;
 use crate::config::ZImageSettings;
 use crate::engine_state::EngineState;
 use crate::http_error::{DoorErrors, ErrorResponse};
+use crate::jobs::{CancelOnDrop, JobHandle, JobOutput, JobRegistry};
 use crate::queue::JobQueue;
 use crate::routes::{job_id, parse_json};
-
-/// How long a finished job (and its image) stays readable.
-pub const KEEP_FINISHED: Duration = Duration::from_secs(30 * 60);
 
 /// The loaded model, owned by the worker thread (the mutex is only ever taken there).
 type Slot = Arc<Mutex<Option<Generator>>>;
 
-#[derive(Debug)]
-struct Record {
-    state: JobState,
-    phase: &'static str,
-    step: u32,
-    total_steps: u32,
-    started: Option<Instant>,
-    denoise_started: Option<(Instant, u32)>,
-    finished: Option<Instant>,
-    error: Option<String>,
-    result: Option<GenerateResponse>,
-}
-
-/// One job: written by the worker, read by status requests.
-#[derive(Debug)]
-pub struct ZJob {
-    pub id: String,
-    owner: Option<String>,
-    record: Mutex<Record>,
-    cancel: AtomicBool,
-}
-
-impl ZJob {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn finish(&self, outcome: &Result<GenerateResponse, ApiError>) {
-        let mut r = self.lock();
-        r.finished = Some(Instant::now());
-        match outcome {
-            Ok(resp) => {
-                r.state = JobState::Done;
-                r.phase = "done";
-                r.step = r.total_steps;
-                r.result = Some(resp.clone());
-            }
-            Err(e) if self.cancel.load(Ordering::SeqCst) && e.status == app::api::CANCELLED_STATUS => {
-                r.state = JobState::Cancelled;
-                r.phase = "cancelled";
-                r.error = Some(e.error.clone());
-            }
-            Err(e) => {
-                r.state = JobState::Failed;
-                r.phase = "failed";
-                r.error = Some(e.error.clone());
-            }
-        }
-    }
-
-    pub fn status(&self) -> ZImageJobStatus {
-        let r = self.lock();
-        let elapsed = match (r.started, r.finished) {
-            (Some(s), Some(f)) => f.duration_since(s).as_secs_f64(),
-            (Some(s), None) => s.elapsed().as_secs_f64(),
-            _ => 0.0,
-        };
-        let eta_seconds = match (r.denoise_started, r.finished) {
-            (Some((t0, s0)), None) if r.step > s0 => {
-                let per_step = t0.elapsed().as_secs_f64() / f64::from(r.step - s0);
-                Some(per_step * f64::from(r.total_steps - r.step))
-            }
-            _ => None,
-        };
-        ZImageJobStatus {
-            id: self.id.clone(),
-            state: r.state,
-            phase: r.phase.into(),
-            step: r.step,
-            total_steps: r.total_steps,
-            elapsed,
-            eta_seconds,
-            error: r.error.clone(),
-            result: r.result.clone(),
-        }
-    }
-}
-
-impl Progress for ZJob {
-    fn phase(&self, phase: Phase) {
-        let mut r = self.lock();
-        r.phase = phase.name();
-    }
-
-    fn step(&self, done: usize, total: usize) {
-        let mut r = self.lock();
-        r.step = done as u32;
-        r.total_steps = total as u32;
-        if r.denoise_started.is_none() {
-            r.denoise_started = Some((Instant::now(), done as u32));
-        }
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
-    }
-}
-
-/// Cancels its job when a waiting client goes away.
-struct CancelOnDrop(Option<Arc<ZJob>>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(job) = self.0.take() {
-            job.cancel.store(true, Ordering::SeqCst);
-        }
-    }
-}
+/// One generation: written by the worker, read by status requests.
+type ZJob = JobHandle<GenerateResponse>;
 
 /// Z-Image's state on the server.
 pub struct ZImageService {
@@ -161,7 +52,7 @@ pub struct ZImageService {
     /// Whether the model stays loaded after a job, and why (for `/status`).
     residency: (bool, String),
     queue: Arc<JobQueue<EngineState>>,
-    jobs: Mutex<HashMap<String, Arc<ZJob>>>,
+    jobs: JobRegistry<GenerateResponse>,
     /// Refuses over-long prompts before queueing (when the tokenizer could be read).
     tokenizer: Option<engine::tokenizer::QwenTokenizer>,
 }
@@ -195,7 +86,7 @@ impl ZImageService {
             loaded: Arc::new(AtomicBool::new(false)),
             residency: kept,
             queue,
-            jobs: Mutex::new(HashMap::new()),
+            jobs: JobRegistry::default(),
             tokenizer,
         })
     }
@@ -265,10 +156,6 @@ impl ZImageService {
         Ok(job)
     }
 
-    fn prune(jobs: &mut HashMap<String, Arc<ZJob>>) {
-        jobs.retain(|_, j| j.lock().finished.is_none_or(|f| f.elapsed() < KEEP_FINISHED));
-    }
-
     /// Validates and queues; the receiver yields the outcome.
     #[allow(clippy::type_complexity)]
     fn enqueue(
@@ -284,27 +171,7 @@ impl ZImageService {
     > {
         let job = self.validate(&request)?;
         let model = self.model.clone().map_err(ApiError::unavailable)?;
-        let handle = Arc::new(ZJob {
-            id: format!("zimg-{}", crate::door::random_id()),
-            owner: caller.owner.clone(),
-            record: Mutex::new(Record {
-                state: JobState::Queued,
-                phase: "queued",
-                step: 0,
-                total_steps: job.steps,
-                started: None,
-                denoise_started: None,
-                finished: None,
-                error: None,
-                result: None,
-            }),
-            cancel: AtomicBool::new(false),
-        });
-        {
-            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            Self::prune(&mut jobs);
-            jobs.insert(handle.id.clone(), handle.clone());
-        }
+        let handle = self.jobs.create(job.steps, caller.owner.clone());
         let (worker, slots, loaded, options, keep) = (
             handle.clone(),
             self.slots.clone(),
@@ -319,29 +186,28 @@ impl ZImageService {
                 ..options
             };
             let out = run(&worker, &job, &model, &slots[engine.worker()], &loaded, options, keep);
-            worker.finish(&out);
+            worker.finish(&out, false);
             out
         });
         match submitted {
             Ok(done) => Ok((handle, done)),
             Err(e) => {
-                self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.id);
+                self.jobs.remove(&handle.id);
                 Err(e)
             }
         }
     }
 
     fn find(&self, id: &str, caller: &Caller) -> Result<Arc<ZJob>, ApiError> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.get(id)
+        self.jobs
+            .find(id)
             .filter(|j| j.owner.is_none() || j.owner == caller.owner)
-            .cloned()
             .ok_or_else(|| {
                 ApiError::new(
                     404,
                     format!(
                         "no Z-Image job {id} (finished images are kept for {} minutes)",
-                        KEEP_FINISHED.as_secs() / 60
+                        GenerateResponse::KEEP_FINISHED.as_secs() / 60
                     ),
                 )
             })
@@ -354,22 +220,23 @@ impl ZImageService {
 
     pub async fn generate(&self, request: GenerateRequest, caller: &Caller) -> Result<GenerateResponse, ApiError> {
         let (handle, done) = self.enqueue(request, caller)?;
-        let mut guard = CancelOnDrop(Some(handle));
+        let guard = CancelOnDrop::new(handle);
         let out = done
             .await
             .unwrap_or_else(|_| Err(ApiError::internal("the engine worker dropped the job")));
-        guard.0 = None;
+        guard.disarm();
         out
     }
 
     pub fn job_status(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
-        Ok(self.find(id, caller)?.status())
+        let job = self.find(id, caller)?;
+        Ok(self.jobs.status(&job))
     }
 
     pub fn cancel(&self, id: &str, caller: &Caller) -> Result<ZImageJobStatus, ApiError> {
         let job = self.find(id, caller)?;
-        job.cancel.store(true, Ordering::SeqCst);
-        Ok(job.status())
+        job.request_cancel();
+        Ok(self.jobs.status(&job))
     }
 }
 
@@ -437,12 +304,7 @@ fn run(
     if job_handle.is_cancelled() {
         return Err(ApiError::cancelled());
     }
-    {
-        let mut r = job_handle.lock();
-        r.state = JobState::Running;
-        r.phase = "starting";
-        r.started = Some(Instant::now());
-    }
+    job_handle.start();
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
         job_handle.phase(Phase::Loading);
