@@ -65,6 +65,23 @@ impl Bitmap {
     }
 
     /// The PNG file behind the data URL.
+    /// This image at `width × height` (Lanczos), or itself when it already is that size.
+    pub fn resized(&self, width: u32, height: u32) -> Result<Self, String> {
+        if (self.width, self.height) == (width, height) {
+            return Ok(self.clone());
+        }
+        let img = image::RgbaImage::from_raw(self.width, self.height, self.rgba.to_vec())
+            .ok_or_else(|| "the image's pixels do not match its size".to_string())?;
+        let out = image::imageops::resize(&img, width, height, image::imageops::FilterType::Lanczos3);
+        let png = crate::image_data::encode_png(&out).map_err(|e| e.error)?;
+        Ok(Self::from_rgba(
+            width,
+            height,
+            out.into_raw(),
+            crate::image_data::png_data_url(&png),
+        ))
+    }
+
     pub fn png_bytes(&self) -> Result<Vec<u8>, String> {
         crate::image_data::decode_base64_payload(&self.data_url).map_err(|e| e.error)
     }
@@ -336,7 +353,9 @@ impl LayerStack {
     /// Swaps `range` with the block above (or below) it; no undo record. Whether it moved.
     fn step(&mut self, range: std::ops::Range<usize>, within: Option<u32>, up: bool) -> bool {
         if up {
-            let Some(above) = self.block_at(range.end, within) else { return false };
+            let Some(above) = self.block_at(range.end, within) else {
+                return false;
+            };
             self.layers[range.start..above.end].rotate_left(range.len());
         } else {
             let Some(below) = range.start.checked_sub(1).and_then(|i| self.block_at(i, within)) else {
@@ -517,7 +536,12 @@ impl LayerStack {
 
     /// The group's layer ids, top first.
     pub fn group_members_top_down(&self, id: u32) -> Vec<u32> {
-        self.layers.iter().rev().filter(|l| l.group == Some(id)).map(|l| l.id).collect()
+        self.layers
+            .iter()
+            .rev()
+            .filter(|l| l.group == Some(id))
+            .map(|l| l.id)
+            .collect()
     }
 
     /// The panel's rows, top of the stack first: each group's row above its layers, which are
@@ -1251,7 +1275,13 @@ mod tests {
         assert_eq!(s.group(g).unwrap().name, "Layer 2");
         assert_eq!(
             s.rows_top_down(),
-            [Row::Layer(3), Row::Group(g), Row::Layer(6), Row::Layer(5), Row::Layer(1)]
+            [
+                Row::Layer(3),
+                Row::Group(g),
+                Row::Layer(6),
+                Row::Layer(5),
+                Row::Layer(1)
+            ]
         );
         // Collapsing hides the parts' rows, not the parts.
         assert!(s.toggle_collapsed(g).unwrap());
@@ -1259,8 +1289,14 @@ mod tests {
         assert_eq!(s.to_composite().len(), 4);
         assert!(!s.toggle_collapsed(g).unwrap());
         // Splitting a part again is refused (one level in the page).
-        assert!(matches!(s.split(5, vec![("x".into(), solid([0; 4]))]), Err(StackError::Nested(_))));
-        assert!(matches!(s.split(1, vec![("x".into(), Bitmap::from_rgba(1, 1, vec![0; 4], "x"))]), Err(StackError::SizeMismatch { .. })));
+        assert!(matches!(
+            s.split(5, vec![("x".into(), solid([0; 4]))]),
+            Err(StackError::Nested(_))
+        ));
+        assert!(matches!(
+            s.split(1, vec![("x".into(), Bitmap::from_rgba(1, 1, vec![0; 4], "x"))]),
+            Err(StackError::SizeMismatch { .. })
+        ));
         // Unsplit restores the layer where the group is; undo brings the group back.
         let before = s.clone();
         assert_eq!(s.unsplit(g).unwrap(), 2);
@@ -1323,7 +1359,10 @@ mod tests {
         assert_eq!(json["layers"].as_array().unwrap().len(), 3);
         let tree = json["tree"].as_array().unwrap();
         let group = tree.iter().find(|n| n.get("group").is_some()).unwrap();
-        assert_eq!((group["group"].as_str(), group["visible"].as_bool()), (Some("Layer 2"), Some(false)));
+        assert_eq!(
+            (group["group"].as_str(), group["visible"].as_bool()),
+            (Some("Layer 2"), Some(false))
+        );
         assert_eq!(group["children"].as_array().unwrap().len(), 2);
         // The flattened image leaves the hidden group out.
         assert_eq!(s.flatten().get_pixel(0, 0).0, composite(&s));

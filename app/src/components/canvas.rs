@@ -226,7 +226,7 @@ pub fn Stage() -> impl IntoView {
     let aria = move || {
         result.with(|r| match r {
             Some(d) => {
-                let shown = d.stack.layers().iter().filter(|l| l.visible).count();
+                let shown = d.stack.layers().iter().filter(|l| d.stack.effective(l).0).count();
                 match view_mode.get() {
                     StageView::Layers => format!("Composite of {shown} visible of {} layers", d.stack.len()),
                     StageView::ModelComposite => "The model's composite".to_string(),

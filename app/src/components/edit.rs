@@ -1,9 +1,37 @@
 //! The edit box of a layer: an instruction for Qwen-Image-Edit-2509; the result replaces the
-//! layer (the old pixels stay for before/after and undo).
+//! layer (the old pixels stay for before/after and undo). The edit runs as a job: its phase,
+//! step, ETA and a Cancel button show while it runs.
 
 use leptos::prelude::*;
 
 use super::AppState;
+use crate::api::{EditJobStatus, JobStatus};
+
+/// What an edit that was cancelled ends with (shown as "Edit cancelled.", not as a failure).
+const EDIT_CANCELLED: &str = "cancelled";
+
+/// An edit's status as the progress bar reads a job's ([`super::run::progress_view`]).
+pub fn edit_progress(s: &EditJobStatus) -> super::ProgressView {
+    let as_job = JobStatus {
+        id: s.id.clone(),
+        state: s.state,
+        phase: s.phase.clone(),
+        step: s.step,
+        total_steps: s.total_steps,
+        elapsed: s.elapsed,
+        eta_seconds: s.eta_seconds,
+        queue_position: s.queue_position,
+        error: s.error.clone(),
+        result: None,
+    };
+    let mut view = super::run::progress_view(&as_job);
+    match s.phase.as_str() {
+        "loading" => view.label = "Loading the edit model".into(),
+        "decoding" => view.label = "Decoding the edited layer…".into(),
+        _ => {}
+    }
+    view
+}
 
 #[component]
 pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
@@ -27,6 +55,8 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
     };
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
+    // The running edit's job: its id, last status and whether a cancel was asked for.
+    let job = RwSignal::new(None::<(String, Option<EditJobStatus>, bool)>);
     let field_id = format!("layer-{id}-instruction");
     // Seconds since "Apply edit", counted on the page while the (blocking) edit request runs.
     let elapsed = RwSignal::new(0u32);
@@ -86,6 +116,7 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                     busy,
                     error,
                     editing,
+                    job,
                 );
             }
         }
@@ -163,27 +194,75 @@ pub fn EditBox(id: u32, editing: RwSignal<Option<u32>>) -> impl IntoView {
                 <button type="submit" class="primary small" disabled=move || busy.get()>
                     {move || if busy.get() { "Editing…" } else { "Apply edit" }}
                 </button>
-                <button type="button" class="secondary small" on:click=move |_| close()>
-                    "Close"
-                </button>
+                <Show
+                    when=move || busy.get()
+                    fallback=move || view! {
+                        <button type="button" class="secondary small" on:click=move |_| close()>
+                            "Close"
+                        </button>
+                    }
+                >
+                    <button
+                        type="button"
+                        class="secondary small cancel-button"
+                        aria-label="Cancel the edit"
+                        disabled=move || job.with(|j| j.as_ref().is_none_or(|(_, _, cancelling)| *cancelling))
+                        on:click=move |_| {
+                            #[cfg(feature = "hydrate")]
+                            if let Some((id, _, false)) = job.get_untracked() {
+                                job.update(|j| {
+                                    if let Some(j) = j {
+                                        j.2 = true;
+                                    }
+                                });
+                                leptos::task::spawn_local(async move {
+                                    if let Err(e) = crate::server_fns::cancel_edit(id).await {
+                                        leptos::logging::warn!("cancel failed: {}", e.error);
+                                    }
+                                });
+                            }
+                        }
+                    >
+                        {move || if job.with(|j| j.as_ref().is_some_and(|j| j.2)) { "Cancelling…" } else { "Cancel" }}
+                    </button>
+                </Show>
             </div>
             <Show when=move || busy.get()>
                 {move || {
-                    let (label, note) = edit_status.with(|s| edit_phase(s.as_ref().map(|s| (s.status.as_str(), s.reason.as_deref()))));
-                    let detail = format!("{} elapsed · {note}", super::run::duration(f64::from(elapsed.get())));
-                    view! { <super::run::ProgressBar label fraction=None detail/> }
+                    let status = job.with(|j| j.as_ref().and_then(|(_, s, _)| s.clone()));
+                    let cancelling = job.with(|j| j.as_ref().is_some_and(|j| j.2));
+                    let (mut label, fraction, detail) = match status.as_ref().filter(|s| s.phase != "starting") {
+                        Some(s) => {
+                            let v = edit_progress(s);
+                            (v.label, v.fraction, v.detail)
+                        }
+                        // Before the job reports steps: the edit model's state (a first edit
+                        // may download or load it).
+                        None => {
+                            let (label, note) = edit_status.with(|s| edit_phase(s.as_ref().map(|s| (s.status.as_str(), s.reason.as_deref()))));
+                            (label, None, format!("{} elapsed · {note}", super::run::duration(f64::from(elapsed.get()))))
+                        }
+                    };
+                    if cancelling {
+                        label = format!("{label} — cancelling after this step");
+                    }
+                    view! { <super::run::ProgressBar label fraction detail/> }
                 }}
             </Show>
             {move || {
                 error
                     .get()
                     .map(|e| {
+                        if e == EDIT_CANCELLED {
+                            return view! { <p class="run-cancelled" role="status">"Edit cancelled."</p> }.into_any();
+                        }
                         view! {
                             <p class="error" role="alert">
                                 <strong>"Edit failed: "</strong>
                                 {e}
                             </p>
                         }
+                        .into_any()
                     })
             }}
         </form>
@@ -222,6 +301,7 @@ fn run_edit(
     busy: RwSignal<bool>,
     error: RwSignal<Option<String>>,
     editing: RwSignal<Option<u32>>,
+    job: RwSignal<Option<(String, Option<EditJobStatus>, bool)>>,
 ) {
     use crate::api::EditLayerRequest;
     use crate::layer_stack::Bitmap;
@@ -238,7 +318,7 @@ fn run_edit(
     }) else {
         return;
     };
-    let seed = params.with_untracked(|p| p.seed);
+    let (seed, steps) = params.with_untracked(|p| (p.seed, p.steps));
     busy.set(true);
     error.set(None);
     // While the edit runs, follow the edit model's state (a first edit may be downloading it).
@@ -256,13 +336,14 @@ fn run_edit(
         let request = EditLayerRequest {
             image,
             prompt: prompt.clone(),
-            steps: None,
+            // The page's Steps (a preset brings its own).
+            steps: (preset.is_none() && steps >= crate::api::EDIT_MIN_STEPS).then_some(steps),
             cfg_scale: None,
             seed,
             keep_alpha: Some(keep_alpha),
             preset,
         };
-        let outcome = match crate::server_fns::edit_layer(request).await {
+        let outcome = match follow_edit(request, job).await {
             Ok(url) => Bitmap::from_data_url(&url)
                 .map_err(|e| format!("the edited image could not be read: {e}"))
                 .and_then(|bitmap| {
@@ -282,9 +363,10 @@ fn run_edit(
                     });
                     applied
                 }),
-            Err(e) => Err(e.error),
+            Err(e) => Err(e),
         };
         busy.try_set(false);
+        job.try_set(None);
         match outcome {
             Ok(()) => {
                 editing.try_set(None);
@@ -294,6 +376,48 @@ fn run_edit(
             }
         }
     });
+}
+
+/// Starts the edit job and polls it until it ends; the edited layer's data URL, or why not.
+#[cfg(feature = "hydrate")]
+async fn follow_edit(
+    request: crate::api::EditLayerRequest,
+    job: RwSignal<Option<(String, Option<EditJobStatus>, bool)>>,
+) -> Result<String, String> {
+    use crate::api::JobState;
+    let id = crate::server_fns::start_edit(request).await.map_err(|e| e.error)?.id;
+    job.try_set(Some((id.clone(), None, false)));
+    let mut failures = 0;
+    loop {
+        crate::browser::sleep_ms(super::run::POLL_MS).await;
+        let s = match crate::server_fns::get_edit_job_status(id.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                failures += 1;
+                if failures >= 5 {
+                    return Err(format!("lost track of the edit: {}", e.error));
+                }
+                continue;
+            }
+        };
+        match s.state {
+            JobState::Queued | JobState::Running => {
+                job.try_update(|j| {
+                    if let Some(j) = j {
+                        j.1 = Some(s);
+                    }
+                });
+            }
+            JobState::Done => {
+                return s
+                    .result
+                    .map(|r| r.image)
+                    .ok_or_else(|| "the edit finished without a result".into())
+            }
+            JobState::Cancelled => return Err(EDIT_CANCELLED.into()),
+            JobState::Failed => return Err(s.error.unwrap_or_else(|| "the edit failed".into())),
+        }
+    }
 }
 
 #[cfg(test)]

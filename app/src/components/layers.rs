@@ -1,13 +1,15 @@
 //! The layer panel: the model's composite, then the layers from the top of the stack down, each
 //! with a thumbnail, name, visibility eye, drag handle and move up/down buttons, opacity, an edit
-//! box, before/after and undo for edits, and a PNG download. Undo/redo for the whole stack.
+//! box, before/after and undo for edits, "Split" (decompose the layer again into a group of
+//! sub-layers), and a PNG download. A group's row folds, hides and moves its layers as one and
+//! undoes the split. Undo/redo for the whole stack.
 
 use std::sync::Arc;
 
 use leptos::prelude::*;
 
 use super::AppState;
-use crate::layer_stack::{Decomposition, LayerStack};
+use crate::layer_stack::{Decomposition, LayerStack, Row};
 
 /// The file name a single layer downloads as: `layer-2.png`.
 pub fn layer_file_name(name: &str) -> String {
@@ -44,12 +46,15 @@ struct RowState {
     position: usize,
     count: usize,
     last_instruction: String,
+    in_group: bool,
+    can_up: bool,
+    can_down: bool,
 }
 
 #[component]
 pub fn LayerPanel() -> impl IntoView {
     let AppState { result, announce, .. } = expect_context::<AppState>();
-    let ids = move || result.with(|r| r.as_ref().map(|d| d.stack.ids_top_down()).unwrap_or_default());
+    let rows = move || result.with(|r| r.as_ref().map(|d| d.stack.rows_top_down()).unwrap_or_default());
     let can_undo = move || result.with(|r| r.as_ref().is_some_and(|d| d.stack.can_undo()));
     let can_redo = move || result.with(|r| r.as_ref().is_some_and(|d| d.stack.can_redo()));
     let undo = move || {
@@ -62,6 +67,7 @@ pub fn LayerPanel() -> impl IntoView {
     let dragging = RwSignal::new(None::<u32>);
     let drop_target = RwSignal::new(None::<u32>);
     let editing = RwSignal::new(None::<u32>);
+    let splitting = RwSignal::new(None::<u32>);
 
     // Ctrl/⌘+Z and Ctrl/⌘+Shift+Z (or Ctrl+Y) undo and redo stack changes, except while typing.
     let keys = window_event_listener(leptos::ev::keydown, move |ev| {
@@ -125,8 +131,11 @@ pub fn LayerPanel() -> impl IntoView {
             </p>
             <CompositeRow/>
             <ol class="layer-list" aria-label="Layer stack, top first">
-                <For each=ids key=|id| *id let:id>
-                    <LayerRow id dragging drop_target editing/>
+                <For each=rows key=|row| *row let:row>
+                    {match row {
+                        Row::Layer(id) => view! { <LayerRow id dragging drop_target editing splitting/> }.into_any(),
+                        Row::Group(id) => view! { <GroupRow id/> }.into_any(),
+                    }}
                 </For>
             </ol>
         </section>
@@ -178,6 +187,7 @@ fn LayerRow(
     dragging: RwSignal<Option<u32>>,
     drop_target: RwSignal<Option<u32>>,
     editing: RwSignal<Option<u32>>,
+    splitting: RwSignal<Option<u32>>,
 ) -> impl IntoView {
     let state = expect_context::<AppState>();
     let AppState { result, announce, .. } = state;
@@ -197,6 +207,9 @@ fn LayerRow(
                     position: s.position(id).unwrap_or(0),
                     count: s.len(),
                     last_instruction: l.current().instruction.clone().unwrap_or_default(),
+                    in_group: l.group.is_some(),
+                    can_up: s.can_move(id, true),
+                    can_down: s.can_move(id, false),
                 })
                 .unwrap_or_default()
         })
@@ -210,6 +223,9 @@ fn LayerRow(
     let position = move || row.with(|r| r.position);
     let count = move || row.with(|r| r.count);
     let last_instruction = move || row.with(|r| r.last_instruction.clone());
+    let in_group = move || row.with(|r| r.in_group);
+    let can_up = move || row.with(|r| r.can_up);
+    let can_down = move || row.with(|r| r.can_down);
 
     let toggle = move |_| {
         change(result, announce, |s| {
@@ -360,6 +376,7 @@ fn LayerRow(
     view! {
         <li
             class="layer-row"
+            class:in-group=in_group
             class:hidden-layer=move || !visible()
             class:dragging=move || dragging.get() == Some(id)
             class:drop-target=move || drop_target.get() == Some(id) && dragging.get() != Some(id)
@@ -402,7 +419,7 @@ fn LayerRow(
                         id=format!("layer-{id}-up")
                         aria-label=move || format!("Move {} up", name())
                         title="Move up (Alt+↑)"
-                        disabled=move || position() == count()
+                        disabled=move || !can_up()
                         on:click=move |_| move_by(true)
                     >
                         <Icon path=ICON_UP/>
@@ -413,7 +430,7 @@ fn LayerRow(
                         id=format!("layer-{id}-down")
                         aria-label=move || format!("Move {} down", name())
                         title="Move down (Alt+↓)"
-                        disabled=move || position() <= 1
+                        disabled=move || !can_down()
                         on:click=move |_| move_by(false)
                     >
                         <Icon path=ICON_DOWN/>
@@ -428,6 +445,19 @@ fn LayerRow(
                     >
                         "Edit"
                     </button>
+                    <Show when=move || !in_group()>
+                        <button
+                            type="button"
+                            class="edit-button split-button"
+                            id=format!("layer-{id}-split")
+                            aria-expanded=move || (splitting.get() == Some(id)).to_string()
+                            aria-label=move || format!("Split {} into layers", name())
+                            title="Decompose this layer again into sub-layers"
+                            on:click=move |_| splitting.update(|e| *e = if *e == Some(id) { None } else { Some(id) })
+                        >
+                            "Split"
+                        </button>
+                    </Show>
                     <button
                         type="button"
                         class="icon-button"
@@ -485,9 +515,373 @@ fn LayerRow(
             <Show when=move || editing.get() == Some(id)>
                 <super::edit::EditBox id editing/>
             </Show>
+            <Show when=move || splitting.get() == Some(id)>
+                <SplitBox id splitting/>
+            </Show>
         </li>
     }
     .into_any()
+}
+
+/// What a group's row shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct GroupState {
+    name: String,
+    visible: bool,
+    collapsed: bool,
+    parts: usize,
+    can_up: bool,
+    can_down: bool,
+}
+
+/// A split layer's group: fold/unfold, show/hide and move its layers as one, or undo the split.
+#[component]
+fn GroupRow(id: u32) -> impl IntoView {
+    let AppState { result, announce, .. } = expect_context::<AppState>();
+    let group = Memo::new(move |_| {
+        result.with(|r| {
+            r.as_ref()
+                .and_then(|d| {
+                    let g = d.stack.group(id)?;
+                    Some(GroupState {
+                        name: g.name.clone(),
+                        visible: g.visible,
+                        collapsed: d.stack.is_collapsed(id),
+                        parts: d.stack.group_members_top_down(id).len(),
+                        can_up: d.stack.can_move_group(id, true),
+                        can_down: d.stack.can_move_group(id, false),
+                    })
+                })
+                .unwrap_or_default()
+        })
+    });
+    let name = move || group.with(|g| g.name.clone());
+    let visible = move || group.with(|g| g.visible);
+    let collapsed = move || group.with(|g| g.collapsed);
+    let fold = move |_| {
+        change(result, announce, |s| {
+            let now = s.toggle_collapsed(id).ok()?;
+            let name = s.group(id)?.name.clone();
+            Some(((), format!("{name} {}.", if now { "collapsed" } else { "expanded" })))
+        });
+    };
+    let toggle = move |_| {
+        change(result, announce, |s| {
+            let now = s.toggle_group_visible(id).ok()?;
+            let name = s.group(id)?.name.clone();
+            Some(((), format!("{name} {}.", if now { "shown" } else { "hidden" })))
+        });
+    };
+    let move_by = move |up: bool| {
+        change(result, announce, |s| {
+            let moved = s.move_group(id, up).ok()?;
+            let name = s.group(id)?.name.clone();
+            Some((
+                (),
+                if moved {
+                    format!("{name} moved {}.", if up { "up" } else { "down" })
+                } else {
+                    String::new()
+                },
+            ))
+        });
+    };
+    let unsplit = move |_| {
+        change(result, announce, |s| {
+            let name = s.group(id)?.name.clone();
+            s.unsplit(id).ok()?;
+            Some(((), format!("{name}: split undone.")))
+        });
+    };
+    view! {
+        <li
+            class="group-row"
+            class:hidden-layer=move || !visible()
+            data-group-id=id
+            aria-labelledby=format!("group-{id}-name")
+        >
+            <div class="layer-main">
+                <button
+                    type="button"
+                    class="icon-button caret"
+                    aria-expanded=move || (!collapsed()).to_string()
+                    aria-label=move || format!("{} {}", if collapsed() { "Expand" } else { "Collapse" }, name())
+                    on:click=fold
+                >
+                    {move || if collapsed() { view! { <Icon path=ICON_CARET_RIGHT/> } } else { view! { <Icon path=ICON_CARET_DOWN/> } }}
+                </button>
+                <button
+                    type="button"
+                    class="icon-button eye"
+                    aria-pressed=move || visible().to_string()
+                    aria-label=move || format!("Visible: {} (group)", name())
+                    title=move || if visible() { "Hide this group" } else { "Show this group" }
+                    on:click=toggle
+                >
+                    {move || if visible() { view! { <Icon path=ICON_EYE/> } } else { view! { <Icon path=ICON_EYE_OFF/> } }}
+                </button>
+                <div class="layer-meta">
+                    <span class="layer-name" id=format!("group-{id}-name")>{name}</span>
+                    <span class="layer-sub">{move || format!("Split into {} layers", group.with(|g| g.parts))}</span>
+                </div>
+                <div class="layer-actions">
+                    <button
+                        type="button"
+                        class="icon-button"
+                        aria-label=move || format!("Move {} up", name())
+                        title="Move the group up"
+                        disabled=move || !group.with(|g| g.can_up)
+                        on:click=move |_| move_by(true)
+                    >
+                        <Icon path=ICON_UP/>
+                    </button>
+                    <button
+                        type="button"
+                        class="icon-button"
+                        aria-label=move || format!("Move {} down", name())
+                        title="Move the group down"
+                        disabled=move || !group.with(|g| g.can_down)
+                        on:click=move |_| move_by(false)
+                    >
+                        <Icon path=ICON_DOWN/>
+                    </button>
+                    <button
+                        type="button"
+                        class="secondary small"
+                        aria-label=move || format!("Undo the split of {}", name())
+                        on:click=unsplit
+                    >
+                        "Undo split"
+                    </button>
+                </div>
+            </div>
+        </li>
+    }
+    .into_any()
+}
+
+/// The layer counts "Split" offers (and "auto").
+const SPLIT_COUNTS: [u32; 3] = [2, 3, 4];
+
+/// "Split this layer": decomposes the layer's RGBA image again (a job like "Decompose Image",
+/// with the run's prompt, resolution and the current steps, CFG and seed) and puts the parts in
+/// its place as a group.
+#[component]
+fn SplitBox(id: u32, splitting: RwSignal<Option<u32>>) -> impl IntoView {
+    use super::run::{progress_view, ProgressBar, RunState};
+    let state = expect_context::<AppState>();
+    let count = RwSignal::new("2".to_string());
+    let job = RwSignal::new(RunState::Idle);
+    let busy = move || job.with(RunState::is_busy);
+    let start = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        if job.with_untracked(RunState::is_busy) {
+            return;
+        }
+        #[cfg(feature = "hydrate")]
+        run_split(state, id, count.get_untracked(), job, splitting);
+        let _ = state;
+    };
+    let cancel = move |_| {
+        #[cfg(feature = "hydrate")]
+        {
+            let RunState::Running { id: job_id, .. } = job.get_untracked() else {
+                return;
+            };
+            job.update(|r| {
+                if let RunState::Running { cancelling, .. } = r {
+                    *cancelling = true;
+                }
+            });
+            leptos::task::spawn_local(async move {
+                let _ = crate::server_fns::cancel_job(job_id).await;
+            });
+        }
+    };
+    let field = format!("layer-{id}-split-count");
+    view! {
+        <form class="edit-box split-box" aria-label="Split this layer" on:submit=start>
+            <label for=field.clone()>"Split into"</label>
+            <select
+                id=field
+                prop:value=move || count.get()
+                on:change=move |ev| count.set(event_target_value(&ev))
+                disabled=busy
+            >
+                {SPLIT_COUNTS.map(|k| view! { <option value=k.to_string()>{format!("{k} layers")}</option> }).collect_view()}
+                <option value="auto">"Automatic"</option>
+            </select>
+            <div class="edit-buttons">
+                <button type="submit" class="primary small" disabled=busy>
+                    {move || if busy() { "Splitting…" } else { "Split layer" }}
+                </button>
+                <Show
+                    when=move || job.with(|r| matches!(r, RunState::Running { .. }))
+                    fallback=move || view! {
+                        <button type="button" class="secondary small" on:click=move |_| splitting.set(None)>"Close"</button>
+                    }
+                >
+                    <button
+                        type="button"
+                        class="secondary small cancel-button"
+                        disabled=move || job.with(|r| matches!(r, RunState::Running { cancelling: true, .. }))
+                        on:click=cancel
+                    >
+                        "Cancel"
+                    </button>
+                </Show>
+            </div>
+            {move || match job.get() {
+                RunState::Starting => view! { <ProgressBar label="Sending the layer".into() fraction=None detail=String::new()/> }.into_any(),
+                RunState::Running { status, .. } => {
+                    let v = status.as_deref().map(progress_view);
+                    let (label, fraction, detail) = v
+                        .map(|v| (v.label, v.fraction, v.detail))
+                        .unwrap_or(("Waiting for the model".into(), None, String::new()));
+                    view! { <ProgressBar label fraction detail/> }.into_any()
+                }
+                RunState::Failed(e) => view! { <p class="error" role="alert"><strong>"Split failed: "</strong>{e}</p> }.into_any(),
+                RunState::Cancelled => view! { <p class="run-cancelled" role="status">"Split cancelled."</p> }.into_any(),
+                _ => ().into_any(),
+            }}
+        </form>
+    }
+    .into_any()
+}
+
+/// Starts the split's decompose job, follows it, and puts the parts in the layer's place.
+#[cfg(feature = "hydrate")]
+fn run_split(
+    state: AppState,
+    id: u32,
+    count: String,
+    job: RwSignal<super::run::RunState>,
+    splitting: RwSignal<Option<u32>>,
+) {
+    use super::run::{RunState, POLL_MS};
+    use crate::api::{JobState, LayerNum};
+    let AppState {
+        result,
+        params,
+        run_info,
+        announce,
+        ..
+    } = state;
+    let Some((image, name)) = result.with_untracked(|r| {
+        r.as_ref()
+            .and_then(|d| d.stack.get(id))
+            .map(|l| (l.current().bitmap.data_url.to_string(), l.name.clone()))
+    }) else {
+        return;
+    };
+    let mut request = params.with_untracked(|p| p.to_request(image));
+    request.layer_num = Some(if count == "auto" {
+        LayerNum::AUTO
+    } else {
+        LayerNum::Count(count.parse().unwrap_or(2))
+    });
+    run_info.with_untracked(|info| {
+        if let Some(info) = info {
+            request.resolution = Some(info.resolution);
+            if request.prompt.is_empty() {
+                request.prompt = info.prompt.clone();
+            }
+        }
+    });
+    job.set(RunState::Starting);
+    announce.set(format!("Splitting {name}."));
+    leptos::task::spawn_local(async move {
+        let job_id = match crate::server_fns::start_decompose(request).await {
+            Ok(started) => started.id,
+            Err(e) => {
+                job.try_set(RunState::Failed(e.error));
+                return;
+            }
+        };
+        job.try_set(RunState::Running {
+            id: job_id.clone(),
+            status: None,
+            cancelling: false,
+        });
+        let mut failures = 0;
+        loop {
+            crate::browser::sleep_ms(POLL_MS).await;
+            let s = match crate::server_fns::get_job_status(job_id.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 5 {
+                        job.try_set(RunState::Failed(format!("Lost track of the job: {}", e.error)));
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match s.state {
+                JobState::Queued | JobState::Running => {
+                    job.try_update(|r| {
+                        if let RunState::Running { status, .. } = r {
+                            *status = Some(Box::new(s));
+                        }
+                    });
+                }
+                JobState::Cancelled => {
+                    job.try_set(RunState::Cancelled);
+                    return;
+                }
+                JobState::Failed => {
+                    job.try_set(RunState::Failed(s.error.unwrap_or_else(|| "the job failed".into())));
+                    return;
+                }
+                JobState::Done => {
+                    let outcome = s
+                        .result
+                        .ok_or_else(|| "the job finished without a result".to_string())
+                        .and_then(|response| apply_split(result, id, &name, &response));
+                    match outcome {
+                        Ok(parts) => {
+                            announce.set(format!("{name} split into {parts} layers."));
+                            splitting.try_set(None);
+                        }
+                        Err(e) => {
+                            job.try_set(RunState::Failed(e));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Puts a split's layers (resized to the stack's size if the model's differs) in the place of
+/// layer `id`, named "Layer 2.1" … bottom first. Returns how many.
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+fn apply_split(
+    result: RwSignal<Option<Decomposition>>,
+    id: u32,
+    name: &str,
+    response: &crate::api::DecomposeResponse,
+) -> Result<usize, String> {
+    let parts = Decomposition::from_response(response).map_err(|e| e.to_string())?;
+    let (w, h) = result
+        .with_untracked(|r| r.as_ref().map(|d| (d.stack.width(), d.stack.height())))
+        .ok_or("the layers are gone")?;
+    let layers = parts
+        .stack
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Ok((format!("{name}.{}", i + 1), l.current().bitmap.resized(w, h)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let n = layers.len();
+    let mut out = Err("the layers are gone".to_string());
+    result.update(|r| {
+        if let Some(d) = r {
+            out = d.stack.split(id, layers).map(|_| n).map_err(|e| e.to_string());
+        }
+    });
+    out
 }
 
 /// An inline SVG icon (24×24 stroke paths).
@@ -511,6 +905,8 @@ pub fn Icon(path: &'static str) -> impl IntoView {
 pub const ICON_EYE: &str = "M2 12s3.6-7 10-7 10 7 10 7-3.6 7-10 7S2 12 2 12Zm10 3a3 3 0 1 0 0-6 3 3 0 0 0 0 6Z";
 pub const ICON_EYE_OFF: &str =
     "M3 3l18 18M10.6 5.1A10.6 10.6 0 0 1 12 5c6.4 0 10 7 10 7a17 17 0 0 1-3.2 4.1M6.6 6.6C3.8 8.4 2 12 2 12s3.6 7 10 7a9.7 9.7 0 0 0 5.4-1.6M9.9 9.9a3 3 0 0 0 4.2 4.2";
+pub const ICON_CARET_DOWN: &str = "m6 9 6 6 6-6";
+pub const ICON_CARET_RIGHT: &str = "m9 6 6 6-6 6";
 pub const ICON_UP: &str = "M12 19V5m0 0-6 6m6-6 6 6";
 pub const ICON_DOWN: &str = "M12 5v14m0 0 6-6m-6 6-6-6";
 pub const ICON_DOWNLOAD: &str = "M12 4v11m0 0-4.5-4.5M12 15l4.5-4.5M4 19h16";
