@@ -262,18 +262,19 @@ fi
 # (--parallel latency: the unconditional branch on the second card, peer copies, no NCCL); then a
 # burst of jobs on one GPU against the same burst on every GPU as workers (throughput). Each
 # server's first burst of one job per worker loads every worker before the timed burst. MULTI_RUNS
-# picks parts (one,cfg2,burst1,burstall), MULTI_BURST the timed burst's size per GPU (default 4).
+# picks parts (one,cfg2,burst1,burstall,one1024,seq1024: 1024² on one GPU, then sequence-parallel over
+# every GPU), MULTI_BURST the timed burst's size per GPU (default 4).
 if has multi_gpu; then
   write_checkpoints
   gpus=$(nvidia-smi -L | wc -l)
   all=$(seq -s, 0 $((gpus - 1)))
   per="${MULTI_BURST:-4}"
   for dt in ${PARITY_DTYPES:-f32 bf16}; do
-    log "CFG-parallel on cuda:0+cuda:1 against batched on cuda:0, $dt"
-    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 120 "$BIN/device_parity" --ignored --exact \
-      cfg_parallel_on_two_gpus_equals_batched --nocapture > "$OUT/parity_cfg_parallel_$dt.log" 2>&1
+    log "CFG-parallel (cuda:0+cuda:1) and sequence-parallel (2 or 4 GPUs) against one GPU, $dt"
+    ENGINE_TEST_DEVICE=cuda ENGINE_TEST_DTYPE=$dt timeout 180 "$BIN/device_parity" --ignored --test-threads=1 \
+      _gpus_equals_ --nocapture > "$OUT/parity_multi_gpu_$dt.log" 2>&1
     echo "exit $?"
-    grep -E "^test |test result|parallel vs batched|panicked" "$OUT/parity_cfg_parallel_$dt.log" | tail -6 | cut -c1-220
+    grep -E "^test |test result|parallel vs|over .* GPUs|panicked" "$OUT/parity_multi_gpu_$dt.log" | tail -8 | cut -c1-220
   done
   multi() {
     local tag="$1" server_args="$2" cases="$3"
@@ -285,12 +286,15 @@ if has multi_gpu; then
     stop_clocks "multi_$tag"
     grep -E "runs on|error|panick" "$OUT/server_multi_$tag.log" | head -"$((gpus + 2))"
   }
-  for run in ${MULTI_RUNS:-one cfg2 burst1 burstall}; do
+  for run in ${MULTI_RUNS:-one cfg2 burst1 burstall one1024 seq1024}; do
     case "$run" in
       one) multi one "--devices 0" "decompose640,decompose640,decompose640" ;;
       cfg2) multi cfg2 "--devices 0,1 --parallel latency" "decompose640,decompose640,decompose640" ;;
       burst1) multi burst1 "--devices 0" "decompose640,burst$per" ;;
       burstall) multi "burst$gpus" "--devices $all" "burst$gpus,burst$((per * gpus))" ;;
+      # Sequence-parallel over every GPU at 1024² (E2E_ARGS may set --layers); one GPU first.
+      one1024) multi one1024 "--devices 0" "decompose1024,decompose1024" ;;
+      seq1024) multi "seq$gpus" "--devices $all --parallel sequence" "decompose1024,decompose1024" ;;
     esac
   done
 fi

@@ -30,6 +30,8 @@ pub struct EngineState {
     worker: usize,
     /// Latency mode: the device that runs each job's unconditional CFG branch.
     cfg_peer: Option<candle_core::Device>,
+    /// Sequence mode: the further devices sharing each forward's tokens.
+    sequence_peers: Vec<candle_core::Device>,
     /// The decompose model's folder, or why it cannot be used.
     layered: Result<ModelDir, String>,
     /// The edit model: a local folder or a repo id, resolved (and downloaded) on the first edit.
@@ -215,6 +217,7 @@ impl EngineState {
             runtime,
             worker: 0,
             cfg_peer: None,
+            sequence_peers: Vec::new(),
             layered,
             edit_source: edit_model_path.to_string(),
             decomposer: None,
@@ -227,13 +230,13 @@ impl EngineState {
     }
 
     /// Another worker's state (issue 21): the same models and adapters, loaded on `runtime`'s
-    /// device (with the unconditional branch on `cfg_peer` in latency mode), sharing what the
-    /// server reports (model and edit states, merged adapters).
-    pub fn for_worker(&self, worker: usize, runtime: Runtime, cfg_peer: Option<candle_core::Device>) -> Self {
+    /// device, sharing what the server reports (model and edit states, merged adapters).
+    pub fn for_worker(&self, worker: usize, runtime: Runtime) -> Self {
         Self {
             runtime,
             worker,
-            cfg_peer,
+            cfg_peer: None,
+            sequence_peers: Vec::new(),
             layered: self.layered.clone(),
             edit_source: self.edit_source.clone(),
             decomposer: None,
@@ -245,9 +248,11 @@ impl EngineState {
         }
     }
 
-    /// Latency mode: run each job's unconditional CFG branch on `peer`.
-    pub fn with_cfg_peer(mut self, peer: Option<candle_core::Device>) -> Self {
-        self.cfg_peer = peer;
+    /// Devices beside this worker's own: `cfg_peer` runs each job's unconditional CFG branch
+    /// (latency mode), `sequence` share each forward's tokens (sequence mode).
+    pub fn with_peers(mut self, cfg_peer: Option<candle_core::Device>, sequence: Vec<candle_core::Device>) -> Self {
+        self.cfg_peer = cfg_peer;
+        self.sequence_peers = sequence;
         self
     }
 
@@ -328,6 +333,7 @@ impl EngineState {
             keep_text_encoder: self.text_encoder_residency().0,
             offload: (self.runtime.offload && self.runtime.device.is_cuda()).then(OffloadOptions::default),
             cfg_parallel: self.cfg_peer.clone(),
+            sequence_parallel: self.sequence_peers.clone(),
             ..LoadOptions::default()
         }
     }

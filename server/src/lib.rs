@@ -76,16 +76,20 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         let mut runtime =
             Runtime::select(&plan.main.to_string(), None).unwrap_or_else(|e| Runtime::unavailable(format!("{e:#}")));
         runtime.offload = settings.cpu_offload;
-        let cfg_peer = match &plan.cfg_peer {
-            Some(peer) => match Runtime::select(&peer.to_string(), None) {
-                Ok(r) => Some(r.device),
-                Err(e) => {
-                    runtime = Runtime::unavailable(format!("{peer} (CFG-parallel partner): {e:#}"));
-                    None
-                }
-            },
-            None => None,
+        // The devices beside the worker's own; one that cannot be used makes the worker unusable.
+        let mut peer = |spec: &workers::DeviceSpec, role: &str| match Runtime::select(&spec.to_string(), None) {
+            Ok(r) => Some(r.device),
+            Err(e) => {
+                runtime = Runtime::unavailable(format!("{spec} ({role}): {e:#}"));
+                None
+            }
         };
+        let cfg_peer = plan.cfg_peer.as_ref().and_then(|d| peer(d, "CFG-parallel partner"));
+        let sequence: Vec<_> = plan
+            .sequence
+            .iter()
+            .filter_map(|d| peer(d, "sequence-parallel"))
+            .collect();
         println!(
             "worker {index} ({}) runs on: {}",
             plan.label(),
@@ -93,10 +97,10 @@ pub fn build_router(args: &ServerArgs) -> anyhow::Result<(Router, Arc<ServerBack
         );
         let engine = match engines.first() {
             None => EngineState::new(&settings.model_path, settings.edit_model_source(), runtime)
-                .with_adapters(crate::adapters::Adapters::from_settings(&settings))
-                .with_cfg_peer(cfg_peer),
-            Some((_, first)) => first.for_worker(index, runtime, cfg_peer),
-        };
+                .with_adapters(crate::adapters::Adapters::from_settings(&settings)),
+            Some((_, first)) => first.for_worker(index, runtime),
+        }
+        .with_peers(cfg_peer, sequence);
         engines.push((plan.label(), engine));
     }
     let first = engines[0].1.runtime().clone();

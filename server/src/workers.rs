@@ -7,6 +7,10 @@
 //!   CFG-parallel, the conditional branch on the first card and the unconditional one on the
 //!   second ([`engine::pipeline::LoadOptions::cfg_parallel`]), so one job finishes in about half
 //!   the time. A device left over without a partner is a worker of its own.
+//! - **Sequence**: one worker over every device; each forward's image tokens are split among
+//!   them (Ulysses, [`engine::transformer::SequenceParallel`]): for large jobs (1024², many
+//!   layers) that one job should have the whole host. The heads (24) must split evenly: 2, 3,
+//!   4, 6 or 8 devices.
 //!
 //! Devices are `cuda:N` (or just `N`) and `cpu`; `cpu` may repeat, which gives several CPU
 //! workers (how the scheduling is tested without GPUs).
@@ -25,6 +29,8 @@ pub enum Parallel {
     Throughput,
     /// Two devices per job (CFG-parallel): each job sooner.
     Latency,
+    /// Every device on each job (sequence-parallel): large jobs soonest.
+    Sequence,
 }
 
 impl Parallel {
@@ -32,6 +38,7 @@ impl Parallel {
         match self {
             Parallel::Throughput => "throughput",
             Parallel::Latency => "latency",
+            Parallel::Sequence => "sequence",
         }
     }
 }
@@ -89,20 +96,33 @@ impl fmt::Display for DeviceSpec {
 }
 
 /// One engine worker: the device its pipelines live on and, in latency mode, the device that
-/// runs its jobs' unconditional CFG branch.
+/// runs its jobs' unconditional CFG branch, or in sequence mode the further devices sharing
+/// each forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerPlan {
     pub main: DeviceSpec,
     pub cfg_peer: Option<DeviceSpec>,
+    pub sequence: Vec<DeviceSpec>,
 }
 
 impl WorkerPlan {
-    /// How `/status` names the worker: `cuda:0`, or `cuda:0+cuda:1` for a CFG-parallel pair.
-    pub fn label(&self) -> String {
-        match &self.cfg_peer {
-            Some(peer) => format!("{}+{peer}", self.main),
-            None => self.main.to_string(),
+    fn alone(main: DeviceSpec) -> Self {
+        Self {
+            main,
+            cfg_peer: None,
+            sequence: Vec::new(),
         }
+    }
+
+    /// How `/status` names the worker: `cuda:0`, or its devices joined by `+` (a CFG-parallel
+    /// pair, or the devices of a sequence-parallel one).
+    pub fn label(&self) -> String {
+        std::iter::once(&self.main)
+            .chain(&self.cfg_peer)
+            .chain(&self.sequence)
+            .map(DeviceSpec::to_string)
+            .collect::<Vec<_>>()
+            .join("+")
     }
 }
 
@@ -118,20 +138,18 @@ pub fn plan(devices: &[DeviceSpec], parallel: Parallel) -> Result<Vec<WorkerPlan
         }
     }
     Ok(match parallel {
-        Parallel::Throughput => devices
-            .iter()
-            .map(|d| WorkerPlan {
-                main: d.clone(),
-                cfg_peer: None,
-            })
-            .collect(),
+        Parallel::Throughput => devices.iter().cloned().map(WorkerPlan::alone).collect(),
         Parallel::Latency => devices
             .chunks(2)
             .map(|pair| WorkerPlan {
-                main: pair[0].clone(),
                 cfg_peer: pair.get(1).cloned(),
+                ..WorkerPlan::alone(pair[0].clone())
             })
             .collect(),
+        Parallel::Sequence => vec![WorkerPlan {
+            sequence: devices[1..].to_vec(),
+            ..WorkerPlan::alone(devices[0].clone())
+        }],
     })
 }
 

@@ -119,40 +119,40 @@ fn layer_pixels(resp: &Value) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Latency mode (each job CFG-parallel on a pair) and sequence mode (each forward's tokens
+/// shared by every device) give the single-device layers.
 #[tokio::test]
-async fn latency_mode_runs_each_job_cfg_parallel_with_the_single_device_result() {
+async fn latency_and_sequence_modes_give_the_single_device_result() {
     let body = json!({
         "image": input_data_url(), "prompt": "a red apple", "negative_prompt": "blurry",
         "cfg_scale": 4.0, "layer_num": 2, "steps": 2, "seed": 11
     });
-    let pair = start(&[
-        "--qwen-image-model-path",
-        TINY_LAYERED,
-        "--devices",
-        "cpu,cpu",
-        "--parallel",
-        "latency",
-    ]);
-    let status = get(&pair, "/api/qwen-image/status").await;
-    assert_eq!(status["parallel"], "latency");
-    let workers = status["workers"].as_array().unwrap();
-    assert_eq!(workers.len(), 1, "two devices, one CFG-parallel worker: {status}");
-    assert_eq!(workers[0]["device"], "cpu+cpu");
-    let (code, parallel) = post(&pair, "/api/qwen-image/decompose", &body).await;
-    assert_eq!(code, 200, "{parallel}");
-    drop(pair);
-
     let single = start(&["--qwen-image-model-path", TINY_LAYERED, "--device", "cpu"]);
     let (code, batched) = post(&single, "/api/qwen-image/decompose", &body).await;
     assert_eq!(code, 200, "{batched}");
-    let (a, b) = (layer_pixels(&parallel), layer_pixels(&batched));
-    assert_eq!(a.len(), b.len());
-    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
-        let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
-        assert!(
-            worst <= 1,
-            "layer {i}: CFG-parallel differs from batched by {worst}/255"
-        );
+    drop(single);
+    for mode in ["latency", "sequence"] {
+        let s = start(&[
+            "--qwen-image-model-path",
+            TINY_LAYERED,
+            "--devices",
+            "cpu,cpu",
+            "--parallel",
+            mode,
+        ]);
+        let status = get(&s, "/api/qwen-image/status").await;
+        assert_eq!(status["parallel"], mode);
+        let workers = status["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 1, "{mode}: two devices, one worker: {status}");
+        assert_eq!(workers[0]["device"], "cpu+cpu");
+        let (code, spread) = post(&s, "/api/qwen-image/decompose", &body).await;
+        assert_eq!(code, 200, "{mode}: {spread}");
+        let (a, b) = (layer_pixels(&spread), layer_pixels(&batched));
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(worst <= 1, "{mode}, layer {i}: differs from one device by {worst}/255");
+        }
     }
 }
 

@@ -142,35 +142,43 @@ fn edit_plus_run_matches_the_reference() {
     assert_eq!(out.record.images, 1);
 }
 
-/// CFG-parallel (issue 21): the negative prompt (shorter, so padded and masked in the batched
-/// path) runs on a second copy of the DiT on its own thread; every step still matches the
-/// reference.
+/// Several devices (issue 21), each on a second copy of the DiT on its own thread (a second GPU
+/// on a CUDA host): CFG-parallel, where the negative prompt (shorter, so padded and masked in
+/// the batched path) runs on the copy, and sequence-parallel, where the copies share each
+/// forward's image tokens. Every step still matches the reference.
 #[test]
-fn edit_with_cfg_parallel_matches_the_reference() {
+fn edit_on_two_devices_matches_the_reference() {
     let c = case();
-    let mut pipe = pipeline_with(LoadOptions {
+    let cfg_parallel = LoadOptions {
         cfg_parallel: Some(candle_core::Device::Cpu),
         ..LoadOptions::default()
-    });
-    let check = |what: String, actual: &Tensor| {
-        let err = ts::assert_close(actual, &ts::load_tensor(RUN, &what), 1e-4, &what);
-        println!("{what}: {err}");
     };
-    let out = pipe
-        .edit_with_prompt_embeds(
-            &[input_image()],
-            c["prompt"].as_str().unwrap(),
-            &recorded_embeds(),
-            &options(),
-            &NoProgress,
-            &mut |s| {
-                check(format!("step{}/v_uncond", s.step), s.v_uncond.expect("CFG run"));
-                check(format!("step{}/latents_after", s.step), s.latents_after);
-            },
-        )
-        .unwrap();
-    check("final_latents".into(), &out.final_latents);
-    assert_png_matches(&out.image);
+    let sequence_parallel = LoadOptions {
+        sequence_parallel: vec![candle_core::Device::Cpu],
+        ..LoadOptions::default()
+    };
+    for (how, load) in [("cfg-parallel", cfg_parallel), ("sequence-parallel", sequence_parallel)] {
+        let mut pipe = pipeline_with(load);
+        let check = |what: String, actual: &Tensor| {
+            let err = ts::assert_close(actual, &ts::load_tensor(RUN, &what), 1e-4, &format!("{how} {what}"));
+            println!("{how} {what}: {err}");
+        };
+        let out = pipe
+            .edit_with_prompt_embeds(
+                &[input_image()],
+                c["prompt"].as_str().unwrap(),
+                &recorded_embeds(),
+                &options(),
+                &NoProgress,
+                &mut |s| {
+                    check(format!("step{}/v_uncond", s.step), s.v_uncond.expect("CFG run"));
+                    check(format!("step{}/latents_after", s.step), s.latents_after);
+                },
+            )
+            .unwrap();
+        check("final_latents".into(), &out.final_latents);
+        assert_png_matches(&out.image);
+    }
 }
 
 fn assert_png_matches(image: &image::RgbImage) {

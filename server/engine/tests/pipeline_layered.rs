@@ -159,6 +159,19 @@ fn cfg_parallel_matches_the_reference_run() {
     );
 }
 
+/// Sequence-parallel (issue 21): each forward's image tokens split over two copies of the DiT
+/// on their own threads (GPUs on a CUDA host), still matching the reference at every step.
+#[test]
+fn sequence_parallel_matches_the_reference_run() {
+    check_run_with(
+        "layered_l2_cfgnorm",
+        LoadOptions {
+            sequence_parallel: vec![candle_core::Device::Cpu],
+            ..LoadOptions::default()
+        },
+    );
+}
+
 #[test]
 fn wide_input_without_cfg_matches_the_reference_run() {
     check_run("layered_wide_nocfg");

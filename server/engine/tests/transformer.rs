@@ -495,3 +495,68 @@ fn unsupported_configs_are_refused_by_key() {
     assert_eq!(Config::layered().inner_dim(), 3072);
     assert_eq!(Config::layered().out_token_channels(), 64);
 }
+
+/// Sequence parallelism (issue 21): the image tokens sharded over two model copies on their own
+/// threads (two GPUs on a CUDA host), heads exchanged in each attention, equals the one-device
+/// forward against the reference — for the recorded inputs, and for batched CFG with a padded,
+/// masked negative prompt. An odd token count gives the shards unequal lengths.
+#[test]
+fn sequence_parallel_equals_the_single_device_forward() {
+    use engine::transformer::SequenceParallel;
+    for case in [Case::layered(), Case::edit()] {
+        let main = &case.model;
+        let peer = model(if case.tag == "layered" {
+            "tiny-qwen-image-layered"
+        } else {
+            "tiny-qwen-image-edit-2509"
+        });
+        let sp = SequenceParallel::new(main, vec![peer]).unwrap();
+        assert_eq!(sp.ranks(), 2);
+        let img = case.get("in/hidden_states");
+        let txt = case.get("in/encoder_hidden_states");
+        let sigma = case.get("in/timestep");
+        let out = sp
+            .forward(
+                main,
+                img,
+                txt,
+                case.mask(),
+                sigma,
+                &case.img_shapes,
+                case.additional_t_cond.as_ref(),
+            )
+            .unwrap();
+        check(
+            &format!("{}/sequence-parallel output", case.tag),
+            &out,
+            case.get("output"),
+        );
+
+        // Batched CFG with a shorter negative prompt (padded and masked), one row of each.
+        let img1 = img.narrow(0, 0, 1).unwrap();
+        let sigma1 = sigma.narrow(0, 0, 1).unwrap();
+        let cond = txt.narrow(0, 0, 1).unwrap();
+        let uncond = (cond.narrow(1, 0, 2).unwrap() * -0.5).unwrap();
+        let (txt2, mask2) = pad_and_stack(&cond, None, &uncond, None).unwrap();
+        let img2 = Tensor::cat(&[&img1, &img1], 0).unwrap();
+        let sigma2 = Tensor::cat(&[&sigma1, &sigma1], 0).unwrap();
+        let t2 = case
+            .additional_t_cond
+            .as_ref()
+            .map(|_| Tensor::new(&[0u32, 0], &Device::Cpu).unwrap());
+        let one = main
+            .forward(&img2, &txt2, Some(&mask2), &sigma2, &case.img_shapes, t2.as_ref())
+            .unwrap();
+        let spread = sp
+            .forward(main, &img2, &txt2, Some(&mask2), &sigma2, &case.img_shapes, t2.as_ref())
+            .unwrap();
+        let diff = ts::max_abs_diff(&spread, &one);
+        println!("{}: sequence-parallel batched CFG vs one device: {diff:.3e}", case.tag);
+        assert!(diff <= 1e-5, "{}: {diff:e}", case.tag);
+    }
+    // Two heads do not split over three devices.
+    let main = model("tiny-qwen-image-layered");
+    let peers = vec![model("tiny-qwen-image-layered"), model("tiny-qwen-image-layered")];
+    let err = SequenceParallel::new(&main, peers).unwrap_err().to_string();
+    assert!(err.contains("2 attention heads to split evenly"), "{err}");
+}

@@ -428,6 +428,7 @@ impl LayeredPipeline {
         let denoise = Denoise {
             transformer: self.transformer.main()?,
             cfg_peer: self.transformer.cfg_peer(&self.options)?,
+            sequence: self.transformer.sequence(&self.options)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),

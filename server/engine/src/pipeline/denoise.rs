@@ -7,12 +7,15 @@
 //! branch runs there on its own thread while the conditional one runs here, and its velocity is
 //! copied back to be combined. Each branch is the batched forward's row (same padded text and
 //! mask), so the result is the batched path's, less the batch-dependent rounding of the kernels.
+//!
+//! Sequence-parallel: each forward (both branches batched) is spread over several devices by
+//! their image tokens ([`SequenceParallel`]).
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::pipeline::{check_cancel, Phase, Progress};
 use crate::scheduler::FlowMatchEulerScheduler;
-use crate::transformer::{cfg, QwenImageTransformer};
+use crate::transformer::{cfg, QwenImageTransformer, SequenceParallel};
 use crate::Result;
 
 /// Per-step tensors, handed to an observer (tests compare them with the reference's).
@@ -29,6 +32,8 @@ pub(crate) struct Denoise<'a> {
     pub transformer: &'a QwenImageTransformer,
     /// CFG-parallel: the DiT's copy on a second device, which runs the unconditional branch.
     pub cfg_peer: Option<&'a QwenImageTransformer>,
+    /// Sequence-parallel: the DiT's copies on further devices, sharing each forward's tokens.
+    pub sequence: Option<&'a SequenceParallel>,
     /// The packed condition tokens, appended after the noisy ones at every step.
     pub cond_latents: &'a Tensor,
     /// `[1 or 2, S, D]` in the model's dtype: the prompt, then (batched CFG) the negative one.
@@ -78,14 +83,26 @@ impl Denoise<'_> {
                     } else {
                         input
                     };
-                    let out = self.transformer.forward(
-                        &input.to_dtype(self.dtype)?,
-                        self.txt,
-                        self.txt_mask,
-                        &Tensor::full(sigma, batch, &device)?,
-                        self.img_shapes,
-                        self.additional_t_cond,
-                    )?;
+                    let (input, sigma) = (input.to_dtype(self.dtype)?, Tensor::full(sigma, batch, &device)?);
+                    let out = match self.sequence {
+                        Some(sp) => sp.forward(
+                            self.transformer,
+                            &input,
+                            self.txt,
+                            self.txt_mask,
+                            &sigma,
+                            self.img_shapes,
+                            self.additional_t_cond,
+                        )?,
+                        None => self.transformer.forward(
+                            &input,
+                            self.txt,
+                            self.txt_mask,
+                            &sigma,
+                            self.img_shapes,
+                            self.additional_t_cond,
+                        )?,
+                    };
                     let out = out.narrow(1, 0, noisy_tokens)?.to_dtype(DType::F32)?;
                     if batch == 2 {
                         let (c, u) = cfg::split_cond_uncond(&out)?;

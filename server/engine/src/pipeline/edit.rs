@@ -470,6 +470,7 @@ impl EditPipeline {
         let denoise = Denoise {
             transformer: self.transformer.main()?,
             cfg_peer: self.transformer.cfg_peer(&self.options)?,
+            sequence: self.transformer.sequence(&self.options)?,
             cond_latents: &cond_latents,
             txt: &txt,
             txt_mask: txt_mask.as_ref(),

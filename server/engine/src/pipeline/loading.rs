@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use crate::gpu::OffloadOptions;
 use crate::lora::{linear_modules, LoraSet, LoraSpec};
 use crate::text_encoder::Qwen25VLTextModel;
-use crate::transformer::QwenImageTransformer;
+use crate::transformer::{QwenImageTransformer, SequenceParallel};
 use crate::weights::{ModelDir, WeightsIdentity};
 use crate::Result;
 
@@ -35,6 +35,9 @@ pub struct LoadOptions {
     /// the main copy runs the conditional one, and the two are combined each step
     /// ([`crate::pipeline::denoise`]). `None`: both branches batched in one forward.
     pub cfg_parallel: Option<Device>,
+    /// Sequence-parallel: copies of the DiT on these further devices share each forward's image
+    /// tokens with the main one ([`crate::transformer::SequenceParallel`]). Empty: one device.
+    pub sequence_parallel: Vec<Device>,
 }
 
 impl Default for LoadOptions {
@@ -47,6 +50,7 @@ impl Default for LoadOptions {
             offload: None,
             lora: Vec::new(),
             cfg_parallel: None,
+            sequence_parallel: Vec::new(),
         }
     }
 }
@@ -55,11 +59,22 @@ impl LoadOptions {
     /// The options the CFG-parallel copy of the DiT loads with: the same, on its own device.
     pub fn cfg_peer(&self) -> Option<LoadOptions> {
         let device = self.cfg_parallel.clone()?;
-        Some(LoadOptions {
+        Some(self.on(device))
+    }
+
+    /// The options each sequence-parallel copy of the DiT loads with.
+    pub fn sequence_peers(&self) -> Vec<LoadOptions> {
+        self.sequence_parallel.iter().map(|d| self.on(d.clone())).collect()
+    }
+
+    /// These options for one further copy of the DiT on `device`.
+    fn on(&self, device: Device) -> LoadOptions {
+        LoadOptions {
             device,
             cfg_parallel: None,
+            sequence_parallel: Vec::new(),
             ..self.clone()
-        })
+        }
     }
 }
 
@@ -220,38 +235,78 @@ pub fn swap_transformer_lora(
 pub struct Dit {
     pub main: Option<QwenImageTransformer>,
     pub cfg_peer: Option<QwenImageTransformer>,
+    /// With [`LoadOptions::sequence_parallel`]: the copies on the further devices.
+    pub sequence: Option<SequenceParallel>,
 }
 
 impl Dit {
-    /// Loads the main copy, and the CFG peer when `options` ask for one, with `options.lora`.
+    /// Loads the main copy, and the CFG peer or the sequence-parallel copies when `options` ask
+    /// for them, with `options.lora`.
     pub fn load(model: &ModelDir, cfg: &crate::transformer::Config, options: &LoadOptions) -> Result<Self> {
+        if options.cfg_parallel.is_some() && !options.sequence_parallel.is_empty() {
+            return Err(crate::Error::InvalidInput(
+                "CFG-parallel and sequence-parallel cannot be combined; choose one".into(),
+            ));
+        }
         let lora = transformer_lora(model, options)?;
         let main = load_transformer_with(model, cfg, options, &lora)?;
-        let cfg_peer = match options.cfg_peer() {
-            Some(peer) => {
-                tracing::info!(device = ?peer.device, "loading a second DiT for CFG-parallel");
-                Some(load_transformer_with(model, cfg, &peer, &lora)?)
-            }
-            None => None,
-        };
+        let (cfg_peer, sequence) = Self::load_copies(model, cfg, options, &main, &lora)?;
         Ok(Self {
             main: Some(main),
             cfg_peer,
+            sequence,
         })
     }
 
-    /// Both copies with `lora` in place of the adapters they have (see [`swap_transformer_lora`]).
+    /// The CFG peer and the sequence-parallel copies `options` ask for, beside `main`.
+    fn load_copies(
+        model: &ModelDir,
+        cfg: &crate::transformer::Config,
+        options: &LoadOptions,
+        main: &QwenImageTransformer,
+        lora: &LoraSet,
+    ) -> Result<(Option<QwenImageTransformer>, Option<SequenceParallel>)> {
+        let cfg_peer = match options.cfg_peer() {
+            Some(peer) => {
+                tracing::info!(device = ?peer.device, "loading a second DiT for CFG-parallel");
+                Some(load_transformer_with(model, cfg, &peer, lora)?)
+            }
+            None => None,
+        };
+        let peers = options.sequence_peers();
+        let sequence = match peers.is_empty() {
+            true => None,
+            false => {
+                tracing::info!(
+                    devices = peers.len() + 1,
+                    "loading the DiT on each device for sequence-parallel"
+                );
+                let copies = peers
+                    .iter()
+                    .map(|p| load_transformer_with(model, cfg, p, lora))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(SequenceParallel::new(main, copies)?)
+            }
+        };
+        Ok((cfg_peer, sequence))
+    }
+
+    /// Every copy with `lora` in place of the adapters it has (see [`swap_transformer_lora`]).
     pub fn set_lora(&mut self, model: &ModelDir, options: &mut LoadOptions, lora: &[LoraSpec]) -> Result<()> {
-        if options.lora == lora && self.main.is_some() && self.cfg_peer.is_some() == options.cfg_parallel.is_some() {
+        let copies_loaded = self.cfg_peer.is_some() == options.cfg_parallel.is_some()
+            && self.sequence.is_some() != options.sequence_parallel.is_empty();
+        if options.lora == lora && self.main.is_some() && copies_loaded {
             return Ok(());
         }
-        // The peer goes first: its device memory is elsewhere, but both take host memory.
+        // The copies go first: their device memory is elsewhere, but all take host memory.
         self.cfg_peer = None;
+        self.sequence = None;
         let swapped = swap_transformer_lora(&mut self.main, model, options, lora);
-        // The peer follows what the main copy holds now: the new adapters, or the old ones restored.
-        if let Some(peer) = options.cfg_peer() {
+        // The copies follow what the main one holds now: the new adapters, or the old restored.
+        if let Some(main) = &self.main {
             let cfg: crate::transformer::Config = model.read_json("transformer", "config.json")?;
-            self.cfg_peer = Some(load_transformer(model, &cfg, &peer)?);
+            let set = transformer_lora(model, options)?;
+            (self.cfg_peer, self.sequence) = Self::load_copies(model, &cfg, options, main, &set)?;
         }
         swapped
     }
@@ -267,6 +322,15 @@ impl Dit {
             (Some(peer), _) => Ok(Some(peer)),
             (None, None) => Ok(None),
             (None, Some(_)) => loaded_transformer(&None).map(Some),
+        }
+    }
+
+    /// The sequence-parallel copies, when on; an error when they should be there and are not.
+    pub fn sequence(&self, options: &LoadOptions) -> Result<Option<&SequenceParallel>> {
+        match &self.sequence {
+            Some(sp) => Ok(Some(sp)),
+            None if options.sequence_parallel.is_empty() => Ok(None),
+            None => loaded_transformer(&None).map(|_| None),
         }
     }
 }

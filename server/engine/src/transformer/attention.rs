@@ -11,6 +11,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::norm::RmsNorm;
 use super::rope::{apply_rope, RopeTables};
+use super::sequence_parallel::RankComm;
 
 /// Upper bound on the f32 score elements materialised at once (256 MiB; the probabilities take
 /// as much again); larger attentions are computed in query chunks. Small enough for the offload
@@ -98,6 +99,106 @@ impl JointAttention {
         let img_out = self
             .to_out
             .forward(&out.narrow(1, txt_len, s - txt_len)?.contiguous()?)?;
+        Ok((img_out, txt_out))
+    }
+}
+
+impl JointAttention {
+    /// [`Self::forward`] with `img` this device's shard of the image tokens (Ulysses; see
+    /// [`super::sequence_parallel`]): q/k/v are exchanged so that each device attends over the
+    /// whole joint sequence with its share of the heads, and the outputs exchanged back.
+    /// `rope` and `key_mask` are the whole sequence's. On CUDA in bf16 with 128-wide heads the
+    /// attention itself is the fused flash kernel, else candle's.
+    pub(crate) fn forward_sequence_parallel(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        rope: &RopeTables,
+        key_mask: Option<&KeyMask>,
+        comm: &RankComm,
+        kernels: &crate::gpu::fused::Kernels,
+    ) -> Result<(Tensor, Tensor)> {
+        let (ranks, rank) = (comm.ranks(), comm.rank);
+        let heads = self.heads / ranks;
+        let mine = |x: &Tensor| x.narrow(2, rank * heads, heads);
+        let img_q = self.norm_q.forward(&self.heads_view(&self.to_q.forward(img)?)?)?;
+        let img_k = self.norm_k.forward(&self.heads_view(&self.to_k.forward(img)?)?)?;
+        let img_v = self.heads_view(&self.to_v.forward(img)?)?;
+        let txt_q = mine(
+            &self
+                .norm_added_q
+                .forward(&self.heads_view(&self.add_q_proj.forward(txt)?)?)?,
+        )?;
+        let txt_k = mine(
+            &self
+                .norm_added_k
+                .forward(&self.heads_view(&self.add_k_proj.forward(txt)?)?)?,
+        )?;
+        let txt_v = mine(&self.heads_view(&self.add_v_proj.forward(txt)?)?)?;
+
+        // My tokens, every device's heads → every device's tokens, my heads: [B, S_img, H/P, Dh].
+        let parts = (0..ranks)
+            .map(|to| {
+                [&img_q, &img_k, &img_v]
+                    .iter()
+                    .map(|t| t.narrow(2, to * heads, heads)?.contiguous())
+                    .collect()
+            })
+            .collect::<Result<Vec<Vec<Tensor>>>>()?;
+        let got = comm.all_to_all(parts)?;
+        let whole = |i: usize| Tensor::cat(&got.iter().map(|from| &from[i]).collect::<Vec<_>>(), 1);
+        let (img_q, img_k, img_v) = (whole(0)?, whole(1)?, whole(2)?);
+        let (txt_len, img_len) = (txt.dim(1)?, img_q.dim(1)?);
+
+        // The attention over [text, image] for my heads; both outputs `[B, H/P, S, Dh]`.
+        let kv_len = key_mask.and_then(KeyMask::kv_len);
+        let (img_out, txt_out) = match kv_len {
+            Some(kv_len) if kernels.fused && self.fused_supported() && img.device().is_cuda() => {
+                // The flash kernel's joint order is [image, text]: the tables' rows follow.
+                let reorder = |t: &Tensor| Tensor::cat(&[t.narrow(0, txt_len, img_len)?, t.narrow(0, 0, txt_len)?], 0);
+                let (cos, sin) = (reorder(&rope.cos)?, reorder(&rope.sin)?);
+                let joint = |i: &Tensor, t: &Tensor| Tensor::cat(&[i, t], 1)?.transpose(1, 2)?.contiguous();
+                let rotated =
+                    |i: &Tensor, t: &Tensor| apply_rope(&joint(i, t)?, &cos, &sin)?.transpose(1, 2)?.contiguous();
+                let q = rotated(&img_q, &txt_q)?;
+                let k = rotated(&img_k, &txt_k)?;
+                let v = joint(&img_v, &txt_v)?.transpose(1, 2)?.contiguous()?;
+                let (i, t) = crate::gpu::fused::flash_attention(&q, &k, &v, kv_len, img_len, kernels)?;
+                let (b, dh) = (img.dim(0)?, self.head_dim);
+                let per_head = |x: Tensor, len: usize| x.reshape((b, len, heads, dh))?.transpose(1, 2);
+                (per_head(i, img_len)?, per_head(t, txt_len)?)
+            }
+            _ => {
+                let joint = |t: &Tensor, i: &Tensor| Tensor::cat(&[t, i], 1)?.transpose(1, 2)?.contiguous();
+                let q = apply_rope(&joint(&txt_q, &img_q)?, &rope.cos, &rope.sin)?;
+                let k = apply_rope(&joint(&txt_k, &img_k)?, &rope.cos, &rope.sin)?;
+                let v = joint(&txt_v, &img_v)?;
+                let out = scaled_dot_product_attention(&q, &k, &v, key_mask)?;
+                (out.narrow(2, txt_len, img_len)?, out.narrow(2, 0, txt_len)?)
+            }
+        };
+
+        // Back: each device's tokens of my heads to it, and my heads' text rows to every device.
+        let txt_out = txt_out.contiguous()?;
+        let parts = comm
+            .shards
+            .iter()
+            .map(|shard| {
+                Ok(vec![
+                    img_out.narrow(2, shard.start, shard.len())?.contiguous()?,
+                    txt_out.clone(),
+                ])
+            })
+            .collect::<Result<Vec<Vec<Tensor>>>>()?;
+        let got = comm.all_to_all(parts)?;
+        // Every device's heads in order: [B, H, S, Dh] → [B, S, H·Dh].
+        let all_heads = |i: usize| -> Result<Tensor> {
+            let out = Tensor::cat(&got.iter().map(|from| &from[i]).collect::<Vec<_>>(), 1)?;
+            let (b, h, s, dh) = out.dims4()?;
+            out.transpose(1, 2)?.reshape((b, s, h * dh))
+        };
+        let img_out = self.to_out.forward(&all_heads(0)?)?;
+        let txt_out = self.to_add_out.forward(&all_heads(1)?)?;
         Ok((img_out, txt_out))
     }
 }

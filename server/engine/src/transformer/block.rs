@@ -13,6 +13,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use super::attention::{bias_of, matmul_without_bias, JointAttention, KeyMask};
 use super::norm::layer_norm;
 use super::rope::RopeTables;
+use super::sequence_parallel::RankComm;
 use crate::gpu::fused::Kernels;
 
 const EPS: f64 = 1e-6;
@@ -163,6 +164,41 @@ impl TransformerBlock {
         if kernels.fused && self.fused_supported(img) {
             return self.forward_fused(img, txt, temb, cond, rope, key_mask, kernels);
         }
+        self.forward_plain(img, txt, temb, cond, |img, txt| {
+            self.attn.forward(img, txt, rope, key_mask)
+        })
+    }
+
+    /// [`Self::forward`] on this device's shard of the image tokens (the whole text), the
+    /// attention exchanging heads with the other devices ([`super::sequence_parallel`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_sequence_parallel(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        temb: &Tensor,
+        rope: &RopeTables,
+        key_mask: Option<&KeyMask>,
+        comm: &RankComm,
+        kernels: &Kernels,
+    ) -> Result<(Tensor, Tensor)> {
+        let _enter = self.span.enter();
+        self.forward_plain(img, txt, temb, None, |img, txt| {
+            self.attn
+                .forward_sequence_parallel(img, txt, rope, key_mask, comm, kernels)
+        })
+    }
+
+    /// The block with candle ops, the joint attention done by `attend` (modulated image and
+    /// text in, their attention outputs out).
+    fn forward_plain(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        temb: &Tensor,
+        cond: Option<CondModulation>,
+        attend: impl FnOnce(&Tensor, &Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
         let temb = temb.silu()?;
         let (img_attn_mod, img_mlp_mod) = Modulation::pair(&self.img_mod.forward(&temb)?)?;
         let (txt_attn_mod, txt_mlp_mod) = Modulation::pair(&self.txt_mod.forward(&temb)?)?;
@@ -174,11 +210,9 @@ impl TransformerBlock {
         let mlp_cond = cond_mods.as_ref().map(|((_, m), n)| (m, *n));
         let modulate = |x: &Tensor, m: &Modulation, from: usize, len: usize| m.modulate(&x.narrow(1, from, len)?);
 
-        let (img_attn, txt_attn) = self.attn.forward(
+        let (img_attn, txt_attn) = attend(
             &per_segment(img, &img_attn_mod, attn_cond, modulate)?,
             &txt_attn_mod.modulate(txt)?,
-            rope,
-            key_mask,
         )?;
         let img = per_segment(img, &img_attn_mod, attn_cond, |x, m, from, len| {
             m.gated_residual(&x.narrow(1, from, len)?, &img_attn.narrow(1, from, len)?)

@@ -21,7 +21,9 @@ pub mod embeddings;
 pub mod model;
 pub mod norm;
 pub mod rope;
+pub mod sequence_parallel;
 
 pub use config::Config;
 pub use model::{ImgShapes, QwenImageTransformer, Trace};
 pub use rope::{RopeTables, RopeVariant};
+pub use sequence_parallel::SequenceParallel;

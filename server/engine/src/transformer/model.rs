@@ -12,6 +12,7 @@ use super::config::Config;
 use super::embeddings::TimeTextEmbed;
 use super::norm::{layer_norm, RmsNorm};
 use super::rope::{Rope, RopeTables, RopeVariant};
+use super::sequence_parallel::RankComm;
 use crate::gpu::fused::Kernels;
 use crate::gpu::offload::{Blocks, BuildBlock, OffloadOptions, OffloadStats, StreamedBlocks};
 
@@ -209,6 +210,53 @@ impl QwenImageTransformer {
         ))
     }
 
+    /// This device's part of a sequence-parallel forward ([`super::SequenceParallel`]): the
+    /// whole inputs in, the velocity of this device's shard of the image tokens out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_rank(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        txt_mask: Option<&Tensor>,
+        sigma: &Tensor,
+        img_shapes: &ImgShapes,
+        additional_t_cond: Option<&Tensor>,
+        comm: &RankComm,
+    ) -> Result<Tensor> {
+        let (_, s_img, s_txt) = self.check_inputs(img, txt, txt_mask, sigma, img_shapes)?;
+        let shard = comm.shard();
+        let temb = self.timestep_embedding(sigma, additional_t_cond)?;
+        let mut img = self
+            .img_in
+            .forward(&img.narrow(1, shard.start, shard.len())?.to_dtype(self.dtype)?)?;
+        let mut txt = self
+            .txt_in
+            .forward(&self.txt_norm.forward(&txt.to_dtype(self.dtype)?)?)?;
+        let rope = self.rope.tables(img_shapes, s_txt)?;
+        let key_mask = match txt_mask {
+            Some(m) => KeyMask::from_text_mask(m, s_img)?,
+            None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
+        };
+        self.transformer_blocks.for_each(|block| {
+            (img, txt) =
+                block.forward_sequence_parallel(&img, &txt, &temb, &rope, Some(&key_mask), comm, &self.kernels)?;
+            Ok(())
+        })?;
+        self.proj_out.forward(&self.final_norm(&img, &temb)?)
+    }
+
+    /// `norm_out`: AdaLN with (scale, shift) from `temb`.
+    fn final_norm(&self, img: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let emb = self.norm_out.forward(&temb.silu()?)?.unsqueeze(1)?;
+        let (scale, shift) = (
+            emb.narrow(2, 0, self.cfg.inner_dim())?,
+            emb.narrow(2, self.cfg.inner_dim(), self.cfg.inner_dim())?,
+        );
+        layer_norm(img, 1e-6)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)
+    }
+
     /// Checks the shapes a caller can get wrong; returns (batch, S_img, S_txt).
     fn check_inputs(
         &self,
@@ -313,14 +361,7 @@ impl QwenImageTransformer {
             Ok(())
         })?;
 
-        let emb = self.norm_out.forward(&temb.silu()?)?.unsqueeze(1)?;
-        let (scale, shift) = (
-            emb.narrow(2, 0, self.cfg.inner_dim())?,
-            emb.narrow(2, self.cfg.inner_dim(), self.cfg.inner_dim())?,
-        );
-        let img = layer_norm(&img, 1e-6)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(&shift)?;
+        let img = self.final_norm(&img, &temb)?;
         record(&img);
         self.proj_out.forward(&img)
     }
