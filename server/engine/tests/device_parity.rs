@@ -276,6 +276,22 @@ fn text_encoder_matches_reference() {
     println!("text/ascii prompt_embeds: {err}");
 }
 
+/// The recorded decompose run `case`'s parameters, with its initial noise from `file`.
+fn reference_run_options(case: &serde_json::Value, file: &str) -> DecomposeOptions {
+    DecomposeOptions {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: case["negative_prompt"].as_str().map(String::from),
+        layers: case["layers"].as_u64().unwrap() as usize,
+        resolution: case["resolution"].as_u64().unwrap() as u32,
+        num_inference_steps: case["num_inference_steps"].as_u64().unwrap() as usize,
+        true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap(),
+        cfg_normalize: case["cfg_normalize"].as_bool().unwrap(),
+        seed: case["seed"].as_u64().unwrap(),
+        init_noise: Some(ts::reference_dir().join(file)),
+        ..DecomposeOptions::default()
+    }
+}
+
 #[test]
 fn decompose_run_matches_reference() {
     let (device, dtype) = setup();
@@ -297,18 +313,7 @@ fn decompose_run_matches_reference() {
         },
     )
     .unwrap();
-    let options = DecomposeOptions {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(String::from),
-        layers: case["layers"].as_u64().unwrap() as usize,
-        resolution: case["resolution"].as_u64().unwrap() as u32,
-        num_inference_steps: case["num_inference_steps"].as_u64().unwrap() as usize,
-        true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap(),
-        cfg_normalize: case["cfg_normalize"].as_bool().unwrap(),
-        seed: case["seed"].as_u64().unwrap(),
-        init_noise: Some(ts::reference_dir().join(&file)),
-        ..DecomposeOptions::default()
-    };
+    let options = reference_run_options(case, &file);
     let tol = ts::dtype_tolerance(1e-4, HALF_PIPELINE);
     let worst = std::cell::Cell::new(0f64);
     let check = |what: String, actual: &Tensor| {
@@ -394,18 +399,7 @@ fn cfg_parallel_on_two_gpus_equals_batched() {
         )
         .unwrap()
     };
-    let options = DecomposeOptions {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(String::from),
-        layers: case["layers"].as_u64().unwrap() as usize,
-        resolution: case["resolution"].as_u64().unwrap() as u32,
-        num_inference_steps: case["num_inference_steps"].as_u64().unwrap() as usize,
-        true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap(),
-        cfg_normalize: case["cfg_normalize"].as_bool().unwrap(),
-        seed: case["seed"].as_u64().unwrap(),
-        init_noise: Some(ts::reference_dir().join(&file)),
-        ..DecomposeOptions::default()
-    };
+    let options = reference_run_options(case, &file);
     let image = image::open(ts::reference_dir().join(case["input_png"].as_str().unwrap()))
         .unwrap()
         .to_rgba8();

@@ -369,6 +369,20 @@ impl KeyMask {
         Ok(Self { rows, kv_len })
     }
 
+    /// From `txt_mask` when there is one, else every key valid.
+    pub fn for_text(
+        txt_mask: Option<&Tensor>,
+        batch: usize,
+        txt_len: usize,
+        img_len: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        match txt_mask {
+            Some(m) => Self::from_text_mask(m, img_len),
+            None => Self::all(batch, txt_len, img_len, device),
+        }
+    }
+
     /// True when no row leaves out any key.
     pub fn is_all(&self) -> bool {
         self.rows.iter().all(Option::is_none)

@@ -233,10 +233,7 @@ impl QwenImageTransformer {
             .txt_in
             .forward(&self.txt_norm.forward(&txt.to_dtype(self.dtype)?)?)?;
         let rope = self.rope.tables(img_shapes, s_txt)?;
-        let key_mask = match txt_mask {
-            Some(m) => KeyMask::from_text_mask(m, s_img)?,
-            None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
-        };
+        let key_mask = KeyMask::for_text(txt_mask, img.dim(0)?, s_txt, s_img, img.device())?;
         self.transformer_blocks.for_each(|block| {
             (img, txt) =
                 block.forward_sequence_parallel(&img, &txt, &temb, &rope, Some(&key_mask), comm, &self.kernels)?;
@@ -350,10 +347,7 @@ impl QwenImageTransformer {
         record(&txt);
 
         let rope = self.rope.tables(img_shapes, s_txt)?;
-        let key_mask = match txt_mask {
-            Some(m) => KeyMask::from_text_mask(m, s_img)?,
-            None => KeyMask::all(img.dim(0)?, s_txt, s_img, img.device())?,
-        };
+        let key_mask = KeyMask::for_text(txt_mask, img.dim(0)?, s_txt, s_img, img.device())?;
         self.transformer_blocks.for_each(|block| {
             (img, txt) = block.forward_with_cond(&img, &txt, &temb, cond, &rope, Some(&key_mask), &self.kernels)?;
             record(&img);
