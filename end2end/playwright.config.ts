@@ -46,7 +46,8 @@ export default defineConfig({
       env: serverEnv,
     },
     {
-      command: `./target/debug/server --port ${NO_MODEL_PORT} --device cpu --qwen-image-model-path end2end/no-such-model --qwen-image-edit-model-path end2end/no-such-model`,
+      // Two CPU workers (as two GPUs would be): the page lists them.
+      command: `./target/debug/server --port ${NO_MODEL_PORT} --devices cpu,cpu --qwen-image-model-path end2end/no-such-model --qwen-image-edit-model-path end2end/no-such-model`,
       cwd: "..",
       url: `http://127.0.0.1:${NO_MODEL_PORT}/api/qwen-image/config`,
       timeout: 60_000,

@@ -15,6 +15,9 @@ test("a missing model is explained, and a decompose error is shown where the but
   // The models' state line says it too.
   await expect(page.locator("#model-status-decompose")).toHaveAttribute("data-state", "unavailable");
   await expect(page.locator("#model-status-decompose")).toContainText("Layers model: unavailable");
+  // This server runs two engine workers (--devices cpu,cpu); the page lists them.
+  expect(status.workers.map((w: { device: string }) => w.device)).toEqual(["cpu", "cpu"]);
+  await expect(page.locator("#worker-status")).toHaveText("2 workers (throughput): cpu idle, cpu idle");
 
   await page.setInputFiles("#image-input", { name: "scene.png", mimeType: "image/png", buffer: scenePng() });
   await page.getByLabel("Prompt").fill("a red box and a sun");

@@ -197,6 +197,24 @@ pub fn model_state_text(status: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The engine workers in a sentence, when there are several (several GPUs, issue 21): how many,
+/// the mode, and what each is doing. `None` for one worker (nothing to tell).
+pub fn workers_text(workers: &[crate::api::WorkerStatus], parallel: &str) -> Option<String> {
+    if workers.len() < 2 {
+        return None;
+    }
+    let each = workers
+        .iter()
+        .map(|w| match (&w.running, w.busy) {
+            (Some(kind), _) => format!("{} running {kind}", w.device),
+            (None, true) => format!("{} busy", w.device),
+            (None, false) => format!("{} idle", w.device),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!("{} workers ({parallel}): {each}", workers.len()))
+}
+
 /// Both models' state (idle, loading, ready, downloading, unavailable), always on the page.
 #[component]
 fn ModelStatus() -> impl IntoView {
@@ -230,10 +248,12 @@ fn ModelStatus() -> impl IntoView {
             </li>
         }
     };
+    let workers = move || status.with(|s| s.as_ref().and_then(|s| workers_text(&s.workers, &s.parallel)));
     view! {
         <ul class="model-status" aria-label="Models">
             {chip("Layers model", "model-status-decompose", Signal::derive(decompose))}
             {chip("Edit model", "model-status-edit", Signal::derive(edit))}
+            {move || workers().map(|text| view! { <li class="model-state" id="worker-status">{text}</li> })}
         </ul>
     }
     .into_any()
@@ -638,6 +658,23 @@ pub fn run_label(r: &RunSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_workers_are_told_one_is_not() {
+        use crate::api::WorkerStatus;
+        let worker = |index: u32, running: Option<&str>| WorkerStatus {
+            index,
+            device: format!("cuda:{index}"),
+            busy: running.is_some(),
+            running: running.map(String::from),
+            jobs_done: 0,
+        };
+        assert_eq!(workers_text(&[worker(0, None)], "throughput"), None);
+        assert_eq!(
+            workers_text(&[worker(0, Some("decompose")), worker(1, None)], "throughput").as_deref(),
+            Some("2 workers (throughput): cuda:0 running decompose, cuda:1 idle")
+        );
+    }
 
     fn status(state: JobState, phase: &str, step: u32) -> JobStatus {
         JobStatus {
