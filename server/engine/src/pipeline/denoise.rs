@@ -180,7 +180,10 @@ impl<'a> PeerBranch<'a> {
                     d.img_shapes,
                     self.additional_t_cond.as_ref(),
                 )?;
-                Ok(out.to_dtype(DType::F32)?.to_device(&main_device)?)
+                let out = out.to_dtype(DType::F32)?;
+                // Computed before it is copied (the copy runs on the main device's stream).
+                self.device.synchronize()?;
+                Ok(out)
             });
             let cond = d.transformer.forward(
                 &input.to_dtype(d.dtype)?,
@@ -191,7 +194,10 @@ impl<'a> PeerBranch<'a> {
                 self.main_t_cond.as_ref(),
             );
             // A panic there is one here, as if both branches ran on this thread.
-            let uncond = uncond.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let on_peer = uncond.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let uncond = on_peer.to_device(&main_device)?;
+            // Copied before the peer's buffer is freed.
+            main_device.synchronize()?;
             Ok((cond?.to_dtype(DType::F32)?, uncond))
         })
     }
