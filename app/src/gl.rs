@@ -203,12 +203,13 @@ impl GlCompositor {
     /// Draws `layers` (bottom first, hidden ones included) on the canvas. `finish` waits until
     /// the GPU is done (for timing): Chrome's `finish()` returns at once, so one pixel is read
     /// back, which waits for everything drawn before it.
+    /// Nothing is drawn for [`Plan::Keep`]: the canvas keeps the last draw's pixels.
     pub fn draw(&mut self, width: u32, height: u32, layers: &[StageLayer<'_>], finish: bool) -> Result<Plan, String> {
         self.resize(width, height)?;
         let plan = self.planner.plan(width, height, layers);
         self.run(plan, layers, Some(Dest::Canvas))?;
         self.planner.done(width, height, layers, plan, true);
-        if finish {
+        if finish && plan != Plan::Keep {
             let mut px = [0u8; 4];
             self.gl
                 .read_pixels_with_opt_u8_array(0, 0, 1, 1, Gl::RGBA, Gl::UNSIGNED_BYTE, Some(&mut px))
@@ -247,6 +248,7 @@ impl GlCompositor {
             visible: true,
             opacity: 1.0,
         }];
+        self.planner.forget_drawn();
         self.run(Plan::Full, &layer, Some(Dest::Canvas))
     }
 
@@ -255,7 +257,7 @@ impl GlCompositor {
     /// comparing with the CPU path. The canvas is left as it is.
     pub fn read_back(&mut self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Result<Vec<f32>, String> {
         self.resize(width, height)?;
-        let plan = self.planner.plan(width, height, layers);
+        let plan = self.planner.redraw(width, height, layers);
         self.run(plan, layers, Some(Dest::Scratch(2)))?;
         self.planner.done(width, height, layers, plan, false);
         let n = width as usize * height as usize * 4;
@@ -322,6 +324,7 @@ impl GlCompositor {
                 .collect()
         };
         match plan {
+            Plan::Keep => Ok(()),
             Plan::Full => match dest {
                 Some(dest) => self.composite(&pass(0..layers.len()), false, false, dest),
                 None => Ok(()),

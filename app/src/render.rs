@@ -44,10 +44,7 @@ pub fn requested_path() -> Option<Path> {
 }
 
 enum Backend {
-    Wasm {
-        live: LiveCompositor,
-        out: Vec<u8>,
-    },
+    Wasm(LiveCompositor),
     /// The compositor and the detached canvas it draws on.
     Gl(Box<GlCompositor>, HtmlCanvasElement),
 }
@@ -95,7 +92,7 @@ impl Renderer {
 
     pub fn path(&self) -> Path {
         match self.backend {
-            Backend::Wasm { .. } => Path::Wasm,
+            Backend::Wasm(_) => Path::Wasm,
             Backend::Gl(..) => Path::Webgl2,
         }
     }
@@ -109,11 +106,13 @@ impl Renderer {
     pub fn draw(&mut self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Result<Drawn, String> {
         let t0 = crate::browser::now_ms();
         match &mut self.backend {
-            Backend::Wasm { live, out } => {
-                out.resize(width as usize * height as usize * 4, 0);
-                let plan = live.draw(width, height, layers, out).map_err(|e| e.to_string())?;
+            Backend::Wasm(live) => {
+                let plan = live.draw(width, height, layers).map_err(|e| e.to_string())?;
                 let t1 = crate::browser::now_ms();
-                crate::browser::put_rgba(&self.canvas, width, height, out)?;
+                // Nothing drawn changed: the canvas already shows these pixels.
+                if plan != Plan::Keep {
+                    crate::browser::put_rgba(&self.canvas, width, height, live.pixels())?;
+                }
                 Ok(Drawn {
                     plan,
                     compose_ms: t1 - t0,
@@ -123,7 +122,9 @@ impl Renderer {
             Backend::Gl(gl, own) => {
                 let plan = gl.draw(width, height, layers, true)?;
                 let t1 = crate::browser::now_ms();
-                crate::browser::copy_canvas(&self.canvas, own, width, height)?;
+                if plan != Plan::Keep {
+                    crate::browser::copy_canvas(&self.canvas, own, width, height)?;
+                }
                 Ok(Drawn {
                     plan,
                     compose_ms: t1 - t0,
@@ -136,7 +137,10 @@ impl Renderer {
     /// Draws one straight-alpha image as it is.
     pub fn draw_image(&mut self, width: u32, height: u32, rgba: &Arc<[u8]>) -> Result<(), String> {
         match &mut self.backend {
-            Backend::Wasm { .. } => crate::browser::put_rgba(&self.canvas, width, height, rgba),
+            Backend::Wasm(live) => {
+                live.forget_drawn();
+                crate::browser::put_rgba(&self.canvas, width, height, rgba)
+            }
             Backend::Gl(gl, own) => {
                 gl.draw_image(width, height, rgba)?;
                 crate::browser::copy_canvas(&self.canvas, own, width, height)
@@ -153,7 +157,7 @@ impl Renderer {
         pivot: usize,
     ) -> Result<bool, String> {
         match &mut self.backend {
-            Backend::Wasm { live, .. } => live.prepare(width, height, layers, pivot).map_err(|e| e.to_string()),
+            Backend::Wasm(live) => live.prepare(width, height, layers, pivot).map_err(|e| e.to_string()),
             Backend::Gl(gl, _) => gl.prepare(width, height, layers, pivot),
         }
     }
@@ -161,7 +165,7 @@ impl Renderer {
     /// Forgets the caches and what the canvas shows, so the next draw composites every layer.
     pub fn invalidate(&mut self) {
         match &mut self.backend {
-            Backend::Wasm { live, .. } => live.invalidate(),
+            Backend::Wasm(live) => live.invalidate(),
             Backend::Gl(gl, _) => gl.invalidate(),
         }
     }
@@ -170,7 +174,7 @@ impl Renderer {
     /// last draw's pixels, so draw first; WebGL2: composited again and read back from the GPU).
     pub fn read_back(&mut self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Result<Vec<u8>, String> {
         match &mut self.backend {
-            Backend::Wasm { out, .. } => Ok(out.clone()),
+            Backend::Wasm(live) => Ok(live.pixels().to_vec()),
             Backend::Gl(gl, _) => {
                 let premultiplied = gl.read_back(width, height, layers)?;
                 let mut out = vec![0u8; premultiplied.len()];
@@ -184,7 +188,7 @@ impl Renderer {
     pub fn gl_renderer(&self) -> Option<String> {
         match &self.backend {
             Backend::Gl(gl, _) => Some(gl.renderer()),
-            Backend::Wasm { .. } => None,
+            Backend::Wasm(_) => None,
         }
     }
 
@@ -217,8 +221,5 @@ fn gpu_webgl2() -> Result<(), String> {
 }
 
 fn wasm() -> Backend {
-    Backend::Wasm {
-        live: LiveCompositor::default(),
-        out: Vec::new(),
-    }
+    Backend::Wasm(LiveCompositor::default())
 }

@@ -9,7 +9,10 @@
 //!
 //! "Over" is associative in premultiplied form, `A over (L over B) = (A over L) over B`, so the
 //! result equals compositing every layer up to f32 rounding (within 1/255 of the 8-bit output,
-//! tested); where nothing translucent lies above the changed layer it is bit-identical.
+//! tested); where nothing translucent lies above the changed layer it is bit-identical. A draw
+//! that changes nothing drawn (folding a group in the panel) keeps the canvas's pixels, and one
+//! that changes several layers (a group hidden or shown) composites everything, so neither moves
+//! a pixel by that rounding.
 
 use std::sync::Arc;
 
@@ -34,7 +37,11 @@ impl StageLayer<'_> {
 /// What one draw does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// Composite every visible layer (the first draw, a reorder, several changes at once).
+    /// Nothing drawn changed since the last draw (a group folded in the panel, a redraw for
+    /// another reason): the canvas keeps its pixels, bit for bit.
+    Keep,
+    /// Composite every visible layer (the first draw, a reorder, several changes at once, such
+    /// as a group hidden or shown).
     Full,
     /// Composite the layers below and above `pivot` into the caches, then blend the three
     /// (the first change to that layer).
@@ -46,6 +53,7 @@ pub enum Plan {
 impl Plan {
     pub fn label(self) -> &'static str {
         match self {
+            Plan::Keep => "unchanged",
             Plan::Full => "all layers",
             Plan::Split { .. } => "caches made",
             Plan::Blend { .. } => "3-image blend",
@@ -80,10 +88,18 @@ impl Seen {
 }
 
 /// Decides each draw's [`Plan`] and remembers what the canvas and the caches hold.
+///
+/// A draw blends three images only when the one layer it changes since the last draw is the
+/// one the caches were made around; several changes at once composite everything. So a draw
+/// that changes nothing leaves the canvas as it is, and returning to a stack by several changes
+/// (hiding and showing a group, a reorder and back) gives exactly what compositing every layer
+/// gives, not the blend's result, which may differ by f32 rounding (within 1/255).
 #[derive(Debug, Default)]
 pub struct Planner {
     size: (u32, u32),
-    drawn: Vec<Seen>,
+    /// The stack the canvas shows and the plan that drew it; `None` when the canvas shows
+    /// something else (nothing yet, the model's composite).
+    drawn: Option<(Vec<Seen>, Plan)>,
     /// The layer the caches were made around and the stack they were made from.
     cache: Option<(usize, Vec<Seen>)>,
 }
@@ -91,19 +107,33 @@ pub struct Planner {
 impl Planner {
     /// The plan for drawing `layers` (bottom first, hidden ones included).
     pub fn plan(&self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Plan {
-        if self.size != (width, height) {
-            return Plan::Full;
+        let drawn = match &self.drawn {
+            Some((drawn, _)) if self.size == (width, height) && drawn.len() == layers.len() => drawn,
+            _ => return Plan::Full,
+        };
+        let mut changed = (0..layers.len()).filter(|&i| !drawn[i].same(&layers[i]));
+        match (changed.next(), changed.next()) {
+            (None, _) => Plan::Keep,
+            (Some(pivot), None) if self.cached_pivot(layers) == Some(pivot) => Plan::Blend { pivot },
+            (Some(pivot), None) => Plan::Split { pivot },
+            _ => Plan::Full,
         }
-        if let Some(pivot) = self.cached_pivot(layers) {
-            return Plan::Blend { pivot };
+    }
+
+    /// The plan that makes the pixels the canvas shows again, for `layers` as drawn (reading
+    /// them back): how the last draw made them, from the caches where they still serve.
+    pub fn redraw(&self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Plan {
+        match self.plan(width, height, layers) {
+            Plan::Keep => match self.drawn {
+                Some((_, Plan::Split { pivot } | Plan::Blend { pivot }))
+                    if self.cached_pivot(layers) == Some(pivot) =>
+                {
+                    Plan::Blend { pivot }
+                }
+                _ => Plan::Full,
+            },
+            plan => plan,
         }
-        if self.drawn.len() == layers.len() {
-            let mut changed = (0..layers.len()).filter(|&i| !self.drawn[i].same(&layers[i]));
-            if let (Some(pivot), None) = (changed.next(), changed.next()) {
-                return Plan::Split { pivot };
-            }
-        }
-        Plan::Full
     }
 
     /// The plan that makes the caches ready for changes to layer `pivot` (the pointer is on its
@@ -118,14 +148,20 @@ impl Planner {
         if self.size != (width, height) {
             self.size = (width, height);
             self.cache = None;
-            self.drawn.clear();
+            self.drawn = None;
         }
         if let Plan::Split { pivot } = plan {
             self.cache = Some((pivot, layers.iter().map(Seen::of).collect()));
         }
-        if drawn {
-            self.drawn = layers.iter().map(Seen::of).collect();
+        if drawn && plan != Plan::Keep {
+            self.drawn = Some((layers.iter().map(Seen::of).collect(), plan));
         }
+    }
+
+    /// The canvas was drawn with something else (the model's composite): the next draw of the
+    /// layers composites every one (the caches stay).
+    pub fn forget_drawn(&mut self) {
+        self.drawn = None;
     }
 
     /// Forgets everything (the caches were lost, e.g. with the WebGL context).
@@ -148,10 +184,12 @@ impl Planner {
 
 /// The CPU side: ready-to-blend tile maps of the stack's images and the caches: the composites
 /// below and above the changed layer (premultiplied f32, with a [`Coverage`] per tile) and the
-/// finished image without it, which the tiles the layer does not reach are copied from.
+/// finished image without it, which the tiles the layer does not reach are copied from; and the
+/// last drawn image, which a draw that changes nothing leaves as it is.
 #[derive(Debug, Default)]
 pub struct LiveCompositor {
     planner: Planner,
+    out: Vec<u8>,
     maps: Vec<(Arc<[u8]>, Arc<TileMap>)>,
     below: Vec<f32>,
     above: Vec<f32>,
@@ -161,19 +199,34 @@ pub struct LiveCompositor {
 }
 
 impl LiveCompositor {
-    /// Draws `layers` (bottom first, hidden ones included) into `out` (straight-alpha RGBA8).
-    pub fn draw(
-        &mut self,
-        width: u32,
-        height: u32,
-        layers: &[StageLayer<'_>],
-        out: &mut [u8],
-    ) -> Result<Plan, ComposeError> {
-        check_sizes(width, height, layers.iter().map(|l| &l.pixels[..]), out)?;
-        let plan = self.planner.plan(width, height, layers);
-        self.run(plan, width, height, layers, Some(out));
-        self.planner.done(width, height, layers, plan, true);
-        Ok(plan)
+    /// Draws `layers` (bottom first, hidden ones included); the image is [`Self::pixels`]
+    /// (straight-alpha RGBA8), unchanged when the plan is [`Plan::Keep`].
+    pub fn draw(&mut self, width: u32, height: u32, layers: &[StageLayer<'_>]) -> Result<Plan, ComposeError> {
+        let mut out = std::mem::take(&mut self.out);
+        out.resize(width as usize * height as usize * 4, 0);
+        let checked = check_sizes(width, height, layers.iter().map(|l| &l.pixels[..]), &out);
+        let plan = checked.map(|()| self.planner.plan(width, height, layers));
+        match plan {
+            Ok(plan) => {
+                self.run(plan, width, height, layers, Some(&mut out));
+                self.planner.done(width, height, layers, plan, true);
+            }
+            // `out` may have been resized: it no longer holds the last draw.
+            Err(_) => self.planner.forget_drawn(),
+        }
+        self.out = out;
+        plan
+    }
+
+    /// The last drawn image (straight-alpha RGBA8).
+    pub fn pixels(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The canvas was drawn with something else (the model's composite): the next draw
+    /// composites every layer again.
+    pub fn forget_drawn(&mut self) {
+        self.planner.forget_drawn();
     }
 
     /// Makes the caches ready for changes to layer `pivot`, so the next change blends three
@@ -244,6 +297,7 @@ impl LiveCompositor {
         let tile = |t: usize| t * TILE * 4..((t + 1) * TILE * 4).min(len);
         let mut tile_layers: Vec<(&[u8], Scale)> = Vec::with_capacity(layers.len());
         let pivot = match plan {
+            Plan::Keep => return,
             Plan::Full => {
                 let all = prepared(0..layers.len());
                 if let Some(out) = out {
@@ -329,6 +383,7 @@ mod tests {
     use crate::compose::reference::{self, max_diff};
     use crate::compose::tests::random_layers;
     use crate::compose::{Compositor, LayerPixels};
+    use crate::layer_stack::{Bitmap, LayerStack};
 
     struct Stack {
         layers: Vec<(Arc<[u8]>, bool, f32)>,
@@ -351,8 +406,12 @@ mod tests {
     /// (within 1/255) and against the compositor before issue 24 (within 1/255).
     fn draw_and_check(live: &mut LiveCompositor, w: u32, h: u32, s: &Stack) -> Plan {
         let stage = s.stage();
-        let mut out = vec![0u8; (w * h * 4) as usize];
-        let plan = live.draw(w, h, &stage, &mut out).unwrap();
+        let before = live.pixels().to_vec();
+        let plan = live.draw(w, h, &stage).unwrap();
+        let out = live.pixels();
+        if plan == Plan::Keep {
+            assert_eq!(out, before, "nothing drawn changed: the same pixels");
+        }
         let visible: Vec<LayerPixels<'_>> = stage
             .iter()
             .filter(|l| l.visible)
@@ -363,10 +422,10 @@ mod tests {
             .collect();
         let mut full = vec![0u8; out.len()];
         Compositor::default().composite_into(w, h, &visible, &mut full).unwrap();
-        assert!(max_diff(&out, &full) <= 1, "{plan:?}");
+        assert!(max_diff(out, &full) <= 1, "{plan:?}");
         let mut old = vec![0u8; out.len()];
         reference::composite(w, h, &visible, &mut old).unwrap();
-        assert!(max_diff(&out, &old) <= 1, "{plan:?}");
+        assert!(max_diff(out, &old) <= 1, "{plan:?}");
         if matches!(plan, Plan::Full) {
             assert_eq!(out, full, "a full draw is the plain compositor");
         }
@@ -400,7 +459,7 @@ mod tests {
         let mut s = stack(6, w, h);
         let mut live = LiveCompositor::default();
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full);
-        assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full, "no cache yet");
+        assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Keep, "nothing changed");
         s.layers[2].1 = false;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Split { pivot: 2 });
         s.layers[2].1 = true;
@@ -415,23 +474,34 @@ mod tests {
         // Another layer: new caches.
         s.layers[4].2 = 0.7;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Split { pivot: 4 });
-        // A hidden layer's opacity does not matter.
+        // A hidden layer's opacity does not matter: nothing to draw.
         s.layers[1].1 = false;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Split { pivot: 1 });
         s.layers[1].2 = 0.3;
+        assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Keep);
+        s.layers[1].1 = true;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Blend { pivot: 1 });
         // Prepared ahead (the pointer on a row): the first change already blends three.
         assert!(live.prepare(w, h, &s.stage(), 0).unwrap());
         assert!(!live.prepare(w, h, &s.stage(), 0).unwrap(), "already ready");
         s.layers[0].1 = false;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Blend { pivot: 0 });
-        // A reorder, or two changes at once, draws everything; the caches stay for their stack.
+        // A reorder, or two changes at once, draws everything, and so does going back: the
+        // canvas is then exactly what compositing every layer gives, not a blend of caches.
+        let blended = live.pixels().to_vec();
         s.layers.swap(3, 5);
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full);
         s.layers.swap(3, 5);
+        assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full);
+        assert!(max_diff(live.pixels(), &blended) <= 1);
+        // The caches stay for their stack: the next change to layer 0 blends.
+        s.layers[0].1 = true;
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Blend { pivot: 0 });
         s.layers[3].2 = 0.5;
         s.layers[5].2 = 0.5;
+        assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full);
+        // The canvas drawn with something else (the model's composite): drawn again in full.
+        live.forget_drawn();
         assert_eq!(draw_and_check(&mut live, w, h, &s), Plan::Full);
         // The top and the bottom layer as pivots.
         s.layers[5].1 = false;
@@ -456,7 +526,7 @@ mod tests {
             state ^= state << 17;
             (state % n as u64) as usize
         };
-        let mut plans = [0usize; 3];
+        let mut plans = [0usize; 4];
         for _ in 0..200 {
             let i = next(7);
             match next(10) {
@@ -472,6 +542,7 @@ mod tests {
                 Plan::Full => plans[0] += 1,
                 Plan::Split { .. } => plans[1] += 1,
                 Plan::Blend { .. } => plans[2] += 1,
+                Plan::Keep => plans[3] += 1,
             }
         }
         assert!(plans.iter().all(|n| *n > 10), "every plan was exercised: {plans:?}");
@@ -487,11 +558,164 @@ mod tests {
         let s2 = stack(3, 4, 16);
         assert_eq!(draw_and_check(&mut live, 4, 16, &s2), Plan::Full);
         let small = stack(3, 5, 5);
-        let mut out = vec![0u8; 8 * 8 * 4];
         assert!(matches!(
-            live.draw(8, 8, &small.stage(), &mut out),
+            live.draw(8, 8, &small.stage()),
             Err(ComposeError::SizeMismatch { index: 0, .. })
         ));
         assert!(live.prepare(8, 8, &small.stage(), 0).is_err());
+        // After a refused draw the canvas is drawn again, not kept.
+        assert_eq!(draw_and_check(&mut live, 4, 16, &s2), Plan::Full);
+    }
+
+    /// A stack with a group: Layer 2 (at 60 % opacity) split into three parts, over a
+    /// background and under Layer 3, everything above the background translucent everywhere.
+    /// Its first pixel is one where blending the caches made around the bottom three layers
+    /// rounds differently from compositing every layer (243 against 244 in alpha).
+    fn group_stack(w: u32, h: u32) -> (LayerStack, u32) {
+        const ROUNDS_APART: [[u8; 4]; 5] = [
+            [239, 31, 140, 209],
+            [97, 241, 190, 231],
+            [215, 125, 87, 1],
+            [228, 26, 113, 60],
+            [113, 40, 173, 92],
+        ];
+        let px = (w * h) as usize;
+        let mut layers = random_layers(5, px, 0x5eed_0f9a)
+            .into_iter()
+            .enumerate()
+            .map(|(k, mut l)| {
+                if k > 0 {
+                    for p in l.chunks_exact_mut(4) {
+                        p[3] = p[3].clamp(1, 254);
+                    }
+                }
+                l[..4].copy_from_slice(&ROUNDS_APART[k]);
+                Bitmap::from_rgba(w, h, l, "")
+            });
+        let mut next = || layers.next().expect("five layers");
+        let (bottom, parts, top) = (next(), [next(), next(), next()], next());
+        let mut s = LayerStack::new(vec![
+            ("Layer 1".into(), bottom),
+            ("Layer 2".into(), parts[0].clone()),
+            ("Layer 3".into(), top),
+        ])
+        .unwrap();
+        s.set_opacity(2, 0.6).unwrap();
+        let parts = parts
+            .into_iter()
+            .zip(1..)
+            .map(|(b, i)| (format!("Layer 2.{i}"), b))
+            .collect();
+        let g = s.split(2, parts).unwrap();
+        (s, g)
+    }
+
+    /// Draws the stack as the canvas does and checks it against compositing every visible layer
+    /// (within 1/255, exactly for a full draw); returns the plan and the pixels.
+    fn draw_stack(live: &mut LiveCompositor, s: &LayerStack) -> (Plan, Vec<u8>) {
+        let (w, h) = (s.width(), s.height());
+        let before = live.pixels().to_vec();
+        let plan = live.draw(w, h, &s.to_stage()).unwrap();
+        let out = live.pixels().to_vec();
+        let mut full = vec![0u8; out.len()];
+        Compositor::default()
+            .composite_into(w, h, &s.to_composite(), &mut full)
+            .unwrap();
+        assert!(max_diff(&out, &full) <= 1, "{plan:?}: {}", max_diff(&out, &full));
+        match plan {
+            Plan::Full => assert_eq!(out, full, "a full draw is the plain compositor"),
+            Plan::Keep => assert_eq!(out, before, "nothing drawn changed"),
+            Plan::Split { .. } | Plan::Blend { .. } => {}
+        }
+        (plan, out)
+    }
+
+    #[test]
+    fn every_change_to_a_group_draws_what_compositing_everything_draws() {
+        let (w, h) = (64u32, 48u32);
+        let (mut s, g) = group_stack(w, h);
+        let parts: Vec<usize> = (1..=3).collect();
+        // With the caches made for each row the pointer may be on (None: none made).
+        for pointed in [None, Some(0), Some(1), Some(2), Some(3), Some(4)] {
+            let mut live = LiveCompositor::default();
+            let (plan, original) = draw_stack(&mut live, &s);
+            assert_eq!(plan, Plan::Full);
+            let point = |live: &mut LiveCompositor, s: &LayerStack| {
+                if let Some(p) = pointed {
+                    live.prepare(w, h, &s.to_stage(), p).unwrap();
+                }
+            };
+
+            // Folding and unfolding the group changes no pixel's inputs: the canvas stays.
+            point(&mut live, &s);
+            assert!(s.toggle_collapsed(g).unwrap());
+            assert_eq!(
+                draw_stack(&mut live, &s),
+                (Plan::Keep, original.clone()),
+                "folded, {pointed:?}"
+            );
+            assert!(!s.toggle_collapsed(g).unwrap());
+            assert_eq!(
+                draw_stack(&mut live, &s),
+                (Plan::Keep, original.clone()),
+                "unfolded, {pointed:?}"
+            );
+
+            // Hiding and showing the group: three layers at once, composited again, the same.
+            point(&mut live, &s);
+            s.set_group_visible(g, false).unwrap();
+            assert_eq!(draw_stack(&mut live, &s).0, Plan::Full);
+            // A part hidden inside the hidden group draws nothing new.
+            let part = s.layers()[2].id;
+            s.set_visible(part, false).unwrap();
+            assert_eq!(draw_stack(&mut live, &s).0, Plan::Keep);
+            s.set_visible(part, true).unwrap();
+            assert_eq!(draw_stack(&mut live, &s).0, Plan::Keep);
+            point(&mut live, &s);
+            s.set_group_visible(g, true).unwrap();
+            assert_eq!(
+                draw_stack(&mut live, &s),
+                (Plan::Full, original.clone()),
+                "shown, {pointed:?}"
+            );
+
+            // A part hidden and shown, and its opacity: one layer, three images (within 1/255).
+            for &i in &parts {
+                let id = s.layers()[i].id;
+                point(&mut live, &s);
+                s.set_visible(id, false).unwrap();
+                let cached = pointed == Some(i);
+                let plan = draw_stack(&mut live, &s).0;
+                assert_eq!(
+                    plan,
+                    if cached {
+                        Plan::Blend { pivot: i }
+                    } else {
+                        Plan::Split { pivot: i }
+                    }
+                );
+                s.set_visible(id, true).unwrap();
+                assert_eq!(draw_stack(&mut live, &s).0, Plan::Blend { pivot: i });
+                for opacity in [0.3, 0.0, 1.0] {
+                    s.set_opacity(id, opacity).unwrap();
+                    assert_eq!(draw_stack(&mut live, &s).0, Plan::Blend { pivot: i });
+                }
+                assert!(max_diff(live.pixels(), &original) <= 1);
+            }
+
+            // The group moves as one: composited again, and exactly the original when back.
+            point(&mut live, &s);
+            assert!(s.move_group(g, true).unwrap());
+            assert_eq!(draw_stack(&mut live, &s).0, Plan::Full);
+            assert!(s.move_group(g, false).unwrap());
+            assert_eq!(draw_stack(&mut live, &s), (Plan::Full, original.clone()));
+
+            // Undoing the split and bringing it back.
+            let split = s.clone();
+            s.unsplit(g).unwrap();
+            assert_eq!(draw_stack(&mut live, &s).0, Plan::Full);
+            s = split;
+            assert_eq!(draw_stack(&mut live, &s), (Plan::Full, original.clone()));
+        }
     }
 }
