@@ -155,11 +155,12 @@ test("Edit is visible without hovering, shows its progress, and a changed instru
   await instruction.fill("make it blue");
   await expect(box.getByRole("alert")).toHaveCount(0);
 
-  // The edit request is held until its progress has been seen, then fails (the network drops
-  // it): the real edit's speed does not matter here (layers.spec.ts runs one to the end).
+  // The request that starts the edit job is held until its progress has been seen, then fails
+  // (the network drops it): the real edit's speed does not matter here (layers.spec.ts runs one
+  // to the end; split.spec.ts follows an edit job's steps and cancels it).
   let release!: () => void;
   const held = new Promise<void>((r) => (release = r));
-  await page.route("**/api/app/edit_layer", async (route) => {
+  await page.route("**/api/app/start_edit", async (route) => {
     await held;
     await route.abort();
   });
