@@ -164,7 +164,7 @@ if has extra; then
 fi
 
 if has anchor || has vae || has load || has init || has quick || has e2e || has e2e_offload || has e2e_diffusers \
-  || has e2e_lightning_diffusers; then
+  || has e2e_lightning || has e2e_lightning_diffusers || has multi_gpu; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$G"/wheels/*.whl > "$OUT/pip.log" 2>&1 \
     || tail -3 "$OUT/pip.log"
 fi
